@@ -1,0 +1,31 @@
+# nba: the two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+NBA    := $(VENV)/bin/nba
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test proto serve clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## make the venv and install nba with its dev tools
+
+demo: install  ## embedded Redis + server + sample policies + 30 s of simulated traffic
+	$(NBA) demo
+
+test: install  ## the whole test suite, against a real Redis and real gRPC servers
+	$(PY) -m pytest
+
+proto: install  ## regenerate the committed gRPC stubs from protos/
+	$(PY) protos/generate.py
+
+serve: install  ## run the server with an embedded Redis and the sample policies
+	$(NBA) serve --policies policies
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info .nba

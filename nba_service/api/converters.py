@@ -1,0 +1,208 @@
+"""Protobuf <-> domain conversions, as ``to_*`` / ``from_*`` pairs, with request checks.
+
+Every check raises :class:`~nba_service.engine.validation.ValidationError`
+naming the field, before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from nba_service.engine.domain import Alternative, CustomerProfile, Decision, Event, OutcomeKind
+from nba_service.engine.validation import (
+    ValidationError,
+    check_amount,
+    check_attributes,
+    check_coordinate,
+    check_id,
+    check_profile,
+)
+from nba_service.proto.nba.v1 import decision_pb2 as pb
+from nba_service.store.state import CustomerView
+
+__all__ = [
+    "ValidationError", "check_id", "decide_request_fields", "event_from_proto", "outcome_from_proto", "profile_from_proto", "to_context_response",
+    "to_decide_response", "to_profile", "top_k_from_proto",
+]
+
+MAX_TOP_K = 20
+DEFAULT_TOP_K = 3
+MAX_ITEMS = 500
+
+_OUTCOMES = {
+    pb.OUTCOME_KIND_IMPRESSED: OutcomeKind.IMPRESSED,
+    pb.OUTCOME_KIND_ACCEPTED: OutcomeKind.ACCEPTED,
+    pb.OUTCOME_KIND_DECLINED: OutcomeKind.DECLINED,
+    pb.OUTCOME_KIND_CONVERTED: OutcomeKind.CONVERTED,
+    pb.OUTCOME_KIND_DISMISSED: OutcomeKind.DISMISSED,
+}
+_EVENT_KINDS = ", ".join(f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["kind"].fields)
+
+
+def event_from_proto(msg: pb.Event, present: bool) -> Event:
+    kind = msg.WhichOneof("kind") if present else None
+    if kind is None:
+        raise ValidationError("event", f"is required: set one of {_EVENT_KINDS}")
+    where = f"event.{kind}"
+    if kind == "atm_decline":
+        e = msg.atm_decline
+        amount = check_amount(f"{where}.amount", e.amount)
+        balance = check_amount(f"{where}.balance", e.balance, allow_negative=True)  # overdrawn accounts exist
+        _text(f"{where}.currency", e.currency)
+        return Event(kind, {
+            "amount": amount, "balance": balance, "currency": e.currency, "atm_id": _text(f"{where}.atm_id", e.atm_id),
+            "latitude": check_coordinate(f"{where}.latitude", e.latitude, 90),
+            "longitude": check_coordinate(f"{where}.longitude", e.longitude, 180),
+            "shortfall": max(0.0, amount - balance),
+        })
+    if kind == "location":
+        e = msg.location
+        return Event(kind, {
+            "latitude": check_coordinate(f"{where}.latitude", e.latitude, 90),
+            "longitude": check_coordinate(f"{where}.longitude", e.longitude, 180),
+            "accuracy_m": check_amount(f"{where}.accuracy_m", e.accuracy_m),
+            "place_id": _text(f"{where}.place_id", e.place_id),
+        })
+    if kind == "cart_abandon":
+        e = msg.cart_abandon
+        if len(e.item_ids) > MAX_ITEMS:
+            raise ValidationError(f"{where}.item_ids", f"has {len(e.item_ids)} items, at most {MAX_ITEMS} are allowed")
+        return Event(kind, {
+            "cart_id": _text(f"{where}.cart_id", e.cart_id),
+            "cart_value": check_amount(f"{where}.cart_value", e.cart_value),
+            "currency": _text(f"{where}.currency", e.currency),
+            "item_count": len(e.item_ids),
+        })
+    if kind == "app_open":
+        return Event(kind, {"screen": _text(f"{where}.screen", msg.app_open.screen)})
+    if kind == "page_view":
+        e = msg.page_view
+        return Event(kind, {"url": _text(f"{where}.url", e.url), "page_type": _text(f"{where}.page_type", e.page_type)})
+    if kind == "agent_contact":
+        e = msg.agent_contact
+        return Event(kind, {"agent_id": _text(f"{where}.agent_id", e.agent_id), "reason": _text(f"{where}.reason", e.reason)})
+    e = msg.custom
+    if not e.name:
+        raise ValidationError(f"{where}.name", "is required")
+    return Event("custom", {"name": _text(f"{where}.name", e.name)},
+                 dict(check_attributes(f"{where}.attributes", e.attributes)))
+
+
+def _text(field: str, value: str) -> str:
+    if len(value.encode()) > 1024:
+        raise ValidationError(field, "is over 1024 bytes")
+    return value
+
+
+def top_k_from_proto(request: pb.DecideRequest) -> int:
+    if not request.HasField("top_k"):
+        return DEFAULT_TOP_K
+    if request.top_k > MAX_TOP_K:
+        raise ValidationError("top_k", f"must be at most {MAX_TOP_K}, got {request.top_k}")
+    return request.top_k
+
+
+def decide_request_fields(request: pb.DecideRequest) -> tuple[str, str, str, Event, dict[str, str], int]:
+    customer_id = check_id("customer_id", request.customer_id)
+    request_id = check_id("request_id", request.request_id, required=False)
+    origin = check_id("origin_channel", request.origin_channel, required=False)
+    attributes = dict(check_attributes("attributes", request.attributes))
+    event = event_from_proto(request.event, request.HasField("event"))
+    return customer_id, request_id, origin, event, attributes, top_k_from_proto(request)
+
+
+def to_decide_response(decision_id: str, request_id: str, decision: Decision) -> pb.DecideResponse:
+    response = pb.DecideResponse(
+        decision_id=decision_id,
+        request_id=request_id,
+        no_action=decision.no_action,
+        channel=decision.channel,
+        score=decision.score,
+        propensity=decision.propensity,
+        alternatives=[_alternative(a) for a in decision.alternatives],
+        reasons=[pb.Reason(offer_id=r.offer_id, code=r.code, detail=r.detail) for r in decision.reasons],
+        policy_version=decision.policy_version,
+        model_version=decision.model_version,
+    )
+    if not decision.no_action:
+        response.action.CopyFrom(pb.Action(offer_id=decision.offer_id, name=decision.offer_name,
+                                           category=decision.category, content=decision.content))
+    return response
+
+
+def _alternative(a: Alternative) -> pb.Alternative:
+    return pb.Alternative(offer_id=a.offer_id, channel=a.channel, score=a.score)
+
+
+def outcome_from_proto(request: pb.OutcomeRequest) -> tuple[str, OutcomeKind, float]:
+    decision_id = check_id("decision_id", request.decision_id)
+    if request.outcome == pb.OUTCOME_KIND_UNSPECIFIED:
+        raise ValidationError("outcome", "is required (impressed, accepted, declined, converted or dismissed)")
+    kind = _OUTCOMES.get(request.outcome)
+    if kind is None:
+        raise ValidationError("outcome", f"unknown outcome kind {request.outcome}")
+    value = request.value
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ValidationError("value", f"must be a finite number >= 0, got {value}")
+    return decision_id, kind, value
+
+
+def profile_from_proto(msg: pb.CustomerProfile) -> CustomerProfile:
+    consents: dict[str, bool] = {}
+    for i, consent in enumerate(msg.consents):
+        if not consent.channel:
+            raise ValidationError(f"profile.consents[{i}].channel", "is required")
+        consents[consent.channel] = consent.granted
+    return check_profile(CustomerProfile(
+        customer_id=msg.customer_id,
+        first_name=msg.first_name,
+        segment=msg.segment,
+        preferred_channel=msg.preferred_channel,
+        reachable_channels=frozenset(msg.reachable_channels),
+        consents=consents,
+        timezone=msg.timezone or "UTC",
+        attributes=dict(msg.attributes),
+    ))
+
+
+def to_profile(profile: CustomerProfile) -> pb.CustomerProfile:
+    return pb.CustomerProfile(
+        customer_id=profile.customer_id,
+        first_name=profile.first_name,
+        segment=profile.segment,
+        preferred_channel=profile.preferred_channel,
+        reachable_channels=sorted(profile.reachable_channels),
+        consents=[pb.Consent(channel=c, granted=g) for c, g in sorted(profile.consents.items())],
+        timezone=profile.timezone,
+        attributes=dict(profile.attributes),
+    )
+
+
+def _stringify(fields: dict[str, object]) -> dict[str, str]:
+    out = {}
+    for key, value in fields.items():
+        if isinstance(value, float) and value == int(value):
+            value = int(value)
+        out[key] = value if isinstance(value, str) else _json(value)
+    return out
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def to_context_response(view: CustomerView, best: tuple[Alternative, ...], policy_version: str) -> pb.CustomerContextResponse:
+    return pb.CustomerContextResponse(
+        profile=to_profile(view.profile),
+        known=view.profile.known,
+        journey=[pb.JourneyEvent(timestamp_ms=int(e.timestamp * 1000), type=e.type, origin_channel=e.origin_channel,
+                                 fields=_stringify(e.fields)) for e in view.journey],
+        open_journeys=[pb.OpenJourney(kind=j.kind, id=j.id, opened_ms=int(j.opened * 1000), fields=_stringify(dict(j.fields)))
+                       for j in view.open_journeys],
+        recent_decisions=[pb.PastDecision(decision_id=d.decision_id, timestamp_ms=int(d.timestamp * 1000),
+                                          event_type=d.event_type, offer_id=d.offer_id, channel=d.channel,
+                                          outcomes=list(d.outcomes)) for d in view.recent_decisions],
+        best_actions=[_alternative(a) for a in best],
+        policy_version=policy_version,
+    )

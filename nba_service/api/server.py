@@ -1,0 +1,243 @@
+"""The running service: gRPC server (with health and reflection), the metrics
+endpoint, the embedded Redis when no URL is given, and the policy watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import redis
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+from redis.backoff import ExponentialBackoff
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.retry import Retry
+
+from nba_service.api.servicer import DecisionServicer
+from nba_service.dataplane import DataPlane
+from nba_service.observability.metrics import Metrics
+from nba_service.policies.schema import load_policy_dir
+from nba_service.proto.nba.v1 import decision_pb2, decision_pb2_grpc
+from nba_service.settings import Settings
+from nba_service.store import keys
+from nba_service.store.embedded import EmbeddedRedis
+from nba_service.store.policy_store import PolicyStore, content_digest
+
+__all__ = ["MetricsInterceptor", "NbaServer", "redis_clients", "run"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
+
+
+def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
+    """An asyncio client for the request path and a sync one for tools and background work.
+
+    Both retry a failed connection a few times with backoff, so a Redis blip
+    costs a retry, not an error.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": 2.0,
+        "socket_connect_timeout": 2.0,
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": 30,
+    }
+    async_client = aioredis.Redis.from_url(url, retry=AsyncRetry(ExponentialBackoff(cap=0.25, base=0.01), 3),
+                                           **options)
+    sync_client = redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 3), **options)
+    return async_client, sync_client
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every RPC by method and status code and times it."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method.rsplit("/", 1)[-1]
+        seconds = self.metrics.rpc_seconds.labels(method)
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await inner(request, context)
+                finally:
+                    seconds.observe(time.perf_counter() - started)
+                    self._count(method, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_stream is not None:
+            inner_stream = handler.stream_stream
+
+            async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                try:
+                    async for response in inner_stream(request_iterator, context):
+                        yield response
+                finally:
+                    seconds.observe(time.perf_counter() - started)
+                    self._count(method, context)
+
+            return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer,
+                                                         handler.response_serializer)
+        return handler
+
+    def _count(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        code = context.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
+        self.metrics.rpcs.labels(method, name).inc()
+
+
+class NbaServer:
+    """Start with :meth:`start`, stop with :meth:`stop`; ``port`` is the bound gRPC port."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.port = 0
+        self.metrics_port = 0
+        self.redis_url = settings.redis_url
+        self._embedded: EmbeddedRedis | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metrics_http: Any = None
+        self.dataplane: DataPlane | None = None
+
+    async def start(self) -> int:
+        settings = self.settings
+        if not self.redis_url:
+            self._embedded = EmbeddedRedis(settings.data_dir)
+            self.redis_url = await asyncio.to_thread(self._embedded.start)
+        self._async_redis, self._sync_redis = redis_clients(self.redis_url)
+        if settings.policies:
+            await asyncio.to_thread(publish_if_changed, self._sync_redis, settings.policies)
+        self.dataplane = DataPlane(settings, self._async_redis, self._sync_redis, self.metrics)
+        await self.dataplane.start()
+
+        server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)],
+                                 options=[("grpc.so_reuseport", 0)])
+        decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.dataplane), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+        await server.start()
+        self._server = server
+        await self._set_health()
+        if settings.metrics_port >= 0:
+            self._metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_host, self.registry)
+            self.metrics_port = self._metrics_http.server_port
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_policies()))
+        log.info("nba serving on %s:%d (metrics on %s:%d/metrics, redis %s)", settings.host, self.port,
+                 settings.metrics_host, self.metrics_port, self.redis_url)
+        return self.port
+
+    async def _set_health(self) -> None:
+        serving = self.dataplane is not None and self.dataplane.snapshot is not None
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set("", status)
+        await self._health.set(SERVICE_NAME, status)
+
+    async def _watch_policies(self) -> None:
+        """Pick up newly published or rolled-back policy versions: pub/sub, plus a periodic check."""
+        assert self.dataplane is not None
+        interval = self.settings.policy_check_seconds
+        pubsub = self._async_redis.pubsub()
+        subscribed = False
+        while True:
+            try:
+                if not subscribed:
+                    await pubsub.subscribe(keys.POLICY_CHANNEL)
+                    subscribed = True
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=interval)
+                if await self.dataplane.refresh_policy():
+                    await self._set_health()
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except redis.RedisError as exc:
+                self.metrics.redis_errors.labels("policy_watch").inc()
+                log.warning("policy watcher: %s; retrying in %.1fs", exc, interval)
+                subscribed = False
+                with contextlib.suppress(redis.RedisError):
+                    await pubsub.reset()
+                await asyncio.sleep(interval)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.grace_seconds if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.dataplane is not None:
+            await self.dataplane.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        if hasattr(self, "_async_redis"):
+            await self._async_redis.aclose()
+            self._sync_redis.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+        log.info("nba stopped")
+
+    async def wait_for_termination(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+
+def publish_if_changed(client: redis.Redis, directory: str) -> int | None:
+    """Validate ``directory`` and publish it unless it is exactly what is live."""
+    policy = load_policy_dir(directory)
+    store = PolicyStore(client)
+    live = store.load_live()
+    if live is not None and live.digest == content_digest(policy.files):
+        return None
+    version = store.publish(policy.files, message=f"published at start-up from {directory}")
+    log.info("published %s as policy version %d", directory, version)
+    return version
+
+
+def run(settings: Settings, ready: Callable[[NbaServer], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+
+    async def main() -> None:
+        server = NbaServer(settings)
+        try:
+            await server.start()
+        except BaseException:
+            await server.stop(0)
+            raise
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        if ready is not None:
+            ready(server)
+        await stopping.wait()
+        log.info("stopping (grace %.1fs)", settings.grace_seconds)
+        await server.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,71 @@
+"""The gRPC servicer: convert the request, call the data plane, convert the answer."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from nba_service.api import converters
+from nba_service.api.errors import abort_for, handle_errors
+from nba_service.dataplane import DataPlane
+from nba_service.proto.nba.v1 import decision_pb2 as pb
+from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
+from nba_service.store.state import OutcomeStatus
+
+__all__ = ["DecisionServicer"]
+
+DEFAULT_CONTEXT_EVENTS = 20
+MAX_CONTEXT_EVENTS = 100
+
+
+class DecisionServicer(pb_grpc.DecisionServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def _decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
+        customer_id, request_id, origin, event, attributes, top_k = converters.decide_request_fields(request)
+        request_id = request_id or uuid.uuid4().hex
+        decision_id, decision = await self.dataplane.decide(customer_id, request_id, origin, event, attributes, top_k)
+        return converters.to_decide_response(decision_id, request_id, decision)
+
+    @handle_errors
+    async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+        return await self._decide(request)
+
+    async def DecideStream(self, request_iterator: AsyncIterator[pb.DecideRequest],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DecideResponse]:
+        # One response per request, in order. A bad request ends the stream with
+        # its status code, as a unary call would have failed.
+        async for request in request_iterator:
+            try:
+                yield await self._decide(request)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status code
+                await abort_for(exc, context, "DecideStream")
+
+    @handle_errors
+    async def ReportOutcome(self, request: pb.OutcomeRequest, context: grpc.aio.ServicerContext) -> pb.OutcomeResponse:
+        decision_id, kind, value = converters.outcome_from_proto(request)
+        recorded = await self.dataplane.report_outcome(decision_id, kind, value)
+        return pb.OutcomeResponse(decision_id=decision_id, duplicate=recorded.status is OutcomeStatus.DUPLICATE,
+                                  learned=recorded.learn)
+
+    @handle_errors
+    async def GetCustomerContext(self, request: pb.CustomerContextRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.CustomerContextResponse:
+        customer_id = converters.check_id("customer_id", request.customer_id)
+        max_events = request.max_events if request.HasField("max_events") else DEFAULT_CONTEXT_EVENTS
+        if max_events > MAX_CONTEXT_EVENTS:
+            raise converters.ValidationError("max_events", f"must be at most {MAX_CONTEXT_EVENTS}, got {max_events}")
+        view, best, version = await self.dataplane.customer_context(customer_id, max_events, request.include_best_actions)
+        return converters.to_context_response(view, best, version)
+
+    @handle_errors
+    async def UpsertCustomer(self, request: pb.UpsertCustomerRequest,
+                             context: grpc.aio.ServicerContext) -> pb.UpsertCustomerResponse:
+        if not request.HasField("profile"):
+            raise converters.ValidationError("profile", "is required")
+        profile = converters.profile_from_proto(request.profile)
+        created = await self.dataplane.upsert_customer(profile)
+        return pb.UpsertCustomerResponse(customer_id=profile.customer_id, created=created)

@@ -1,0 +1,215 @@
+"""The data plane: what every API entry point calls.
+
+It reads the context, runs the engine against the live policy snapshot and
+the models, records the decision, joins outcomes and teaches the models. The
+gRPC servicers convert messages and call it; nothing here knows about gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+
+import redis
+import redis.asyncio as aioredis
+
+from nba_service.engine.domain import Alternative, CustomerProfile, Decision, Event, OutcomeKind
+from nba_service.engine.pipeline import DecisionEngine
+from nba_service.learning.exploration import EpsilonGreedy
+from nba_service.learning.models import ModelBank
+from nba_service.observability.metrics import Metrics
+from nba_service.policies.schema import PolicyValidationError, parse_policy_files
+from nba_service.policies.snapshot import PolicySnapshot
+from nba_service.settings import Settings
+from nba_service.store.model_store import ModelStore
+from nba_service.store.policy_store import PolicyStore
+from nba_service.store.state import CustomerView, OutcomeStatus, RecordedOutcome, StateStore
+
+__all__ = ["DataPlane", "NoPolicyError", "NotFoundError", "StoreUnavailableError"]
+
+log = logging.getLogger(__name__)
+
+
+class NotFoundError(LookupError):
+    """The thing asked for does not exist (or has expired)."""
+
+
+class NoPolicyError(RuntimeError):
+    """No policy set has been published yet."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """Redis could not be reached; nothing was written."""
+
+
+class DataPlane:
+    """Decisions, outcomes and customer views over Redis state and the live policy."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis, sync_client: redis.Redis, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.state = StateStore(client, decision_ttl_seconds=settings.decision_ttl_seconds,
+                                journey_max_events=settings.journey_max_events)
+        self._redis = client
+        self._policies = PolicyStore(sync_client)
+        self._model_store = ModelStore(sync_client)
+        self.models = ModelBank()
+        self.engine = DecisionEngine(self.models, EpsilonGreedy(settings.epsilon, settings.seed))
+        self.preview_engine = DecisionEngine(self.models, EpsilonGreedy(0.0))
+        self.snapshot: PolicySnapshot | None = None
+        self._learned_since_snapshot = 0
+        self._snapshot_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the last model snapshot and the live policy version."""
+        data = await asyncio.to_thread(self._model_store.load)
+        if data:
+            try:
+                self.models = ModelBank.from_bytes(data)
+                self.engine.scorer = self.preview_engine.scorer = self.models
+                log.info("resumed models from snapshot: %d outcomes learned", self.models.updates)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("model snapshot unreadable, starting from priors: %s", exc)
+        await self.refresh_policy()
+
+    async def stop(self) -> None:
+        if self._snapshot_task is not None:
+            await self._snapshot_task
+        await self.save_models()
+
+    async def refresh_policy(self) -> bool:
+        """Load the live policy version if it differs from the one served; True when swapped.
+
+        A version that fails to compile is reported and the last good one kept.
+        """
+        live = await asyncio.to_thread(self._policies.live)
+        if live is None or (self.snapshot is not None and self.snapshot.version == str(live)):
+            return False
+        try:
+            published = await asyncio.to_thread(self._policies.load, live)
+            snapshot = await asyncio.to_thread(_compile, published.files, str(live))
+        except (PolicyValidationError, KeyError, ValueError) as exc:
+            self.metrics.policy_reloads.labels("failed").inc()
+            log.error("policy version %s refused, still serving %s: %s", live,
+                      self.snapshot.version if self.snapshot else "nothing", exc)
+            return False
+        self.models.bind(snapshot)
+        self.snapshot = snapshot
+        self.metrics.policy_version.set(live)
+        self.metrics.policy_reloads.labels("loaded").inc()
+        log.info("serving policy version %s (%d offers, %d channels)", live, len(snapshot.offers), len(snapshot.channels))
+        return True
+
+    async def save_models(self) -> None:
+        data = self.models.to_bytes()
+        try:
+            await asyncio.to_thread(self._model_store.save, data)
+        except redis.RedisError as exc:
+            self.metrics.redis_errors.labels("model_snapshot").inc()
+            log.error("model snapshot not saved: %s", exc)
+            return
+        self.metrics.model_snapshots.inc()
+
+    # --- requests -------------------------------------------------------------------
+
+    def _live(self) -> PolicySnapshot:
+        if self.snapshot is None:
+            raise NoPolicyError("no policy set is published yet: run `nba policy publish DIR`")
+        return self.snapshot
+
+    async def decide(self, customer_id: str, request_id: str, origin_channel: str, event: Event,
+                     attributes: Mapping[str, str], top_k: int) -> tuple[str, Decision]:
+        started = time.perf_counter()
+        snapshot = self._live()
+        now = time.time()
+        try:
+            ctx = await self.state.read_context(customer_id, now, origin_channel, attributes, snapshot.max_limit_window)
+        except redis.RedisError as exc:
+            raise self._unavailable("read_context", exc) from exc
+        decision = self.engine.decide(snapshot, ctx, event, top_k)
+        decision_id = uuid.uuid4().hex
+        try:
+            await self.state.write_decision(decision_id, request_id, ctx, event, decision, snapshot.max_limit_window)
+        except redis.RedisError as exc:
+            raise self._unavailable("write_decision", exc) from exc
+        metrics = self.metrics
+        metrics.observe_decision(event.type, time.perf_counter() - started, decision.offer_id or "none",
+                                 decision.channel or "none")
+        for reason in decision.reasons:
+            if reason.offer_id and reason.code != "chosen":
+                metrics.count_filtered(reason.code)
+        return decision_id, decision
+
+    async def report_outcome(self, decision_id: str, outcome: OutcomeKind, value: float) -> RecordedOutcome:
+        reward = outcome.reward
+        try:
+            recorded = await self.state.record_outcome(decision_id, outcome.value, value, time.time(),
+                                                       settles_reward=reward is not None)
+        except redis.RedisError as exc:
+            raise self._unavailable("record_outcome", exc) from exc
+        if recorded.status is OutcomeStatus.NOT_FOUND:
+            self.metrics.outcomes_unmatched.labels("not_found").inc()
+            raise NotFoundError(f"decision {decision_id!r} is unknown or has expired")
+        if recorded.status is OutcomeStatus.DUPLICATE:
+            self.metrics.outcomes_unmatched.labels("duplicate").inc()
+            return recorded
+        self.metrics.outcomes.labels(outcome.value).inc()
+        if recorded.learn and reward is not None:
+            self._learn(recorded, reward)
+        return recorded
+
+    def _learn(self, recorded: RecordedOutcome, reward: float) -> None:
+        snapshot = self.snapshot
+        prior = 0.05
+        if snapshot is not None and recorded.offer_id in snapshot.offer_index:
+            prior = snapshot.offers[snapshot.offer_index[recorded.offer_id]].prior
+        self.models.learn(recorded.offer_id, recorded.channel, recorded.features, reward, prior)
+        self.metrics.model_updates.inc()
+        self._learned_since_snapshot += 1
+        if self._learned_since_snapshot >= self.settings.model_snapshot_every and (
+                self._snapshot_task is None or self._snapshot_task.done()):
+            self._learned_since_snapshot = 0
+            self._snapshot_task = asyncio.get_running_loop().create_task(self.save_models())
+
+    async def customer_context(self, customer_id: str, max_events: int, include_best_actions: bool,
+                               top_k: int = 3) -> tuple[CustomerView, tuple[Alternative, ...], str]:
+        try:
+            view = await self.state.customer_view(customer_id, max_events)
+        except redis.RedisError as exc:
+            raise self._unavailable("customer_view", exc) from exc
+        snapshot = self.snapshot
+        best: tuple[Alternative, ...] = ()
+        if include_best_actions and snapshot is not None:
+            best = await self._preview_best(snapshot, customer_id, top_k)
+        return view, best, snapshot.version if snapshot else ""
+
+    async def _preview_best(self, snapshot: PolicySnapshot, customer_id: str, top_k: int) -> tuple[Alternative, ...]:
+        """The best actions for an agent contact now, decided without recording anything."""
+        try:
+            ctx = await self.state.read_context(customer_id, time.time(), "agent_desktop", {}, snapshot.max_limit_window)
+        except redis.RedisError as exc:
+            raise self._unavailable("read_context", exc) from exc
+        decision = self.preview_engine.decide(snapshot, ctx, Event("agent_contact", {"agent_id": "", "reason": ""}), top_k)
+        if decision.no_action:
+            return ()
+        return (Alternative(decision.offer_id or "", decision.channel, decision.score), *decision.alternatives)[:top_k]
+
+    async def upsert_customer(self, profile: CustomerProfile) -> bool:
+        try:
+            return await self.state.upsert_profile(profile)
+        except redis.RedisError as exc:
+            raise self._unavailable("upsert_customer", exc) from exc
+
+    def _unavailable(self, operation: str, exc: Exception) -> StoreUnavailableError:
+        self.metrics.redis_errors.labels(operation).inc()
+        log.warning("redis %s failed: %s", operation, exc)
+        return StoreUnavailableError(f"state store unavailable during {operation}; nothing was recorded, retry")
+
+
+def _compile(files: Mapping[str, str], version: str) -> PolicySnapshot:
+    return PolicySnapshot.compile(parse_policy_files(files), version)

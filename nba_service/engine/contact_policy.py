@@ -1,0 +1,127 @@
+"""Contact policy: consent, reachability, channel conditions, quiet hours and caps.
+
+Consent is never overridable: a channel the customer has not consented to
+(or that the policy does not default to consented) is never used. Caps count
+the customer's contact history over rolling windows, all limits at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nba_service.engine.domain import ContactRecord, CustomerProfile
+from nba_service.engine.localtime import local_time
+
+if TYPE_CHECKING:
+    from nba_service.policies.snapshot import PolicySnapshot
+
+__all__ = ["CapHits", "ChannelVerdict", "check_caps", "check_channels", "in_quiet_hours"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChannelVerdict:
+    allowed: np.ndarray
+    """One bool per channel of the snapshot."""
+    reasons: tuple[tuple[str, str], ...]
+    """(code, detail) per channel; ("", "") when allowed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CapHits:
+    """What the contact history blocks right now."""
+
+    everything: str
+    """Non-empty (the limit's description) when an overall cap is reached."""
+    channels: Mapping[int, str]
+    offers: Mapping[int, str]
+    arms: Mapping[int, str]
+    categories: Mapping[int, str]
+
+
+NO_HITS = CapHits("", {}, {}, {}, {})
+
+
+def in_quiet_hours(minute_of_day: int, window: tuple[int, int]) -> bool:
+    """Whether a local time falls in a quiet window that may wrap past midnight.
+
+    >>> in_quiet_hours(22 * 60, (21 * 60, 8 * 60)), in_quiet_hours(12 * 60, (21 * 60, 8 * 60))
+    (True, False)
+    """
+    start, end = window
+    if start < end:
+        return start <= minute_of_day < end
+    return minute_of_day >= start or minute_of_day < end
+
+
+def check_channels(snapshot: PolicySnapshot, profile: CustomerProfile, now: float,
+                   rule_results: tuple[Any, ...] | None, caps: CapHits) -> ChannelVerdict:
+    """Which channels may carry an action to this customer right now, and why not."""
+    channels = snapshot.channels
+    allowed = np.ones(len(channels), dtype=bool)
+    reasons: list[tuple[str, str]] = [("", "")] * len(channels)
+    rule_ok = [True] * len(channels)
+    if rule_results is not None:
+        for position, result in zip(snapshot.channel_rule_positions, rule_results):
+            rule_ok[position] = bool(result)
+    local = None
+    consents = profile.consents
+    reachable = profile.reachable_channels
+    for i, channel in enumerate(channels):
+        if not consents.get(channel.id, snapshot.channel_default_consent[i]):
+            reasons[i] = ("no_consent", f"{channel.id}: no consent")
+        elif snapshot.channel_needs_reachable[i] and channel.id not in reachable:
+            reasons[i] = ("not_reachable", f"{channel.id}: customer not reachable there")
+        elif not rule_ok[i]:
+            reasons[i] = ("channel_unavailable", f"{channel.id}: {channel.available_when.source}")  # type: ignore[union-attr]
+        elif i in caps.channels:
+            reasons[i] = ("frequency_cap", f"{channel.id}: {caps.channels[i]}")
+        elif channel.quiet_hours is not None:
+            if local is None:
+                moment = local_time(now, profile.timezone)
+                local = moment.hour * 60 + moment.minute
+            if in_quiet_hours(local, channel.quiet_hours):
+                reasons[i] = ("quiet_hours", f"{channel.id}: quiet hours in {profile.timezone or 'UTC'}")
+            else:
+                continue
+        else:
+            continue
+        allowed[i] = False
+    return ChannelVerdict(allowed, tuple(reasons))
+
+
+def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], now: float) -> CapHits:
+    """Evaluate every contact limit of the policy against the contact history at once."""
+    table = snapshot.limits
+    if not len(table) or (not contacts and not (table.maximum <= 0).any()):
+        return NO_HITS
+    ages = np.array([now - c.timestamp for c in contacts])
+    offers = np.array([snapshot.offer_index.get(c.offer_id, -2) for c in contacts], dtype=np.intp)
+    channels = np.array([snapshot.channel_index.get(c.channel, -2) for c in contacts], dtype=np.intp)
+    categories = np.array([snapshot.category_index.get(c.category, -2) for c in contacts], dtype=np.intp)
+    match = ages[None, :] < table.per[:, None]
+    match &= (table.offer[:, None] < 0) | (table.offer[:, None] == offers[None, :])
+    match &= (table.channel[:, None] < 0) | (table.channel[:, None] == channels[None, :])
+    match &= (table.category[:, None] < 0) | (table.category[:, None] == categories[None, :])
+    hits = np.flatnonzero(match.sum(axis=1) >= table.maximum)
+    if not len(hits):
+        return NO_HITS
+    everything, by_channel, by_offer, by_arm, by_category = "", {}, {}, {}, {}
+    for h in hits:
+        text = table.limits[h].describe()
+        offer, channel, category, arm = table.offer[h], table.channel[h], table.category[h], table.arm[h]
+        if offer >= 0:
+            if arm >= 0:
+                by_arm.setdefault(int(arm), text)
+            else:
+                by_offer.setdefault(int(offer), text)
+        elif channel >= 0:
+            by_channel.setdefault(int(channel), text)
+        elif category >= 0:
+            by_category.setdefault(int(category), text)
+        elif category == -1 and not everything:  # -1: any; other negatives match no contact
+            everything = text
+    return CapHits(everything, by_channel, by_offer, by_arm, by_category)

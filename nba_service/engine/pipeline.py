@@ -1,0 +1,199 @@
+"""The decision pipeline: context -> candidates -> eligibility -> contact policy
+-> scoring -> arbitration -> channel -> decision.
+
+Pure Python and numpy over domain objects: no I/O, no gRPC, no Redis. The
+caller reads the context, passes the policy snapshot, a scorer and an
+exploration strategy, and records the decision it gets back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import string
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from nba_service.engine.arbitration import rank_offers
+from nba_service.engine.contact_policy import check_caps, check_channels
+from nba_service.engine.domain import Alternative, CustomerContext, Decision, Event, Reason
+from nba_service.engine.features import request_features, vectorize
+from nba_service.policies.expressions import build_scope, evaluation_globals
+from nba_service.policies.snapshot import PolicySnapshot
+
+__all__ = ["DecisionEngine", "Explorer", "Scorer"]
+
+log = logging.getLogger(__name__)
+
+_GLOBALS = evaluation_globals()
+_FORMATTER = string.Formatter()
+
+
+class Scorer(Protocol):
+    """Propensity of acceptance for arms of the bound policy snapshot."""
+
+    version: str
+
+    def score(self, arms: np.ndarray, x: np.ndarray) -> np.ndarray: ...
+
+
+class Explorer(Protocol):
+    """Picks one of the ranked options and says with what probability it did."""
+
+    def choose(self, priorities: np.ndarray) -> tuple[int, float]: ...
+
+
+class DecisionEngine:
+    """Decides one customer moment against one policy snapshot."""
+
+    def __init__(self, scorer: Scorer, explorer: Explorer) -> None:
+        self.scorer = scorer
+        self.explorer = explorer
+
+    def decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int = 3) -> Decision:
+        features = request_features(ctx, event)
+        plan = snapshot.plans.get(event.type)
+        if plan is None:
+            return self._no_action(snapshot, features, (Reason("", "no_candidates", f"no offer answers {event.type} events"),))
+        scope = build_scope(ctx, event)
+        reasons: list[Reason] = []
+        offers = snapshot.offers
+
+        # eligibility: validity window, then every rule of the event type in one eval
+        n = len(plan.offers)
+        offer_ok = (snapshot.offer_valid_from[plan.offers] <= ctx.now) & (ctx.now < snapshot.offer_valid_until[plan.offers])
+        for p in np.flatnonzero(~offer_ok):
+            reasons.append(Reason(offers[plan.offers[p]].id, "not_live", "outside its validity window"))
+        for p, result in zip(plan.rule_positions, self._evaluate(plan.rules_code, plan.rules, scope)):
+            if offer_ok[p] and result is not True:
+                offer_ok[p] = False
+                rule = plan.rules[plan.rule_positions.index(p)]
+                if isinstance(result, Exception):
+                    reasons.append(Reason(offers[plan.offers[p]].id, "rule_error", f"{rule.source}: {result}"))
+                else:
+                    reasons.append(Reason(offers[plan.offers[p]].id, "not_eligible", rule.source))
+
+        # contact policy: caps over the history, then consent, reach, conditions, quiet hours
+        caps = check_caps(snapshot, ctx.contacts, ctx.now)
+        if caps.everything:
+            return self._no_action(snapshot, features, (*reasons, Reason("", "frequency_cap", caps.everything)))
+        for p in range(n):
+            index = plan.offers[p]
+            blocked = caps.offers.get(index) or caps.categories.get(snapshot.offer_category[index])
+            if offer_ok[p] and blocked:
+                offer_ok[p] = False
+                reasons.append(Reason(offers[index].id, "frequency_cap", blocked))
+        channel_results = (self._evaluate(snapshot.channel_rules_code, snapshot.channel_rules, scope)
+                           if snapshot.channel_rules_code is not None else None)
+        verdict = check_channels(snapshot, ctx.profile, ctx.now, channel_results, caps)
+        arms = plan.arms
+        arm_ok = offer_ok[plan.arm_position] & verdict.allowed[snapshot.arm_channel[arms]]
+        for arm in caps.arms:
+            arm_ok &= arms != arm
+        for p in np.flatnonzero(offer_ok):
+            index = plan.offers[p]
+            if not arm_ok[plan.arm_position == p].any():
+                offer = offers[index]
+                why = "; ".join(
+                    verdict.reasons[snapshot.channel_index[c]][1]
+                    or f"{c}: {caps.arms.get(snapshot.arm_index[(offer.id, c)], 'not allowed')}"
+                    for c in offer.channels
+                )
+                reasons.append(Reason(offer.id, "no_channel", why))
+        allowed = np.flatnonzero(arm_ok)
+        if not len(allowed):
+            return self._no_action(snapshot, features, (*reasons, Reason("", "nothing_allowed", "no offer passed eligibility and contact policy")))
+
+        # scoring and arbitration: P x V x L x B (x preferred-channel boost)
+        chosen_arms = arms[allowed]
+        x = vectorize(features)
+        propensities = self.scorer.score(chosen_arms, x)
+        priorities = propensities * snapshot.offer_priority_factor[snapshot.arm_offer[chosen_arms]]
+        preferred = snapshot.channel_index.get(ctx.profile.preferred_channel)
+        if preferred is not None and snapshot.settings.preferred_channel_boost != 1.0:
+            priorities = np.where(snapshot.arm_channel[chosen_arms] == preferred,
+                                  priorities * snapshot.settings.preferred_channel_boost, priorities)
+        ranking = rank_offers(priorities, plan.arm_position[allowed])
+        above = ranking.priorities >= snapshot.settings.no_action_threshold
+        for r in np.flatnonzero(~above):
+            arm = chosen_arms[ranking.arms[r]]
+            reasons.append(Reason(snapshot.arm_keys[arm][0], "below_threshold",
+                                  f"priority {ranking.priorities[r]:.4g} < {snapshot.settings.no_action_threshold:g}"))
+        options = ranking.arms[above]
+        if not len(options):
+            return self._no_action(snapshot, features, (*reasons, Reason("", "below_threshold", "no offer is worth sending")))
+
+        # exploration: pick among the options, logging the probability of the pick
+        pick, propensity = self.explorer.choose(ranking.priorities[above])
+        winner_arm = chosen_arms[options[pick]]
+        offer_id, channel = snapshot.arm_keys[winner_arm]
+        offer = offers[snapshot.offer_index[offer_id]]
+        score = float(ranking.priorities[pick])
+        p_model = float(propensities[options[pick]])
+        why = "best priority" if pick == 0 else f"exploration (best was {snapshot.arm_keys[chosen_arms[options[0]]][0]})"
+        reasons.insert(0, Reason(offer_id, "chosen", f"{why}: P={p_model:.4f} x VLB={snapshot.offer_priority_factor[snapshot.offer_index[offer_id]]:.4g} on {channel}"))
+        alternatives = tuple(
+            Alternative(snapshot.arm_keys[chosen_arms[a]][0], snapshot.arm_keys[chosen_arms[a]][1], float(pr))
+            for a, pr in zip(options, ranking.priorities[above]) if a != options[pick]
+        )[:top_k]
+        return Decision(
+            offer_id=offer_id,
+            channel=channel,
+            score=score,
+            propensity=propensity,
+            offer_name=offer.name,
+            category=offer.category,
+            content=render(offer.template_for(channel), offer.variables, scope, ctx, event),
+            alternatives=alternatives,
+            reasons=tuple(reasons),
+            policy_version=snapshot.version,
+            model_version=self.scorer.version,
+            features=features,
+        )
+
+    def _no_action(self, snapshot: PolicySnapshot, features: Mapping[str, float], reasons: tuple[Reason, ...]) -> Decision:
+        return Decision(offer_id=None, channel="", score=0.0, propensity=1.0, reasons=reasons,
+                        policy_version=snapshot.version, model_version=self.scorer.version, features=features)
+
+    @staticmethod
+    def _evaluate(code: Any, rules: tuple[Any, ...], scope: dict[str, Any]) -> tuple[Any, ...]:
+        if code is None:
+            return ()
+        try:
+            return eval(code, _GLOBALS, scope)  # noqa: S307 - a whitelisted, precompiled expression
+        except Exception:  # one rule failed: find which, the others still count
+            results = []
+            for rule in rules:
+                try:
+                    results.append(eval(rule.code, _GLOBALS, scope))  # noqa: S307
+                except Exception as exc:  # noqa: BLE001 - reported as the rule's reason
+                    results.append(exc)
+            return tuple(results)
+
+
+def render(template: str, variables: Mapping[str, Any], scope: dict[str, Any], ctx: CustomerContext,
+           event: Event) -> str:
+    """Fill a content template from the profile, the event and the offer's variables."""
+    values: dict[str, Any] = {"first_name": ctx.profile.first_name, "segment": ctx.profile.segment}
+    values.update(event.fields)
+    for name, expression in variables.items():
+        try:
+            values[name] = eval(expression.code, _GLOBALS, scope)  # noqa: S307
+        except Exception as exc:  # noqa: BLE001
+            log.warning("variable %s (%s) failed: %s", name, expression.source, exc)
+            values[name] = ""
+    return template.format_map(_Formatted(values))
+
+
+class _Formatted(dict[str, Any]):
+    """Numbers shown the way people write them: 100 not 100.0, 12.50 not 12.5."""
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key) if key in self else ""
+        if isinstance(value, float) and not isinstance(value, bool):
+            if math.isfinite(value) and value == int(value):
+                return str(int(value))
+            return f"{value:.2f}"
+        return value

@@ -1,0 +1,103 @@
+"""Checks on what callers send, shared by the gRPC API and the bulk loader.
+
+A :class:`ValidationError` names the offending field; the API layer turns it
+into ``INVALID_ARGUMENT``, the loader into a refused line. Nothing is written
+before a request has passed these checks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zoneinfo
+from collections.abc import Iterable, Mapping
+
+from nba_service.engine.domain import CustomerProfile
+
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_BYTES",
+    "MAX_ID_LENGTH",
+    "ValidationError",
+    "check_amount",
+    "check_attributes",
+    "check_id",
+    "check_profile",
+]
+
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_BYTES = 1024
+MAX_ID_LENGTH = 128
+_CHANNEL = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ValidationError(ValueError):
+    """A request field has a value the service refuses; ``field`` is its path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def check_id(field: str, value: str, required: bool = True) -> str:
+    if not value:
+        if required:
+            raise ValidationError(field, "is required")
+        return value
+    if len(value) > MAX_ID_LENGTH:
+        raise ValidationError(field, f"is longer than {MAX_ID_LENGTH} characters")
+    if not value.isprintable():
+        raise ValidationError(field, "contains control characters")
+    return value
+
+
+def check_amount(field: str, value: float, *, allow_negative: bool = False) -> float:
+    if math.isnan(value) or math.isinf(value):
+        raise ValidationError(field, f"must be a finite number, got {value}")
+    if value < 0 and not allow_negative:
+        raise ValidationError(field, f"must not be negative, got {value}")
+    return value
+
+
+def check_coordinate(field: str, value: float, limit: float) -> float:
+    check_amount(field, value, allow_negative=True)
+    if abs(value) > limit:
+        raise ValidationError(field, f"must be between -{limit:g} and {limit:g}, got {value}")
+    return value
+
+
+def check_attributes(field: str, attributes: Mapping[str, str]) -> Mapping[str, str]:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValidationError(field, f"has {len(attributes)} entries, at most {MAX_ATTRIBUTES} are allowed")
+    for key, value in attributes.items():
+        if not key:
+            raise ValidationError(field, "has an empty key")
+        if len(key.encode()) > MAX_ATTRIBUTE_BYTES or len(str(value).encode()) > MAX_ATTRIBUTE_BYTES:
+            raise ValidationError(f"{field}[{key[:40]!r}]", f"is over {MAX_ATTRIBUTE_BYTES} bytes")
+    return attributes
+
+
+def check_channels(field: str, channels: Iterable[str]) -> None:
+    for channel in channels:
+        if not _CHANNEL.match(channel):
+            raise ValidationError(field, f"{channel!r} is not a channel id (lower case letters, digits and _)")
+
+
+def check_profile(profile: CustomerProfile) -> CustomerProfile:
+    """Refuse a profile that would be stored wrong; return it unchanged otherwise."""
+    check_id("profile.customer_id", profile.customer_id)
+    check_channels("profile.reachable_channels", profile.reachable_channels)
+    check_channels("profile.consents", profile.consents)
+    if profile.preferred_channel:
+        check_channels("profile.preferred_channel", [profile.preferred_channel])
+    if profile.timezone:
+        try:
+            zoneinfo.ZoneInfo(profile.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValidationError("profile.timezone", f"{profile.timezone!r} is not an IANA time zone") from None
+    for name in ("first_name", "segment"):
+        if len(getattr(profile, name).encode()) > MAX_ATTRIBUTE_BYTES:
+            raise ValidationError(f"profile.{name}", f"is over {MAX_ATTRIBUTE_BYTES} bytes")
+    check_attributes("profile.attributes", profile.attributes)
+    return profile

@@ -1,0 +1,72 @@
+"""Every Prometheus metric of the service, defined once against a registry passed in.
+
+Names follow the Prometheus conventions: ``nba_`` prefix, base units
+(``_seconds``), ``_total`` on counters (added by the client library), labels of
+low cardinality only (offer and channel ids come from the policy set, never a
+customer id or free text).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["LATENCY_BUCKETS", "Metrics"]
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    """The service's metrics; children on the hot path are cached."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.decision_seconds = Histogram(
+            "nba_decision_duration_seconds",
+            "Time to decide one request inside the server, Redis round trips included, by event type.",
+            ["event_type"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.decisions = Counter(
+            "nba_decisions", "Decisions made, by chosen offer and channel (offer=\"none\" for no action).",
+            ["offer", "channel"], registry=registry)
+        self.outcomes = Counter(
+            "nba_outcomes", "Outcomes reported and joined to a decision, by kind.", ["outcome"], registry=registry)
+        self.outcomes_unmatched = Counter(
+            "nba_outcomes_unmatched", "Outcomes refused: unknown or expired decision, or a duplicate.",
+            ["reason"], registry=registry)
+        self.offers_filtered = Counter(
+            "nba_offers_filtered", "Candidate offers left out of a decision, by reason.", ["reason"], registry=registry)
+        self.redis_errors = Counter(
+            "nba_redis_errors", "Redis calls that failed, by operation.", ["operation"], registry=registry)
+        self.model_updates = Counter(
+            "nba_model_updates", "Outcomes learned by the online models.", registry=registry)
+        self.model_snapshots = Counter(
+            "nba_model_snapshots", "Model snapshots written to Redis.", registry=registry)
+        self.policy_version = Gauge(
+            "nba_policy_version", "Policy version this replica serves (0: none yet).", registry=registry)
+        self.policy_reloads = Counter(
+            "nba_policy_reloads", "Policy versions loaded, by result.", ["result"], registry=registry)
+        self.rpc_seconds = Histogram(
+            "nba_grpc_server_handling_seconds", "gRPC handling time by method, as seen by the server.",
+            ["grpc_method"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.rpcs = Counter(
+            "nba_grpc_server_handled", "gRPC calls completed, by method and status code.",
+            ["grpc_method", "grpc_code"], registry=registry)
+        self._decision_children: dict[str, Histogram] = {}
+        self._decided_children: dict[tuple[str, str], Counter] = {}
+        self._filtered_children: dict[str, Counter] = {}
+
+    def observe_decision(self, event_type: str, seconds: float, offer: str, channel: str) -> None:
+        child = self._decision_children.get(event_type)
+        if child is None:
+            child = self._decision_children[event_type] = self.decision_seconds.labels(event_type)
+        child.observe(seconds)
+        key = (offer, channel)
+        counter = self._decided_children.get(key)
+        if counter is None:
+            counter = self._decided_children[key] = self.decisions.labels(offer, channel)
+        counter.inc()
+
+    def count_filtered(self, reason: str) -> None:
+        counter = self._filtered_children.get(reason)
+        if counter is None:
+            counter = self._filtered_children[reason] = self.offers_filtered.labels(reason)
+        counter.inc()

@@ -1,0 +1,178 @@
+"""A policy set compiled for the request path.
+
+Built once per published version, off the request path, then shared by every
+request until the next version: offers and channels are numbered, every
+(offer, channel) pair is an *arm* with its own model, the eligibility rules of
+the offers of one event type are compiled into one code object, and values,
+levers, weights and contact limits are numpy arrays so the engine filters and
+ranks all candidates at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from types import CodeType
+
+import numpy as np
+
+from nba_service.engine.domain import EVENT_FIELDS
+from nba_service.policies.expressions import CompiledExpression, compile_batch
+from nba_service.policies.schema import ChannelSpec, GlobalSettings, Limit, OfferSpec, PolicySet
+
+__all__ = ["EventPlan", "LimitTable", "PolicySnapshot"]
+
+_NO = -1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventPlan:
+    """What one event type needs: its candidate offers, their rules and arms."""
+
+    offers: np.ndarray
+    """Indices of the candidate offers (live or not; validity is checked per request)."""
+    rule_positions: tuple[int, ...]
+    """Positions in ``offers`` of the offers that have an eligibility rule."""
+    rules: tuple[CompiledExpression, ...]
+    rules_code: CodeType | None
+    """All of ``rules`` as one code object returning a tuple of results."""
+    arms: np.ndarray
+    """Indices of the candidates' arms, grouped by offer."""
+    arm_position: np.ndarray
+    """For each of ``arms``, the position of its offer in ``offers``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimitTable:
+    """Contact limits as parallel arrays; -1 means "any"."""
+
+    limits: tuple[Limit, ...]
+    offer: np.ndarray
+    channel: np.ndarray
+    category: np.ndarray
+    arm: np.ndarray
+    maximum: np.ndarray
+    per: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.limits)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicySnapshot:
+    version: str
+    policy: PolicySet
+    settings: GlobalSettings
+    offers: tuple[OfferSpec, ...]
+    channels: tuple[ChannelSpec, ...]
+    offer_index: Mapping[str, int]
+    channel_index: Mapping[str, int]
+    category_index: Mapping[str, int]
+    arm_keys: tuple[tuple[str, str], ...]
+    """(offer id, channel id) of every arm."""
+    arm_index: Mapping[tuple[str, str], int]
+    arm_offer: np.ndarray
+    arm_channel: np.ndarray
+    offer_priority_factor: np.ndarray
+    """V x L x B of every offer (value, levers, business weight)."""
+    offer_category: np.ndarray
+    offer_valid_from: np.ndarray
+    offer_valid_until: np.ndarray
+    arm_prior: np.ndarray
+    channel_needs_reachable: tuple[bool, ...]
+    channel_default_consent: tuple[bool, ...]
+    channel_rule_positions: tuple[int, ...]
+    channel_rules: tuple[CompiledExpression, ...]
+    channel_rules_code: CodeType | None
+    limits: LimitTable
+    max_limit_window: float
+    """The longest contact-limit window: contact history older than this never matters."""
+    plans: Mapping[str, EventPlan]
+
+    @classmethod
+    def compile(cls, policy: PolicySet, version: str) -> PolicySnapshot:
+        offers = tuple(o for o in policy.offers if not o.paused)
+        channels = policy.channels
+        offer_index = {o.id: i for i, o in enumerate(offers)}
+        channel_index = {c.id: i for i, c in enumerate(channels)}
+        categories = sorted({o.category for o in offers} | set(policy.settings.category_levers))
+        category_index = {c: i for i, c in enumerate(categories)}
+        settings = policy.settings
+
+        arm_keys = tuple((o.id, ch) for o in offers for ch in o.channels)
+        arm_index = {key: i for i, key in enumerate(arm_keys)}
+        arm_offer = np.array([offer_index[o] for o, _ in arm_keys], dtype=np.intp)
+        arm_channel = np.array([channel_index[c] for _, c in arm_keys], dtype=np.intp)
+        factor = np.array([
+            o.value * o.weight * o.lever * settings.global_lever * settings.category_levers.get(o.category, 1.0)
+            for o in offers
+        ])
+        inf = float("inf")
+        valid_from = np.array([-inf if o.valid_from is None else o.valid_from for o in offers])
+        valid_until = np.array([inf if o.valid_until is None else o.valid_until for o in offers])
+        arm_prior = np.array([offers[offer_index[o]].prior for o, _ in arm_keys])
+
+        rows = [(lim, _NO, _NO) for lim in settings.contact_limits]
+        rows += [(lim, offer_index[o.id], _NO) for o in offers for lim in o.limits]
+        table = LimitTable(
+            limits=tuple(r[0] for r in rows),
+            offer=np.array([r[1] for r in rows], dtype=np.intp),
+            channel=np.array([channel_index.get(r[0].channel, _NO) if r[0].channel else _NO for r in rows], dtype=np.intp),
+            category=np.array([category_index.get(r[0].category, -3) if r[0].category else _NO for r in rows], dtype=np.intp),
+            arm=np.array([arm_index.get((offers[r[1]].id, r[0].channel), _NO) if r[1] != _NO and r[0].channel else _NO
+                          for r in rows], dtype=np.intp),
+            maximum=np.array([r[0].max for r in rows], dtype=np.int64),
+            per=np.array([r[0].per_seconds for r in rows]),
+        )
+        max_window = float(table.per.max()) if len(rows) else 0.0
+
+        plans = {}
+        for event_type in EVENT_FIELDS:
+            candidates = [i for i, o in enumerate(offers) if event_type in o.events]
+            if not candidates:
+                continue
+            positions = tuple(p for p, i in enumerate(candidates) if offers[i].eligible_when is not None)
+            rules = tuple(offers[candidates[p]].eligible_when for p in positions)  # type: ignore[misc]
+            arms, arm_position = [], []
+            for p, i in enumerate(candidates):
+                for ch in offers[i].channels:
+                    arms.append(arm_index[(offers[i].id, ch)])
+                    arm_position.append(p)
+            plans[event_type] = EventPlan(
+                offers=np.array(candidates, dtype=np.intp),
+                rule_positions=positions,
+                rules=rules,
+                rules_code=compile_batch(rules, f"<{event_type} rules>") if rules else None,
+                arms=np.array(arms, dtype=np.intp),
+                arm_position=np.array(arm_position, dtype=np.intp),
+            )
+
+        channel_rule_positions = tuple(i for i, c in enumerate(channels) if c.available_when is not None)
+        channel_rules = tuple(channels[i].available_when for i in channel_rule_positions)
+        return cls(
+            version=version,
+            policy=policy,
+            settings=settings,
+            offers=offers,
+            channels=channels,
+            offer_index=offer_index,
+            channel_index=channel_index,
+            category_index=category_index,
+            arm_keys=arm_keys,
+            arm_index=arm_index,
+            arm_offer=arm_offer,
+            arm_channel=arm_channel,
+            offer_priority_factor=factor,
+            offer_category=np.array([category_index[o.category] for o in offers], dtype=np.intp),
+            offer_valid_from=valid_from,
+            offer_valid_until=valid_until,
+            arm_prior=arm_prior,
+            channel_needs_reachable=tuple(c.needs_reachable for c in channels),
+            channel_default_consent=tuple(c.default_consent for c in channels),
+            channel_rule_positions=channel_rule_positions,
+            channel_rules=channel_rules,  # type: ignore[arg-type]
+            channel_rules_code=compile_batch(channel_rules, "<channel rules>") if channel_rules else None,  # type: ignore[arg-type]
+            limits=table,
+            max_limit_window=max_window,
+            plans=plans,
+        )

@@ -1,0 +1,350 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class OutcomeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_KIND_UNSPECIFIED: _ClassVar[OutcomeKind]
+    OUTCOME_KIND_IMPRESSED: _ClassVar[OutcomeKind]
+    OUTCOME_KIND_ACCEPTED: _ClassVar[OutcomeKind]
+    OUTCOME_KIND_DECLINED: _ClassVar[OutcomeKind]
+    OUTCOME_KIND_CONVERTED: _ClassVar[OutcomeKind]
+    OUTCOME_KIND_DISMISSED: _ClassVar[OutcomeKind]
+OUTCOME_KIND_UNSPECIFIED: OutcomeKind
+OUTCOME_KIND_IMPRESSED: OutcomeKind
+OUTCOME_KIND_ACCEPTED: OutcomeKind
+OUTCOME_KIND_DECLINED: OutcomeKind
+OUTCOME_KIND_CONVERTED: OutcomeKind
+OUTCOME_KIND_DISMISSED: OutcomeKind
+
+class AtmDecline(_message.Message):
+    __slots__ = ("amount", "balance", "currency", "atm_id", "latitude", "longitude")
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    ATM_ID_FIELD_NUMBER: _ClassVar[int]
+    LATITUDE_FIELD_NUMBER: _ClassVar[int]
+    LONGITUDE_FIELD_NUMBER: _ClassVar[int]
+    amount: float
+    balance: float
+    currency: str
+    atm_id: str
+    latitude: float
+    longitude: float
+    def __init__(self, amount: _Optional[float] = ..., balance: _Optional[float] = ..., currency: _Optional[str] = ..., atm_id: _Optional[str] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ...) -> None: ...
+
+class Location(_message.Message):
+    __slots__ = ("latitude", "longitude", "accuracy_m", "place_id")
+    LATITUDE_FIELD_NUMBER: _ClassVar[int]
+    LONGITUDE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_M_FIELD_NUMBER: _ClassVar[int]
+    PLACE_ID_FIELD_NUMBER: _ClassVar[int]
+    latitude: float
+    longitude: float
+    accuracy_m: float
+    place_id: str
+    def __init__(self, latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., accuracy_m: _Optional[float] = ..., place_id: _Optional[str] = ...) -> None: ...
+
+class CartAbandon(_message.Message):
+    __slots__ = ("cart_id", "cart_value", "currency", "item_ids")
+    CART_ID_FIELD_NUMBER: _ClassVar[int]
+    CART_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    cart_id: str
+    cart_value: float
+    currency: str
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cart_id: _Optional[str] = ..., cart_value: _Optional[float] = ..., currency: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AppOpen(_message.Message):
+    __slots__ = ("screen",)
+    SCREEN_FIELD_NUMBER: _ClassVar[int]
+    screen: str
+    def __init__(self, screen: _Optional[str] = ...) -> None: ...
+
+class PageView(_message.Message):
+    __slots__ = ("url", "page_type")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    page_type: str
+    def __init__(self, url: _Optional[str] = ..., page_type: _Optional[str] = ...) -> None: ...
+
+class AgentContact(_message.Message):
+    __slots__ = ("agent_id", "reason")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    reason: str
+    def __init__(self, agent_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CustomEvent(_message.Message):
+    __slots__ = ("name", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("atm_decline", "location", "cart_abandon", "app_open", "page_view", "agent_contact", "custom")
+    ATM_DECLINE_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    CART_ABANDON_FIELD_NUMBER: _ClassVar[int]
+    APP_OPEN_FIELD_NUMBER: _ClassVar[int]
+    PAGE_VIEW_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CONTACT_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    atm_decline: AtmDecline
+    location: Location
+    cart_abandon: CartAbandon
+    app_open: AppOpen
+    page_view: PageView
+    agent_contact: AgentContact
+    custom: CustomEvent
+    def __init__(self, atm_decline: _Optional[_Union[AtmDecline, _Mapping]] = ..., location: _Optional[_Union[Location, _Mapping]] = ..., cart_abandon: _Optional[_Union[CartAbandon, _Mapping]] = ..., app_open: _Optional[_Union[AppOpen, _Mapping]] = ..., page_view: _Optional[_Union[PageView, _Mapping]] = ..., agent_contact: _Optional[_Union[AgentContact, _Mapping]] = ..., custom: _Optional[_Union[CustomEvent, _Mapping]] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("customer_id", "request_id", "origin_channel", "event", "attributes", "top_k")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    request_id: str
+    origin_channel: str
+    event: Event
+    attributes: _containers.ScalarMap[str, str]
+    top_k: int
+    def __init__(self, customer_id: _Optional[str] = ..., request_id: _Optional[str] = ..., origin_channel: _Optional[str] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class Action(_message.Message):
+    __slots__ = ("offer_id", "name", "category", "content")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    name: str
+    category: str
+    content: str
+    def __init__(self, offer_id: _Optional[str] = ..., name: _Optional[str] = ..., category: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class Alternative(_message.Message):
+    __slots__ = ("offer_id", "channel", "score")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    channel: str
+    score: float
+    def __init__(self, offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Reason(_message.Message):
+    __slots__ = ("offer_id", "code", "detail")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    code: str
+    detail: str
+    def __init__(self, offer_id: _Optional[str] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("decision_id", "request_id", "no_action", "action", "channel", "score", "propensity", "alternatives", "reasons", "policy_version", "model_version")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    request_id: str
+    no_action: bool
+    action: Action
+    channel: str
+    score: float
+    propensity: float
+    alternatives: _containers.RepeatedCompositeFieldContainer[Alternative]
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    policy_version: str
+    model_version: str
+    def __init__(self, decision_id: _Optional[str] = ..., request_id: _Optional[str] = ..., no_action: _Optional[bool] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., policy_version: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class OutcomeRequest(_message.Message):
+    __slots__ = ("decision_id", "outcome", "value")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    outcome: OutcomeKind
+    value: float
+    def __init__(self, decision_id: _Optional[str] = ..., outcome: _Optional[_Union[OutcomeKind, str]] = ..., value: _Optional[float] = ...) -> None: ...
+
+class OutcomeResponse(_message.Message):
+    __slots__ = ("decision_id", "duplicate", "learned")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    LEARNED_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    duplicate: bool
+    learned: bool
+    def __init__(self, decision_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., learned: _Optional[bool] = ...) -> None: ...
+
+class CustomerContextRequest(_message.Message):
+    __slots__ = ("customer_id", "max_events", "include_best_actions")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_BEST_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    max_events: int
+    include_best_actions: bool
+    def __init__(self, customer_id: _Optional[str] = ..., max_events: _Optional[int] = ..., include_best_actions: _Optional[bool] = ...) -> None: ...
+
+class Consent(_message.Message):
+    __slots__ = ("channel", "granted")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    granted: bool
+    def __init__(self, channel: _Optional[str] = ..., granted: _Optional[bool] = ...) -> None: ...
+
+class CustomerProfile(_message.Message):
+    __slots__ = ("customer_id", "first_name", "segment", "preferred_channel", "reachable_channels", "consents", "timezone", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CONSENTS_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    first_name: str
+    segment: str
+    preferred_channel: str
+    reachable_channels: _containers.RepeatedScalarFieldContainer[str]
+    consents: _containers.RepeatedCompositeFieldContainer[Consent]
+    timezone: str
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, customer_id: _Optional[str] = ..., first_name: _Optional[str] = ..., segment: _Optional[str] = ..., preferred_channel: _Optional[str] = ..., reachable_channels: _Optional[_Iterable[str]] = ..., consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ..., timezone: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class JourneyEvent(_message.Message):
+    __slots__ = ("timestamp_ms", "type", "origin_channel", "fields")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    timestamp_ms: int
+    type: str
+    origin_channel: str
+    fields: _containers.ScalarMap[str, str]
+    def __init__(self, timestamp_ms: _Optional[int] = ..., type: _Optional[str] = ..., origin_channel: _Optional[str] = ..., fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class OpenJourney(_message.Message):
+    __slots__ = ("kind", "id", "opened_ms", "fields")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OPENED_MS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    id: str
+    opened_ms: int
+    fields: _containers.ScalarMap[str, str]
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., opened_ms: _Optional[int] = ..., fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PastDecision(_message.Message):
+    __slots__ = ("decision_id", "timestamp_ms", "event_type", "offer_id", "channel", "outcomes")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    timestamp_ms: int
+    event_type: str
+    offer_id: str
+    channel: str
+    outcomes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decision_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., event_type: _Optional[str] = ..., offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., outcomes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CustomerContextResponse(_message.Message):
+    __slots__ = ("profile", "known", "journey", "open_journeys", "recent_decisions", "best_actions", "policy_version")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    JOURNEY_FIELD_NUMBER: _ClassVar[int]
+    OPEN_JOURNEYS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    BEST_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    profile: CustomerProfile
+    known: bool
+    journey: _containers.RepeatedCompositeFieldContainer[JourneyEvent]
+    open_journeys: _containers.RepeatedCompositeFieldContainer[OpenJourney]
+    recent_decisions: _containers.RepeatedCompositeFieldContainer[PastDecision]
+    best_actions: _containers.RepeatedCompositeFieldContainer[Alternative]
+    policy_version: str
+    def __init__(self, profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., known: _Optional[bool] = ..., journey: _Optional[_Iterable[_Union[JourneyEvent, _Mapping]]] = ..., open_journeys: _Optional[_Iterable[_Union[OpenJourney, _Mapping]]] = ..., recent_decisions: _Optional[_Iterable[_Union[PastDecision, _Mapping]]] = ..., best_actions: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., policy_version: _Optional[str] = ...) -> None: ...
+
+class UpsertCustomerRequest(_message.Message):
+    __slots__ = ("profile",)
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    profile: CustomerProfile
+    def __init__(self, profile: _Optional[_Union[CustomerProfile, _Mapping]] = ...) -> None: ...
+
+class UpsertCustomerResponse(_message.Message):
+    __slots__ = ("customer_id", "created")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    created: bool
+    def __init__(self, customer_id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...

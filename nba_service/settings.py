@@ -1,0 +1,100 @@
+"""Service settings: one object, read once at start-up and passed down.
+
+Every field can be set by an ``NBA_<FIELD>`` environment variable (upper case)
+or by the matching ``nba serve`` flag; flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(pathlib.Path.home(), ".local", "state")
+    return os.path.join(base, "nba")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    """Address the gRPC server listens on."""
+    port: int = 50051
+    """gRPC port; 0 picks a free one (tests)."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the Prometheus ``/metrics`` endpoint."""
+    metrics_port: int = 9464
+    """Port of the Prometheus ``/metrics`` endpoint; 0 picks a free one, -1 disables it."""
+    redis_url: str = ""
+    """Redis to keep all state in. Empty: start (or join) the embedded Redis in ``data_dir``."""
+    data_dir: str = dataclasses.field(default_factory=_default_data_dir)
+    """Where the embedded Redis keeps its database and socket."""
+    policies: str = ""
+    """A policy directory to publish at start-up when it differs from the live version."""
+    epsilon: float = 0.05
+    """Exploration rate: share of decisions that pick uniformly among the allowed actions."""
+    seed: int | None = None
+    """Seed of the exploration random generator (None: from the OS)."""
+    decision_ttl_seconds: int = 7 * 24 * 3600
+    """How long a decision is kept for the outcome join; later outcomes get NOT_FOUND."""
+    journey_max_events: int = 100
+    """Events kept in each customer's journey."""
+    model_snapshot_every: int = 200
+    """Learned outcomes between two model snapshots written to Redis."""
+    policy_check_seconds: float = 1.0
+    """How often the server checks the live policy version (hot reload)."""
+    grace_seconds: float = 5.0
+    """Time in-flight RPCs get to finish on SIGTERM."""
+    log_level: str = "INFO"
+    """Root log level of ``nba`` commands."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``NBA_*`` variables, then ``overrides`` that are not None."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get("NBA_" + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _convert(field.name, field.type, raw)
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port: {self.port} is not a TCP port (0-65535)")
+        if not -1 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics_port: {self.metrics_port} is not a TCP port (0-65535, or -1 for none)")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise SettingsError(f"epsilon: {self.epsilon} must be between 0 and 1")
+        if self.decision_ttl_seconds <= 0:
+            raise SettingsError("decision_ttl_seconds: must be positive")
+        if self.journey_max_events <= 0:
+            raise SettingsError("journey_max_events: must be positive")
+        if self.model_snapshot_every <= 0:
+            raise SettingsError("model_snapshot_every: must be positive")
+
+
+def _convert(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"NBA_{name.upper()}: {raw!r} is not a number") from None
+    return raw

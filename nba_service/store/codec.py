@@ -1,0 +1,72 @@
+"""How domain objects are written in Redis: compact JSON and ``|``-joined members."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from nba_service.engine.domain import ContactRecord, CustomerProfile, JourneyEntry, OpenJourney
+
+__all__ = [
+    "contact_member", "decode_contact", "decode_journey", "decode_open_journey", "decode_profile",
+    "encode_journey", "encode_open_journey", "encode_profile",
+]
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_profile(profile: CustomerProfile) -> str:
+    return _dumps({
+        "first_name": profile.first_name,
+        "segment": profile.segment,
+        "preferred_channel": profile.preferred_channel,
+        "reachable_channels": sorted(profile.reachable_channels),
+        "consents": dict(profile.consents),
+        "timezone": profile.timezone,
+        "attributes": dict(profile.attributes),
+    })
+
+
+def decode_profile(customer_id: str, raw: bytes | str | None) -> CustomerProfile:
+    if raw is None:
+        return CustomerProfile.unknown(customer_id)
+    data = json.loads(raw)
+    return CustomerProfile(
+        customer_id=customer_id,
+        first_name=data.get("first_name", ""),
+        segment=data.get("segment", ""),
+        preferred_channel=data.get("preferred_channel", ""),
+        reachable_channels=frozenset(data.get("reachable_channels", ())),
+        consents=data.get("consents", {}),
+        timezone=data.get("timezone") or "UTC",
+        attributes=data.get("attributes", {}),
+    )
+
+
+def encode_journey(timestamp: float, event_type: str, origin: str, fields: Mapping[str, Any]) -> str:
+    return f"{timestamp:.3f}|{event_type}|{origin}|{_dumps(dict(fields))}"
+
+
+def decode_journey(raw: bytes) -> JourneyEntry:
+    ts, event_type, origin, payload = raw.decode().split("|", 3)
+    return JourneyEntry(float(ts), event_type, origin, payload)
+
+
+def contact_member(decision_id: str, offer_id: str, channel: str, category: str) -> str:
+    return f"{offer_id}|{channel}|{category}|{decision_id}"
+
+
+def decode_contact(member: bytes, score: float) -> ContactRecord:
+    offer_id, channel, category, _ = member.decode().split("|", 3)
+    return ContactRecord(score, offer_id, channel, category)
+
+
+def encode_open_journey(opened: float, fields: Mapping[str, Any]) -> str:
+    return _dumps({"opened": opened, "fields": dict(fields)})
+
+
+def decode_open_journey(field: bytes, raw: bytes) -> OpenJourney:
+    kind, _, ident = field.decode().partition(":")
+    data = json.loads(raw)
+    return OpenJourney(kind, ident, float(data["opened"]), data.get("fields", {}))

@@ -1,0 +1,232 @@
+"""Customer state in Redis: one round trip to read a decision's context, one
+atomic transaction to record it, one script to join an outcome.
+
+Key layout in :mod:`nba_service.store.keys`; value formats in
+:mod:`nba_service.store.codec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from nba_service.engine.domain import (
+    CustomerContext,
+    CustomerProfile,
+    Decision,
+    Event,
+    JourneyEntry,
+    OpenJourney,
+)
+from nba_service.store import codec, keys
+
+__all__ = ["CustomerView", "OutcomeStatus", "PastDecision", "RecordedOutcome", "StateStore"]
+
+JOURNEY_TTL_SECONDS = 90 * 86400
+RECENT_DECISIONS = 20
+CLOSING_EVENTS = frozenset({"purchase", "checkout"})
+"""Custom events that close the customer's open cart (``cart_id`` attribute, or every cart)."""
+
+# Joins an outcome to its decision atomically: unknown -> 0, duplicate -> 2,
+# recorded -> 1 with "learn" set only for the first outcome that settles a reward.
+_OUTCOME_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+if redis.call('HSETNX', KEYS[1], 'o:' .. ARGV[1], ARGV[2]) == 0 then return {2} end
+local offer = redis.call('HGET', KEYS[1], 'offer_id')
+local learn = 0
+if ARGV[3] == '1' and offer and offer ~= '' then
+  learn = redis.call('HSETNX', KEYS[1], 'learned', ARGV[1])
+end
+return {1, learn, offer, redis.call('HGET', KEYS[1], 'channel'),
+        redis.call('HGET', KEYS[1], 'features'), redis.call('HGET', KEYS[1], 'customer_id')}
+"""
+
+
+class OutcomeStatus(enum.Enum):
+    NOT_FOUND = 0
+    RECORDED = 1
+    DUPLICATE = 2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordedOutcome:
+    status: OutcomeStatus
+    learn: bool = False
+    offer_id: str = ""
+    channel: str = ""
+    features: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    customer_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PastDecision:
+    decision_id: str
+    timestamp: float
+    event_type: str
+    offer_id: str
+    channel: str
+    outcomes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CustomerView:
+    """What the agent desktop shows."""
+
+    profile: CustomerProfile
+    journey: tuple[JourneyEntry, ...]
+    open_journeys: tuple[OpenJourney, ...]
+    recent_decisions: tuple[PastDecision, ...]
+
+
+class StateStore:
+    """Async access to customer state; one instance per server, shared by all requests."""
+
+    def __init__(self, client: aioredis.Redis, *, decision_ttl_seconds: int, journey_max_events: int,
+                 context_events: int = 50) -> None:
+        self._redis = client
+        self.decision_ttl_seconds = decision_ttl_seconds
+        self.journey_max_events = journey_max_events
+        self.context_events = min(context_events, journey_max_events)
+        self._outcome_script = client.register_script(_OUTCOME_SCRIPT)
+
+    async def read_context(self, customer_id: str, now: float, origin_channel: str,
+                           request_attributes: Mapping[str, str], contact_window: float) -> CustomerContext:
+        """Profile, recent journey, contact history and open journeys in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.profile(customer_id))
+            pipe.lrange(keys.journey(customer_id), 0, self.context_events - 1)
+            pipe.zrangebyscore(keys.contacts(customer_id), now - contact_window, "+inf", withscores=True)
+            pipe.hgetall(keys.open_journeys(customer_id))
+            raw_profile, raw_journey, raw_contacts, raw_open = await pipe.execute()
+        return CustomerContext(
+            profile=codec.decode_profile(customer_id, raw_profile),
+            now=now,
+            origin_channel=origin_channel,
+            journey=tuple(codec.decode_journey(r) for r in raw_journey),
+            contacts=tuple(codec.decode_contact(m, s) for m, s in raw_contacts),
+            open_journeys=tuple(codec.decode_open_journey(f, v) for f, v in raw_open.items()),
+            request_attributes=request_attributes,
+        )
+
+    async def write_decision(self, decision_id: str, request_id: str, ctx: CustomerContext, event: Event,
+                             decision: Decision, contact_window: float) -> None:
+        """Record the decision, append the event to the journey and count the contact, atomically."""
+        customer_id = ctx.profile.customer_id
+        now = ctx.now
+        decision_key = keys.decision(decision_id)
+        journey_key = keys.journey(customer_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(decision_key, mapping={
+                "customer_id": customer_id,
+                "request_id": request_id,
+                "ts": f"{now:.3f}",
+                "event_type": event.type,
+                "origin_channel": ctx.origin_channel,
+                "offer_id": decision.offer_id or "",
+                "channel": decision.channel,
+                "category": decision.category,
+                "score": repr(decision.score),
+                "propensity": repr(decision.propensity),
+                "policy_version": decision.policy_version,
+                "model_version": decision.model_version,
+                "features": json.dumps(decision.features, separators=(",", ":")),
+            })
+            pipe.expire(decision_key, self.decision_ttl_seconds)
+            pipe.lpush(journey_key, codec.encode_journey(now, event.type, ctx.origin_channel, _journey_fields(event)))
+            pipe.ltrim(journey_key, 0, self.journey_max_events - 1)
+            pipe.expire(journey_key, JOURNEY_TTL_SECONDS)
+            decisions_key = keys.decisions(customer_id)
+            pipe.lpush(decisions_key, decision_id)
+            pipe.ltrim(decisions_key, 0, RECENT_DECISIONS - 1)
+            pipe.expire(decisions_key, self.decision_ttl_seconds)
+            if decision.offer_id is not None:
+                contacts_key = keys.contacts(customer_id)
+                member = codec.contact_member(decision_id, decision.offer_id, decision.channel, decision.category)
+                pipe.zadd(contacts_key, {member: now})
+                pipe.zremrangebyscore(contacts_key, "-inf", now - max(contact_window, 1.0))
+                pipe.expire(contacts_key, int(max(contact_window, 1.0)) + 60)
+            open_key = keys.open_journeys(customer_id)
+            if event.type == "cart_abandon":
+                cart_id = str(event.fields.get("cart_id") or "cart")
+                pipe.hset(open_key, f"cart:{cart_id}", codec.encode_open_journey(now, _journey_fields(event)))
+                pipe.expire(open_key, JOURNEY_TTL_SECONDS)
+            elif event.type == "custom" and event.fields.get("name") in CLOSING_EVENTS:
+                cart_id = event.attributes.get("cart_id")
+                if cart_id:
+                    pipe.hdel(open_key, f"cart:{cart_id}")
+                else:
+                    pipe.delete(open_key)
+            await pipe.execute()
+
+    async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float,
+                             settles_reward: bool) -> RecordedOutcome:
+        """Join an outcome to its decision; idempotent per (decision, outcome)."""
+        result = await self._outcome_script(keys=[keys.decision(decision_id)],
+                                            args=[outcome, f"{now:.3f}|{value!r}", "1" if settles_reward else "0"])
+        status = OutcomeStatus(int(result[0]))
+        if status is not OutcomeStatus.RECORDED:
+            return RecordedOutcome(status)
+        _, learn, offer, channel, features, customer = result
+        return RecordedOutcome(
+            status=status,
+            learn=bool(learn),
+            offer_id=(offer or b"").decode(),
+            channel=(channel or b"").decode(),
+            features=json.loads(features) if features else {},
+            customer_id=(customer or b"").decode(),
+        )
+
+    async def upsert_profile(self, profile: CustomerProfile) -> bool:
+        """Store (replace) a profile; True when the customer is new."""
+        previous = await self._redis.set(keys.profile(profile.customer_id), codec.encode_profile(profile), get=True)
+        return previous is None
+
+    async def customer_view(self, customer_id: str, max_events: int, max_decisions: int = 10) -> CustomerView:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.profile(customer_id))
+            pipe.lrange(keys.journey(customer_id), 0, max_events - 1)
+            pipe.hgetall(keys.open_journeys(customer_id))
+            pipe.lrange(keys.decisions(customer_id), 0, max_decisions - 1)
+            raw_profile, raw_journey, raw_open, decision_ids = await pipe.execute()
+        past: list[PastDecision] = []
+        if decision_ids:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for decision_id in decision_ids:
+                    pipe.hgetall(keys.decision(decision_id.decode()))
+                records = await pipe.execute()
+            for decision_id, record in zip(decision_ids, records):
+                if record:  # expired decisions drop out of the view
+                    past.append(_past_decision(decision_id.decode(), record))
+        return CustomerView(
+            profile=codec.decode_profile(customer_id, raw_profile),
+            journey=tuple(codec.decode_journey(r) for r in raw_journey),
+            open_journeys=tuple(sorted((codec.decode_open_journey(f, v) for f, v in raw_open.items()),
+                                       key=lambda j: -j.opened)),
+            recent_decisions=tuple(past),
+        )
+
+
+def _journey_fields(event: Event) -> dict[str, Any]:
+    fields = dict(event.fields)
+    if event.attributes:
+        fields["attributes"] = dict(event.attributes)
+    return fields
+
+
+def _past_decision(decision_id: str, record: Mapping[bytes, bytes]) -> PastDecision:
+    outcomes = sorted(
+        ((float(v.decode().split("|", 1)[0]), k.decode()[2:]) for k, v in record.items() if k.startswith(b"o:")),
+    )
+    return PastDecision(
+        decision_id=decision_id,
+        timestamp=float(record.get(b"ts", b"0")),
+        event_type=record.get(b"event_type", b"").decode(),
+        offer_id=record.get(b"offer_id", b"").decode(),
+        channel=record.get(b"channel", b"").decode(),
+        outcomes=tuple(kind for _, kind in outcomes),
+    )
