@@ -401,9 +401,11 @@ def parse_policy_files(files: Mapping[str, str], base: str = "") -> PolicySet:
     categories = {o.category for o in offers.values()}
     if settings_parts:
         _, col = settings_parts[0]
-        for limit_channel, node in _settings_limit_channels(settings_parts[0][0]):
-            if limit_channel not in channels:
-                col.add(node, f"settings.contact_limits: unknown channel {limit_channel!r}")
+        for kind, name, node in _settings_limit_targets(settings_parts[0][0]):
+            if kind == "channel" and name not in channels:
+                col.add(node, f"settings.contact_limits: unknown channel {name!r}")
+            if kind == "category" and name not in categories:
+                col.add(node, f"settings.contact_limits: no offer has category {name!r}")
         for category, node in category_lever_nodes.items():
             if category not in categories:
                 col.add(node, f"settings.levers.categories: no offer has category {category!r}")
@@ -418,15 +420,17 @@ def parse_policy_files(files: Mapping[str, str], base: str = "") -> PolicySet:
                      files=dict(files))
 
 
-def _settings_limit_channels(node: _Node) -> list[tuple[str, _Node]]:
+def _settings_limit_targets(node: _Node) -> list[tuple[str, str, _Node]]:
+    """(channel or category, its name, its node) of every settings contact limit."""
     found = []
     if isinstance(node.value, dict) and "contact_limits" in node.value:
         limits = node.value["contact_limits"][1]
         if isinstance(limits.value, list):
             for item in limits.value:
-                if isinstance(item.value, dict) and "channel" in item.value:
-                    channel_node = item.value["channel"][1]
-                    found.append((str(channel_node.value), channel_node))
+                for kind in ("channel", "category"):
+                    if isinstance(item.value, dict) and kind in item.value:
+                        target = item.value[kind][1]
+                        found.append((kind, str(target.value), target))
     return found
 
 

@@ -1,0 +1,190 @@
+"""The decision service end to end: real gRPC server, real Redis, sample policies."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import redis
+
+from nba_service.proto.nba.v1 import decision_pb2 as pb
+from tests.conftest import atm_decline, daytime_zone, profile
+
+LENDING = {"micro_loan", "credit_line_raise", "overdraft_protection"}
+
+
+def test_atm_decline_offers_a_loan_on_push_or_atm_screen(server):
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c1", timezone=daytime_zone())))
+
+    response = server.stub.Decide(atm_decline("c1"), timeout=5)
+
+    assert not response.no_action
+    assert response.action.offer_id in LENDING
+    assert response.action.category == "lending"
+    assert response.channel in {"push", "atm_screen"}
+    assert response.action.content  # rendered for the channel
+    assert "{" not in response.action.content
+    assert response.propensity == pytest.approx(1.0)  # exploration is off in this server
+    assert response.policy_version == "1"
+    assert response.model_version
+    assert response.decision_id
+    assert response.reasons[0].code == "chosen" and response.reasons[0].offer_id == response.action.offer_id
+    assert [a.score for a in response.alternatives] == sorted((a.score for a in response.alternatives), reverse=True)
+    assert all(a.score <= response.score for a in response.alternatives)
+
+
+def test_customer_without_any_consent_gets_no_action(server):
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c2", consent=False, timezone=daytime_zone())))
+
+    response = server.stub.Decide(atm_decline("c2"), timeout=5)
+
+    assert response.no_action
+    assert not response.HasField("action")
+    assert response.channel == ""
+    assert response.decision_id  # "no action" is a real, recorded decision
+    codes = {r.code for r in response.reasons}
+    assert "no_channel" in codes
+    details = " ".join(r.detail for r in response.reasons)
+    assert "no consent" in details
+
+
+def test_unknown_customer_gets_a_decision_from_defaults(server):
+    response = server.stub.Decide(atm_decline("never-seen"), timeout=5)
+
+    assert response.decision_id
+    # Session channels default to consent; an unknown customer can only be reached on the ATM screen.
+    assert response.no_action or response.channel == "atm_screen"
+
+
+def test_abandoned_web_cart_is_visible_to_the_agent_desktop(server):
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c3", timezone=daytime_zone())))
+    web = pb.DecideRequest(customer_id="c3", origin_channel="web", event=pb.Event(
+        cart_abandon=pb.CartAbandon(cart_id="cart-42", cart_value=180.0, currency="EUR", item_ids=["sku1", "sku2"])))
+    decided = server.stub.Decide(web, timeout=5)
+
+    view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="c3", include_best_actions=True),
+                                          timeout=5)
+
+    assert view.known and view.profile.first_name == "Ana"
+    assert [(j.kind, j.id) for j in view.open_journeys] == [("cart", "cart-42")]
+    assert view.open_journeys[0].fields["cart_value"] == "180"
+    assert view.journey[0].type == "cart_abandon" and view.journey[0].origin_channel == "web"
+    assert view.recent_decisions[0].decision_id == decided.decision_id
+    assert view.best_actions, "the agent should see the pending best actions"
+    assert all(a.channel == "agent_desktop" for a in view.best_actions)
+    assert view.policy_version == "1"
+
+
+def test_purchase_closes_the_open_cart(server):
+    server.stub.Decide(pb.DecideRequest(customer_id="c4", origin_channel="web", event=pb.Event(
+        cart_abandon=pb.CartAbandon(cart_id="k1", cart_value=50.0, currency="EUR"))), timeout=5)
+    server.stub.Decide(pb.DecideRequest(customer_id="c4", origin_channel="app", event=pb.Event(
+        custom=pb.CustomEvent(name="purchase", attributes={"cart_id": "k1"}))), timeout=5)
+
+    view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="c4"), timeout=5)
+
+    assert list(view.open_journeys) == []
+    assert [e.type for e in view.journey] == ["custom", "cart_abandon"]
+
+
+def test_frequency_cap_stops_the_same_offer(server):
+    # micro_loan allows at most 2 contacts in 30 days; keep the other lending offers out
+    # of the way so it is the best action every time it is allowed.
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(
+        "c5", segment="student", channels=("push",), timezone=daytime_zone(), credit_score="600")))
+    offers = [server.stub.Decide(atm_decline("c5", amount=60, balance=10), timeout=5) for _ in range(4)]
+
+    chosen = [r.action.offer_id for r in offers]
+    assert chosen[:2] == ["micro_loan", "micro_loan"]
+    assert "micro_loan" not in chosen[2:]
+    capped = [r for r in offers[2].reasons if r.offer_id == "micro_loan"]
+    assert capped and capped[0].code in {"frequency_cap", "no_channel"}
+    assert "at most" in capped[0].detail
+
+
+def test_accepted_outcome_raises_the_offer_score_for_similar_customers(server):
+    zone = daytime_zone()
+    for customer in ("c6", "c7", "c7b"):  # the same profile; c7 and c7b have no history
+        server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(customer, timezone=zone)))
+    first = server.stub.Decide(atm_decline("c6"), timeout=5)
+    offer, channel = first.action.offer_id, first.channel
+    before = server.stub.Decide(atm_decline("c7"), timeout=5)
+    assert (before.action.offer_id, before.channel) == (offer, channel)
+
+    result = server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=first.decision_id,
+                                                         outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
+    after = server.stub.Decide(atm_decline("c7b"), timeout=5)
+
+    assert result.learned and not result.duplicate
+    assert (after.action.offer_id, after.channel) == (offer, channel)
+    assert after.score > before.score
+    assert after.model_version != before.model_version
+
+
+def test_outcome_reported_twice_is_learned_once(server):
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c8", timezone=daytime_zone())))
+    decision = server.stub.Decide(atm_decline("c8"), timeout=5)
+    request = pb.OutcomeRequest(decision_id=decision.decision_id, outcome=pb.OUTCOME_KIND_ACCEPTED, value=100)
+
+    first = server.stub.ReportOutcome(request, timeout=5)
+    updates = server.dataplane.models.updates
+    second = server.stub.ReportOutcome(request, timeout=5)
+    converted = server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
+                                                            outcome=pb.OUTCOME_KIND_CONVERTED), timeout=5)
+
+    assert (first.learned, first.duplicate) == (True, False)
+    assert (second.learned, second.duplicate) == (False, True)
+    assert (converted.learned, converted.duplicate) == (False, False)  # recorded, the reward was already learned
+    assert server.dataplane.models.updates == updates
+    view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="c8"), timeout=5)
+    assert list(view.recent_decisions[0].outcomes) == ["accepted", "converted"]
+
+
+def test_unknown_or_expired_decision_is_not_found(server, redis_client: redis.Redis):
+    with pytest.raises(grpc.RpcError) as unknown:
+        server.stub.ReportOutcome(pb.OutcomeRequest(decision_id="0" * 32, outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+    decision = server.stub.Decide(atm_decline("c9"), timeout=5)
+    redis_client.delete(f"nba:d:{decision.decision_id}")  # what the TTL does after decision_ttl_seconds
+    with pytest.raises(grpc.RpcError) as expired:
+        server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
+                                                    outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
+    assert expired.value.code() == grpc.StatusCode.NOT_FOUND
+    assert decision.decision_id in expired.value.details()
+
+
+def test_decisions_expire_after_the_configured_ttl(start_server, published, redis_client: redis.Redis):
+    server = start_server(decision_ttl_seconds=600)
+    decision = server.stub.Decide(atm_decline("c10"), timeout=5)
+    assert 590 <= redis_client.ttl(f"nba:d:{decision.decision_id}") <= 600
+
+
+def test_decide_stream_answers_each_request_in_order(server):
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c11", timezone=daytime_zone())))
+    requests = [atm_decline("c11"), pb.DecideRequest(customer_id="c11", request_id="r2", origin_channel="app",
+                                                      event=pb.Event(app_open=pb.AppOpen(screen="home"))),
+                atm_decline("nobody")]
+    requests[0].request_id = "r1"
+    requests[2].request_id = "r3"
+
+    responses = list(server.stub.DecideStream(iter(requests), timeout=10))
+
+    assert [r.request_id for r in responses] == ["r1", "r2", "r3"]
+    assert len({r.decision_id for r in responses}) == 3
+
+
+def test_upsert_reports_created_then_updated_and_replaces_the_profile(server):
+    created = server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c12", segment="young")), timeout=5)
+    updated = server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c12", segment="vip")), timeout=5)
+    view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="c12"), timeout=5)
+
+    assert (created.created, updated.created) == (True, False)
+    assert view.profile.segment == "vip"
+    assert {c.channel: c.granted for c in view.profile.consents}["push"] is True
+
+
+def test_unknown_customer_context_says_so(server):
+    view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="ghost"), timeout=5)
+    assert not view.known
+    assert view.profile.customer_id == "ghost"
+    assert list(view.journey) == []

