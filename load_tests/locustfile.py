@@ -224,6 +224,18 @@ def _on_test_stop(environment: Any, **_: Any) -> None:
     NOTES.log_summary()
 
 
+@events.quitting.add_listener
+def _on_quitting(environment: Any, **_: Any) -> None:
+    # Locust rewrites <csv>_stats.csv once a second and does not write it again
+    # when it exits, so the file can miss the last second of the run (and a
+    # failure in it). The stats are final by now: give its CSV writer one more turn.
+    options = getattr(environment, "parsed_options", None)
+    if options is not None and getattr(options, "csv_prefix", None):
+        import gevent
+
+        gevent.sleep(1.2)
+
+
 # --- users ---------------------------------------------------------------------------
 
 class GrpcUser(User):

@@ -119,23 +119,30 @@ class LocalServer:
                 print(f"nba serve (pid {proc.pid}) did not stop after SIGTERM; killing it", file=sys.stderr)
                 proc.kill()
                 proc.wait(timeout=10)
-                self._shutdown_orphan_redis()
         if proc is not None:
             print(f"stopped nba serve (pid {proc.pid}, status {proc.returncode})", flush=True)
+            if proc.returncode != 0:  # it may not have stopped its embedded Redis
+                self._stop_orphan_redis()
         if not self.keep_data:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def _shutdown_orphan_redis(self) -> None:
-        """After a SIGKILL the server could not stop its embedded redis-server: do it here."""
-        url = self.info.get("redis_url")
-        if not url:
+    def _stop_orphan_redis(self) -> None:
+        """A server killed early cannot stop its embedded redis-server (a daemon
+        whose working directory is our data directory): stop it here."""
+        data_dir = str(self.tmp / "data")
+        try:
+            import psutil
+        except ImportError:
             return
-        with contextlib.suppress(Exception):
-            import redis
-
-            client = redis.Redis.from_url(url, socket_timeout=2)
-            with contextlib.suppress(redis.ConnectionError):
-                client.shutdown(nosave=True)
+        for p in psutil.process_iter(["name", "cwd"]):
+            with contextlib.suppress(psutil.Error):
+                if "redis-server" in (p.info["name"] or "") and p.info["cwd"] == data_dir:
+                    print(f"stopping the embedded redis-server left behind (pid {p.pid})", file=sys.stderr)
+                    p.terminate()
+                    try:
+                        p.wait(timeout=10)
+                    except psutil.TimeoutExpired:
+                        p.kill()
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -181,7 +188,7 @@ def read_stats(path: pathlib.Path) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     def ms(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:g}"
+        return "n/a" if v is None else f"{v:.1f}" if v != int(v) else f"{v:.0f}"
 
     width = max([len(r["name"]) for r in rows] + [4])
     print(f"{'name':{width}}  {'requests':>9}  {'failures':>8}  {'rps':>8}  {'p50 ms':>7}  {'p99 ms':>7}  {'max ms':>7}")

@@ -1,5 +1,5 @@
 """Customer state in Redis: one round trip to read a decision's context, one
-atomic transaction to record it, one script to join an outcome.
+atomic script to record it, one script to join an outcome.
 
 Key layout in :mod:`nba_service.store.keys`; value formats in
 :mod:`nba_service.store.codec`.
@@ -44,6 +44,36 @@ if ARGV[3] == '1' and offer and offer ~= '' then
 end
 return {1, learn, offer, redis.call('HGET', KEYS[1], 'channel'),
         redis.call('HGET', KEYS[1], 'features'), redis.call('HGET', KEYS[1], 'customer_id')}
+"""
+
+
+# Records one decision atomically (a script runs whole or not at all): the decision
+# hash with its TTL, the journey entry, the recent-decisions list, the contact
+# (when an action was sent) and the open-journey change.
+_WRITE_SCRIPT = """
+local now = tonumber(ARGV[8])
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('LPUSH', KEYS[3], ARGV[5])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[4], now, ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[9]))
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[9]) + 60)
+end
+if ARGV[10] == 'set' then
+  redis.call('HSET', KEYS[5], ARGV[11], ARGV[12])
+  redis.call('EXPIRE', KEYS[5], ARGV[4])
+elseif ARGV[10] == 'del' then
+  redis.call('HDEL', KEYS[5], ARGV[11])
+elseif ARGV[10] == 'clear' then
+  redis.call('DEL', KEYS[5])
+end
+return 1
 """
 
 
@@ -93,6 +123,7 @@ class StateStore:
         self.journey_max_events = journey_max_events
         self.context_events = min(context_events, journey_max_events)
         self._outcome_script = client.register_script(_OUTCOME_SCRIPT)
+        self._write_script = client.register_script(_WRITE_SCRIPT)
 
     async def read_context(self, customer_id: str, now: float, origin_channel: str,
                            request_attributes: Mapping[str, str], contact_window: float) -> CustomerContext:
@@ -115,53 +146,33 @@ class StateStore:
 
     async def write_decision(self, decision_id: str, request_id: str, ctx: CustomerContext, event: Event,
                              decision: Decision, contact_window: float) -> None:
-        """Record the decision, append the event to the journey and count the contact, atomically."""
+        """Record the decision, append the event to the journey and count the contact: one atomic script."""
         customer_id = ctx.profile.customer_id
         now = ctx.now
-        decision_key = keys.decision(decision_id)
-        journey_key = keys.journey(customer_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(decision_key, mapping={
-                "customer_id": customer_id,
-                "request_id": request_id,
-                "ts": f"{now:.3f}",
-                "event_type": event.type,
-                "origin_channel": ctx.origin_channel,
-                "offer_id": decision.offer_id or "",
-                "channel": decision.channel,
-                "category": decision.category,
-                "score": repr(decision.score),
-                "propensity": repr(decision.propensity),
-                "policy_version": decision.policy_version,
-                "model_version": decision.model_version,
-                "features": json.dumps(decision.features, separators=(",", ":")),
-            })
-            pipe.expire(decision_key, self.decision_ttl_seconds)
-            pipe.lpush(journey_key, codec.encode_journey(now, event.type, ctx.origin_channel, _journey_fields(event)))
-            pipe.ltrim(journey_key, 0, self.journey_max_events - 1)
-            pipe.expire(journey_key, JOURNEY_TTL_SECONDS)
-            decisions_key = keys.decisions(customer_id)
-            pipe.lpush(decisions_key, decision_id)
-            pipe.ltrim(decisions_key, 0, RECENT_DECISIONS - 1)
-            pipe.expire(decisions_key, self.decision_ttl_seconds)
-            if decision.offer_id is not None:
-                contacts_key = keys.contacts(customer_id)
-                member = codec.contact_member(decision_id, decision.offer_id, decision.channel, decision.category)
-                pipe.zadd(contacts_key, {member: now})
-                pipe.zremrangebyscore(contacts_key, "-inf", now - max(contact_window, 1.0))
-                pipe.expire(contacts_key, int(max(contact_window, 1.0)) + 60)
-            open_key = keys.open_journeys(customer_id)
-            if event.type == "cart_abandon":
-                cart_id = str(event.fields.get("cart_id") or "cart")
-                pipe.hset(open_key, f"cart:{cart_id}", codec.encode_open_journey(now, _journey_fields(event)))
-                pipe.expire(open_key, JOURNEY_TTL_SECONDS)
-            elif event.type == "custom" and event.fields.get("name") in CLOSING_EVENTS:
-                cart_id = event.attributes.get("cart_id")
-                if cart_id:
-                    pipe.hdel(open_key, f"cart:{cart_id}")
-                else:
-                    pipe.delete(open_key)
-            await pipe.execute()
+        fields = _journey_fields(event)
+        contact = ("" if decision.offer_id is None else
+                   codec.contact_member(decision_id, decision.offer_id, decision.channel, decision.category))
+        open_op, open_field, open_value = "", "", ""
+        if event.type == "cart_abandon":
+            open_op, open_field = "set", f"cart:{event.fields.get('cart_id') or 'cart'}"
+            open_value = codec.encode_open_journey(now, fields)
+        elif event.type == "custom" and event.fields.get("name") in CLOSING_EVENTS:
+            cart_id = event.attributes.get("cart_id")
+            open_op, open_field = ("del", f"cart:{cart_id}") if cart_id else ("clear", "")
+        window = max(contact_window, 1.0)
+        await self._write_script(
+            keys=[keys.decision(decision_id), keys.journey(customer_id), keys.decisions(customer_id),
+                  keys.contacts(customer_id), keys.open_journeys(customer_id)],
+            args=[self.decision_ttl_seconds, codec.encode_journey(now, event.type, ctx.origin_channel, fields),
+                  self.journey_max_events, JOURNEY_TTL_SECONDS, decision_id, RECENT_DECISIONS, contact,
+                  f"{now:.3f}", f"{window:.0f}", open_op, open_field, open_value,
+                  "customer_id", customer_id, "request_id", request_id, "ts", f"{now:.3f}",
+                  "event_type", event.type, "origin_channel", ctx.origin_channel,
+                  "offer_id", decision.offer_id or "", "channel", decision.channel, "category", decision.category,
+                  "score", repr(decision.score), "propensity", repr(decision.propensity),
+                  "policy_version", decision.policy_version, "model_version", decision.model_version,
+                  "features", json.dumps(decision.features, separators=(",", ":"))],
+        )
 
     async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float,
                              settles_reward: bool) -> RecordedOutcome:

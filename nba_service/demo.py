@@ -1,0 +1,211 @@
+"""``nba demo``: the whole service on an embedded Redis, with simulated traffic.
+
+Starts ``nba serve`` (its own Redis, the sample policies), loads the sample
+customers, plays the DESIGN.md scenarios from several simulated channel
+backends at once, lets simulated customers accept some offers, prints a
+summary and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from nba_service.proto.nba.v1 import decision_pb2 as pb
+from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
+from nba_service.simulation import CustomerResponse, ScenarioMix
+from nba_service.store.customer_import import import_customers
+
+__all__ = ["run_demo"]
+
+READY_TIMEOUT_SECONDS = 60.0
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.by_action: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.by_scenario: collections.Counter[str] = collections.Counter()
+        self.accepted: list[tuple[float, bool]] = []  # (time, accepted) per action shown
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.context_reads = 0
+
+
+async def _backend(stub: pb_grpc.DecisionServiceStub, mix: ScenarioMix, truth: CustomerResponse,
+                   segments: dict[str, str], tally: _Tally, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        moment = mix.next()
+        try:
+            if moment.agent_lookup:
+                await stub.GetCustomerContext(pb.CustomerContextRequest(customer_id=moment.request.customer_id,
+                                                                        include_best_actions=True), timeout=2)
+                tally.context_reads += 1
+            started = time.perf_counter()
+            response = await stub.Decide(moment.request, timeout=2)
+            tally.latencies.append(time.perf_counter() - started)
+            tally.by_scenario[moment.scenario] += 1
+            tally.by_action[(response.action.offer_id or "(no action)", response.channel or "-")] += 1
+            if response.no_action:
+                continue
+            await stub.ReportOutcome(pb.OutcomeRequest(decision_id=response.decision_id,
+                                                       outcome=pb.OUTCOME_KIND_IMPRESSED), timeout=2)
+            segment = segments.get(moment.request.customer_id, "")
+            accepted = truth.accepts(segment, response.action.category, response.channel)
+            outcome = pb.OUTCOME_KIND_ACCEPTED if accepted else pb.OUTCOME_KIND_DECLINED
+            await stub.ReportOutcome(pb.OutcomeRequest(decision_id=response.decision_id, outcome=outcome), timeout=2)
+            tally.accepted.append((time.monotonic(), accepted))
+        except grpc.aio.AioRpcError as exc:
+            tally.errors[exc.code().name] += 1
+
+
+async def _drive(port: int, customers: dict[str, str], duration: float, concurrency: int, seed: int) -> _Tally:
+    tally = _Tally()
+    truth = CustomerResponse(seed)
+    deadline = time.monotonic() + duration
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        await asyncio.gather(*(
+            _backend(stub, ScenarioMix(sorted(customers), seed=seed * 100 + i), truth, customers, tally, deadline)
+            for i in range(concurrency)))
+    return tally
+
+
+def _server_quantiles(metrics_port: int) -> tuple[float, float] | None:
+    """p50 and p99 of the server's own decision histogram, interpolated in its buckets."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    buckets: dict[float, float] = collections.defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        if family.name == "nba_decision_duration_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets[float(sample.labels["le"])] += sample.value
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+
+    def quantile(q: float) -> float:
+        target, lower, below = q * total, 0.0, 0.0
+        for bound in bounds:
+            if buckets[bound] >= target:
+                if bound == float("inf"):
+                    return lower
+                share = (target - below) / max(buckets[bound] - below, 1e-12)
+                return lower + (bound - lower) * share
+            lower, below = bound, buckets[bound]
+        return lower
+
+    return quantile(0.5), quantile(0.99)
+
+
+def _summary(tally: _Tally, duration: float, server: tuple[float, float] | None) -> str:
+    lines = []
+    total = sum(tally.by_scenario.values())
+    latencies = np.array(tally.latencies) * 1000
+    lines.append(f"nba demo: {total} decisions in {duration:.0f} s ({total / duration:.0f}/s) from simulated "
+                 f"ATM, app, web and agent backends; {tally.context_reads} agent context reads")
+    if len(latencies):
+        lines.append(f"Decide latency seen by the backends: p50 {np.percentile(latencies, 50):.2f} ms, "
+                     f"p99 {np.percentile(latencies, 99):.2f} ms (client and server share this machine)")
+    if server:
+        lines.append(f"Decision time inside the server:    p50 {server[0] * 1000:.2f} ms, p99 {server[1] * 1000:.2f} ms")
+    no_action = sum(n for (offer, _), n in tally.by_action.items() if offer == "(no action)")
+    lines.append(f"No action (nothing eligible, no consent, capped or not worth it): {no_action / max(total, 1):.1%}")
+    lines.append("")
+    lines.append(f"{'moment':16}{'decisions':>10}")
+    for scenario, n in tally.by_scenario.most_common():
+        lines.append(f"{scenario:16}{n:>10}")
+    lines.append("")
+    lines.append(f"{'action':28}{'channel':16}{'decisions':>10}")
+    for (offer, channel), n in tally.by_action.most_common(15):
+        lines.append(f"{offer:28}{channel:16}{n:>10}")
+    if len(tally.by_action) > 15:
+        lines.append(f"... and {len(tally.by_action) - 15} more (offer, channel) pairs")
+    shown = len(tally.accepted)
+    if shown:
+        accepted = sum(a for _, a in tally.accepted)
+        third = max(shown // 3, 1)
+        early = sum(a for _, a in tally.accepted[:third]) / third
+        late = sum(a for _, a in tally.accepted[-third:]) / third
+        lines.append("")
+        lines.append(f"Acceptance: {accepted}/{shown} actions accepted ({accepted / shown:.1%}); "
+                     f"first third {early:.1%}, last third {late:.1%} (the models learn from every outcome)")
+    if tally.errors:
+        lines.append(f"Errors: {dict(tally.errors)}")
+    return "\n".join(lines)
+
+
+def _wait_ready(path: pathlib.Path, process: subprocess.Popen[bytes], log: pathlib.Path) -> dict[str, object]:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if path.exists():
+            return json.loads(path.read_text())
+        if process.poll() is not None:
+            raise RuntimeError(f"nba serve exited with code {process.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)  # polling a file the server writes when it is ready
+    raise RuntimeError(f"nba serve was not ready after {READY_TIMEOUT_SECONDS:.0f} s:\n{log.read_text()}")
+
+
+def run_demo(duration: float = 30.0, concurrency: int = 8, seed: int = 7, policies: str = "policies",
+             customers: str = "policies/customers.jsonl") -> int:
+    for path in (policies, customers):
+        if not pathlib.Path(path).exists():
+            print(f"nba demo: {path} not found (run it from the project folder)", file=sys.stderr)
+            return 1
+    with tempfile.TemporaryDirectory(prefix="nba-demo-") as folder:
+        work = pathlib.Path(folder)
+        ready, log = work / "ready.json", work / "server.log"
+        print(f"starting nba serve with an embedded Redis in {work} ...", flush=True)
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
+                 "--data-dir", str(work / "data"), "--policies", policies, "--ready-file", str(ready),
+                 "--seed", str(seed)],
+                stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            info = _wait_ready(ready, process, log)
+            print(f"serving on 127.0.0.1:{info['port']}, metrics on http://127.0.0.1:{info['metrics_port']}/metrics, "
+                  f"policies from {policies}/ published", flush=True)
+            client = redis.Redis.from_url(str(info["redis_url"]))
+            try:
+                report = import_customers(client, customers, progress=False)
+            finally:
+                client.close()
+            print(f"loaded {report.loaded} customer profiles from {customers}", flush=True)
+            segments = {}
+            for line in pathlib.Path(customers).read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    segments[record["customer_id"]] = record.get("segment", "")
+            print(f"playing {duration:.0f} s of ATM, app, web and agent traffic from {concurrency} backends ...",
+                  flush=True)
+            tally = asyncio.run(_drive(int(info["port"]), segments, duration, concurrency, seed))
+            print()
+            print(_summary(tally, duration, _server_quantiles(int(info["metrics_port"]))))
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        print(f"\nstopped nba serve (pid {process.pid}) and its embedded Redis")
+        return 0 if not tally.errors else 1

@@ -1,0 +1,129 @@
+"""Simulated channel traffic and customers for the demo and load generation.
+
+:class:`ScenarioMix` draws live moments like the DESIGN.md scenarios (ATM
+declines, location pings, abandoned carts, app opens, page views, agent
+contacts) from a skewed customer population. :class:`CustomerResponse`
+holds the hidden truth of how customers respond: an acceptance probability
+per (segment, offer category, channel) drawn once from a seed, so a learner
+that uses the segment can beat one that does not.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import random
+from collections.abc import Sequence
+
+from nba_service.proto.nba.v1 import decision_pb2 as pb
+
+__all__ = ["CustomerResponse", "Moment", "ScenarioMix"]
+
+SEGMENTS = ("mass", "young", "affluent", "student", "family", "vip", "")
+CHANNEL_EFFECT = {"agent_desktop": 1.2, "atm_screen": 0.6, "app_inbox": 0.2, "push": 0.3, "web_banner": 0.0,
+                  "sms": -0.3, "email": -0.6}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Moment:
+    """One simulated request: which RPC flow and the Decide request to send."""
+
+    scenario: str
+    request: pb.DecideRequest
+    agent_lookup: bool = False
+    """The agent desktop first reads the customer context, then decides."""
+
+
+class ScenarioMix:
+    """Draws moments with the weights of a bank-and-retailer traffic mix."""
+
+    WEIGHTS = {"atm_decline": 0.22, "location": 0.18, "cart_abandon": 0.2, "app_open": 0.15, "page_view": 0.15,
+               "agent_contact": 0.07, "purchase": 0.03}
+
+    def __init__(self, customer_ids: Sequence[str], seed: int = 0, skew: float = 1.1, unknown_share: float = 0.03) -> None:
+        self.customer_ids = list(customer_ids)
+        self.unknown_share = unknown_share
+        self._rng = random.Random(seed)
+        # Zipf-like activity: the first customers of a shuffled list are far more active.
+        order = self.customer_ids[:]
+        self._rng.shuffle(order)
+        self._order = order
+        weights = [1.0 / (rank + 1) ** skew for rank in range(len(order))]
+        total = sum(weights)
+        self._cumulative = []
+        running = 0.0
+        for w in weights:
+            running += w / total
+            self._cumulative.append(running)
+        self._scenarios = list(self.WEIGHTS)
+        self._scenario_weights = list(self.WEIGHTS.values())
+
+    def customer(self) -> str:
+        rng = self._rng
+        if rng.random() < self.unknown_share:
+            return f"walk-in-{rng.randrange(10_000)}"
+        return self._order[min(bisect.bisect_left(self._cumulative, rng.random()), len(self._order) - 1)]
+
+    def next(self) -> Moment:
+        rng = self._rng
+        scenario = rng.choices(self._scenarios, self._scenario_weights)[0]
+        customer_id = self.customer()
+        if scenario == "atm_decline":
+            amount = float(rng.choice((20, 40, 50, 60, 100, 150, 200, 300, 400)))
+            event = pb.Event(atm_decline=pb.AtmDecline(
+                amount=amount, balance=round(rng.uniform(-50, amount * 0.9), 2), currency="EUR",
+                atm_id=f"atm-{rng.randrange(500)}", latitude=40.4 + rng.uniform(-0.1, 0.1),
+                longitude=-3.7 + rng.uniform(-0.1, 0.1)))
+            origin = "atm"
+        elif scenario == "location":
+            event = pb.Event(location=pb.Location(latitude=40.4 + rng.uniform(-0.1, 0.1),
+                                                  longitude=-3.7 + rng.uniform(-0.1, 0.1),
+                                                  accuracy_m=rng.choice((15.0, 40.0, 120.0, 600.0)),
+                                                  place_id=rng.choice(("store-sol", "store-gran-via", "branch-12", ""))))
+            origin = "app"
+        elif scenario == "cart_abandon":
+            items = [f"sku-{rng.randrange(5000)}" for _ in range(rng.randint(1, 7))]
+            event = pb.Event(cart_abandon=pb.CartAbandon(cart_id=f"cart-{rng.randrange(10**6)}",
+                                                         cart_value=round(rng.uniform(15, 400), 2), currency="EUR",
+                                                         item_ids=items))
+            origin = rng.choice(("web", "web", "app"))
+        elif scenario == "app_open":
+            event = pb.Event(app_open=pb.AppOpen(screen=rng.choice(("home", "accounts", "shop", "cards"))))
+            origin = "app"
+        elif scenario == "page_view":
+            event = pb.Event(page_view=pb.PageView(url="https://shop.example/p", page_type=rng.choice(
+                ("product", "checkout", "loans", "kids", "toys", "home"))))
+            origin = "web"
+        elif scenario == "agent_contact":
+            event = pb.Event(agent_contact=pb.AgentContact(agent_id=f"agent-{rng.randrange(40)}", reason=rng.choice(
+                ("fees", "billing", "delivery", "late_delivery", "cancel", "card_declined"))))
+            origin = "call_centre"
+        else:
+            event = pb.Event(custom=pb.CustomEvent(name="purchase"))
+            origin = rng.choice(("web", "app", "store"))
+        request = pb.DecideRequest(customer_id=customer_id, origin_channel=origin, event=event)
+        return Moment(scenario, request, agent_lookup=scenario == "agent_contact")
+
+
+class CustomerResponse:
+    """Hidden truth: P(accept | segment, offer category, channel), fixed by a seed."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self._affinity: dict[tuple[str, str], float] = {}
+        self._seed = seed
+
+    def affinity(self, segment: str, category: str) -> float:
+        key = (segment, category)
+        value = self._affinity.get(key)
+        if value is None:
+            value = self._affinity[key] = random.Random(f"{self._seed}:{segment}:{category}").gauss(0.0, 1.0)
+        return value
+
+    def probability(self, segment: str, category: str, channel: str) -> float:
+        logit = -2.6 + self.affinity(segment, category) + CHANNEL_EFFECT.get(channel, 0.0)
+        return 1.0 / (1.0 + math.exp(-logit))
+
+    def accepts(self, segment: str, category: str, channel: str) -> bool:
+        return self._rng.random() < self.probability(segment, category, channel)

@@ -1,0 +1,179 @@
+"""The `nba` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import psutil
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nba_service.cli import main
+from nba_service.store.policy_store import PolicyStore
+from tests.conftest import SAMPLE_POLICIES
+
+
+def nba(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def broken_policies(tmp_path: pathlib.Path) -> pathlib.Path:
+    folder = tmp_path / "broken"
+    shutil.copytree(SAMPLE_POLICIES, folder)
+    bank = folder / "bank.yaml"
+    text = bank.read_text()
+    assert "prior: 0.12" in text
+    bank.write_text(text.replace("prior: 0.12", "prior: twelve", 1))
+    return folder
+
+
+def test_validate_reports_file_line_and_exit_code(capsys, broken_policies):
+    code, out, err = nba(capsys, "policy", "validate", str(broken_policies))
+    line = next(i for i, text in enumerate((broken_policies / "bank.yaml").read_text().splitlines(), 1)
+                if "prior: twelve" in text)
+    assert code == 1
+    assert f"bank.yaml:{line}:" in err
+    assert "prior: expected a number, got 'twelve'" in err
+
+    code, out, _ = nba(capsys, "policy", "validate", str(SAMPLE_POLICIES))
+    assert code == 0 and "valid" in out
+
+
+def test_broken_publish_changes_nothing(capsys, redis_url, redis_client, broken_policies):
+    code, out, _ = nba(capsys, "policy", "publish", str(SAMPLE_POLICIES), "--redis-url", redis_url, "-m", "first")
+    assert code == 0 and "policy version 1" in out
+
+    code, _, err = nba(capsys, "policy", "publish", str(broken_policies), "--redis-url", redis_url)
+
+    assert code == 1
+    assert "bank.yaml:" in err and "nothing was published" in err
+    store = PolicyStore(redis_client)
+    assert store.live() == 1
+    assert [p.version for p in store.history()] == [1]
+
+
+def test_history_and_rollback(capsys, redis_url, redis_client):
+    for message in ("first", "second"):
+        nba(capsys, "policy", "publish", str(SAMPLE_POLICIES), "--redis-url", redis_url, "-m", message,
+            "--author", "maria")
+    code, out, _ = nba(capsys, "policy", "history", "--redis-url", redis_url)
+    assert code == 0
+    lines = out.splitlines()
+    assert "maria" in lines[1] and "first" in lines[1] and not lines[1].startswith("*")
+    assert lines[2].startswith("*") and "second" in lines[2]
+
+    code, out, _ = nba(capsys, "policy", "rollback", "--redis-url", redis_url)
+    assert code == 0 and "version 1 is live" in out
+    assert PolicyStore(redis_client).live() == 1
+
+    code, _, err = nba(capsys, "policy", "rollback", "9", "--redis-url", redis_url)
+    assert code == 1 and "does not exist" in err
+    assert PolicyStore(redis_client).live() == 1
+
+
+def test_customers_load_counts_and_names_refused_lines(capsys, redis_url, redis_client, tmp_path):
+    export = tmp_path / "crm.jsonl"
+    export.write_text("\n".join([
+        json.dumps({"customer_id": "a1", "segment": "mass", "reachable_channels": ["push"], "consents": {"push": True},
+                    "timezone": "Europe/Madrid", "attributes": {"income": "40000"}}),
+        json.dumps({"customer_id": "a2", "timezone": "Nowhere/City"}),
+        "{not json",
+        json.dumps({"segment": "vip"}),
+        json.dumps({"customer_id": "a3", "first_name": "Li"}),
+    ]) + "\n")
+
+    code, out, _ = nba(capsys, "customers", "load", str(export), "--redis-url", redis_url)
+
+    assert code == 2  # some rows refused
+    assert "2 rows loaded (2 new customers), 3 refused" in out
+    assert "line 2: profile.timezone" in out
+    assert "line 3: json" in out
+    assert "line 4: customer_id: is required" in out
+    stored = json.loads(redis_client.get("nba:c:{a1}:profile"))
+    assert stored["consents"] == {"push": True} and stored["attributes"] == {"income": "40000"}
+    assert redis_client.exists("nba:c:{a3}:profile") and not redis_client.exists("nba:c:{a2}:profile")
+
+
+def test_customers_load_csv(capsys, redis_url, redis_client, tmp_path):
+    export = tmp_path / "crm.csv"
+    export.write_text("customer_id,first_name,segment,reachable_channels,consent_push,consent_sms,timezone,city\n"
+                      "b1,Ana,young,push;sms,yes,no,Europe/Madrid,Madrid\n"
+                      "b2,Bo,vip,push,maybe,no,UTC,Oslo\n")
+    code, out, _ = nba(capsys, "customers", "load", str(export), "--redis-url", redis_url)
+    assert code == 2
+    assert "1 rows loaded" in out and "line 3: consent_push: 'maybe' is not yes/no" in out
+    stored = json.loads(redis_client.get("nba:c:{b1}:profile"))
+    assert stored["reachable_channels"] == ["push", "sms"]
+    assert stored["consents"] == {"push": True, "sms": False}
+    assert stored["attributes"] == {"city": "Madrid"}
+
+
+def _wait_for(path: pathlib.Path, process: subprocess.Popen, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return json.loads(path.read_text())
+        if process.poll() is not None:
+            raise AssertionError(f"nba serve exited with {process.returncode}: {process.stderr.read()}")
+        time.sleep(0.05)  # polling a file another process writes
+    raise AssertionError("nba serve did not become ready")
+
+
+def test_serve_runs_its_own_redis_and_stops_it(tmp_path, capsys):
+    ready = tmp_path / "ready.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nba_service.cli", "serve", "--port", "0", "--metrics-port", "-1",
+         "--data-dir", str(tmp_path / "data"), "--policies", str(SAMPLE_POLICIES), "--ready-file", str(ready)],
+        env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        info = _wait_for(ready, process)
+        assert info["redis_url"].startswith("unix://")
+        redis_pid = int((pathlib.Path(info["redis_url"][len("unix://"):]).parent / "redis.pid").read_text())
+        with grpc.insecure_channel(f"127.0.0.1:{info['port']}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+
+        # another command finds the running embedded Redis by itself
+        code, out, _ = nba(capsys, "policy", "history", "--data-dir", str(tmp_path / "data"))
+        assert code == 0 and "published at start-up" in out
+        assert psutil.pid_exists(redis_pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        process.stderr.close()
+    assert process.returncode == 0
+    assert not psutil.pid_exists(redis_pid) or psutil.Process(redis_pid).status() == psutil.STATUS_ZOMBIE
+
+    # state persisted: the next start serves the same version without publishing again
+    client_code, out, _ = nba(capsys, "policy", "history", "--data-dir", str(tmp_path / "data"))
+    assert client_code == 0 and out.count("published at start-up") == 1
+
+
+def test_serve_refuses_a_broken_policy_directory(tmp_path, broken_policies):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "nba_service.cli", "serve", "--port", "0", "--metrics-port", "-1",
+         "--data-dir", str(tmp_path / "data"), "--policies", str(broken_policies)],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "bank.yaml:" in result.stderr and "nothing published" in result.stderr
+
+
+def test_unreachable_redis_is_a_clear_error(capsys):
+    code, _, err = nba(capsys, "policy", "history", "--redis-url", "redis://127.0.0.1:1/0")
+    assert code == 3
+    assert "Redis" in err
+    assert isinstance(redis.ConnectionError("x"), redis.RedisError)

@@ -1,0 +1,246 @@
+"""The engine alone: plain data in, a decision out; no network."""
+
+from __future__ import annotations
+
+import datetime
+import textwrap
+import zoneinfo
+
+import numpy as np
+import pytest
+
+from nba_service.engine.domain import ContactRecord, CustomerContext, CustomerProfile, Event
+from nba_service.engine.pipeline import DecisionEngine
+from nba_service.learning.exploration import EpsilonGreedy
+from nba_service.learning.models import ModelBank
+from nba_service.policies.schema import parse_policy_files
+from nba_service.policies.snapshot import PolicySnapshot
+
+POLICY = {
+    "settings.yaml": textwrap.dedent("""\
+        settings:
+          no_action_threshold: 0.5
+          preferred_channel_boost: 1.5
+          levers: {global: 1.0, categories: {lending: 1.0, cards: 1.0}}
+          contact_limits:
+            - {max: 5, per: 1d}
+            - {channel: sms, max: 1, per: 1d}
+            - {category: cards, max: 1, per: 7d}
+        """),
+    "channels.yaml": textwrap.dedent("""\
+        channels:
+          - id: push
+            quiet_hours: {start: "21:00", end: "08:00"}
+          - id: sms
+          - id: atm_screen
+            needs_reachable: false
+            default_consent: true
+            available_when: "event.type == 'atm_decline'"
+        """),
+    "offers.yaml": textwrap.dedent("""\
+        offers:
+          - id: loan
+            name: Instant loan
+            category: lending
+            events: [atm_decline]
+            eligible_when: "event.shortfall > 0 and profile.segment != 'student'"
+            value: 20
+            prior: 0.2
+            channels: [push, sms, atm_screen]
+            variables: {loan_amount: "round_up(event.shortfall, 50)"}
+            content:
+              push: "{first_name}: {loan_amount} {currency} now"
+              default: "Loan of {loan_amount} {currency}"
+            limits:
+              - {max: 2, per: 30d}
+              - {channel: push, max: 1, per: 1d}
+          - id: card
+            name: Card upgrade
+            category: cards
+            events: [atm_decline]
+            eligible_when: "num(attr('income'), 0) > 30000"
+            value: 10
+            prior: 0.2
+            channels: [push, sms]
+            content: {default: "Upgrade your card"}
+          - id: tip
+            name: Budget tip
+            category: service
+            events: [atm_decline]
+            value: 1
+            prior: 0.1
+            channels: [atm_screen]
+            content: {default: "Tip"}
+        """),
+}
+
+NOON_UTC = datetime.datetime(2026, 6, 10, 12, 0, tzinfo=datetime.timezone.utc).timestamp()
+DECLINE = Event("atm_decline", {"amount": 120.0, "balance": 20.0, "currency": "EUR", "atm_id": "a",
+                                "latitude": 0.0, "longitude": 0.0, "shortfall": 100.0})
+
+
+@pytest.fixture(scope="module")
+def snapshot() -> PolicySnapshot:
+    return PolicySnapshot.compile(parse_policy_files(POLICY), "7")
+
+
+def engine(snapshot: PolicySnapshot, epsilon: float = 0.0, seed: int = 3) -> DecisionEngine:
+    bank = ModelBank()
+    bank.bind(snapshot)
+    return DecisionEngine(bank, EpsilonGreedy(epsilon, seed))
+
+
+def customer(timezone: str = "UTC", consent: bool = True, preferred: str = "", segment: str = "mass",
+             **attributes: str) -> CustomerProfile:
+    return CustomerProfile("c1", "Ana", segment, preferred, frozenset({"push", "sms"}),
+                           {"push": consent, "sms": consent, "atm_screen": consent}, timezone,
+                           {"income": "50000", **attributes})
+
+
+def decide(snapshot, profile, now=NOON_UTC, contacts=(), epsilon=0.0, event=DECLINE):
+    ctx = CustomerContext(profile, now=now, origin_channel="atm", contacts=tuple(contacts))
+    return engine(snapshot, epsilon).decide(snapshot, ctx, event)
+
+
+def test_best_offer_wins_with_content_rendered_for_its_channel(snapshot):
+    decision = decide(snapshot, customer())
+    # P=0.2 everywhere: loan 20 beats card 10 and tip 1
+    assert (decision.offer_id, decision.channel) == ("loan", "push")
+    assert decision.score == pytest.approx(0.2 * 20)
+    assert decision.content == "Ana: 100 EUR now"
+    assert [a.offer_id for a in decision.alternatives] == ["card"]  # tip: 0.1 x 1 is below the threshold
+    assert any(r.offer_id == "tip" and r.code == "below_threshold" for r in decision.reasons)
+    assert decision.policy_version == "7"
+
+
+def test_preferred_channel_boost(snapshot):
+    decision = decide(snapshot, customer(preferred="sms"))
+    assert decision.channel == "sms"
+    assert decision.score == pytest.approx(0.2 * 20 * 1.5)
+
+
+def test_eligibility_rule_filters_with_its_source_as_reason(snapshot):
+    decision = decide(snapshot, customer(segment="student"))
+    assert decision.offer_id == "card" or decision.no_action
+    reason = next(r for r in decision.reasons if r.offer_id == "loan")
+    assert reason.code == "not_eligible"
+    assert "student" in reason.detail
+
+
+def test_no_consent_means_no_action(snapshot):
+    decision = decide(snapshot, customer(consent=False))
+    assert decision.no_action
+    assert decision.propensity == 1.0
+    assert all("no consent" in r.detail for r in decision.reasons if r.code == "no_channel")
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Tokyo", "America/Los_Angeles", "Asia/Kolkata"])
+def test_quiet_hours_follow_the_customers_timezone(snapshot, timezone):
+    # 12:00 UTC is 12:00, 21:00 (quiet), 05:00 (quiet) and 17:30 local
+    local = datetime.datetime.fromtimestamp(NOON_UTC, zoneinfo.ZoneInfo(timezone))
+    expected = not (local.hour >= 21 or local.hour < 8)
+    decision = decide(snapshot, customer(timezone=timezone))
+    assert (decision.channel == "push") == expected
+    if not expected:
+        assert decision.channel == "sms"
+
+
+def test_quiet_hours_across_a_daylight_saving_change(snapshot):
+    madrid = zoneinfo.ZoneInfo("Europe/Madrid")
+    # 07:30 UTC is 08:30 in winter (CET, push allowed) but 09:30 in summer; 06:30 UTC is
+    # 07:30 local in winter (quiet) and 08:30 local in summer (allowed).
+    winter = datetime.datetime(2026, 3, 28, 6, 30, tzinfo=datetime.timezone.utc).timestamp()  # day before the change
+    summer = datetime.datetime(2026, 3, 29, 6, 30, tzinfo=datetime.timezone.utc).timestamp()  # day of the change
+    assert datetime.datetime.fromtimestamp(winter, madrid).hour == 7
+    assert datetime.datetime.fromtimestamp(summer, madrid).hour == 8
+    assert decide(snapshot, customer(timezone="Europe/Madrid"), now=winter).channel == "sms"
+    assert decide(snapshot, customer(timezone="Europe/Madrid"), now=summer).channel == "push"
+
+
+def _contacts(*entries: tuple[float, str, str, str]) -> list[ContactRecord]:
+    return [ContactRecord(NOON_UTC - age, offer, channel, category) for age, offer, channel, category in entries]
+
+
+def test_offer_cap_over_a_rolling_window(snapshot):
+    twice = _contacts((3 * 86400, "loan", "sms", "lending"), (10 * 86400, "loan", "sms", "lending"))
+    decision = decide(snapshot, customer(), contacts=twice)
+    assert decision.offer_id == "card"
+    reason = next(r for r in decision.reasons if r.offer_id == "loan")
+    assert (reason.code, reason.detail) == ("frequency_cap", "at most 2 per 30d")
+    # one of the two is older than 30 days: the loan is allowed again
+    old = _contacts((3 * 86400, "loan", "sms", "lending"), (31 * 86400, "loan", "sms", "lending"))
+    assert decide(snapshot, customer(), contacts=old).offer_id == "loan"
+
+
+def test_offer_channel_cap_moves_the_offer_to_another_channel(snapshot):
+    decision = decide(snapshot, customer(), contacts=_contacts((3600, "loan", "push", "lending")))
+    assert (decision.offer_id, decision.channel) == ("loan", "sms")
+
+
+def test_channel_cap_across_offers(snapshot):
+    decision = decide(snapshot, customer(preferred="sms"), contacts=_contacts((3600, "card", "sms", "cards")))
+    assert decision.channel != "sms"
+
+
+def test_category_cap(snapshot):
+    decision = decide(snapshot, customer(segment="student", income="50000"),
+                      contacts=_contacts((2 * 86400, "card", "push", "cards")))
+    reason = next(r for r in decision.reasons if r.offer_id == "card")
+    assert (reason.code, reason.detail) == ("frequency_cap", "at most 1 in cards per 7d")
+
+
+def test_overall_cap_means_no_action(snapshot):
+    five = _contacts(*[(i * 3600 + 60, "tip", "atm_screen", "service") for i in range(5)])
+    decision = decide(snapshot, customer(), contacts=five)
+    assert decision.no_action
+    assert decision.reasons[-1].code == "frequency_cap"
+
+
+def test_a_failing_rule_filters_only_its_offer(snapshot):
+    # attr('income') is "lots": num() falls back to 0 so the card is simply not eligible,
+    # while a comparison of None with a number makes the rule raise.
+    decision = decide(snapshot, customer(income="lots"))
+    assert decision.offer_id == "loan"
+    broken = PolicySnapshot.compile(parse_policy_files({
+        **POLICY, "offers.yaml": POLICY["offers.yaml"].replace("num(attr('income'), 0) > 30000", "attr('income') > 3")}),
+        "8")
+    decision = decide(broken, customer())
+    assert decision.offer_id == "loan"
+    reason = next(r for r in decision.reasons if r.offer_id == "card")
+    assert reason.code == "rule_error"
+
+
+def test_offer_outside_its_validity_window_is_skipped():
+    policy = {**POLICY, "offers.yaml": POLICY["offers.yaml"].replace(
+        "    value: 20\n", "    value: 20\n    valid_until: 2026-06-01\n")}
+    snap = PolicySnapshot.compile(parse_policy_files(policy), "9")
+    decision = decide(snap, customer())
+    assert decision.offer_id == "card"
+    assert any(r.offer_id == "loan" and r.code == "not_live" for r in decision.reasons)
+
+
+def test_logged_propensity_matches_the_observed_frequency(snapshot):
+    """Over many draws each option is chosen as often as its logged propensity says."""
+    eng = engine(snapshot, epsilon=0.3, seed=11)
+    ctx = CustomerContext(customer(), now=NOON_UTC, origin_channel="atm")
+    draws = 6000
+    counts: dict[str, int] = {}
+    logged: dict[str, float] = {}
+    for _ in range(draws):
+        d = eng.decide(snapshot, ctx, DECLINE)
+        counts[d.offer_id] = counts.get(d.offer_id, 0) + 1
+        logged.setdefault(d.offer_id, d.propensity)
+        assert logged[d.offer_id] == d.propensity
+    # two options above the threshold: loan (greedy) and card
+    assert set(counts) == {"loan", "card"}
+    assert logged["loan"] == pytest.approx(0.7 + 0.15)
+    assert logged["card"] == pytest.approx(0.15)
+    for offer, p in logged.items():
+        standard_error = np.sqrt(p * (1 - p) / draws)
+        assert abs(counts[offer] / draws - p) < 4 * standard_error
+
+
+def test_no_candidates_for_an_event_type(snapshot):
+    decision = decide(snapshot, customer(), event=Event("app_open", {"screen": "home"}))
+    assert decision.no_action
+    assert decision.reasons[0].code == "no_candidates"
