@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
-from nba_service.simulation import CustomerResponse, ScenarioMix
+from nba_service.simulation import CustomerResponse, ScenarioMix, generate_customers
 from nba_service.store.customer_import import import_customers
 
 __all__ = ["run_demo"]
@@ -164,7 +164,7 @@ def _wait_ready(path: pathlib.Path, process: subprocess.Popen[bytes], log: pathl
 
 
 def run_demo(duration: float = 30.0, concurrency: int = 8, seed: int = 7, policies: str = "policies",
-             customers: str = "policies/customers.jsonl") -> int:
+             customers: str = "policies/customers.jsonl", population_size: int = 20_000) -> int:
     for path in (policies, customers):
         if not pathlib.Path(path).exists():
             print(f"nba demo: {path} not found (run it from the project folder)", file=sys.stderr)
@@ -183,17 +183,23 @@ def run_demo(duration: float = 30.0, concurrency: int = 8, seed: int = 7, polici
             info = _wait_ready(ready, process, log)
             print(f"serving on 127.0.0.1:{info['port']}, metrics on http://127.0.0.1:{info['metrics_port']}/metrics, "
                   f"policies from {policies}/ published", flush=True)
+            # The sample profiles, plus a larger synthetic population written as a CRM export
+            # would be, so that contact caps bite as they would in real traffic, not on every call.
+            population = work / "crm-export.jsonl"
+            population.write_text("".join(json.dumps(r) + "\n" for r in generate_customers(population_size, seed)))
+            segments: dict[str, str] = {}
             client = redis.Redis.from_url(str(info["redis_url"]))
             try:
-                report = import_customers(client, customers, progress=False)
+                for path in (pathlib.Path(customers), population):
+                    report = import_customers(client, path, progress=False)
+                    print(f"loaded {report.loaded} customer profiles from {path.name} "
+                          f"({len(report.refused)} refused)", flush=True)
+                    for line in path.read_text().splitlines():
+                        if line.strip():
+                            record = json.loads(line)
+                            segments[record["customer_id"]] = record.get("segment", "")
             finally:
                 client.close()
-            print(f"loaded {report.loaded} customer profiles from {customers}", flush=True)
-            segments = {}
-            for line in pathlib.Path(customers).read_text().splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    segments[record["customer_id"]] = record.get("segment", "")
             print(f"playing {duration:.0f} s of ATM, app, web and agent traffic from {concurrency} backends ...",
                   flush=True)
             tally = asyncio.run(_drive(int(info["port"]), segments, duration, concurrency, seed))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 
-__all__ = ["CustomerResponse", "Moment", "ScenarioMix"]
+__all__ = ["CustomerResponse", "Moment", "ScenarioMix", "generate_customers"]
 
 SEGMENTS = ("mass", "young", "affluent", "student", "family", "vip", "")
 CHANNEL_EFFECT = {"agent_desktop": 1.2, "atm_screen": 0.6, "app_inbox": 0.2, "push": 0.3, "web_banner": 0.0,
@@ -41,7 +41,7 @@ class ScenarioMix:
     WEIGHTS = {"atm_decline": 0.22, "location": 0.18, "cart_abandon": 0.2, "app_open": 0.15, "page_view": 0.15,
                "agent_contact": 0.07, "purchase": 0.03}
 
-    def __init__(self, customer_ids: Sequence[str], seed: int = 0, skew: float = 1.1, unknown_share: float = 0.03) -> None:
+    def __init__(self, customer_ids: Sequence[str], seed: int = 0, skew: float = 0.8, unknown_share: float = 0.03) -> None:
         self.customer_ids = list(customer_ids)
         self.unknown_share = unknown_share
         self._rng = random.Random(seed)
@@ -127,3 +127,29 @@ class CustomerResponse:
 
     def accepts(self, segment: str, category: str, channel: str) -> bool:
         return self._rng.random() < self.probability(segment, category, channel)
+
+
+def generate_customers(count: int, seed: int = 0, prefix: str = "s") -> list[dict[str, object]]:
+    """``count`` synthetic CRM records (the shape ``nba customers load`` reads), seeded."""
+    rng = random.Random(seed)
+    names = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Julia", "Kofi", "Lena")
+    zones = ("Europe/Madrid", "Europe/London", "Europe/Berlin", "America/New_York", "Asia/Singapore")
+    segments = ("mass", "mass", "young", "affluent", "student", "family", "vip")
+    records = []
+    for i in range(count):
+        reachable = [c for c, share in (("push", 0.7), ("sms", 0.8), ("email", 0.9), ("app_inbox", 0.6))
+                     if rng.random() < share]
+        consents = {c: rng.random() < 0.85 for c in reachable}
+        records.append({
+            "customer_id": f"{prefix}{i:06d}",
+            "first_name": rng.choice(names),
+            "segment": rng.choice(segments),
+            "preferred_channel": rng.choice(reachable) if reachable else "",
+            "reachable_channels": reachable,
+            "consents": consents,
+            "timezone": rng.choice(zones),
+            "attributes": {"income": str(rng.randrange(12_000, 150_000, 500)),
+                           "credit_score": str(rng.randrange(520, 840)),
+                           "loyalty_member": rng.choice(("yes", "no"))},
+        })
+    return records

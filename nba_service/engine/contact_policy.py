@@ -98,14 +98,14 @@ def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], no
     table = snapshot.limits
     if not len(table) or (not contacts and not (table.maximum <= 0).any()):
         return NO_HITS
-    ages = np.array([now - c.timestamp for c in contacts])
-    offers = np.array([snapshot.offer_index.get(c.offer_id, -2) for c in contacts], dtype=np.intp)
-    channels = np.array([snapshot.channel_index.get(c.channel, -2) for c in contacts], dtype=np.intp)
-    categories = np.array([snapshot.category_index.get(c.category, -2) for c in contacts], dtype=np.intp)
-    match = ages[None, :] < table.per[:, None]
-    match &= (table.offer[:, None] < 0) | (table.offer[:, None] == offers[None, :])
-    match &= (table.channel[:, None] < 0) | (table.channel[:, None] == channels[None, :])
-    match &= (table.category[:, None] < 0) | (table.category[:, None] == categories[None, :])
+    offer_index, channel_index, category_index = snapshot.offer_index, snapshot.channel_index, snapshot.category_index
+    # one row per contact: age, offer, channel, category (-2: not in this policy version)
+    history = np.array([(now - c.timestamp, offer_index.get(c.offer_id, -2), channel_index.get(c.channel, -2),
+                         category_index.get(c.category, -2)) for c in contacts]).reshape(-1, 4).T
+    match = history[0][None, :] < table.per[:, None]
+    match &= (table.offer[:, None] < 0) | (table.offer[:, None] == history[1][None, :])
+    match &= (table.channel[:, None] < 0) | (table.channel[:, None] == history[2][None, :])
+    match &= (table.category[:, None] < 0) | (table.category[:, None] == history[3][None, :])
     hits = np.flatnonzero(match.sum(axis=1) >= table.maximum)
     if not len(hits):
         return NO_HITS

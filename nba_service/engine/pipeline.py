@@ -64,12 +64,13 @@ class DecisionEngine:
         # eligibility: validity window, then every rule of the event type in one eval
         n = len(plan.offers)
         offer_ok = (snapshot.offer_valid_from[plan.offers] <= ctx.now) & (ctx.now < snapshot.offer_valid_until[plan.offers])
-        for p in np.flatnonzero(~offer_ok):
-            reasons.append(Reason(offers[plan.offers[p]].id, "not_live", "outside its validity window"))
-        for p, result in zip(plan.rule_positions, self._evaluate(plan.rules_code, plan.rules, scope)):
+        if not offer_ok.all():
+            for p in np.flatnonzero(~offer_ok):
+                reasons.append(Reason(offers[plan.offers[p]].id, "not_live", "outside its validity window"))
+        results = self._evaluate(plan.rules_code, plan.rules, scope)
+        for p, rule, result in zip(plan.rule_positions, plan.rules, results):
             if offer_ok[p] and result is not True:
                 offer_ok[p] = False
-                rule = plan.rules[plan.rule_positions.index(p)]
                 if isinstance(result, Exception):
                     reasons.append(Reason(offers[plan.offers[p]].id, "rule_error", f"{rule.source}: {result}"))
                 else:
@@ -79,12 +80,13 @@ class DecisionEngine:
         caps = check_caps(snapshot, ctx.contacts, ctx.now)
         if caps.everything:
             return self._no_action(snapshot, features, (*reasons, Reason("", "frequency_cap", caps.everything)))
-        for p in range(n):
-            index = plan.offers[p]
-            blocked = caps.offers.get(index) or caps.categories.get(snapshot.offer_category[index])
-            if offer_ok[p] and blocked:
-                offer_ok[p] = False
-                reasons.append(Reason(offers[index].id, "frequency_cap", blocked))
+        if caps.offers or caps.categories:
+            for p in np.flatnonzero(offer_ok):
+                index = plan.offers[p]
+                blocked = caps.offers.get(index) or caps.categories.get(snapshot.offer_category[index])
+                if blocked:
+                    offer_ok[p] = False
+                    reasons.append(Reason(offers[index].id, "frequency_cap", blocked))
         channel_results = (self._evaluate(snapshot.channel_rules_code, snapshot.channel_rules, scope)
                            if snapshot.channel_rules_code is not None else None)
         verdict = check_channels(snapshot, ctx.profile, ctx.now, channel_results, caps)
@@ -92,16 +94,16 @@ class DecisionEngine:
         arm_ok = offer_ok[plan.arm_position] & verdict.allowed[snapshot.arm_channel[arms]]
         for arm in caps.arms:
             arm_ok &= arms != arm
-        for p in np.flatnonzero(offer_ok):
-            index = plan.offers[p]
-            if not arm_ok[plan.arm_position == p].any():
-                offer = offers[index]
-                why = "; ".join(
-                    verdict.reasons[snapshot.channel_index[c]][1]
-                    or f"{c}: {caps.arms.get(snapshot.arm_index[(offer.id, c)], 'not allowed')}"
-                    for c in offer.channels
-                )
-                reasons.append(Reason(offer.id, "no_channel", why))
+        reachable = np.zeros(n, dtype=bool)
+        reachable[plan.arm_position[arm_ok]] = True
+        for p in np.flatnonzero(offer_ok & ~reachable):
+            offer = offers[plan.offers[p]]
+            why = "; ".join(
+                verdict.reasons[snapshot.channel_index[c]][1]
+                or f"{c}: {caps.arms.get(snapshot.arm_index[(offer.id, c)], 'not allowed')}"
+                for c in offer.channels
+            )
+            reasons.append(Reason(offer.id, "no_channel", why))
         allowed = np.flatnonzero(arm_ok)
         if not len(allowed):
             return self._no_action(snapshot, features, (*reasons, Reason("", "nothing_allowed", "no offer passed eligibility and contact policy")))
