@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import pathlib
 import sys
 from collections.abc import Iterator, Sequence
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
+        level = args.log_level or os.environ.get("NBA_LOG_LEVEL") or ("INFO" if args.command == "serve" else "WARNING")
         _settings(args)
     except SettingsError as exc:
         print(f"nba: {exc}", file=sys.stderr)
