@@ -84,7 +84,7 @@ def start_server(redis_url: str, redis_client: redis.Redis) -> Iterator[Any]:
     servers: list[ServerThread] = []
 
     def start(**overrides: Any) -> ServerThread:
-        values: dict[str, Any] = {"redis_url": redis_url, "port": 0, "metrics_port": 0, "epsilon": 0.0, "seed": 1,
+        values: dict[str, Any] = {"redis_url": redis_url, "port": 0, "metrics_port": -1, "epsilon": 0.0, "seed": 1,
                                   "policy_check_seconds": 0.2}
         values.update(overrides)
         server = ServerThread(Settings(**values))
@@ -106,6 +106,12 @@ def published(redis_client: redis.Redis) -> int:
 def server(start_server: Any, published: int) -> ServerThread:
     """A server with the sample policies live and exploration off (decisions are deterministic)."""
     return start_server()
+
+
+@pytest.fixture
+def server_with_metrics(start_server: Any, published: int) -> ServerThread:
+    """Like ``server``, with the Prometheus endpoint on a free port."""
+    return start_server(metrics_port=0)
 
 
 def profile(customer_id: str, *, segment: str = "mass", channels: tuple[str, ...] = ("push", "sms", "email", "app_inbox"),

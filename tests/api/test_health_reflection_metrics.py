@@ -53,7 +53,8 @@ def _scrape(server) -> str:
         return response.read().decode()
 
 
-def test_metrics_count_decisions_outcomes_and_filters(server):
+def test_metrics_count_decisions_outcomes_and_filters(server_with_metrics):
+    server = server_with_metrics
     decision = server.stub.Decide(atm_decline("c1"), timeout=5)
     server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id, outcome=pb.OUTCOME_KIND_DECLINED),
                               timeout=5)
@@ -72,7 +73,8 @@ def test_metrics_count_decisions_outcomes_and_filters(server):
     assert any(name == "nba_offers_filtered_total" for name, _ in samples)
 
 
-def test_metric_names_follow_prometheus_conventions(server):
+def test_metric_names_follow_prometheus_conventions(server_with_metrics):
+    server = server_with_metrics
     server.stub.Decide(atm_decline("c1"), timeout=5)
     text = _scrape(server)
     families = [f for f in text_string_to_metric_families(text) if f.name.startswith("nba_")]
@@ -89,7 +91,8 @@ def test_metric_names_follow_prometheus_conventions(server):
 
 
 @pytest.mark.parametrize("method", ["Decide", "ReportOutcome"])
-def test_failed_calls_are_counted_by_code(server, method):
+def test_failed_calls_are_counted_by_code(server_with_metrics, method):
+    server = server_with_metrics
     import grpc
 
     with pytest.raises(grpc.RpcError):
