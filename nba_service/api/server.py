@@ -162,24 +162,24 @@ class NbaServer:
         interval = self.settings.policy_check_seconds
         pubsub = self._async_redis.pubsub()
         subscribed = False
-        while True:
-            try:
-                if not subscribed:
-                    await pubsub.subscribe(keys.POLICY_CHANNEL)
-                    subscribed = True
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=interval)
-                if await self.dataplane.refresh_policy():
-                    await self._set_health()
-            except asyncio.CancelledError:
-                await pubsub.aclose()
-                raise
-            except redis.RedisError as exc:
-                self.metrics.redis_errors.labels("policy_watch").inc()
-                log.warning("policy watcher: %s; retrying in %.1fs", exc, interval)
-                subscribed = False
-                with contextlib.suppress(redis.RedisError):
-                    await pubsub.reset()
-                await asyncio.sleep(interval)
+        try:
+            while True:
+                try:
+                    if not subscribed:
+                        await pubsub.subscribe(keys.POLICY_CHANNEL)
+                        subscribed = True
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=interval)
+                    if await self.dataplane.refresh_policy():
+                        await self._set_health()
+                except redis.RedisError as exc:
+                    self.metrics.redis_errors.labels("policy_watch").inc()
+                    log.warning("policy watcher: %s; retrying in %.1fs", exc, interval)
+                    subscribed = False
+                    with contextlib.suppress(redis.RedisError):
+                        await pubsub.reset()
+                    await asyncio.sleep(interval)
+        finally:
+            await pubsub.aclose()
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.grace_seconds if grace is None else grace

