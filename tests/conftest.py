@@ -69,6 +69,8 @@ class ServerThread:
         return self.server.dataplane
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         self.channel.close()
         try:
             self.call(self.server.stop(0))

@@ -47,6 +47,15 @@ return {1, learn, offer, redis.call('HGET', KEYS[1], 'channel'),
 """
 
 
+# Reads a decision's whole context in one command: profile, recent journey,
+# contacts within the longest limit window (member, score pairs), open journeys.
+_READ_SCRIPT = """
+return {redis.call('GET', KEYS[1]) or false,
+        redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1])),
+        redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf', 'WITHSCORES'),
+        redis.call('HGETALL', KEYS[4])}
+"""
+
 # Records one decision atomically (a script runs whole or not at all): the decision
 # hash with its TTL, the journey entry, the recent-decisions list, the contact
 # (when an action was sent) and the open-journey change.
@@ -124,23 +133,24 @@ class StateStore:
         self.context_events = min(context_events, journey_max_events)
         self._outcome_script = client.register_script(_OUTCOME_SCRIPT)
         self._write_script = client.register_script(_WRITE_SCRIPT)
+        self._read_script = client.register_script(_READ_SCRIPT)
 
     async def read_context(self, customer_id: str, now: float, origin_channel: str,
                            request_attributes: Mapping[str, str], contact_window: float) -> CustomerContext:
         """Profile, recent journey, contact history and open journeys in one round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.profile(customer_id))
-            pipe.lrange(keys.journey(customer_id), 0, self.context_events - 1)
-            pipe.zrangebyscore(keys.contacts(customer_id), now - contact_window, "+inf", withscores=True)
-            pipe.hgetall(keys.open_journeys(customer_id))
-            raw_profile, raw_journey, raw_contacts, raw_open = await pipe.execute()
+        raw_profile, raw_journey, raw_contacts, raw_open = await self._read_script(
+            keys=[keys.profile(customer_id), keys.journey(customer_id), keys.contacts(customer_id),
+                  keys.open_journeys(customer_id)],
+            args=[self.context_events - 1, f"{now - contact_window:.3f}"])
+        contacts = iter(raw_contacts)
+        opened = iter(raw_open)
         return CustomerContext(
             profile=codec.decode_profile(customer_id, raw_profile),
             now=now,
             origin_channel=origin_channel,
             journey=tuple(codec.decode_journey(r) for r in raw_journey),
-            contacts=tuple(codec.decode_contact(m, s) for m, s in raw_contacts),
-            open_journeys=tuple(codec.decode_open_journey(f, v) for f, v in raw_open.items()),
+            contacts=tuple(codec.decode_contact(m, float(s)) for m, s in zip(contacts, contacts)),
+            open_journeys=tuple(codec.decode_open_journey(f, v) for f, v in zip(opened, opened)),
             request_attributes=request_attributes,
         )
 

@@ -63,9 +63,6 @@ def own_redis(tmp_path):
     server.stop()
 
 
-# After the connection drop, redis-py's asyncio client leaves the broken socket to the garbage
-# collector, which then warns about it: that is redis-py's clean-up, not a leak of this service.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_server_survives_a_redis_outage(start_server, own_redis):
     url = f"redis://127.0.0.1:{own_redis.port}/0"
     client = redis.Redis.from_url(url)
@@ -85,3 +82,12 @@ def test_server_survives_a_redis_outage(start_server, own_redis):
     assert response.decision_id and response.policy_version == "1"
     view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="c1"), timeout=5)
     assert len(view.recent_decisions) == 2  # the call during the outage left no trace
+
+    # the policy watcher reconnected too: a new version reaches the server
+    client = redis.Redis.from_url(url)
+    PolicyStore(client).publish(read_policy_dir(SAMPLE_POLICIES), message="after the outage")
+    client.close()
+    deadline = time.monotonic() + 10
+    while server.stub.Decide(atm_decline("c2"), timeout=5).policy_version != "2":
+        assert time.monotonic() < deadline, "the new policy version never reached the server"
+        time.sleep(0.05)  # polling the server for the new version
