@@ -60,6 +60,7 @@ class DataPlane:
         self.engine = DecisionEngine(self.models, EpsilonGreedy(settings.epsilon, settings.seed))
         self.preview_engine = DecisionEngine(self.models, EpsilonGreedy(0.0))
         self.snapshot: PolicySnapshot | None = None
+        self._refused_version: int | None = None
         self._learned_since_snapshot = 0
         self._snapshot_task: asyncio.Task[None] | None = None
 
@@ -88,12 +89,14 @@ class DataPlane:
         A version that fails to compile is reported and the last good one kept.
         """
         live = await asyncio.to_thread(self._policies.live)
-        if live is None or (self.snapshot is not None and self.snapshot.version == str(live)):
+        if live is None or live == self._refused_version or (
+                self.snapshot is not None and self.snapshot.version == str(live)):
             return False
         try:
             published = await asyncio.to_thread(self._policies.load, live)
             snapshot = await asyncio.to_thread(_compile, published.files, str(live))
         except (PolicyValidationError, KeyError, ValueError) as exc:
+            self._refused_version = live  # reported once; tried again only when the live pointer moves
             self.metrics.policy_reloads.labels("failed").inc()
             log.error("policy version %s refused, still serving %s: %s", live,
                       self.snapshot.version if self.snapshot else "nothing", exc)

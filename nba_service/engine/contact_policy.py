@@ -66,7 +66,7 @@ def check_channels(snapshot: PolicySnapshot, profile: CustomerProfile, now: floa
     rule_ok = [True] * len(channels)
     if rule_results is not None:
         for position, result in zip(snapshot.channel_rule_positions, rule_results):
-            rule_ok[position] = bool(result)
+            rule_ok[position] = not isinstance(result, Exception) and bool(result)  # an error closes the channel
     local = None
     consents = profile.consents
     reachable = profile.reachable_channels

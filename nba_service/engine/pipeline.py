@@ -69,7 +69,7 @@ class DecisionEngine:
                 reasons.append(Reason(offers[plan.offers[p]].id, "not_live", "outside its validity window"))
         results = self._evaluate(plan.rules_code, plan.rules, scope)
         for p, rule, result in zip(plan.rule_positions, plan.rules, results):
-            if offer_ok[p] and result is not True:
+            if offer_ok[p] and (isinstance(result, Exception) or not result):
                 offer_ok[p] = False
                 if isinstance(result, Exception):
                     reasons.append(Reason(offers[plan.offers[p]].id, "rule_error", f"{rule.source}: {result}"))
@@ -118,7 +118,8 @@ class DecisionEngine:
             priorities = np.where(snapshot.arm_channel[chosen_arms] == preferred,
                                   priorities * snapshot.settings.preferred_channel_boost, priorities)
         ranking = rank_offers(priorities, plan.arm_position[allowed])
-        above = ranking.priorities >= snapshot.settings.no_action_threshold
+        # worth sending: at or above the threshold, and never a zero priority (a lever or weight of 0 pauses)
+        above = (ranking.priorities >= snapshot.settings.no_action_threshold) & (ranking.priorities > 0)
         for r in np.flatnonzero(~above):
             arm = chosen_arms[ranking.arms[r]]
             reasons.append(Reason(snapshot.arm_keys[arm][0], "below_threshold",
@@ -182,10 +183,11 @@ def render(template: str, variables: Mapping[str, Any], scope: dict[str, Any], c
     values.update(event.fields)
     for name, expression in variables.items():
         try:
-            values[name] = eval(expression.code, _GLOBALS, scope)  # noqa: S307
+            value = eval(expression.code, _GLOBALS, scope)  # noqa: S307
         except Exception as exc:  # noqa: BLE001
             log.warning("variable %s (%s) failed: %s", name, expression.source, exc)
-            values[name] = ""
+            value = ""
+        values[name] = "" if value is None else value
     return template.format_map(_Formatted(values))
 
 
@@ -194,6 +196,8 @@ class _Formatted(dict[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         value = super().__getitem__(key) if key in self else ""
+        if value is None:
+            return ""
         if isinstance(value, float) and not isinstance(value, bool):
             if math.isfinite(value) and value == int(value):
                 return str(int(value))

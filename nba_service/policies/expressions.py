@@ -189,6 +189,8 @@ class _Rewriter(ast.NodeTransformer):
         return ExpressionError(message, getattr(node, "lineno", 1), getattr(node, "col_offset", 0) + 1)
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, (ast.Is, ast.IsNot)):
+            raise self._fail(node, "'is' is not allowed in a rule: compare with == None or != None")
         if not isinstance(node, _ALLOWED_NODES):
             raise self._fail(node, f"{type(node).__name__.lower()} is not allowed in a rule")
         return super().generic_visit(node)

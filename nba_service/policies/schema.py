@@ -130,13 +130,6 @@ class OfferSpec:
     def template_for(self, channel: str) -> str:
         return self.content.get(channel) or self.content.get("default", "")
 
-    def live_at(self, now: float) -> bool:
-        if self.paused:
-            return False
-        if self.valid_from is not None and now < self.valid_from:
-            return False
-        return self.valid_until is None or now < self.valid_until
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GlobalSettings:
@@ -176,12 +169,37 @@ def _to_nodes(node: yaml.Node) -> _Node:
         mapping: dict[str, tuple[_Node, _Node]] = {}
         for key_node, value_node in node.value:
             key = _to_nodes(key_node)
+            if str(key.value) in mapping:
+                raise _DuplicateKey(key)
             mapping[str(key.value)] = (key, _to_nodes(value_node))
         return _Node(mapping, line, column)
     if isinstance(node, yaml.SequenceNode):
         return _Node([_to_nodes(item) for item in node.value], line, column)
     quoted = isinstance(node, yaml.ScalarNode) and node.style in ("'", '"')
-    return _Node(_SCALAR_LOADER.construct_object(node), line, column, quoted)
+    try:
+        value = _SCALAR_LOADER.construct_object(node)
+    except ValueError as exc:  # e.g. an unquoted date that does not exist: 2026-02-30
+        raise _BadScalar(_Node(node.value, line, column), str(exc)) from None
+    return _Node(value, line, column, quoted)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: _Node) -> None:
+        self.key = key
+
+
+class _BadScalar(Exception):
+    def __init__(self, node: _Node, reason: str) -> None:
+        self.node = node
+        self.reason = reason
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
 
 
 _SCALAR_LOADER = yaml.SafeLoader("")
@@ -240,7 +258,8 @@ class _Collector:
         if node is None:
             return default
         if not isinstance(node.value, str) or not node.value.strip():
-            self.add(node, f"{where}: expected non-empty text, got {node.value!r}")
+            self.add(node, f"{where}: expected non-empty text, got {_shown(node.value)}"
+                           + (" (text starting with { must be quoted)" if isinstance(node.value, dict) else ""))
             return default
         return node.value
 
@@ -366,7 +385,14 @@ def parse_policy_files(files: Mapping[str, str], base: str = "") -> PolicySet:
         for document in documents:
             if document is None:
                 continue
-            root = _to_nodes(document)
+            try:
+                root = _to_nodes(document)
+            except _DuplicateKey as exc:
+                col.add(exc.key, f"duplicate key {exc.key.value!r}: each key may appear once in a mapping")
+                continue
+            except _BadScalar as exc:
+                col.add(exc.node, f"{exc.node.value!r} is not a valid value: {exc.reason}")
+                continue
             top = col.mapping(root, "file", _TOP_KEYS)
             if top is None:
                 continue
@@ -604,12 +630,16 @@ def _parse_content(node: _Node | None, where: str, col: _Collector, channels: li
             continue
         text = col.text(value_node, f"{where}.content.{key}")
         try:
-            names = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+            fields = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(text)
+                      if field is not None]
         except ValueError as exc:
             col.add(value_node, f"{where}.content.{key}: bad template: {exc}")
             continue
-        for name in names:
-            if name not in allowed:
+        for name, spec, conversion in fields:
+            if spec or conversion:
+                col.add(value_node, f"{where}.content.{key}: {{{name}...}} has a format; write {{{name}}}: "
+                                    "numbers are formatted for people automatically (100, 12.50)")
+            elif name not in allowed:
                 col.add(value_node, f"{where}.content.{key}: unknown template field {{{name}}} "
                                     f"(known: {', '.join(sorted(allowed))})")
         content[key] = text

@@ -244,3 +244,24 @@ def test_no_candidates_for_an_event_type(snapshot):
     decision = decide(snapshot, customer(), event=Event("app_open", {"screen": "home"}))
     assert decision.no_action
     assert decision.reasons[0].code == "no_candidates"
+
+
+def test_a_failing_channel_condition_closes_the_channel():
+    policy = {**POLICY, "channels.yaml": POLICY["channels.yaml"].replace(
+        "available_when: \"event.type == 'atm_decline'\"", "available_when: \"attr('branch') > 3\"")}
+    snap = PolicySnapshot.compile(parse_policy_files(policy), "10")
+    decision = decide(snap, customer(consent=True, segment="student", income="0"))
+    # only "tip" remains eligible and it can only go to the atm_screen, whose condition raises
+    assert decision.no_action
+    assert any(r.offer_id == "tip" and "atm_screen" in r.detail for r in decision.reasons)
+
+
+def test_truthy_rules_count_as_eligible_and_zero_levers_pause():
+    policy = {**POLICY, "offers.yaml": POLICY["offers.yaml"].replace(
+        "eligible_when: \"num(attr('income'), 0) > 30000\"", "eligible_when: \"attr('income')\"").replace(
+        "    value: 20\n", "    value: 20\n    lever: 0\n")}
+    snap = PolicySnapshot.compile(parse_policy_files({**policy, "settings.yaml": POLICY["settings.yaml"].replace(
+        "no_action_threshold: 0.5", "no_action_threshold: 0")}), "11")
+    decision = decide(snap, customer())
+    assert decision.offer_id == "card"  # the loan's lever of 0 keeps it from being sent at all
+    assert any(r.offer_id == "loan" and r.code == "below_threshold" for r in decision.reasons)

@@ -141,3 +141,18 @@ def test_directory_errors(tmp_path: pathlib.Path):
         load_policy_dir(tmp_path)
     with pytest.raises(PolicyValidationError, match="not a directory"):
         load_policy_dir(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("old", "new", "where", "message"), [
+    ("{currency} in one tap", "{currency:>5} in one tap", "offers.yaml:13:", "has a format"),
+    ("value: 15", "value: 15\n    value: 16", "offers.yaml:8:", "duplicate key 'value'"),
+    ("    limits:", "    valid_from: 2026-02-30\n    limits:", "offers.yaml:15:", "'2026-02-30' is not a valid value"),
+    ('push: "{first_name}, {loan_amount} {currency} in one tap."', "push: {first_name}", "offers.yaml:13:",
+     "text starting with { must be quoted"),
+    ("\"event.shortfall > 0", "\"attr('x') is None or event.shortfall > 0", "offers.yaml:6:",
+     "compare with == None"),
+])
+def test_more_mistakes_get_plain_messages(old, new, where, message):
+    issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": OFFER.replace(old, new)})
+    assert any(i.startswith(where) and message in i for i in issues), issues
+    assert not any("_Node" in i for i in issues)

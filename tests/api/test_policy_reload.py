@@ -1,0 +1,47 @@
+"""A running server picks up published and rolled-back versions, and refuses a broken one."""
+
+from __future__ import annotations
+
+import time
+
+from nba_service.policies.schema import read_policy_dir
+from nba_service.store.policy_store import PolicyStore
+from tests.conftest import SAMPLE_POLICIES, atm_decline
+
+
+def _wait_for_version(server, version: str, timeout: float = 5.0) -> float:
+    started = time.monotonic()
+    while server.stub.Decide(atm_decline("c1"), timeout=5).policy_version != version:
+        assert time.monotonic() - started < timeout, f"version {version} never reached the server"
+        time.sleep(0.02)  # polling the server for the new version
+    return time.monotonic() - started
+
+
+def test_publish_and_rollback_reach_a_running_server(server, redis_client):
+    store = PolicyStore(redis_client)
+    files = read_policy_dir(SAMPLE_POLICIES)
+    assert server.stub.Decide(atm_decline("c1"), timeout=5).policy_version == "1"
+
+    store.publish(files, message="second")
+    assert _wait_for_version(server, "2") < 1.0
+    store.rollback()
+    assert _wait_for_version(server, "1") < 1.0
+
+
+def test_a_version_the_server_cannot_compile_is_refused_and_the_last_good_one_kept(server, redis_client):
+    store = PolicyStore(redis_client)
+    files = read_policy_dir(SAMPLE_POLICIES)
+    broken = dict(files, **{"bank.yaml": files["bank.yaml"].replace("prior: 0.12", "prior: 12", 1)})
+    store.publish(broken, message="written around the validator")  # as a replica of an older release might see
+
+    deadline = time.monotonic() + 5
+    while server.dataplane._refused_version != 2:
+        assert time.monotonic() < deadline, "the broken version was never looked at"
+        time.sleep(0.02)  # polling the server's state
+    assert server.stub.Decide(atm_decline("c1"), timeout=5).policy_version == "1"
+    failures = server.server.metrics.policy_reloads.labels("failed")._value.get()
+    assert failures == 1
+
+    store.publish(files, message="fixed")
+    _wait_for_version(server, "3")
+    assert server.server.metrics.policy_reloads.labels("failed")._value.get() == 1  # reported once
