@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NBA    := $(VENV)/bin/nba
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test proto serve clean
+.PHONY: install demo test proto serve load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: install  ## the whole test suite, against a real Redis and real gRPC serve
 
 proto: install  ## regenerate the committed gRPC stubs from protos/
 	$(PY) protos/generate.py
+
+load: install  ## Locust load test against a local server (LOAD_ARGS="--host H:P --users 50 ...")
+	$(PY) load_tests/run.py $(LOAD_ARGS)
 
 serve: install  ## run the server with an embedded Redis and the sample policies
 	$(NBA) serve --policies policies
