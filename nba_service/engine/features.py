@@ -1,5 +1,9 @@
 """Model features of one decision request, shared by every candidate offer.
 
+From the moment (event type and fields, the custom event's attributes), the
+request's free attributes, the profile (segment, reachability, preferred
+channel) and the journey (recent activity, last contact, open cart).
+
 Features are a small dict of readable names (kept with the decision for the
 outcome join) hashed into a fixed-size vector, so River models learn on the
 same columns the numpy scorer multiplies.
@@ -68,7 +72,22 @@ def request_features(ctx: CustomerContext, event: Event) -> dict[str, float]:
         features["log_hours_since_contact"] = math.log1p(max(0.0, (ctx.now - last) / 3600.0))
     if any(j.kind == "cart" for j in ctx.open_journeys):
         features["open_cart"] = 1.0
+    for key, value in ctx.request_attributes.items():
+        _add_attribute(features, "req:" + key, value)
+    for key, value in event.attributes.items():
+        _add_attribute(features, "event:" + key, value)
     return features
+
+
+def _add_attribute(features: dict[str, float], name: str, value: str) -> None:
+    """A free attribute as a feature: numbers on a log scale, anything else one-hot."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        features[f"{name}={value}"] = 1.0
+        return
+    if math.isfinite(number):
+        features[name] = math.copysign(math.log1p(abs(number)), number)
 
 
 def hash_features(features: Mapping[str, float]) -> dict[int, float]:
