@@ -1,0 +1,44 @@
+"""What every ``nba`` command shares: settings and the Redis connection."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+
+import redis
+
+from nba_service.settings import Settings
+from nba_service.store.embedded import EmbeddedRedis
+
+__all__ = ["settings_from", "state_client", "state_options"]
+
+
+def state_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", help="Redis to use (env NBA_REDIS_URL); default: the embedded Redis")
+    parser.add_argument("--data-dir", help="where the embedded Redis lives (env NBA_DATA_DIR)")
+
+
+def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
+    overrides = {name: getattr(args, name, None) for name in ("redis_url", "data_dir", "log_level")}
+    overrides.update(extra)
+    return Settings.from_env(**overrides)
+
+
+@contextlib.contextmanager
+def state_client(settings: Settings) -> Iterator[redis.Redis]:
+    """A Redis client for a command: the configured URL, or the embedded Redis."""
+    if settings.redis_url:
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            client.ping()
+            yield client
+        finally:
+            client.close()
+        return
+    with EmbeddedRedis(settings.data_dir) as embedded:
+        client = redis.Redis.from_url(embedded.url)
+        try:
+            yield client
+        finally:
+            client.close()

@@ -1,0 +1,51 @@
+"""``nba serve``: the gRPC decision service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+from nba_service.cli._common import settings_from, state_options
+from nba_service.policies.schema import PolicyValidationError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nba_service.api.server import run
+
+    settings = settings_from(args, host=args.host, port=args.port, metrics_host=args.metrics_host,
+                         metrics_port=args.metrics_port, policies=args.policies, epsilon=args.epsilon, seed=args.seed)
+
+    def ready(server: object) -> None:
+        if args.ready_file:
+            info = {"port": server.port, "metrics_port": server.metrics_port,  # type: ignore[attr-defined]
+                    "redis_url": server.redis_url}  # type: ignore[attr-defined]
+            path = pathlib.Path(args.ready_file)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info))
+            tmp.replace(path)  # appears whole or not at all
+
+    try:
+        run(settings, ready)
+    except PolicyValidationError as exc:
+        print(f"nba serve: the policy set in {settings.policies} is invalid, nothing published:\n{exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"nba serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the gRPC decision service")
+    serve.add_argument("--host", help="gRPC address (env NBA_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port (env NBA_PORT, default 50051; 0 picks one)")
+    serve.add_argument("--metrics-host", help="metrics address (env NBA_METRICS_HOST, default 127.0.0.1)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus port (env NBA_METRICS_PORT, default 9464; -1: off)")
+    serve.add_argument("--policies", help="publish this policy directory at start-up if it differs from the live one")
+    serve.add_argument("--epsilon", type=float, help="exploration rate (env NBA_EPSILON, default 0.05)")
+    serve.add_argument("--seed", type=int, help="seed of the exploration random generator (env NBA_SEED)")
+    serve.add_argument("--ready-file", help="write {port, metrics_port, redis_url} as JSON here once serving")
+    state_options(serve)
+    serve.set_defaults(func=cmd_serve)
