@@ -61,27 +61,37 @@ class DataPlane:
         self.preview_engine = DecisionEngine(self.models, EpsilonGreedy(0.0))
         self.snapshot: PolicySnapshot | None = None
         self._refused_version: int | None = None
-        self._learned_since_snapshot = 0
-        self._snapshot_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the last model snapshot and the live policy version."""
-        data = await asyncio.to_thread(self._model_store.load)
-        if data:
-            try:
-                self.models = ModelBank.from_bytes(data)
-                self.engine.scorer = self.preview_engine.scorer = self.models
-                log.info("resumed models from snapshot: %d outcomes learned", self.models.updates)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("model snapshot unreadable, starting from priors: %s", exc)
+        """Load the live policy version and the live model version."""
         await self.refresh_policy()
+        await self.refresh_models()
 
     async def stop(self) -> None:
-        if self._snapshot_task is not None:
-            await self._snapshot_task
-        await self.save_models()
+        """Nothing to flush: decisions and outcomes are written before each call returns."""
+
+    async def refresh_models(self) -> bool:
+        """Load the live model version if it differs from the one served; True when swapped."""
+        live = await asyncio.to_thread(self._model_store.live)
+        if live is None or live == self.models.published_version:
+            return False
+        try:
+            data = await asyncio.to_thread(self._model_store.load_version, live)
+            models = await asyncio.to_thread(ModelBank.from_bytes, data)
+        except (KeyError, ValueError, TypeError) as exc:
+            self.metrics.model_reloads.labels("failed").inc()
+            log.error("model version %s unreadable, still serving %s: %s", live, self.models.version, exc)
+            return False
+        models.published_version = live
+        if self.snapshot is not None:
+            models.bind(self.snapshot)
+        self.models = self.engine.scorer = self.preview_engine.scorer = models
+        self.metrics.model_version.set(live)
+        self.metrics.model_reloads.labels("loaded").inc()
+        log.info("serving model version %s (%d outcomes learned)", live, models.updates)
+        return True
 
     async def refresh_policy(self) -> bool:
         """Load the live policy version if it differs from the one served; True when swapped.
@@ -108,16 +118,6 @@ class DataPlane:
         log.info("serving policy version %s (%d offers, %d channels)", live, len(snapshot.offers), len(snapshot.channels))
         return True
 
-    async def save_models(self) -> None:
-        data = self.models.to_bytes()
-        try:
-            await asyncio.to_thread(self._model_store.save, data)
-        except redis.RedisError as exc:
-            self.metrics.redis_errors.labels("model_snapshot").inc()
-            log.error("model snapshot not saved: %s", exc)
-            return
-        self.metrics.model_snapshots.inc()
-
     # --- requests -------------------------------------------------------------------
 
     def _live(self) -> PolicySnapshot:
@@ -136,8 +136,10 @@ class DataPlane:
             raise self._unavailable("read_context", exc) from exc
         decision = self.engine.decide(snapshot, ctx, event, top_k)
         decision_id = uuid.uuid4().hex
+        prior = snapshot.offers[snapshot.offer_index[decision.offer_id]].prior if decision.offer_id else 0.0
         try:
-            await self.state.write_decision(decision_id, request_id, ctx, event, decision, snapshot.max_limit_window)
+            await self.state.write_decision(decision_id, request_id, ctx, event, decision, snapshot.max_limit_window,
+                                            prior, self.settings.attribution_seconds)
         except redis.RedisError as exc:
             raise self._unavailable("write_decision", exc) from exc
         metrics = self.metrics
@@ -151,8 +153,7 @@ class DataPlane:
     async def report_outcome(self, decision_id: str, outcome: OutcomeKind, value: float) -> RecordedOutcome:
         reward = outcome.reward
         try:
-            recorded = await self.state.record_outcome(decision_id, outcome.value, value, time.time(),
-                                                       settles_reward=reward is not None)
+            recorded = await self.state.record_outcome(decision_id, outcome.value, value, time.time(), reward)
         except redis.RedisError as exc:
             raise self._unavailable("record_outcome", exc) from exc
         if recorded.status is OutcomeStatus.NOT_FOUND:
@@ -162,22 +163,7 @@ class DataPlane:
             self.metrics.outcomes_unmatched.labels("duplicate").inc()
             return recorded
         self.metrics.outcomes.labels(outcome.value).inc()
-        if recorded.learn and reward is not None:
-            self._learn(recorded, reward)
         return recorded
-
-    def _learn(self, recorded: RecordedOutcome, reward: float) -> None:
-        snapshot = self.snapshot
-        prior = 0.05
-        if snapshot is not None and recorded.offer_id in snapshot.offer_index:
-            prior = snapshot.offers[snapshot.offer_index[recorded.offer_id]].prior
-        self.models.learn(recorded.offer_id, recorded.channel, recorded.features, reward, prior)
-        self.metrics.model_updates.inc()
-        self._learned_since_snapshot += 1
-        if self._learned_since_snapshot >= self.settings.model_snapshot_every and (
-                self._snapshot_task is None or self._snapshot_task.done()):
-            self._learned_since_snapshot = 0
-            self._snapshot_task = asyncio.get_running_loop().create_task(self.save_models())
 
     async def customer_context(self, customer_id: str, max_events: int, include_best_actions: bool,
                                top_k: int = 3) -> tuple[CustomerView, tuple[Alternative, ...], str]:

@@ -49,7 +49,14 @@ class Settings:
     journey_max_events: int = 100
     """Events kept in each customer's journey."""
     model_snapshot_every: int = 200
-    """Learned outcomes between two model snapshots written to Redis."""
+    """Learned outcomes between two published model versions."""
+    model_snapshot_seconds: float = 5.0
+    """Longest time learned outcomes wait before they are published as a model version."""
+    attribution_seconds: float = 2 * 86400
+    """An action with no accepted/declined outcome after this long counts as not accepted."""
+    learner: str = "embedded"
+    """``embedded``: ``nba serve`` runs a learner thread (one replica at a time learns);
+    ``off``: run ``nba learner`` as its own process."""
     policy_check_seconds: float = 1.0
     """How often the server checks the live policy version (hot reload)."""
     grace_seconds: float = 5.0
@@ -86,6 +93,12 @@ class Settings:
             raise SettingsError("journey_max_events: must be positive")
         if self.model_snapshot_every <= 0:
             raise SettingsError("model_snapshot_every: must be positive")
+        if self.model_snapshot_seconds <= 0:
+            raise SettingsError("model_snapshot_seconds: must be positive")
+        if not 0 < self.attribution_seconds < self.decision_ttl_seconds:
+            raise SettingsError("attribution_seconds: must be positive and shorter than decision_ttl_seconds")
+        if self.learner not in ("embedded", "off"):
+            raise SettingsError(f"learner: {self.learner!r} is neither 'embedded' nor 'off'")
 
 
 def _convert(name: str, annotation: Any, raw: str) -> Any:

@@ -87,7 +87,7 @@ def start_server(redis_url: str, redis_client: redis.Redis) -> Iterator[Any]:
 
     def start(**overrides: Any) -> ServerThread:
         values: dict[str, Any] = {"redis_url": redis_url, "port": 0, "metrics_port": -1, "epsilon": 0.0, "seed": 1,
-                                  "policy_check_seconds": 0.2}
+                                  "policy_check_seconds": 0.2, "model_snapshot_every": 1}
         values.update(overrides)
         server = ServerThread(Settings(**values))
         servers.append(server)
@@ -133,6 +133,16 @@ def atm_decline(customer_id: str, amount: float = 100.0, balance: float = 20.0) 
     return pb.DecideRequest(customer_id=customer_id, origin_channel="atm", event=pb.Event(
         atm_decline=pb.AtmDecline(amount=amount, balance=balance, currency="EUR", atm_id="atm-7",
                                   latitude=40.4168, longitude=-3.7038)))
+
+
+def wait_until(condition, timeout: float = 10.0, what: str = "the condition") -> None:
+    """Poll ``condition`` until it holds (something another thread or process makes true)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def daytime_zone() -> str:

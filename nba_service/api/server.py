@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,7 @@ from redis.retry import Retry
 
 from nba_service.api.servicer import DecisionServicer
 from nba_service.dataplane import DataPlane
+from nba_service.learning.learner import Learner
 from nba_service.observability.metrics import Metrics
 from nba_service.policies.schema import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2, decision_pb2_grpc
@@ -133,6 +135,8 @@ class NbaServer:
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_http: Any = None
+        self._learner_thread: threading.Thread | None = None
+        self._learner_stop = threading.Event()
         self.dataplane: DataPlane | None = None
 
     async def start(self) -> int:
@@ -162,6 +166,8 @@ class NbaServer:
             self._metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_host, self.registry)
             self.metrics_port = self._metrics_http.server_port
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_policies()))
+        if settings.learner == "embedded":
+            self._start_learner()
         log.info("nba serving on %s:%d (metrics on %s:%d/metrics, redis %s)", settings.host, self.port,
                  settings.metrics_host, self.metrics_port, self.redis_url)
         return self.port
@@ -172,8 +178,28 @@ class NbaServer:
         await self._health.set("", status)
         await self._health.set(SERVICE_NAME, status)
 
+    def _start_learner(self) -> None:
+        """The embedded learner: a thread with its own Redis client; one replica at a time learns."""
+        metrics = self.metrics
+        learner_client = redis.Redis.from_url(self.redis_url, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 3),
+                                              socket_timeout=5.0, socket_connect_timeout=2.0)
+        learner = Learner(learner_client, snapshot_every=self.settings.model_snapshot_every, block_ms=100,
+                          snapshot_seconds=self.settings.model_snapshot_seconds,
+                          on_update=lambda version: metrics.model_publications.inc(),
+                          on_learned=metrics.model_updates.inc)
+        self._learner_stop = threading.Event()
+
+        def run() -> None:
+            try:
+                learner.run(self._learner_stop)
+            finally:
+                learner_client.close()
+
+        self._learner_thread = threading.Thread(target=run, name="nba-learner", daemon=True)
+        self._learner_thread.start()
+
     async def _watch_policies(self) -> None:
-        """Pick up newly published or rolled-back policy versions: pub/sub, plus a periodic check."""
+        """Pick up newly published or rolled-back policy and model versions: pub/sub, plus a periodic check."""
         assert self.dataplane is not None
         interval = self.settings.policy_check_seconds
         pubsub = self._async_redis.pubsub()
@@ -182,11 +208,12 @@ class NbaServer:
             while True:
                 try:
                     if not subscribed:
-                        await pubsub.subscribe(keys.POLICY_CHANNEL)
+                        await pubsub.subscribe(keys.POLICY_CHANNEL, keys.MODEL_CHANNEL)
                         subscribed = True
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=interval)
                     if await self.dataplane.refresh_policy():
                         await self._set_health()
+                    await self.dataplane.refresh_models()
                 except redis.RedisError as exc:
                     self.metrics.redis_errors.labels("policy_watch").inc()
                     log.warning("policy watcher: %s; retrying in %.1fs", exc, interval)
@@ -202,6 +229,9 @@ class NbaServer:
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._learner_thread is not None:
+            self._learner_stop.set()
+            await asyncio.to_thread(self._learner_thread.join, 30)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -51,6 +51,8 @@ class ModelBank:
         self._rows: Mapping[tuple[str, str], int] = {}
         self._weights = np.zeros((0, FEATURE_DIM))
         self._intercepts = np.zeros(0)
+        self.published_version: int | None = None
+        """Set by whoever loaded these models from a published snapshot."""
 
     @property
     def updates(self) -> int:
@@ -59,7 +61,8 @@ class ModelBank:
 
     @property
     def version(self) -> str:
-        return f"lr-{self._updates}"
+        """The published model version serving (``m<N>``), ``prior`` before any."""
+        return "prior" if self.published_version is None else f"m{self.published_version}"
 
     def bind(self, snapshot: PolicySnapshot) -> None:
         """Align the scoring matrix with the arms of a (new) policy snapshot."""

@@ -37,9 +37,13 @@ class Metrics:
         self.redis_errors = Counter(
             "nba_redis_errors", "Redis calls that failed, by operation.", ["operation"], registry=registry)
         self.model_updates = Counter(
-            "nba_model_updates", "Outcomes learned by the online models.", registry=registry)
-        self.model_snapshots = Counter(
-            "nba_model_snapshots", "Model snapshots written to Redis.", registry=registry)
+            "nba_model_updates", "Outcomes learned by this process's learner.", registry=registry)
+        self.model_publications = Counter(
+            "nba_model_publications", "Model versions this process's learner published.", registry=registry)
+        self.model_version = Gauge(
+            "nba_model_version", "Model version this replica serves (0: priors only).", registry=registry)
+        self.model_reloads = Counter(
+            "nba_model_reloads", "Model versions loaded, by result.", ["result"], registry=registry)
         self.policy_version = Gauge(
             "nba_policy_version", "Policy version this replica serves (0: none yet).", registry=registry)
         self.policy_reloads = Counter(

@@ -4,8 +4,9 @@ Redis Cluster keeps them in one slot."""
 from __future__ import annotations
 
 __all__ = [
-    "MODEL_SNAPSHOT", "POLICY_CHANNEL", "POLICY_LIVE", "POLICY_SEQ", "POLICY_VERSIONS",
-    "contacts", "decision", "decisions", "journey", "open_journeys", "policy_version", "profile",
+    "LEARNER_GROUP", "LEARNER_LOCK", "MODEL_CHANNEL", "MODEL_LIVE", "MODEL_SEQ", "MODEL_SNAPSHOT", "MODEL_VERSIONS",
+    "OUTCOME_STREAM", "PENDING_OUTCOMES", "POLICY_CHANNEL", "POLICY_LIVE", "POLICY_SEQ", "POLICY_VERSIONS",
+    "contacts", "decision", "decisions", "journey", "model_version", "open_journeys", "policy_version", "profile",
 ]
 
 PREFIX = "nba:"
@@ -13,7 +14,20 @@ POLICY_LIVE = PREFIX + "policy:live"
 POLICY_SEQ = PREFIX + "policy:seq"
 POLICY_VERSIONS = PREFIX + "policy:versions"
 POLICY_CHANNEL = PREFIX + "policy:events"
-MODEL_SNAPSHOT = PREFIX + "model:snapshot"
+MODEL_SNAPSHOT = PREFIX + "model:snapshot"  # before versioned snapshots; read once for migration
+MODEL_LIVE = PREFIX + "model:live"
+MODEL_SEQ = PREFIX + "model:seq"
+MODEL_VERSIONS = PREFIX + "model:versions"
+MODEL_CHANNEL = PREFIX + "model:events"
+OUTCOME_STREAM = PREFIX + "outcomes"
+LEARNER_GROUP = "learners"
+LEARNER_LOCK = PREFIX + "learner:lock"
+PENDING_OUTCOMES = PREFIX + "pending"
+"""Decisions waiting for an outcome, scored by the time their attribution window ends."""
+
+
+def model_version(version: int | str) -> str:
+    return f"{PREFIX}model:v:{version}"
 
 
 def _customer(customer_id: str, what: str) -> str:

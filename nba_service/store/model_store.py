@@ -1,20 +1,93 @@
-"""Model snapshots in Redis, so a restart resumes learning instead of starting over."""
+"""Versioned model snapshots in Redis.
+
+The learner publishes a snapshot every N outcomes or T seconds as a new
+version, moves the live pointer and announces it on pub/sub, in one
+transaction that also acknowledges the stream entries the snapshot contains
+(so a restart resumes from the last snapshot and re-learns exactly what came
+after it). Serving replicas load the live version; ``nba model rollback``
+moves the pointer back.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
 
 import redis
 
 from nba_service.store import keys
 
-__all__ = ["ModelStore"]
+__all__ = ["KEEP_VERSIONS", "ModelStore", "ModelVersion"]
+
+KEEP_VERSIONS = 50
+"""Snapshots kept; older ones are deleted (their history entries stay)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelVersion:
+    version: int
+    updates: int
+    """Outcomes learned in total when the snapshot was taken."""
+    published_at: float
+    source: str
 
 
 class ModelStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def save(self, data: bytes) -> None:
-        self._redis.set(keys.MODEL_SNAPSHOT, data)
+    def publish(self, data: bytes, updates: int, source: str = "learner",
+                acknowledge: Sequence[bytes | str] = ()) -> int:
+        """Store ``data`` as a new live version; acknowledge the stream entries it contains."""
+        version = int(self._redis.incr(keys.MODEL_SEQ))
+        meta = json.dumps({"version": version, "updates": updates, "published_at": time.time(), "source": source})
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.model_version(version), data)
+            pipe.rpush(keys.MODEL_VERSIONS, meta)
+            pipe.set(keys.MODEL_LIVE, version)
+            if acknowledge:
+                pipe.xack(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, *acknowledge)
+            if version > KEEP_VERSIONS:
+                pipe.delete(keys.model_version(version - KEEP_VERSIONS))
+            pipe.publish(keys.MODEL_CHANNEL, str(version))
+            pipe.execute()
+        return version
+
+    def live(self) -> int | None:
+        raw = self._redis.get(keys.MODEL_LIVE)
+        return int(raw) if raw is not None else None
+
+    def load_version(self, version: int) -> bytes:
+        data = self._redis.get(keys.model_version(version))
+        if data is None:
+            raise KeyError(f"model version {version} does not exist (or is older than the last {KEEP_VERSIONS})")
+        return data
 
     def load(self) -> bytes | None:
+        """The live snapshot (or the single unversioned snapshot of an older release), if any."""
+        version = self.live()
+        if version is not None:
+            return self._redis.get(keys.model_version(version))
         return self._redis.get(keys.MODEL_SNAPSHOT)
+
+    def history(self) -> list[ModelVersion]:
+        return [ModelVersion(**json.loads(raw)) for raw in self._redis.lrange(keys.MODEL_VERSIONS, 0, -1)]
+
+    def rollback(self, version: int | None = None) -> int:
+        """Make ``version`` (default: the one before the live one) live again."""
+        live = self.live()
+        if version is None:
+            earlier = [v.version for v in self.history() if live is None or v.version < live]
+            earlier = [v for v in earlier if self._redis.exists(keys.model_version(v))]
+            if not earlier:
+                raise KeyError("there is no earlier model version to roll back to")
+            version = earlier[-1]
+        if not self._redis.exists(keys.model_version(version)):
+            raise KeyError(f"model version {version} does not exist (or is older than the last {KEEP_VERSIONS})")
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.MODEL_LIVE, version)
+            pipe.publish(keys.MODEL_CHANNEL, str(version))
+            pipe.execute()
+        return version

@@ -29,21 +29,30 @@ __all__ = ["CustomerView", "OutcomeStatus", "PastDecision", "RecordedOutcome", "
 
 JOURNEY_TTL_SECONDS = 90 * 86400
 RECENT_DECISIONS = 20
+OUTCOME_STREAM_MAXLEN = 1_000_000
+"""The outcome stream is trimmed (approximately) to this many entries."""
 CLOSING_EVENTS = frozenset({"purchase", "checkout"})
 """Custom events that close the customer's open cart (``cart_id`` attribute, or every cart)."""
 
 # Joins an outcome to its decision atomically: unknown -> 0, duplicate -> 2,
-# recorded -> 1 with "learn" set only for the first outcome that settles a reward.
+# recorded -> 1 with "learn" set only for the first outcome that settles a reward;
+# that one leaves the pending set and goes on the outcome stream for the learner.
 _OUTCOME_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 if redis.call('HSETNX', KEYS[1], 'o:' .. ARGV[1], ARGV[2]) == 0 then return {2} end
 local offer = redis.call('HGET', KEYS[1], 'offer_id')
+local channel = redis.call('HGET', KEYS[1], 'channel')
 local learn = 0
 if ARGV[3] == '1' and offer and offer ~= '' then
   learn = redis.call('HSETNX', KEYS[1], 'learned', ARGV[1])
+  if learn == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[4])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'decision_id', ARGV[4], 'offer_id', offer,
+               'channel', channel, 'features', redis.call('HGET', KEYS[1], 'features'), 'reward', ARGV[5],
+               'prior', redis.call('HGET', KEYS[1], 'prior') or '0.05', 'outcome', ARGV[1])
+  end
 end
-return {1, learn, offer, redis.call('HGET', KEYS[1], 'channel'),
-        redis.call('HGET', KEYS[1], 'features'), redis.call('HGET', KEYS[1], 'customer_id')}
+return {1, learn, offer, channel, redis.call('HGET', KEYS[1], 'customer_id')}
 """
 
 
@@ -58,10 +67,11 @@ return {redis.call('GET', KEYS[1]) or false,
 
 # Records one decision atomically (a script runs whole or not at all): the decision
 # hash with its TTL, the journey entry, the recent-decisions list, the contact
-# (when an action was sent) and the open-journey change.
+# (when an action was sent), the open-journey change and, for an action, its place in
+# the pending set until its attribution window ends.
 _WRITE_SCRIPT = """
 local now = tonumber(ARGV[8])
-redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('HSET', KEYS[1], unpack(ARGV, 14))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
@@ -82,6 +92,9 @@ elseif ARGV[10] == 'del' then
 elseif ARGV[10] == 'clear' then
   redis.call('DEL', KEYS[5])
 end
+if ARGV[13] ~= '' then
+  redis.call('ZADD', KEYS[6], ARGV[13], ARGV[5])
+end
 return 1
 """
 
@@ -98,7 +111,6 @@ class RecordedOutcome:
     learn: bool = False
     offer_id: str = ""
     channel: str = ""
-    features: Mapping[str, float] = dataclasses.field(default_factory=dict)
     customer_id: str = ""
 
 
@@ -155,7 +167,8 @@ class StateStore:
         )
 
     async def write_decision(self, decision_id: str, request_id: str, ctx: CustomerContext, event: Event,
-                             decision: Decision, contact_window: float) -> None:
+                             decision: Decision, contact_window: float, prior: float = 0.0,
+                             attribution_seconds: float = 0.0) -> None:
         """Record the decision, append the event to the journey and count the contact: one atomic script."""
         customer_id = ctx.profile.customer_id
         now = ctx.now
@@ -172,33 +185,39 @@ class StateStore:
         window = max(contact_window, 1.0)
         await self._write_script(
             keys=[keys.decision(decision_id), keys.journey(customer_id), keys.decisions(customer_id),
-                  keys.contacts(customer_id), keys.open_journeys(customer_id)],
+                  keys.contacts(customer_id), keys.open_journeys(customer_id), keys.PENDING_OUTCOMES],
             args=[self.decision_ttl_seconds, codec.encode_journey(now, event.type, ctx.origin_channel, fields),
                   self.journey_max_events, JOURNEY_TTL_SECONDS, decision_id, RECENT_DECISIONS, contact,
                   f"{now:.3f}", f"{window:.0f}", open_op, open_field, open_value,
+                  f"{now + attribution_seconds:.3f}" if contact and attribution_seconds > 0 else "",
                   "customer_id", customer_id, "request_id", request_id, "ts", f"{now:.3f}",
                   "event_type", event.type, "origin_channel", ctx.origin_channel,
                   "offer_id", decision.offer_id or "", "channel", decision.channel, "category", decision.category,
                   "score", repr(decision.score), "propensity", repr(decision.propensity),
                   "policy_version", decision.policy_version, "model_version", decision.model_version,
-                  "features", json.dumps(decision.features, separators=(",", ":"))],
+                  "prior", repr(prior), "features", json.dumps(decision.features, separators=(",", ":"))],
         )
 
     async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float,
-                             settles_reward: bool) -> RecordedOutcome:
-        """Join an outcome to its decision; idempotent per (decision, outcome)."""
-        result = await self._outcome_script(keys=[keys.decision(decision_id)],
-                                            args=[outcome, f"{now:.3f}|{value!r}", "1" if settles_reward else "0"])
+                             reward: float | None) -> RecordedOutcome:
+        """Join an outcome to its decision; idempotent per (decision, outcome).
+
+        The first outcome with a ``reward`` is appended to the outcome stream, in
+        the same script, for the learner.
+        """
+        result = await self._outcome_script(
+            keys=[keys.decision(decision_id), keys.PENDING_OUTCOMES, keys.OUTCOME_STREAM],
+            args=[outcome, f"{now:.3f}|{value!r}", "0" if reward is None else "1", decision_id,
+                  repr(reward or 0.0), OUTCOME_STREAM_MAXLEN])
         status = OutcomeStatus(int(result[0]))
         if status is not OutcomeStatus.RECORDED:
             return RecordedOutcome(status)
-        _, learn, offer, channel, features, customer = result
+        _, learn, offer, channel, customer = result
         return RecordedOutcome(
             status=status,
             learn=bool(learn),
             offer_id=(offer or b"").decode(),
             channel=(channel or b"").decode(),
-            features=json.loads(features) if features else {},
             customer_id=(customer or b"").decode(),
         )
 

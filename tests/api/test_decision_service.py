@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from nba_service.proto.nba.v1 import decision_pb2 as pb
-from tests.conftest import atm_decline, daytime_zone, profile
+from tests.conftest import atm_decline, daytime_zone, profile, wait_until
 
 LENDING = {"micro_loan", "credit_line_raise", "overdraft_protection"}
 
@@ -112,21 +112,22 @@ def test_accepted_outcome_raises_the_offer_score_for_similar_customers(server):
 
     result = server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=first.decision_id,
                                                          outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
+    assert result.learned and not result.duplicate
+    # the learner learns it from the outcome stream and publishes a model version the server loads
+    wait_until(lambda: server.dataplane.models.version != before.model_version, what="a new model version")
     after = server.stub.Decide(atm_decline("c7b"), timeout=5)
 
-    assert result.learned and not result.duplicate
     assert (after.action.offer_id, after.channel) == (offer, channel)
     assert after.score > before.score
     assert after.model_version != before.model_version
 
 
-def test_outcome_reported_twice_is_learned_once(server):
+def test_outcome_reported_twice_is_learned_once(server, redis_client: redis.Redis):
     server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c8", timezone=daytime_zone())))
     decision = server.stub.Decide(atm_decline("c8"), timeout=5)
     request = pb.OutcomeRequest(decision_id=decision.decision_id, outcome=pb.OUTCOME_KIND_ACCEPTED, value=100)
 
     first = server.stub.ReportOutcome(request, timeout=5)
-    updates = server.dataplane.models.updates
     second = server.stub.ReportOutcome(request, timeout=5)
     converted = server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
                                                             outcome=pb.OUTCOME_KIND_CONVERTED), timeout=5)
@@ -134,7 +135,8 @@ def test_outcome_reported_twice_is_learned_once(server):
     assert (first.learned, first.duplicate) == (True, False)
     assert (second.learned, second.duplicate) == (False, True)
     assert (converted.learned, converted.duplicate) == (False, False)  # recorded, the reward was already learned
-    assert server.dataplane.models.updates == updates
+    assert redis_client.xlen("nba:outcomes") == 1  # one entry for the learner
+    wait_until(lambda: server.dataplane.models.updates == 1, what="the model to learn the outcome")
     view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="c8"), timeout=5)
     assert list(view.recent_decisions[0].outcomes) == ["accepted", "converted"]
 

@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from nba_service.proto.nba.v1 import decision_pb2 as pb
-from tests.conftest import atm_decline
+from tests.conftest import atm_decline, wait_until
 
 
 def test_health_reports_serving_for_the_service_and_the_server(server):
@@ -59,6 +59,7 @@ def test_metrics_count_decisions_outcomes_and_filters(server_with_metrics):
     server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id, outcome=pb.OUTCOME_KIND_DECLINED),
                               timeout=5)
 
+    wait_until(lambda: server.dataplane.models.updates == 1, what="the learner")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(_scrape(server)) for s in family.samples}
 
@@ -70,6 +71,7 @@ def test_metrics_count_decisions_outcomes_and_filters(server_with_metrics):
     assert samples[("nba_model_updates_total", ())] == 1
     assert samples[("nba_grpc_server_handled_total", (("grpc_code", "OK"), ("grpc_method", "Decide")))] == 1
     assert samples[("nba_policy_version", ())] == 1
+    assert samples[("nba_model_version", ())] >= 1
     assert any(name == "nba_offers_filtered_total" for name, _ in samples)
 
 
@@ -100,6 +102,7 @@ def test_failed_calls_are_counted_by_code(server_with_metrics, method):
             server.stub.Decide(pb.DecideRequest(), timeout=5)
         else:
             server.stub.ReportOutcome(pb.OutcomeRequest(decision_id="x", outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
-    text = _scrape(server)
     code = "INVALID_ARGUMENT" if method == "Decide" else "NOT_FOUND"
-    assert f'nba_grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}"}} 1.0' in text
+    line = f'nba_grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}"}} 1.0'
+    # the server counts a call as it completes, which may be just after the client saw the status
+    wait_until(lambda: line in _scrape(server), what=line)

@@ -1,0 +1,155 @@
+"""Why a decision came out the way it did: every candidate offer, what filtered
+it, and P, V, L and B of every (offer, channel) arm.
+
+:class:`~nba_service.engine.pipeline.DecisionEngine` returns the decision and
+its ``reasons``; :func:`explain_decision` puts them next to the numbers the
+engine ranked with, recomputed from the same snapshot, scorer and context:
+
+    priority = P x V x L x B (x preferred_channel_boost on the preferred channel)
+
+Pure: no I/O, nothing recorded; the same inputs give the same explanation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from nba_service.engine.contact_policy import check_caps, check_channels
+from nba_service.engine.domain import CustomerContext, Decision, Event
+from nba_service.engine.features import request_features, vectorize
+from nba_service.engine.pipeline import Scorer
+from nba_service.policies.expressions import build_scope, evaluation_globals
+from nba_service.policies.snapshot import PolicySnapshot
+
+__all__ = ["ArmScore", "OfferExplanation", "explain_decision", "score_arms"]
+
+_GLOBALS = evaluation_globals()
+_FILTERED_BEFORE_SCORING = frozenset({"not_live", "not_eligible", "rule_error", "frequency_cap"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ArmScore:
+    """The arbitration numbers of one (offer, channel) arm for one moment."""
+
+    offer_id: str
+    channel: str
+    p: float
+    """Propensity: the model's probability of acceptance (the prior until outcomes are learned)."""
+    v: float
+    """The offer's value."""
+    l: float  # noqa: E741 - the L of P x V x L x B
+    """Levers: offer x category x global."""
+    b: float
+    """Business weight."""
+    boost: float
+    """``preferred_channel_boost`` on the customer's preferred channel, else 1."""
+    vlb: float
+    """V x L x B exactly as the engine multiplies it."""
+    closed: str = ""
+    """Why this channel cannot carry the offer now (empty when it can)."""
+
+    @property
+    def priority(self) -> float:
+        return self.p * self.vlb * self.boost
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OfferExplanation:
+    """One candidate offer of the moment and what became of it."""
+
+    offer_id: str
+    name: str
+    status: str
+    """``chosen``, ``ranked``, ``paused``, ``not_decided`` or the engine's reason code."""
+    detail: str
+    arms: tuple[ArmScore, ...] = ()
+    """Its arms, best first; empty when rules or caps filtered the offer before scoring."""
+    rank: int = 0
+    """1 for the chosen offer, 2… for the ranked alternatives, 0 otherwise."""
+
+
+def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, event: Event) -> tuple[ArmScore, ...]:
+    """P, V, L, B and channel status of every arm of the offers that answer ``event``."""
+    plan = snapshot.plans.get(event.type)
+    if plan is None or not len(plan.arms):
+        return ()
+    settings = snapshot.settings
+    propensities = scorer.score(plan.arms, vectorize(request_features(ctx, event)))
+    scope = build_scope(ctx, event)
+    caps = check_caps(snapshot, ctx.contacts, ctx.now)
+    verdict = check_channels(snapshot, ctx.profile, ctx.now, _channel_rule_results(snapshot, scope), caps)
+    out = []
+    for arm, p in zip(plan.arms, propensities):
+        offer_id, channel = snapshot.arm_keys[arm]
+        offer = snapshot.offers[snapshot.offer_index[offer_id]]
+        levers = offer.lever * settings.category_levers.get(offer.category, 1.0) * settings.global_lever
+        preferred = channel == ctx.profile.preferred_channel and channel in snapshot.channel_index
+        closed = verdict.reasons[snapshot.channel_index[channel]][1]
+        if not closed and int(arm) in caps.arms:
+            closed = f"{channel}: {caps.arms[int(arm)]}"
+        out.append(ArmScore(
+            offer_id=offer_id, channel=channel, p=float(p), v=offer.value, l=levers, b=offer.weight,
+            boost=settings.preferred_channel_boost if preferred else 1.0,
+            vlb=float(snapshot.offer_priority_factor[snapshot.offer_index[offer_id]]), closed=closed,
+        ))
+    return tuple(out)
+
+
+def explain_decision(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, event: Event,
+                     decision: Decision) -> tuple[OfferExplanation, ...]:
+    """Every offer that answers ``event`` (paused ones too), in the order the engine ranked them.
+
+    ``decision`` is what the engine decided for exactly these inputs; ask it
+    for enough alternatives (``top_k``) to rank every offer left.
+    """
+    arms: dict[str, list[ArmScore]] = {}
+    for arm in score_arms(snapshot, scorer, ctx, event):
+        arms.setdefault(arm.offer_id, []).append(arm)
+    reasons = {r.offer_id: r for r in decision.reasons if r.offer_id and r.code != "chosen"}
+    chosen = next((r.detail for r in decision.reasons if r.code == "chosen"), "")
+    overall = next((r for r in decision.reasons if not r.offer_id), None)
+    ranks = {a.offer_id: (i + 2, a) for i, a in enumerate(decision.alternatives)}
+    plan = snapshot.plans.get(event.type)
+    out = []
+    for index in (plan.offers if plan is not None else ()):
+        offer = snapshot.offers[index]
+        these = tuple(sorted(arms.get(offer.id, ()), key=lambda a: (bool(a.closed), -a.priority)))
+        if offer.id == decision.offer_id:
+            out.append(OfferExplanation(offer.id, offer.name, "chosen", chosen, these, 1))
+        elif offer.id in ranks:
+            rank, alternative = ranks[offer.id]
+            out.append(OfferExplanation(offer.id, offer.name, "ranked",
+                                        f"priority {alternative.score:.4g} on {alternative.channel}", these, rank))
+        elif offer.id in reasons:
+            reason = reasons[offer.id]
+            shown = () if reason.code in _FILTERED_BEFORE_SCORING else these
+            out.append(OfferExplanation(offer.id, offer.name, reason.code, reason.detail, shown))
+        else:  # passed its own checks, but the decision stopped before ranking (an overall cap)
+            why = f"{overall.code}: {overall.detail}" if overall else "not ranked"
+            out.append(OfferExplanation(offer.id, offer.name, "not_decided", why, these))
+    out.sort(key=lambda o: (o.rank == 0, o.rank, _ORDER.get(o.status, 9)))
+    for offer in snapshot.policy.offers:
+        if offer.paused and event.type in offer.events:
+            out.append(OfferExplanation(offer.id, offer.name, "paused", "paused: true in the policy set"))
+    return tuple(out)
+
+
+_ORDER = {"below_threshold": 0, "not_decided": 1, "no_channel": 2, "frequency_cap": 3, "rule_error": 4,
+          "not_eligible": 5, "not_live": 6}
+
+
+def _channel_rule_results(snapshot: PolicySnapshot, scope: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Each channel's ``available_when`` result, or the exception it raised (as the engine evaluates them)."""
+    if snapshot.channel_rules_code is None:
+        return None
+    try:
+        return tuple(eval(snapshot.channel_rules_code, _GLOBALS, scope))  # noqa: S307 - whitelisted, precompiled
+    except Exception:  # one rule failed: find which, the others still count
+        results: list[Any] = []
+        for rule in snapshot.channel_rules:
+            try:
+                results.append(eval(rule.code, _GLOBALS, scope))  # noqa: S307
+            except Exception as exc:  # noqa: BLE001 - the channel's verdict, as in the engine
+                results.append(exc)
+        return tuple(results)

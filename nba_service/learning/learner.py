@@ -1,0 +1,152 @@
+"""The learner: reads outcomes from the stream, teaches the models, publishes snapshots.
+
+Runs in its own process (``nba learner``) or as a thread of ``nba serve``
+(the embedded default). A Redis lock keeps one learner active at a time;
+others wait and take over if it dies.
+
+Exactly-once learning across restarts: the in-memory models always equal the
+last published snapshot plus the entries read since, and those entries stay
+pending in the consumer group until the snapshot containing them is published
+(the same transaction acknowledges them). A learner that starts, or takes
+over, loads the live snapshot and first re-reads every pending entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from nba_service.learning.models import ModelBank
+from nba_service.store.model_store import ModelStore
+from nba_service.store.outcome_stream import LearnerLock, OutcomeEntry, OutcomeStream
+
+__all__ = ["Learner", "default_learner_name"]
+
+log = logging.getLogger(__name__)
+
+
+def default_learner_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Learner:
+    """Consume outcomes, learn, publish model versions every N outcomes or T seconds."""
+
+    def __init__(self, client: redis.Redis, *, name: str | None = None, snapshot_every: int = 200,
+                 snapshot_seconds: float = 5.0, batch: int = 500, block_ms: int = 500,
+                 attribution_check_seconds: float = 1.0, on_update: Callable[[int], None] | None = None,
+                 on_learned: Callable[[int], None] | None = None) -> None:
+        self.name = name or default_learner_name()
+        self.snapshot_every = snapshot_every
+        self.snapshot_seconds = snapshot_seconds
+        self.batch = batch
+        self.block_ms = block_ms
+        self.attribution_check_seconds = attribution_check_seconds
+        self.on_update = on_update
+        """Called with each version this learner publishes."""
+        self.on_learned = on_learned
+        """Called with the number of outcomes of each batch learned."""
+        self._stream = OutcomeStream(client, self.name)
+        self._models_store = ModelStore(client)
+        self._lock = LearnerLock(client, self.name)
+        self.models = ModelBank()
+        self.version: int | None = None
+        self.learned = 0
+        """Outcomes learned by this learner since it started (re-learned ones included)."""
+        self._unacked: list[bytes] = []
+        self._active = False
+        self._read_pending = True
+        self._last_snapshot = time.monotonic()
+        self._last_expiry = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def _activate(self) -> None:
+        """Become the active learner: resume from the live snapshot, take over pending entries."""
+        self._stream.ensure_group()
+        self._reload()
+        self._stream.claim_pending()
+        self._active = True
+        log.info("learner %s active from model version %s (%d outcomes learned)", self.name, self.version,
+                 self.models.updates)
+
+    def _reload(self) -> None:
+        live = self._models_store.live()
+        data = self._models_store.load()
+        self.models = ModelBank.from_bytes(data) if data else ModelBank()
+        self.version = live
+        self._unacked = []
+        self._read_pending = True
+
+    def step(self) -> int:
+        """One round: hold the lock, expire due decisions, learn a batch, maybe publish. Returns outcomes learned."""
+        if not self._lock.hold():
+            self._active = False
+            return 0
+        if not self._active:
+            self._activate()
+        now = time.monotonic()
+        if now - self._last_expiry >= self.attribution_check_seconds:
+            self._last_expiry = now
+            expired = self._stream.expire_due()
+            if expired:
+                log.info("%d decisions reached the end of their attribution window without an outcome", expired)
+        entries = self._stream.read(self.batch, self.block_ms, pending=self._read_pending)
+        if self._read_pending and not entries:
+            self._read_pending = False  # caught up with what the last learner left
+        learned = 0
+        for entry in entries:
+            if isinstance(entry, OutcomeEntry):
+                self.models.learn(entry.offer_id, entry.channel, entry.features, entry.reward, entry.prior)
+                learned += 1
+                self._unacked.append(entry.entry_id)
+            else:
+                self._unacked.append(entry)  # trimmed from the stream: nothing to learn, acknowledge it
+        self.learned += learned
+        if len(self._unacked) >= self.snapshot_every or (
+                self._unacked and time.monotonic() - self._last_snapshot >= self.snapshot_seconds):
+            self.publish()
+        return learned
+
+    def publish(self) -> int | None:
+        """Publish the models as a new version, acknowledging what they learned."""
+        live = self._models_store.live()
+        if live != self.version:
+            # Someone rolled the models back: continue from that version, re-learning what
+            # is still pending on top of it.
+            log.warning("model version %s became live outside this learner; continuing from it", live)
+            self._reload()
+            return None
+        self.version = self._models_store.publish(self.models.to_bytes(), self.models.updates, source=self.name,
+                                                  acknowledge=self._unacked)
+        self._unacked = []
+        self._last_snapshot = time.monotonic()
+        if self.on_update is not None:
+            self.on_update(self.version)
+        return self.version
+
+    def run(self, stop: threading.Event, idle_seconds: float = 1.0) -> None:
+        """Learn until ``stop`` is set, then publish what was learned and release the lock."""
+        while not stop.is_set():
+            try:
+                learned = self.step()
+                if learned and self.on_learned is not None:
+                    self.on_learned(learned)
+                if not learned and not self._active:
+                    stop.wait(idle_seconds)  # another learner is active: check again later
+            except redis.RedisError as exc:
+                log.warning("learner %s: %s; retrying", self.name, exc)
+                self._active = False
+                stop.wait(idle_seconds)
+        try:
+            if self._active and self._unacked:
+                self.publish()
+            self._lock.release()
+        except redis.RedisError as exc:
+            log.warning("learner %s could not publish on exit: %s", self.name, exc)

@@ -1,0 +1,322 @@
+"""What-if preview: a candidate policy set and the live one, decided side by side
+over the same moments by the same engine.
+
+Nothing is sent and nothing is written. Each customer's stored state is read
+once (through the ``stored`` callable: Redis, or unknown-customer defaults);
+from then on the preview keeps it in memory and changes it as the server's
+record step would: every moment joins the customer's journey (an abandoned
+cart opens, a purchase closes it), and every action is counted as a contact,
+separately for each side, so the caps of each policy set bite on its own
+decisions. Exploration is the caller's choice (off for a preview: the engines
+should exploit, so a difference is the policy's, not chance).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+
+from nba_service.engine.contact_policy import check_caps
+from nba_service.engine.domain import (
+    ContactRecord,
+    CustomerContext,
+    CustomerProfile,
+    Decision,
+    Event,
+    JourneyEntry,
+    OpenJourney,
+)
+from nba_service.engine.pipeline import DecisionEngine
+from nba_service.policies.event_log import Moment
+from nba_service.policies.snapshot import PolicySnapshot
+from nba_service.store.state import CLOSING_EVENTS
+
+__all__ = ["ChangedDecision", "PolicyRun", "PreviewReport", "SideReport", "run_preview"]
+
+NO_ACTION = ("", "")
+_FILTERED_BY_RULES = frozenset({"not_live", "not_eligible", "rule_error"})
+_JOURNEY_EVENTS = 50
+
+StoredContext = Callable[[str, float, float], CustomerContext]
+"""(customer id, now, contact window) -> the customer's stored context."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicyRun:
+    """One side of the preview: a compiled policy set and the engine that decides with it."""
+
+    label: str
+    snapshot: PolicySnapshot
+    engine: DecisionEngine
+
+
+@dataclasses.dataclass(slots=True)
+class SideReport:
+    """What one policy set decided over the moments."""
+
+    label: str
+    decisions: collections.Counter[tuple[str, str]] = dataclasses.field(default_factory=collections.Counter)
+    """(offer id, channel) -> decisions; ``("", "")`` counts "no action"."""
+    no_action_reasons: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    eligible: set[str] = dataclasses.field(default_factory=set)
+    """Offers that passed their validity window and rule at least once."""
+    capped: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    """Limit reached -> customers who reached it at a moment of the file."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.decisions.values())
+
+    @property
+    def no_action(self) -> int:
+        return self.decisions[NO_ACTION]
+
+    @property
+    def chosen(self) -> set[str]:
+        return {offer for offer, _ in self.decisions if offer}
+
+    @property
+    def reached(self) -> set[str]:
+        """Offers chosen or at least eligible once."""
+        return self.chosen | self.eligible
+
+    @property
+    def capped_customers(self) -> set[str]:
+        return set().union(*self.capped.values()) if self.capped else set()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChangedDecision:
+    moment: Moment
+    live: Decision
+    candidate: Decision
+    live_why_not: str
+    """Why live did not pick the candidate's choice."""
+    candidate_why_not: str
+    """Why the candidate did not pick live's choice."""
+
+
+@dataclasses.dataclass(slots=True)
+class PreviewReport:
+    live: SideReport
+    candidate: SideReport
+    customers: int = 0
+    known_customers: int = 0
+    changed: int = 0
+    samples: list[ChangedDecision] = dataclasses.field(default_factory=list)
+
+    @property
+    def events(self) -> int:
+        return self.live.total
+
+    @property
+    def unreachable(self) -> list[str]:
+        """Offers live chose or found eligible that the candidate never chose nor found eligible."""
+        return sorted(self.live.reached - self.candidate.reached)
+
+    @property
+    def newly_reachable(self) -> list[str]:
+        return sorted(self.candidate.reached - self.live.reached)
+
+    def render(self) -> list[str]:
+        """The report as text, live and candidate side by side."""
+        live, cand = self.live, self.candidate
+        width = max(len(live.label), len(cand.label), 9)
+        lines = [_row("", live.label, cand.label, "change", width)]
+        lines.append(_row("decisions", live.total, cand.total, "", width))
+        lines.append(_row("with an action", live.total - live.no_action, cand.total - cand.no_action,
+                          _delta(live.total - live.no_action, cand.total - cand.no_action), width))
+        lines.append(_row("no action", _share(live.no_action, live.total), _share(cand.no_action, cand.total),
+                          _points(live.no_action, cand.no_action, live.total), width))
+        lines.append(_row("customers hitting a cap", len(live.capped_customers), len(cand.capped_customers),
+                          _delta(len(live.capped_customers), len(cand.capped_customers)), width))
+
+        lines += ["", _row("decisions per offer and channel", live.label, cand.label, "change", width)]
+        keys = sorted(set(live.decisions) | set(cand.decisions),
+                      key=lambda k: (k == NO_ACTION, -max(live.decisions[k], cand.decisions[k]), k))
+        for key in keys:
+            shown = "(no action)" if key == NO_ACTION else f"{key[0]} on {key[1]}"
+            lines.append(_row(f"  {shown}", live.decisions[key], cand.decisions[key],
+                              _delta(live.decisions[key], cand.decisions[key]), width))
+        reasons = sorted(set(live.no_action_reasons) | set(cand.no_action_reasons))
+        if reasons:
+            lines += ["", _row("no action, by reason", live.label, cand.label, "change", width)]
+            for code in reasons:
+                lines.append(_row(f"  {code}", live.no_action_reasons[code], cand.no_action_reasons[code],
+                                  _delta(live.no_action_reasons[code], cand.no_action_reasons[code]), width))
+
+        lines += ["", "offers that became unreachable (never chosen nor eligible under the candidate):"]
+        lines += [f"  {offer}" for offer in self.unreachable] or ["  none"]
+        if self.newly_reachable:
+            lines += ["offers that became reachable (chosen or eligible only under the candidate):"]
+            lines += [f"  {offer}" for offer in self.newly_reachable]
+
+        limits = sorted(set(live.capped) | set(cand.capped))
+        if limits:
+            lines += ["", _row("customers hitting a cap, by limit", live.label, cand.label, "change", width)]
+            for limit in limits:
+                a, b = len(live.capped.get(limit, ())), len(cand.capped.get(limit, ()))
+                lines.append(_row(f"  {limit}", a, b, _delta(a, b), width))
+
+        lines += ["", f"changed decisions: {self.changed} of {self.events}"
+                      f" ({100 * self.changed / max(self.events, 1):.1f}%)" + (", for example:" if self.samples else "")]
+        for change in self.samples:
+            m = change.moment
+            where = f" (line {m.line})" if m.line else ""
+            lines.append(f"  {m.customer_id} {m.event.type}{where}")
+            lines.append(f"    {live.label}: {_decision(change.live)}")
+            if change.live_why_not:
+                lines.append(f"      {change.live_why_not}")
+            lines.append(f"    {cand.label}: {_decision(change.candidate)}")
+            if change.candidate_why_not:
+                lines.append(f"      {change.candidate_why_not}")
+        return lines
+
+
+def run_preview(moments: Iterable[Moment], live: PolicyRun, candidate: PolicyRun, stored: StoredContext,
+                *, now: float, sample_size: int = 10) -> PreviewReport:
+    """Decide every moment with both policy sets; ``now`` is the time of moments without a timestamp."""
+    report = PreviewReport(SideReport(live.label), SideReport(candidate.label))
+    window = max(live.snapshot.max_limit_window, candidate.snapshot.max_limit_window)
+    customers: dict[str, _CustomerState] = {}
+    for moment in moments:
+        at = moment.timestamp if moment.timestamp is not None else now
+        state = customers.get(moment.customer_id)
+        if state is None:
+            state = customers[moment.customer_id] = _CustomerState.start(stored(moment.customer_id, at, window))
+            report.known_customers += state.profile.known
+        decisions = []
+        for side, run in ((report.live, live), (report.candidate, candidate)):
+            ctx = state.context(side.label, at, moment)
+            decision = run.engine.decide(run.snapshot, ctx, moment.event, top_k=len(run.snapshot.offers))
+            _tally(side, run.snapshot, ctx, moment.event, decision)
+            state.record_contact(side.label, at, decision, window)
+            decisions.append(decision)
+        state.record_event(at, moment)
+        old, new = decisions
+        if (old.offer_id, old.channel) != (new.offer_id, new.channel):
+            report.changed += 1
+            if len(report.samples) < sample_size:
+                report.samples.append(ChangedDecision(
+                    moment, old, new, live_why_not=_why_not(old, new.offer_id, live.snapshot),
+                    candidate_why_not=_why_not(new, old.offer_id, candidate.snapshot)))
+    report.customers = len(customers)
+    return report
+
+
+# --- customer state kept in memory ----------------------------------------------------
+
+@dataclasses.dataclass(slots=True)
+class _CustomerState:
+    profile: CustomerProfile
+    journey: list[JourneyEntry]
+    """Newest first."""
+    open_journeys: dict[tuple[str, str], OpenJourney]
+    stored_contacts: tuple[ContactRecord, ...]
+    contacts: dict[str, list[ContactRecord]]
+
+    @classmethod
+    def start(cls, ctx: CustomerContext) -> _CustomerState:
+        return cls(ctx.profile, list(ctx.journey), {(j.kind, j.id): j for j in ctx.open_journeys},
+                   ctx.contacts, {})
+
+    def context(self, side: str, now: float, moment: Moment) -> CustomerContext:
+        contacts = self.contacts.setdefault(side, list(self.stored_contacts))
+        return CustomerContext(
+            profile=self.profile, now=now, origin_channel=moment.origin_channel,
+            journey=tuple(self.journey[:_JOURNEY_EVENTS]), contacts=tuple(contacts),
+            open_journeys=tuple(self.open_journeys.values()), request_attributes=moment.attributes,
+        )
+
+    def record_contact(self, side: str, now: float, decision: Decision, window: float) -> None:
+        if decision.offer_id is None:
+            return
+        contacts = self.contacts[side]
+        contacts.append(ContactRecord(now, decision.offer_id, decision.channel, decision.category))
+        contacts[:] = [c for c in contacts if now - c.timestamp < window]
+
+    def record_event(self, now: float, moment: Moment) -> None:
+        """The journey and open-journey changes the server's record step makes."""
+        event = moment.event
+        fields = dict(event.fields)
+        if event.attributes:
+            fields["attributes"] = dict(event.attributes)
+        self.journey.insert(0, JourneyEntry(now, event.type, moment.origin_channel, json.dumps(fields)))
+        del self.journey[_JOURNEY_EVENTS:]
+        if event.type == "cart_abandon":
+            cart = str(event.fields.get("cart_id") or "cart")
+            self.open_journeys[("cart", cart)] = OpenJourney("cart", cart, now, fields)
+        elif event.type == "custom" and event.fields.get("name") in CLOSING_EVENTS:
+            cart_id = event.attributes.get("cart_id")
+            if cart_id:
+                self.open_journeys.pop(("cart", cart_id), None)
+            else:
+                self.open_journeys = {k: v for k, v in self.open_journeys.items() if k[0] != "cart"}
+
+
+# --- tallies and text -----------------------------------------------------------------
+
+def _tally(side: SideReport, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, decision: Decision) -> None:
+    side.decisions[(decision.offer_id or "", decision.channel)] += 1
+    if decision.no_action:
+        overall = next((r.code for r in decision.reasons if not r.offer_id), "no_action")
+        side.no_action_reasons[overall] += 1
+    plan = snapshot.plans.get(event.type)
+    if plan is not None:
+        filtered = {r.offer_id for r in decision.reasons if r.code in _FILTERED_BY_RULES}
+        side.eligible.update(snapshot.offers[i].id for i in plan.offers if snapshot.offers[i].id not in filtered)
+    caps = check_caps(snapshot, ctx.contacts, ctx.now)
+    hits = [caps.everything] if caps.everything else []
+    hits += caps.channels.values()
+    hits += caps.categories.values()
+    hits += [f"{snapshot.offers[i].id}: {text}" for i, text in caps.offers.items()]
+    hits += [f"{snapshot.arm_keys[a][0]}: {text}" for a, text in caps.arms.items()]
+    for text in hits:
+        side.capped.setdefault(text, set()).add(ctx.profile.customer_id)
+
+
+def _why_not(decision: Decision, offer_id: str | None, snapshot: PolicySnapshot) -> str:
+    """Why ``decision`` did not pick ``offer_id`` (the other side's choice)."""
+    if offer_id is None:
+        return ""
+    if offer_id == decision.offer_id:
+        return ""  # same offer, another channel: the decision line shows it
+    if offer_id not in snapshot.offer_index:
+        return f"{offer_id}: not in this set (paused or removed)"
+    for reason in decision.reasons:
+        if reason.offer_id == offer_id:
+            return f"{offer_id}: {reason.code}: {reason.detail}"
+    for alternative in decision.alternatives:
+        if alternative.offer_id == offer_id:
+            return f"{offer_id}: ranked lower, priority {alternative.score:.4g} on {alternative.channel}"
+    overall = next((r for r in decision.reasons if not r.offer_id), None)
+    if overall is not None:
+        return f"{offer_id}: {overall.code}: {overall.detail}"
+    return f"{offer_id}: does not answer this event"
+
+
+def _decision(decision: Decision) -> str:
+    if decision.no_action:
+        overall = next((r for r in decision.reasons if not r.offer_id), None)
+        return "no action" + (f" ({overall.code}: {overall.detail})" if overall else "")
+    return f"{decision.offer_id} on {decision.channel}, score {decision.score:.4g}"
+
+
+def _row(label: str, a: object, b: object, change: str, width: int) -> str:
+    return f"{label:<40} {a!s:>{width}} {b!s:>{width}} {change:>8}".rstrip()
+
+
+def _delta(a: int, b: int) -> str:
+    return "" if a == b else f"{b - a:+d}"
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count} ({100 * count / max(total, 1):.1f}%)"
+
+
+def _points(a: int, b: int, total: int) -> str:
+    if a == b or not total:
+        return ""
+    return f"{100 * (b - a) / total:+.1f} pt"

@@ -1,0 +1,46 @@
+"""Read-only access to customer contexts, for tools (``nba policy preview``, ``nba explain``).
+
+Issues the same reads as :meth:`nba_service.store.state.StateStore.read_context`
+(profile, recent journey, contacts within the longest limit window, open
+journeys) with a synchronous client, in one round trip, and never writes: no
+script is loaded, no key is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import redis
+
+from nba_service.engine.domain import CustomerContext
+from nba_service.store import codec, keys
+
+__all__ = ["ContextReader"]
+
+
+class ContextReader:
+    """Customer contexts from Redis, read only."""
+
+    def __init__(self, client: redis.Redis, context_events: int = 50) -> None:
+        self._redis = client
+        self.context_events = context_events
+
+    def read_context(self, customer_id: str, now: float, origin_channel: str = "",
+                     request_attributes: Mapping[str, str] | None = None,
+                     contact_window: float = 0.0) -> CustomerContext:
+        """The customer's context at ``now``; an unknown customer gets the defaults (``profile.known`` false)."""
+        with self._redis.pipeline(transaction=True) as pipe:  # MULTI of reads: one consistent view
+            pipe.get(keys.profile(customer_id))
+            pipe.lrange(keys.journey(customer_id), 0, self.context_events - 1)
+            pipe.zrangebyscore(keys.contacts(customer_id), f"{now - contact_window:.3f}", "+inf", withscores=True)
+            pipe.hgetall(keys.open_journeys(customer_id))
+            raw_profile, raw_journey, raw_contacts, raw_open = pipe.execute()
+        return CustomerContext(
+            profile=codec.decode_profile(customer_id, raw_profile),
+            now=now,
+            origin_channel=origin_channel,
+            journey=tuple(codec.decode_journey(r) for r in raw_journey),
+            contacts=tuple(codec.decode_contact(m, float(s)) for m, s in raw_contacts),
+            open_journeys=tuple(codec.decode_open_journey(f, v) for f, v in raw_open.items()),
+            request_attributes=dict(request_attributes or {}),
+        )
