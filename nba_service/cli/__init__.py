@@ -25,7 +25,7 @@ from nba_service.settings import SettingsError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS = ("serve", "demo", "policy", "customers")
+COMMANDS = ("serve", "demo", "policy", "customers", "models", "events", "explain")
 """Modules of :mod:`nba_service.cli` that each register a command (group)."""
 
 

@@ -1,12 +1,20 @@
-"""``nba policy ...``: validate, publish, list and roll back policy sets."""
+"""``nba policy ...``: validate, diff, preview, publish, list and roll back policy sets."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import pathlib
 import sys
+import time
 
 from nba_service.cli._common import settings_from, state_client, state_options
+from nba_service.cli._sources import SourceError, load_models, moment_time, policy_source, stored_contexts
+from nba_service.engine.pipeline import DecisionEngine
+from nba_service.learning.exploration import EpsilonGreedy
+from nba_service.policies.diff import diff_policies
+from nba_service.policies.event_log import EventLogError, Moment, read_requests, to_moment
+from nba_service.policies.preview import PolicyRun, run_preview
 from nba_service.policies.schema import PolicyValidationError, load_policy_dir
 from nba_service.store.policy_store import PolicyStore
 
@@ -62,6 +70,94 @@ def cmd_policy_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy_diff(args: argparse.Namespace) -> int:
+    with state_client(settings_from(args)) as client:
+        store = PolicyStore(client)
+        try:
+            old_spec, new_spec = _diff_pair(store, args.old, args.new)
+            old = policy_source(store, old_spec)
+            new = policy_source(store, new_spec)
+        except SourceError as exc:
+            print(f"nba policy diff: {exc}", file=sys.stderr)
+            return 1
+    print(f"from {old.label} to {new.label}:")
+    for line in diff_policies(old.policy, new.policy).render():
+        print(line)
+    return 0
+
+
+def _diff_pair(store: PolicyStore, first: str | None, second: str | None) -> tuple[str, str]:
+    """What to compare: both given; live -> DIR or V -> live for one; the previous version -> live for none."""
+    if first is not None and second is not None:
+        return first, second
+    if first is not None:
+        return ("live", first) if not first.isdigit() else (first, "live")
+    live = store.live()
+    earlier = [p.version for p in store.history() if live is not None and p.version < live]
+    if live is None:
+        raise SourceError("no policy version is live yet: publish one with `nba policy publish DIR`")
+    if not earlier:
+        raise SourceError(f"policy version {live} is the first one: give a version or a directory to compare with")
+    return str(earlier[-1]), "live"
+
+
+def cmd_policy_preview(args: argparse.Namespace) -> int:
+    events = pathlib.Path(args.events)
+    if not events.is_file():
+        print(f"nba policy preview: {events}: no such file", file=sys.stderr)
+        return 1
+    try:
+        now = moment_time(args.at, time.time())
+    except SourceError as exc:
+        print(f"nba policy preview: {exc}", file=sys.stderr)
+        return 1
+    moments: list[Moment] = []
+    refused: list[str] = []
+    for recorded in read_requests(events):
+        try:
+            if isinstance(recorded, EventLogError):
+                raise recorded
+            moments.append(to_moment(recorded))
+        except EventLogError as exc:
+            refused.append(str(exc))
+    with state_client(settings_from(args)) as client:
+        store = PolicyStore(client)
+        try:
+            candidate = policy_source(store, args.directory, "candidate")
+            live = policy_source(store, args.against)
+        except SourceError as exc:
+            print(f"nba policy preview: {exc}", file=sys.stderr)
+            return 1
+        snapshots = [live.compile(), candidate.compile()]
+        banks, models = load_models(client, snapshots)
+        report = run_preview(
+            moments,
+            PolicyRun(live.short, snapshots[0], DecisionEngine(banks[0], EpsilonGreedy(0.0))),
+            PolicyRun(candidate.short, snapshots[1], DecisionEngine(banks[1], EpsilonGreedy(0.0))),
+            stored_contexts(client if args.customers_from_redis else None),
+            now=now, sample_size=args.sample,
+        )
+    print(f"preview of {candidate.label} against {live.label}")
+    print(f"  events:    {report.events} from {events}, {report.customers} customers")
+    if args.customers_from_redis:
+        print(f"  customers: {report.known_customers} found in Redis, {report.customers - report.known_customers}"
+              " unknown (defaults)")
+    else:
+        print("  customers: unknown-customer defaults (add --customers-from-redis to use stored profiles)")
+    print(f"  models:    {models}")
+    print("  exploration off; each side's actions count towards its own caps; nothing is sent or written")
+    if refused:
+        print(f"  {len(refused)} line(s) of {events} refused:")
+        for reason in refused[:10]:
+            print(f"    {reason}")
+        if len(refused) > 10:
+            print(f"    ... and {len(refused) - 10} more")
+    print()
+    for line in report.render():
+        print(line)
+    return 0 if not refused else 2
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     policy = sub.add_parser("policy", help="validate, publish and roll back policy sets")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
@@ -74,6 +170,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     publish.add_argument("--author", help="who publishes (default: the login name)")
     state_options(publish)
     publish.set_defaults(func=cmd_policy_publish)
+    diff = policy_sub.add_parser(
+        "diff", help="what changed between two versions or directories, field by field",
+        description="Compare two policy sets, each a version number, 'live' or a directory. "
+                    "No argument: the previous version -> live. One: live -> DIR, or VERSION -> live.")
+    diff.add_argument("old", nargs="?", metavar="FROM", help="version, 'live' or directory")
+    diff.add_argument("new", nargs="?", metavar="TO", help="version, 'live' or directory")
+    state_options(diff)
+    diff.set_defaults(func=cmd_policy_diff)
+    preview = policy_sub.add_parser(
+        "preview", help="decide a file of events with a policy directory and with the live version, side by side",
+        description="Runs the candidate policy set and the live version through the same engine (exploration "
+                    "off) over an event file, reading but never writing customer state, and compares the "
+                    "decisions.")
+    preview.add_argument("directory", help="the candidate policy directory")
+    preview.add_argument("--events", required=True, metavar="FILE.jsonl",
+                         help="recorded or generated events (`nba events generate`), one request a line")
+    preview.add_argument("--customers-from-redis", action="store_true",
+                         help="read customer profiles, journeys and contact history from Redis (read only); "
+                              "default: every customer is unknown")
+    preview.add_argument("--against", default="live", metavar="VERSION",
+                         help="the published version to compare with (default: live)")
+    preview.add_argument("--sample", type=int, default=10, metavar="N", help="changed decisions to show (default 10)")
+    preview.add_argument("--at", metavar="TIME", help="time of events without a timestamp (ISO 8601; default: now)")
+    state_options(preview)
+    preview.set_defaults(func=cmd_policy_preview)
     history = policy_sub.add_parser("history", help="list published versions (* = live)")
     state_options(history)
     history.set_defaults(func=cmd_policy_history)

@@ -91,7 +91,7 @@ class LoggedData:
     """A logged experiment: per row the action, its reward, its logging propensity and the features."""
 
     actions: tuple[str, ...]
-    """Distinct actions, sorted."""
+    """Distinct actions, in the order they first appear in the log (the replay's offers, in that order)."""
     action: np.ndarray
     """Per row, the index of the logged action in ``actions``."""
     reward: np.ndarray
@@ -174,7 +174,7 @@ def read_log(path: str | Path, *, action_col: str, reward_col: str, feature_cols
             raise LogFormatError(f"cannot read {path}: {exc}") from exc
     if not actions:
         raise LogFormatError(f"{path} has no rows")
-    names = tuple(sorted(set(actions)))
+    names = tuple(dict.fromkeys(actions))
     index = {name: i for i, name in enumerate(names)}
     action = np.array([index[a] for a in actions], dtype=np.intp)
     if p_pos is not None:

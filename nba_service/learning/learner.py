@@ -61,7 +61,8 @@ class Learner:
         """Outcomes learned by this learner since it started (re-learned ones included)."""
         self._unacked: list[bytes] = []
         self._active = False
-        self._read_pending = True
+        self._pending_cursor: bytes | None = b"0"
+        """Where re-reading this consumer's pending entries continues; None once caught up."""
         self._last_snapshot = time.monotonic()
         self._last_expiry = 0.0
 
@@ -82,7 +83,7 @@ class Learner:
         self.models = ModelBank.from_bytes(data) if data else ModelBank()
         self.version = live
         self._unacked = []
-        self._read_pending = True
+        self._pending_cursor = b"0"
 
     def step(self) -> int:
         """One round: hold the lock, expire due decisions, learn a batch, maybe publish. Returns outcomes learned."""
@@ -97,9 +98,16 @@ class Learner:
             expired = self._stream.expire_due()
             if expired:
                 log.info("%d decisions reached the end of their attribution window without an outcome", expired)
-        entries = self._stream.read(self.batch, self.block_ms, pending=self._read_pending)
-        if self._read_pending and not entries:
-            self._read_pending = False  # caught up with what the last learner left
+        entries: list[OutcomeEntry | bytes] = []
+        if self._pending_cursor is not None:
+            entries = self._stream.read(self.batch, None, pending_after=self._pending_cursor)
+            if entries:
+                last = entries[-1]
+                self._pending_cursor = last.entry_id if isinstance(last, OutcomeEntry) else last
+            else:
+                self._pending_cursor = None  # caught up with what the last learner left: now the new entries
+        if not entries:
+            entries = self._stream.read(self.batch, self.block_ms)
         learned = 0
         for entry in entries:
             if isinstance(entry, OutcomeEntry):
@@ -115,7 +123,10 @@ class Learner:
         return learned
 
     def publish(self) -> int | None:
-        """Publish the models as a new version, acknowledging what they learned."""
+        """Publish the models as a new version, acknowledging what they learned.
+
+        Returns the new version, or None when a rollback made this learner reload instead.
+        """
         live = self._models_store.live()
         if live != self.version:
             # Someone rolled the models back: continue from that version, re-learning what

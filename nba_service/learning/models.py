@@ -103,6 +103,17 @@ class ModelBank:
             return 1.0 / (1.0 + math.exp(-logit(prior)))
         return float(model.predict_proba_one(hash_features(features))[True])
 
+    def describe(self) -> dict[str, object]:
+        """Every arm's intercept and non-zero weights by hashed feature column, for export."""
+        arms = {}
+        for (offer_id, channel), model in sorted(self._models.items()):
+            arms[f"{offer_id}/{channel}"] = {
+                "intercept": float(model.intercept),
+                "weights": {str(column): float(w) for column, w in sorted(model.weights.items()) if w},
+            }
+        return {"updates": self._updates, "feature_dim": FEATURE_DIM, "feature_hashing": "crc32(name) % feature_dim",
+                "arms": arms}
+
     def to_bytes(self) -> bytes:
         return pickle.dumps({"format": _FORMAT, "updates": self._updates, "models": self._models,
                              "learning_rate": self.learning_rate, "l2": self.l2})

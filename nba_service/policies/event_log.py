@@ -54,6 +54,7 @@ __all__ = [
     "append_request",
     "event_object",
     "parse_line",
+    "parse_record",
     "read_requests",
     "request_to_line",
     "to_moment",
@@ -140,9 +141,16 @@ def parse_line(text: str, line: int = 0) -> RecordedRequest:
         raise EventLogError(f"{where}not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
         raise EventLogError(f"{where}each line must be a JSON object")
-    timestamp = _timestamp(record.pop("timestamp", None), where)
+    return parse_record(record, line)
+
+
+def parse_record(record: Mapping[str, Any], line: int = 0) -> RecordedRequest:
+    """One line's object (already decoded from JSON) as the request it records."""
+    where = f"line {line}: " if line else ""
+    body = dict(record)
+    timestamp = _timestamp(body.pop("timestamp", None), where)
     try:
-        request = json_format.ParseDict(record, pb.DecideRequest())
+        request = json_format.ParseDict(body, pb.DecideRequest())
     except json_format.ParseError as exc:
         raise EventLogError(f"{where}{exc}") from None
     return RecordedRequest(request, timestamp, line)

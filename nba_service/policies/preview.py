@@ -120,59 +120,64 @@ class PreviewReport:
     def newly_reachable(self) -> list[str]:
         return sorted(self.candidate.reached - self.live.reached)
 
-    def render(self) -> list[str]:
+    def render(self, max_limits: int = 15) -> list[str]:
         """The report as text, live and candidate side by side."""
         live, cand = self.live, self.candidate
-        width = max(len(live.label), len(cand.label), 9)
-        lines = [_row("", live.label, cand.label, "change", width)]
-        lines.append(_row("decisions", live.total, cand.total, "", width))
-        lines.append(_row("with an action", live.total - live.no_action, cand.total - cand.no_action,
-                          _delta(live.total - live.no_action, cand.total - cand.no_action), width))
-        lines.append(_row("no action", _share(live.no_action, live.total), _share(cand.no_action, cand.total),
-                          _points(live.no_action, cand.no_action, live.total), width))
-        lines.append(_row("customers hitting a cap", len(live.capped_customers), len(cand.capped_customers),
-                          _delta(len(live.capped_customers), len(cand.capped_customers)), width))
+        rows: list[str | tuple[str, object, object, str]] = [
+            ("", live.label, cand.label, "change"),
+            ("decisions", live.total, cand.total, ""),
+            ("with an action", live.total - live.no_action, cand.total - cand.no_action,
+             _delta(live.total - live.no_action, cand.total - cand.no_action)),
+            ("no action", _share(live.no_action, live.total), _share(cand.no_action, cand.total),
+             _points(live.no_action, cand.no_action, live.total)),
+            ("customers hitting a cap", len(live.capped_customers), len(cand.capped_customers),
+             _delta(len(live.capped_customers), len(cand.capped_customers))),
+        ]
 
-        lines += ["", _row("decisions per offer and channel", live.label, cand.label, "change", width)]
+        rows += ["", ("decisions per offer and channel", live.label, cand.label, "change")]
         keys = sorted(set(live.decisions) | set(cand.decisions),
                       key=lambda k: (k == NO_ACTION, -max(live.decisions[k], cand.decisions[k]), k))
         for key in keys:
             shown = "(no action)" if key == NO_ACTION else f"{key[0]} on {key[1]}"
-            lines.append(_row(f"  {shown}", live.decisions[key], cand.decisions[key],
-                              _delta(live.decisions[key], cand.decisions[key]), width))
+            rows.append((f"  {shown}", live.decisions[key], cand.decisions[key],
+                         _delta(live.decisions[key], cand.decisions[key])))
         reasons = sorted(set(live.no_action_reasons) | set(cand.no_action_reasons))
         if reasons:
-            lines += ["", _row("no action, by reason", live.label, cand.label, "change", width)]
+            rows += ["", ("no action, by reason", live.label, cand.label, "change")]
             for code in reasons:
-                lines.append(_row(f"  {code}", live.no_action_reasons[code], cand.no_action_reasons[code],
-                                  _delta(live.no_action_reasons[code], cand.no_action_reasons[code]), width))
+                rows.append((f"  {code}", live.no_action_reasons[code], cand.no_action_reasons[code],
+                             _delta(live.no_action_reasons[code], cand.no_action_reasons[code])))
 
-        lines += ["", "offers that became unreachable (never chosen nor eligible under the candidate):"]
-        lines += [f"  {offer}" for offer in self.unreachable] or ["  none"]
+        rows += ["", "offers that became unreachable (never chosen nor eligible under the candidate):"]
+        rows += [f"  {offer}" for offer in self.unreachable] or ["  none"]
         if self.newly_reachable:
-            lines += ["offers that became reachable (chosen or eligible only under the candidate):"]
-            lines += [f"  {offer}" for offer in self.newly_reachable]
+            rows += ["offers that became reachable (chosen or eligible only under the candidate):"]
+            rows += [f"  {offer}" for offer in self.newly_reachable]
 
-        limits = sorted(set(live.capped) | set(cand.capped))
-        if limits:
-            lines += ["", _row("customers hitting a cap, by limit", live.label, cand.label, "change", width)]
-            for limit in limits:
-                a, b = len(live.capped.get(limit, ())), len(cand.capped.get(limit, ()))
-                lines.append(_row(f"  {limit}", a, b, _delta(a, b), width))
+        counts = {limit: (len(live.capped.get(limit, ())), len(cand.capped.get(limit, ())))
+                  for limit in set(live.capped) | set(cand.capped)}
+        if counts:
+            # every limit whose count changed, then the busiest others
+            limits = sorted(counts, key=lambda k: (counts[k][0] == counts[k][1], -max(counts[k]), k))
+            shown = [k for i, k in enumerate(limits) if counts[k][0] != counts[k][1] or i < max_limits]
+            rows += ["", ("customers hitting a cap, by limit", live.label, cand.label, "change")]
+            rows += [(f"  {k}", counts[k][0], counts[k][1], _delta(*counts[k])) for k in shown]
+            if len(shown) < len(limits):
+                rows.append(f"  ... and {len(limits) - len(shown)} more limits, unchanged")
 
-        lines += ["", f"changed decisions: {self.changed} of {self.events}"
-                      f" ({100 * self.changed / max(self.events, 1):.1f}%)" + (", for example:" if self.samples else "")]
+        rows += ["", f"changed decisions: {self.changed} of {self.events}"
+                     f" ({100 * self.changed / max(self.events, 1):.1f}%)" + (", for example:" if self.samples else "")]
         for change in self.samples:
             m = change.moment
             where = f" (line {m.line})" if m.line else ""
-            lines.append(f"  {m.customer_id} {m.event.type}{where}")
-            lines.append(f"    {live.label}: {_decision(change.live)}")
+            rows.append(f"  {m.customer_id} {m.event.type}{where}")
+            rows.append(f"    {live.label}: {_decision(change.live)}")
             if change.live_why_not:
-                lines.append(f"      {change.live_why_not}")
-            lines.append(f"    {cand.label}: {_decision(change.candidate)}")
+                rows.append(f"      {change.live_why_not}")
+            rows.append(f"    {cand.label}: {_decision(change.candidate)}")
             if change.candidate_why_not:
-                lines.append(f"      {change.candidate_why_not}")
-        return lines
+                rows.append(f"      {change.candidate_why_not}")
+        return _table(rows)
 
 
 def run_preview(moments: Iterable[Moment], live: PolicyRun, candidate: PolicyRun, stored: StoredContext,
@@ -188,11 +193,11 @@ def run_preview(moments: Iterable[Moment], live: PolicyRun, candidate: PolicyRun
             state = customers[moment.customer_id] = _CustomerState.start(stored(moment.customer_id, at, window))
             report.known_customers += state.profile.known
         decisions = []
-        for side, run in ((report.live, live), (report.candidate, candidate)):
-            ctx = state.context(side.label, at, moment)
+        for key, side, run in (("live", report.live, live), ("candidate", report.candidate, candidate)):
+            ctx = state.context(key, at, moment)
             decision = run.engine.decide(run.snapshot, ctx, moment.event, top_k=len(run.snapshot.offers))
             _tally(side, run.snapshot, ctx, moment.event, decision)
-            state.record_contact(side.label, at, decision, window)
+            state.record_contact(key, at, decision, window)
             decisions.append(decision)
         state.record_event(at, moment)
         old, new = decisions
@@ -304,8 +309,14 @@ def _decision(decision: Decision) -> str:
     return f"{decision.offer_id} on {decision.channel}, score {decision.score:.4g}"
 
 
-def _row(label: str, a: object, b: object, change: str, width: int) -> str:
-    return f"{label:<40} {a!s:>{width}} {b!s:>{width}} {change:>8}".rstrip()
+def _table(rows: list[str | tuple[str, object, object, str]]) -> list[str]:
+    """Lines as they are, rows as aligned columns: label, live, candidate, change."""
+    cells = [r for r in rows if isinstance(r, tuple)]
+    label = max(len(r[0]) for r in cells)
+    value = max(len(str(v)) for r in cells for v in r[1:3])
+    change = max(len(r[3]) for r in cells)
+    return [r if isinstance(r, str) else
+            f"{r[0]:<{label}}  {r[1]!s:>{value}}  {r[2]!s:>{value}}  {r[3]:>{change}}".rstrip() for r in rows]
 
 
 def _delta(a: int, b: int) -> str:

@@ -71,20 +71,20 @@ class OutcomeStream:
         """Take over every entry another (dead) learner read but never got into a snapshot."""
         start: bytes | str = "0-0"
         while True:
-            # raw command: the reply has 2 parts on Redis 6.2 and 3 on Redis 7
-            reply = self._redis.execute_command("XAUTOCLAIM", keys.OUTCOME_STREAM, keys.LEARNER_GROUP, self.consumer,
-                                                0, start, "COUNT", 1000, "JUSTID")
-            start = reply[0]
+            reply = self._redis.xautoclaim(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, self.consumer,
+                                           min_idle_time=0, start_id=start, count=1000)
+            start = reply[0]  # the next cursor; 0-0 once the whole pending list has been seen
             if start in (b"0-0", "0-0"):
                 return
 
-    def read(self, count: int, block_ms: int | None, pending: bool) -> list[OutcomeEntry | bytes]:
-        """Entries for this consumer: its own pending ones (``pending``) or new ones.
+    def read(self, count: int, block_ms: int | None, pending_after: bytes | str | None = None) -> list[OutcomeEntry | bytes]:
+        """New entries for this consumer or, with ``pending_after``, its own pending entries after that id.
 
         An entry trimmed from the stream comes back as its bare id (to acknowledge).
         """
-        response = self._redis.xreadgroup(keys.LEARNER_GROUP, self.consumer, {keys.OUTCOME_STREAM: "0" if pending else ">"},
-                                          count=count, block=None if pending else block_ms)
+        position = ">" if pending_after is None else pending_after
+        response = self._redis.xreadgroup(keys.LEARNER_GROUP, self.consumer, {keys.OUTCOME_STREAM: position},
+                                          count=count, block=block_ms if pending_after is None else None)
         entries: list[OutcomeEntry | bytes] = []
         for _, messages in response or ():
             for entry_id, fields in messages:

@@ -190,3 +190,25 @@ def test_unknown_customer_context_says_so(server):
     assert not view.known
     assert view.profile.customer_id == "ghost"
     assert list(view.journey) == []
+
+
+def test_an_action_without_outcome_counts_as_not_accepted_after_its_window(start_server, published, redis_client):
+    from nba_service.store.outcome_stream import OutcomeStream
+
+    server = start_server(attribution_seconds=3600, learner="off")
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c13", timezone=daytime_zone())))
+    decision = server.stub.Decide(atm_decline("c13"), timeout=5)
+    assert not decision.no_action
+    stream = OutcomeStream(redis_client, "test")
+    import time
+
+    assert stream.expire_due(now=time.time() + 3000) == 0  # still inside the window
+    assert stream.expire_due(now=time.time() + 3601) == 1
+    (_, fields), = redis_client.xrange("nba:outcomes")
+    assert (fields[b"decision_id"].decode(), fields[b"reward"], fields[b"outcome"]) == (
+        decision.decision_id, b"0", b"expired")
+
+    late = server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
+                                                       outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
+    assert not late.learned and not late.duplicate  # recorded for the agent's view, not learned twice
+    assert redis_client.xlen("nba:outcomes") == 1

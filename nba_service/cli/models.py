@@ -1,0 +1,127 @@
+"""``nba learner`` and ``nba model ...``: the learner process and the model lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import signal
+import sys
+import threading
+import time
+
+from nba_service.cli._common import settings_from, state_client, state_options
+from nba_service.learning.learner import Learner, default_learner_name
+from nba_service.learning.models import ModelBank
+from nba_service.store.model_store import ModelStore
+
+
+def cmd_learner(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with state_client(settings) as client:
+        learner = Learner(client, name=args.name or default_learner_name(),
+                          snapshot_every=args.snapshot_every or settings.model_snapshot_every,
+                          snapshot_seconds=args.snapshot_seconds or settings.model_snapshot_seconds)
+        print(f"learner {learner.name} running (one learner is active at a time; Ctrl-C to stop)", flush=True)
+        learner.run(stop)
+    print(f"learner {learner.name} stopped after learning {learner.learned} outcomes; "
+          f"model version {learner.version}")
+    return 0
+
+
+def cmd_learner_bench(args: argparse.Namespace) -> int:
+    from nba_service.learning.learner_bench import run_learner_bench
+
+    result = run_learner_bench(outcomes=args.outcomes, arms=args.arms, seed=args.seed)
+    print(f"learner sustained rate: {result['outcomes_per_second']:,.0f} outcomes/s "
+          f"({result['outcomes']:,} outcomes over {result['arms']} arms in {result['seconds']:.2f} s, "
+          f"{result['cpu_seconds']:.2f} s of CPU in the learner process; snapshots every "
+          f"{result['snapshot_every']} outcomes included)")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_model_history(args: argparse.Namespace) -> int:
+    with state_client(settings_from(args)) as client:
+        store = ModelStore(client)
+        live = store.live()
+        history = store.history()
+    if not history:
+        print("no model version has been published (the service scores offers by their priors)")
+        return 0
+    print(f"{'':2}{'version':>7}  {'published (UTC)':19}  {'outcomes':>9}  source")
+    for v in history:
+        when = datetime.datetime.fromtimestamp(v.published_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{'*' if v.version == live else ' ':2}{v.version:>7}  {when:19}  {v.updates:>9}  {v.source}")
+    return 0
+
+
+def cmd_model_rollback(args: argparse.Namespace) -> int:
+    with state_client(settings_from(args)) as client:
+        try:
+            version = ModelStore(client).rollback(args.version)
+        except KeyError as exc:
+            print(f"nba model rollback: {exc.args[0]}", file=sys.stderr)
+            return 1
+    print(f"model version {version} is live again; the learner continues from it")
+    return 0
+
+
+def cmd_model_export(args: argparse.Namespace) -> int:
+    with state_client(settings_from(args)) as client:
+        store = ModelStore(client)
+        version = args.version or store.live()
+        if version is None:
+            print("nba model export: no model version has been published", file=sys.stderr)
+            return 1
+        try:
+            data = store.load_version(version)
+        except KeyError as exc:
+            print(f"nba model export: {exc.args[0]}", file=sys.stderr)
+            return 1
+    path = pathlib.Path(args.file)
+    if args.format == "pickle":
+        path.write_bytes(data)
+    else:
+        bank = ModelBank.from_bytes(data)
+        path.write_text(json.dumps({"version": version, "exported_at": time.time(), **bank.describe()}, indent=1) + "\n")
+    print(f"model version {version} written to {path} ({args.format})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    learner = sub.add_parser("learner", help="learn from reported outcomes and publish model versions")
+    learner.add_argument("--name", help="consumer name in the learners group (default: host-pid)")
+    learner.add_argument("--snapshot-every", type=int, help="outcomes between published versions (env NBA_MODEL_SNAPSHOT_EVERY)")
+    learner.add_argument("--snapshot-seconds", type=float, help="longest wait before publishing (env NBA_MODEL_SNAPSHOT_SECONDS)")
+    state_options(learner)
+    learner.set_defaults(func=cmd_learner)
+    learner_sub = learner.add_subparsers(dest="learner_command", metavar="ACTION")
+    bench = learner_sub.add_parser("bench", help="measure the learner's sustained rate on a private embedded Redis")
+    bench.add_argument("--outcomes", type=int, default=50_000, help="outcomes to learn (default 50000)")
+    bench.add_argument("--arms", type=int, default=100, help="(offer, channel) arms (default 100)")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--json", help="also write the result as JSON here")
+    bench.set_defaults(func=cmd_learner_bench)
+
+    model = sub.add_parser("model", help="list, roll back and export model versions")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    history = model_sub.add_parser("history", help="list published model versions (* = live)")
+    state_options(history)
+    history.set_defaults(func=cmd_model_history)
+    rollback = model_sub.add_parser("rollback", help="make an earlier model version live again")
+    rollback.add_argument("version", nargs="?", type=int, help="default: the version before the live one")
+    state_options(rollback)
+    rollback.set_defaults(func=cmd_model_rollback)
+    export = model_sub.add_parser("export", help="write a model version to a file")
+    export.add_argument("file")
+    export.add_argument("--version", type=int, help="default: the live version")
+    export.add_argument("--format", choices=("json", "pickle"), default="json",
+                        help="json: weights per arm, readable anywhere; pickle: the River models themselves")
+    state_options(export)
+    export.set_defaults(func=cmd_model_export)
