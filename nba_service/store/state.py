@@ -29,6 +29,7 @@ __all__ = ["CustomerView", "OutcomeStatus", "PastDecision", "RecordedOutcome", "
 
 JOURNEY_TTL_SECONDS = 90 * 86400
 RECENT_DECISIONS = 20
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 OUTCOME_STREAM_MAXLEN = 1_000_000
 """The outcome stream is trimmed (approximately) to this many entries."""
 CLOSING_EVENTS = frozenset({"purchase", "checkout"})
@@ -71,7 +72,8 @@ return {redis.call('GET', KEYS[1]) or false,
 # the pending set until its attribution window ends.
 _WRITE_SCRIPT = """
 local now = tonumber(ARGV[8])
-redis.call('HSET', KEYS[1], unpack(ARGV, 14))
+redis.call('HSET', KEYS[1], 'customer_id', ARGV[14], 'offer_id', ARGV[15], 'channel', ARGV[16], 'prior', ARGV[17],
+           'features', ARGV[18], 'meta', ARGV[19])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
@@ -190,12 +192,12 @@ class StateStore:
                   self.journey_max_events, JOURNEY_TTL_SECONDS, decision_id, RECENT_DECISIONS, contact,
                   f"{now:.3f}", f"{window:.0f}", open_op, open_field, open_value,
                   f"{now + attribution_seconds:.3f}" if contact and attribution_seconds > 0 else "",
-                  "customer_id", customer_id, "request_id", request_id, "ts", f"{now:.3f}",
-                  "event_type", event.type, "origin_channel", ctx.origin_channel,
-                  "offer_id", decision.offer_id or "", "channel", decision.channel, "category", decision.category,
-                  "score", repr(decision.score), "propensity", repr(decision.propensity),
-                  "policy_version", decision.policy_version, "model_version", decision.model_version,
-                  "prior", repr(prior), "features", json.dumps(decision.features, separators=(",", ":"))],
+                  customer_id, decision.offer_id or "", decision.channel, repr(prior),
+                  _dumps(decision.features),
+                  _dumps({"request_id": request_id, "ts": round(now, 3), "event_type": event.type,
+                          "origin_channel": ctx.origin_channel, "category": decision.category,
+                          "score": decision.score, "propensity": decision.propensity,
+                          "policy_version": decision.policy_version, "model_version": decision.model_version})],
         )
 
     async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float,
@@ -262,10 +264,11 @@ def _past_decision(decision_id: str, record: Mapping[bytes, bytes]) -> PastDecis
     outcomes = sorted(
         ((float(v.decode().split("|", 1)[0]), k.decode()[2:]) for k, v in record.items() if k.startswith(b"o:")),
     )
+    meta = json.loads(record.get(b"meta", b"{}"))
     return PastDecision(
         decision_id=decision_id,
-        timestamp=float(record.get(b"ts", b"0")),
-        event_type=record.get(b"event_type", b"").decode(),
+        timestamp=float(meta.get("ts", 0.0)),
+        event_type=meta.get("event_type", ""),
         offer_id=record.get(b"offer_id", b"").decode(),
         channel=record.get(b"channel", b"").decode(),
         outcomes=tuple(kind for _, kind in outcomes),
