@@ -13,10 +13,12 @@ import time
 import uuid
 from collections.abc import Mapping
 
+import numpy as np
 import redis
 import redis.asyncio as aioredis
 
-from nba_service.engine.domain import Alternative, CustomerProfile, Decision, Event, OutcomeKind
+from nba_service.engine.domain import Alternative, CustomerContext, CustomerProfile, Decision, Event, OutcomeKind
+from nba_service.engine.features import vectorize
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.learning.models import ModelBank
@@ -57,8 +59,12 @@ class DataPlane:
         self._policies = PolicyStore(sync_client)
         self._model_store = ModelStore(sync_client)
         self.models = ModelBank()
+        self.rules = ModelBank()
+        """No learned models: every arm scores its offer's prior (what the rules alone would do)."""
         self.engine = DecisionEngine(self.models, EpsilonGreedy(settings.epsilon, settings.seed))
         self.preview_engine = DecisionEngine(self.models, EpsilonGreedy(0.0))
+        self.rules_engine = DecisionEngine(self.rules, EpsilonGreedy(settings.epsilon, settings.seed))
+        self.rules_preview_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
         self.snapshot: PolicySnapshot | None = None
         self._refused_version: int | None = None
 
@@ -112,6 +118,7 @@ class DataPlane:
                       self.snapshot.version if self.snapshot else "nothing", exc)
             return False
         self.models.bind(snapshot)
+        self.rules.bind(snapshot)
         self.snapshot = snapshot
         self.metrics.policy_version.set(live)
         self.metrics.policy_reloads.labels("loaded").inc()
@@ -134,12 +141,19 @@ class DataPlane:
             ctx = await self.state.read_context(customer_id, now, origin_channel, attributes, snapshot.max_limit_window)
         except redis.RedisError as exc:
             raise self._unavailable("read_context", exc) from exc
-        decision = self.engine.decide(snapshot, ctx, event, top_k)
+        mode = self.settings.mode
+        if mode == "apprentice":
+            decision = self.rules_engine.decide(snapshot, ctx, event, top_k)
+            shadow = self._shadow(self.preview_engine, snapshot, ctx, event, decision)
+        else:
+            decision = self.engine.decide(snapshot, ctx, event, top_k)
+            shadow = (self._shadow(self.rules_preview_engine, snapshot, ctx, event, decision)
+                      if mode == "learned+shadow" else None)
         decision_id = uuid.uuid4().hex
         prior = snapshot.offers[snapshot.offer_index[decision.offer_id]].prior if decision.offer_id else 0.0
         try:
             await self.state.write_decision(decision_id, request_id, ctx, event, decision, snapshot.max_limit_window,
-                                            prior, self.settings.attribution_seconds)
+                                            prior, self.settings.attribution_seconds, shadow)
         except redis.RedisError as exc:
             raise self._unavailable("write_decision", exc) from exc
         metrics = self.metrics
@@ -149,6 +163,28 @@ class DataPlane:
             if reason.offer_id and reason.code != "chosen":
                 metrics.count_filtered(reason.code)
         return decision_id, decision
+
+    def _shadow(self, engine: DecisionEngine, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event,
+                served: Decision) -> dict[str, object]:
+        """What the other policy would have chosen (greedily), logged for off-policy evaluation.
+
+        Also the learned models' P(accept) of the served and of the shadow action, the reward
+        model a doubly-robust estimate needs.
+        """
+        other = engine.decide(snapshot, ctx, event, 0)
+        x = vectorize(served.features)
+        p_served = p_shadow = 0.0
+        for key, target in (((served.offer_id, served.channel), "served"), ((other.offer_id, other.channel), "shadow")):
+            arm = snapshot.arm_index.get(key) if key[0] else None  # type: ignore[arg-type]
+            if arm is not None:
+                p = float(self.models.score(np.array([arm]), x)[0])
+                if target == "served":
+                    p_served = p
+                else:
+                    p_shadow = p
+        return {"policy": "learned" if engine.scorer is self.models else "rules",
+                "offer_id": other.offer_id or "", "channel": other.channel,
+                "p_served": p_served, "p_shadow": p_shadow}
 
     async def report_outcome(self, decision_id: str, outcome: OutcomeKind, value: float) -> RecordedOutcome:
         reward = outcome.reward

@@ -17,13 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import grpc
 import numpy as np
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
+from nba_service.observability.scrape import histogram_quantile, scrape_histogram
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.simulation import CustomerResponse, ScenarioMix, generate_customers
@@ -85,34 +84,9 @@ async def _drive(port: int, customers: dict[str, str], duration: float, concurre
 
 def _server_quantiles(metrics_port: int) -> tuple[float, float] | None:
     """p50 and p99 of the server's own decision histogram, interpolated in its buckets."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    buckets: dict[float, float] = collections.defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        if family.name == "nba_decision_duration_seconds":
-            for sample in family.samples:
-                if sample.name.endswith("_bucket"):
-                    buckets[float(sample.labels["le"])] += sample.value
-    if not buckets:
-        return None
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
-
-    def quantile(q: float) -> float:
-        target, lower, below = q * total, 0.0, 0.0
-        for bound in bounds:
-            if buckets[bound] >= target:
-                if bound == float("inf"):
-                    return lower
-                share = (target - below) / max(buckets[bound] - below, 1e-12)
-                return lower + (bound - lower) * share
-            lower, below = bound, buckets[bound]
-        return lower
-
-    return quantile(0.5), quantile(0.99)
+    buckets = scrape_histogram(f"http://127.0.0.1:{metrics_port}/metrics", "nba_decision_duration_seconds")
+    p50, p99 = (histogram_quantile(buckets, q) if buckets else None for q in (0.5, 0.99))
+    return None if p50 is None or p99 is None else (p50, p99)
 
 
 def _summary(tally: _Tally, duration: float, server: tuple[float, float] | None) -> str:

@@ -54,6 +54,11 @@ class Settings:
     """Longest time learned outcomes wait before they are published as a model version."""
     attribution_seconds: float = 2 * 86400
     """An action with no accepted/declined outcome after this long counts as not accepted."""
+    mode: str = "learned"
+    """Who decides: ``learned`` (the models), ``learned+shadow`` (the models, and what the
+    rules alone would have chosen is logged), ``apprentice`` (the rules decide with the
+    offers' priors, and the learned policy's choice is logged, to be evaluated offline
+    with ``nba shadow report`` before it is trusted)."""
     learner: str = "embedded"
     """``embedded``: ``nba serve`` runs a learner thread (one replica at a time learns);
     ``off``: run ``nba learner`` as its own process."""
@@ -97,6 +102,8 @@ class Settings:
             raise SettingsError("model_snapshot_seconds: must be positive")
         if not 0 < self.attribution_seconds < self.decision_ttl_seconds:
             raise SettingsError("attribution_seconds: must be positive and shorter than decision_ttl_seconds")
+        if self.mode not in ("learned", "learned+shadow", "apprentice"):
+            raise SettingsError(f"mode: {self.mode!r} is not one of learned, learned+shadow, apprentice")
         if self.learner not in ("embedded", "off"):
             raise SettingsError(f"learner: {self.learner!r} is neither 'embedded' nor 'off'")
 

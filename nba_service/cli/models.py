@@ -94,6 +94,30 @@ def cmd_model_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shadow_report(args: argparse.Namespace) -> int:
+    from nba_service.learning.shadow_report import shadow_report
+
+    with state_client(settings_from(args)) as client:
+        report = shadow_report(client)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if not report["rows"]:
+        print("no settled decision logged a shadow choice yet (serve with NBA_MODE=apprentice or learned+shadow)")
+        return 0
+    served, shadow = report["served"], report["shadow"]
+    print(f"{report['rows']} settled decisions; the {shadow['policy']} policy agreed with the served one on "
+          f"{shadow['agreement']:.1%} of them")
+    def line(label: str, e: dict) -> str:
+        interval = "[{:.4f}, {:.4f}]".format(e["ci_low"], e["ci_high"])
+        return f"{label:32}{e['mean']:>9.4f}{interval:>22}"
+
+    print(f"{'policy':32}{'reward':>9}{'95% CI':>22}")
+    print(line(served["policy"] + " (served, observed)", served))
+    for name in ("ips", "snips", "doubly_robust"):
+        print(line(f"{shadow['policy']} (shadow, {name})", shadow[name]))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     learner = sub.add_parser("learner", help="learn from reported outcomes and publish model versions")
     learner.add_argument("--name", help="consumer name in the learners group (default: host-pid)")
@@ -125,3 +149,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="json: weights per arm, readable anywhere; pickle: the River models themselves")
     state_options(export)
     export.set_defaults(func=cmd_model_export)
+
+    shadow = sub.add_parser("shadow", help="champion and challenger: evaluate the policy that did not decide")
+    shadow_sub = shadow.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
+    report = shadow_sub.add_parser("report", help="served reward vs IPS / SNIPS / doubly-robust estimates of the shadow")
+    report.add_argument("--json", help="also write the figures as JSON here")
+    state_options(report)
+    report.set_defaults(func=cmd_shadow_report)

@@ -153,7 +153,7 @@ def cmd_policy_preview(args: argparse.Namespace) -> int:
         if len(refused) > 10:
             print(f"    ... and {len(refused) - 10} more")
     print()
-    for line in report.render():
+    for line in report.render(args.rows):
         print(line)
     return 0 if not refused else 2
 
@@ -192,6 +192,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     preview.add_argument("--against", default="live", metavar="VERSION",
                          help="the published version to compare with (default: live)")
     preview.add_argument("--sample", type=int, default=10, metavar="N", help="changed decisions to show (default 10)")
+    preview.add_argument("--rows", type=int, default=20, metavar="N",
+                         help="rows of each table: all that changed, then the busiest others up to N (default 20)")
     preview.add_argument("--at", metavar="TIME", help="time of events without a timestamp (ISO 8601; default: now)")
     state_options(preview)
     preview.set_defaults(func=cmd_policy_preview)

@@ -239,10 +239,10 @@ class ReplayConfig:
     strategy: str = "epsilon"
     epsilon: float = 0.05
     temperature: float = 0.1
-    learning_rate: float = 0.05
+    learning_rate: float = 0.001
     l2: float = 0.0
-    prior: float = 0.5
-    """Every offer's cold-start acceptance guess (the same for all: the log says nothing before it starts)."""
+    prior: float = 0.1
+    """Every offer's cold-start acceptance guess, the same for all: nothing in the log is known before it starts."""
     seed: int = 0
 
     def describe(self) -> str:

@@ -120,8 +120,12 @@ class PreviewReport:
     def newly_reachable(self) -> list[str]:
         return sorted(self.candidate.reached - self.live.reached)
 
-    def render(self, max_limits: int = 15) -> list[str]:
-        """The report as text, live and candidate side by side."""
+    def render(self, max_rows: int = 20) -> list[str]:
+        """The report as text, live and candidate side by side.
+
+        The two long tables list every row that changed, biggest change first,
+        then the busiest unchanged rows up to ``max_rows`` in all.
+        """
         live, cand = self.live, self.candidate
         rows: list[str | tuple[str, object, object, str]] = [
             ("", live.label, cand.label, "change"),
@@ -135,12 +139,10 @@ class PreviewReport:
         ]
 
         rows += ["", ("decisions per offer and channel", live.label, cand.label, "change")]
-        keys = sorted(set(live.decisions) | set(cand.decisions),
-                      key=lambda k: (k == NO_ACTION, -max(live.decisions[k], cand.decisions[k]), k))
-        for key in keys:
-            shown = "(no action)" if key == NO_ACTION else f"{key[0]} on {key[1]}"
-            rows.append((f"  {shown}", live.decisions[key], cand.decisions[key],
-                         _delta(live.decisions[key], cand.decisions[key])))
+        counts = {key: (live.decisions[key], cand.decisions[key])
+                  for key in set(live.decisions) | set(cand.decisions) if key != NO_ACTION}
+        rows += _changed_first({f"{offer} on {channel}": n for (offer, channel), n in counts.items()}, max_rows)
+        rows.append(("  (no action)", live.no_action, cand.no_action, _delta(live.no_action, cand.no_action)))
         reasons = sorted(set(live.no_action_reasons) | set(cand.no_action_reasons))
         if reasons:
             rows += ["", ("no action, by reason", live.label, cand.label, "change")]
@@ -154,16 +156,11 @@ class PreviewReport:
             rows += ["offers that became reachable (chosen or eligible only under the candidate):"]
             rows += [f"  {offer}" for offer in self.newly_reachable]
 
-        counts = {limit: (len(live.capped.get(limit, ())), len(cand.capped.get(limit, ())))
+        capped = {limit: (len(live.capped.get(limit, ())), len(cand.capped.get(limit, ())))
                   for limit in set(live.capped) | set(cand.capped)}
-        if counts:
-            # every limit whose count changed, then the busiest others
-            limits = sorted(counts, key=lambda k: (counts[k][0] == counts[k][1], -max(counts[k]), k))
-            shown = [k for i, k in enumerate(limits) if counts[k][0] != counts[k][1] or i < max_limits]
+        if capped:
             rows += ["", ("customers hitting a cap, by limit", live.label, cand.label, "change")]
-            rows += [(f"  {k}", counts[k][0], counts[k][1], _delta(*counts[k])) for k in shown]
-            if len(shown) < len(limits):
-                rows.append(f"  ... and {len(limits) - len(shown)} more limits, unchanged")
+            rows += _changed_first(capped, max_rows)
 
         rows += ["", f"changed decisions: {self.changed} of {self.events}"
                      f" ({100 * self.changed / max(self.events, 1):.1f}%)" + (", for example:" if self.samples else "")]
@@ -296,9 +293,8 @@ def _why_not(decision: Decision, offer_id: str | None, snapshot: PolicySnapshot)
     for alternative in decision.alternatives:
         if alternative.offer_id == offer_id:
             return f"{offer_id}: ranked lower, priority {alternative.score:.4g} on {alternative.channel}"
-    overall = next((r for r in decision.reasons if not r.offer_id), None)
-    if overall is not None:
-        return f"{offer_id}: {overall.code}: {overall.detail}"
+    if decision.no_action:
+        return ""  # stopped before ranking (an overall cap): the decision line says why
     return f"{offer_id}: does not answer this event"
 
 
@@ -307,6 +303,16 @@ def _decision(decision: Decision) -> str:
         overall = next((r for r in decision.reasons if not r.offer_id), None)
         return "no action" + (f" ({overall.code}: {overall.detail})" if overall else "")
     return f"{decision.offer_id} on {decision.channel}, score {decision.score:.4g}"
+
+
+def _changed_first(counts: dict[str, tuple[int, int]], max_rows: int) -> list[tuple[str, object, object, str]]:
+    order = sorted(counts, key=lambda k: (counts[k][0] == counts[k][1], -abs(counts[k][1] - counts[k][0]),
+                                          -max(counts[k]), k))
+    shown = [k for i, k in enumerate(order) if counts[k][0] != counts[k][1] or i < max_rows]
+    rows: list = [(f"  {k}", counts[k][0], counts[k][1], _delta(*counts[k])) for k in shown]
+    if len(shown) < len(order):
+        rows.append(f"  ... and {len(order) - len(shown)} more, unchanged")
+    return rows
 
 
 def _table(rows: list[str | tuple[str, object, object, str]]) -> list[str]:

@@ -170,7 +170,7 @@ class StateStore:
 
     async def write_decision(self, decision_id: str, request_id: str, ctx: CustomerContext, event: Event,
                              decision: Decision, contact_window: float, prior: float = 0.0,
-                             attribution_seconds: float = 0.0) -> None:
+                             attribution_seconds: float = 0.0, shadow: Mapping[str, object] | None = None) -> None:
         """Record the decision, append the event to the journey and count the contact: one atomic script."""
         customer_id = ctx.profile.customer_id
         now = ctx.now
@@ -197,7 +197,8 @@ class StateStore:
                   _dumps({"request_id": request_id, "ts": round(now, 3), "event_type": event.type,
                           "origin_channel": ctx.origin_channel, "category": decision.category,
                           "score": decision.score, "propensity": decision.propensity,
-                          "policy_version": decision.policy_version, "model_version": decision.model_version})],
+                          "policy_version": decision.policy_version, "model_version": decision.model_version,
+                          **({"shadow": shadow} if shadow else {})})],
         )
 
     async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float,

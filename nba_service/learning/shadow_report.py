@@ -1,0 +1,69 @@
+"""Champion and challenger: the value of the policy that did not decide, from the logs.
+
+With ``NBA_MODE=apprentice`` the rules decide and the learned policy's choice
+is logged with every decision; with ``learned+shadow`` it is the other way
+round. Once outcomes have settled the logged decisions, this report compares
+the served policy's observed reward with off-policy estimates (IPS,
+self-normalised IPS, doubly robust) of the shadow policy's, each with a 95%
+confidence interval, before anyone promotes it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import redis
+
+from nba_service.learning.off_policy import doubly_robust, ips, mean_estimate, snips
+from nba_service.store import keys
+
+__all__ = ["REWARDING", "shadow_report"]
+
+REWARDING = frozenset({"accepted", "converted"})
+"""Settling outcomes that count as a reward of 1 (declined, dismissed and expired count 0)."""
+
+
+def _logged(client: redis.Redis, batch: int = 1000) -> list[tuple[dict[str, Any], str]]:
+    rows = []
+    cursor = 0
+    while True:
+        cursor, found = client.scan(cursor, match=keys.decision("*"), count=batch)
+        if found:
+            with client.pipeline(transaction=False) as pipe:
+                for key in found:
+                    pipe.hmget(key, "meta", "learned", "offer_id", "channel")
+                for meta, learned, offer, channel in pipe.execute():
+                    if meta and learned and offer:
+                        record = json.loads(meta)
+                        if "shadow" in record:
+                            record["offer_id"], record["channel"] = offer.decode(), channel.decode()
+                            rows.append((record, learned.decode()))
+        if cursor == 0:
+            return rows
+
+
+def shadow_report(client: redis.Redis) -> dict[str, Any]:
+    """Served vs shadow policy over every settled decision that logged a shadow choice."""
+    rows = _logged(client)
+    if not rows:
+        return {"rows": 0}
+    rewards = np.array([1.0 if learned in REWARDING else 0.0 for _, learned in rows])
+    logged = np.array([float(r["propensity"]) for r, _ in rows])
+    same = np.array([1.0 if (r["shadow"]["offer_id"], r["shadow"]["channel"]) == (r["offer_id"], r["channel"]) else 0.0
+                     for r, _ in rows])
+    q_logged = np.array([float(r["shadow"].get("p_served", 0.0)) for r, _ in rows])
+    v_target = np.array([float(r["shadow"].get("p_shadow", 0.0)) for r, _ in rows])
+    served_policy = "rules" if rows[0][0]["shadow"]["policy"] == "learned" else "learned"
+    return {
+        "rows": len(rows),
+        "served": {"policy": served_policy, **mean_estimate(rewards).as_dict()},
+        "shadow": {
+            "policy": rows[0][0]["shadow"]["policy"],
+            "agreement": float(same.mean()),
+            "ips": ips(rewards, logged, same).as_dict(),
+            "snips": snips(rewards, logged, same).as_dict(),
+            "doubly_robust": doubly_robust(rewards, logged, same, q_logged, v_target).as_dict(),
+        },
+    }
