@@ -85,7 +85,9 @@ async def _drive(port: int, customers: dict[str, str], duration: float, concurre
 def _server_quantiles(metrics_port: int) -> tuple[float, float] | None:
     """p50 and p99 of the server's own decision histogram, interpolated in its buckets."""
     buckets = scrape_histogram(f"http://127.0.0.1:{metrics_port}/metrics", "nba_decision_duration_seconds")
-    p50, p99 = (histogram_quantile(buckets, q) if buckets else None for q in (0.5, 0.99))
+    if not buckets:
+        return None
+    p50, p99 = histogram_quantile(buckets, 0.5), histogram_quantile(buckets, 0.99)
     return None if p50 is None or p99 is None else (p50, p99)
 
 

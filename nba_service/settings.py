@@ -30,6 +30,10 @@ class Settings:
     """Address the gRPC server listens on."""
     port: int = 50051
     """gRPC port; 0 picks a free one (tests)."""
+    workers: int = 1
+    """Server processes sharing the port (SO_REUSEPORT); one per core uses the whole machine."""
+    reuse_port: int = 0
+    """1: bind the gRPC port with SO_REUSEPORT (set for the processes of ``--workers``)."""
     metrics_host: str = "127.0.0.1"
     """Address of the Prometheus ``/metrics`` endpoint."""
     metrics_port: int = 9464
@@ -90,6 +94,8 @@ class Settings:
             raise SettingsError(f"port: {self.port} is not a TCP port (0-65535)")
         if not -1 <= self.metrics_port <= 65535:
             raise SettingsError(f"metrics_port: {self.metrics_port} is not a TCP port (0-65535, or -1 for none)")
+        if not 1 <= self.workers <= 256:
+            raise SettingsError(f"workers: {self.workers} must be between 1 and 256")
         if not 0.0 <= self.epsilon <= 1.0:
             raise SettingsError(f"epsilon: {self.epsilon} must be between 0 and 1")
         if self.decision_ttl_seconds <= 0:

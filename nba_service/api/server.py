@@ -151,7 +151,7 @@ class NbaServer:
         await self.dataplane.start()
 
         server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)],
-                                 options=[("grpc.so_reuseport", 0)])
+                                 options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

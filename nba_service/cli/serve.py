@@ -15,7 +15,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from nba_service.api.server import run
 
     settings = settings_from(args, host=args.host, port=args.port, metrics_host=args.metrics_host,
-                         metrics_port=args.metrics_port, policies=args.policies, epsilon=args.epsilon, seed=args.seed)
+                         metrics_port=args.metrics_port, policies=args.policies, epsilon=args.epsilon, seed=args.seed,
+                         workers=args.workers, mode=args.mode, learner=args.learner)
 
     def ready(server: object) -> None:
         if args.ready_file:
@@ -27,11 +28,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             tmp.replace(path)  # appears whole or not at all
 
     try:
+        if settings.workers > 1:
+            from nba_service.api.workers import run_workers
+
+            return run_workers(settings, ready)
         run(settings, ready)
     except PolicyValidationError as exc:
         print(f"nba serve: the policy set in {settings.policies} is invalid, nothing published:\n{exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         print(f"nba serve: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -46,6 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--policies", help="publish this policy directory at start-up if it differs from the live one")
     serve.add_argument("--epsilon", type=float, help="exploration rate (env NBA_EPSILON, default 0.05)")
     serve.add_argument("--seed", type=int, help="seed of the exploration random generator (env NBA_SEED)")
+    serve.add_argument("--workers", type=int, help="server processes sharing the port, one per core (env NBA_WORKERS, default 1)")
+    serve.add_argument("--mode", choices=("learned", "learned+shadow", "apprentice"),
+                       help="who decides (env NBA_MODE, default learned; apprentice: the rules, the learned policy logged)")
+    serve.add_argument("--learner", choices=("embedded", "off"),
+                       help="run the learner inside the server (env NBA_LEARNER, default embedded) or not")
     serve.add_argument("--ready-file", help="write {port, metrics_port, redis_url} as JSON here once serving")
     state_options(serve)
     serve.set_defaults(func=cmd_serve)

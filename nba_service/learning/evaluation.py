@@ -336,8 +336,10 @@ def evaluate(data: LoggedData, config: ReplayConfig = ReplayConfig(), progress: 
         raise LogFormatError("the learned policy never picked a logged action: nothing to evaluate")
     counted = rewards[matched]
     curve = np.cumsum(counted) / np.arange(1, len(counted) + 1)
-    fixed = {a: snips(rewards, data.propensity, (logged_action == i).astype(float)) for i, a in enumerate(data.actions)
-             if (logged_action == i).any()}
+    fixed = {}
+    for i, a in enumerate(data.actions):  # replay of "always a": its rows, weighted if propensities vary
+        mask = logged_action == i
+        fixed[a] = dataclasses.replace(snips(rewards, data.propensity, mask.astype(float)), rows=int(mask.sum()))
     best = max(fixed, key=lambda a: fixed[a].value)
     late = picked[n - max(1, n // 10):]
     return Evaluation(

@@ -41,11 +41,13 @@ class Metrics:
         self.model_publications = Counter(
             "nba_model_publications", "Model versions this process's learner published.", registry=registry)
         self.model_version = Gauge(
-            "nba_model_version", "Model version this replica serves (0: priors only).", registry=registry)
+            "nba_model_version", "Model version this replica serves (0: priors only).", registry=registry,
+            multiprocess_mode="max")
         self.model_reloads = Counter(
             "nba_model_reloads", "Model versions loaded, by result.", ["result"], registry=registry)
         self.policy_version = Gauge(
-            "nba_policy_version", "Policy version this replica serves (0: none yet).", registry=registry)
+            "nba_policy_version", "Policy version this replica serves (0: none yet).", registry=registry,
+            multiprocess_mode="max")
         self.policy_reloads = Counter(
             "nba_policy_reloads", "Policy versions loaded, by result.", ["result"], registry=registry)
         self.rpc_seconds = Histogram(

@@ -177,3 +177,38 @@ def test_unreachable_redis_is_a_clear_error(capsys):
     assert code == 3
     assert "Redis" in err
     assert isinstance(redis.ConnectionError("x"), redis.RedisError)
+
+
+def test_serve_with_two_workers_shares_one_port_and_one_metrics_endpoint(tmp_path):
+    import urllib.request
+
+    from nba_service.proto.nba.v1 import decision_pb2 as pb
+    from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
+    from tests.conftest import atm_decline
+
+    ready = tmp_path / "ready.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nba_service.cli", "serve", "--workers", "2", "--port", "0", "--metrics-port", "0",
+         "--data-dir", str(tmp_path / "data"), "--policies", str(SAMPLE_POLICIES), "--ready-file", str(ready)],
+        env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        info = _wait_for(ready, process, timeout=60)
+        workers = [c for c in psutil.Process(process.pid).children() if "serve" in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        for i in range(8):  # a channel each: the kernel spreads connections over the workers
+            with grpc.insecure_channel(f"127.0.0.1:{info['port']}",
+                                       options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                assert pb_grpc.DecisionServiceStub(channel).Decide(atm_decline(f"w{i}"), timeout=5).decision_id
+        with urllib.request.urlopen(f"http://127.0.0.1:{info['metrics_port']}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("nba_decisions_total{"))
+        assert total == 8  # both workers' counts, aggregated
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        process.stderr.close()
+    assert process.returncode == 0
+    assert not any(psutil.pid_exists(w.pid) and psutil.Process(w.pid).status() != psutil.STATUS_ZOMBIE
+                   for w in workers)
