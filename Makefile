@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NBA    := $(VENV)/bin/nba
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test proto serve load clean
+.PHONY: install demo test proto serve load bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ proto: install  ## regenerate the committed gRPC stubs from protos/
 
 load: install  ## Locust load test against a local server (LOAD_ARGS="--host H:P --users 50 ...")
 	$(PY) load_tests/run.py $(LOAD_ARGS)
+
+bench: install  ## Decide vs an echo gRPC server: latency, throughput, ratios (BENCH_ARGS="--quick --json f")
+	$(NBA) bench $(BENCH_ARGS)
 
 serve: install  ## run the server with an embedded Redis and the sample policies
 	$(NBA) serve --policies policies

@@ -25,7 +25,7 @@ from nba_service.settings import SettingsError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS = ("serve", "demo", "policy", "customers", "models", "events", "explain")
+COMMANDS = ("serve", "demo", "policy", "customers", "models", "events", "explain", "evaluate", "simulate", "bench")
 """Modules of :mod:`nba_service.cli` that each register a command (group)."""
 
 

@@ -80,15 +80,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     logged.add_argument("--propensity-col", help="column of the logging probability of the logged action")
     logged.add_argument("--propensity", type=float,
                         help="the same logging probability for every row (default: each action's share of the log)")
-    ev.add_argument("--strategy", choices=STRATEGIES, 
+    ev.add_argument("--strategy", choices=STRATEGIES,
                     help="exploration strategy of the learned policy (default epsilon)")
     ev.add_argument("--epsilon", type=float, help="epsilon-greedy rate (default 0.05)")
-    ev.add_argument("--temperature", type=float, 
+    ev.add_argument("--temperature", type=float,
                     help="softmax temperature over log-priorities (default 0.1)")
-    ev.add_argument("--learning-rate", type=float, 
+    ev.add_argument("--learning-rate", type=float,
                     help="SGD learning rate of the models (default 0.001)")
     ev.add_argument("--l2", type=float, help="L2 penalty of the models (default 0)")
-    ev.add_argument("--prior", type=float, 
+    ev.add_argument("--prior", type=float,
                     help="every action's cold-start reward guess (default 0.1)")
     ev.add_argument("--seed", type=int, help="seed of the exploration (default 0)")
     ev.add_argument("--json", metavar="FILE", help="write the figures as JSON")

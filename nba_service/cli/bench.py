@@ -1,0 +1,81 @@
+"""``nba bench``: Decide against an echo server on this machine, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+SWEEP_VALUES = {"offers": (10, 50, 200, 1000), "customers": (10_000, 100_000, 1_000_000)}
+QUICK_SWEEP_VALUES = {"offers": (10, 50, 200, 1000), "customers": (10_000, 20_000, 50_000)}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v.replace("_", "")) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive whole numbers, e.g. 1,4,16,64")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nba_service.bench import BenchConfig, BenchError, format_report, format_sweep, run_bench, run_sweep
+
+    overrides = {"customers": args.customers, "offers": args.offers, "policies": args.policies,
+                 "sequential": args.sequential, "seconds": args.seconds, "concurrency": args.concurrency,
+                 "seed": args.seed}
+    if args.quick:
+        config = BenchConfig.quick(**overrides)
+    else:
+        config = BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if not pathlib.Path(config.policies).is_dir():
+        print(f"nba bench: {config.policies} not found (run it from the project folder or give --policies)",
+              file=sys.stderr)
+        return 1
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        if args.sweep:
+            values = args.values or (QUICK_SWEEP_VALUES if args.quick else SWEEP_VALUES)[args.sweep]
+            result = run_sweep(args.sweep, values, config, progress)
+            report = format_sweep(result)
+        else:
+            result = run_bench(config, progress)
+            report = format_report(result)
+    except BenchError as exc:
+        print(f"nba bench: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench", help="benchmark Decide against an echo gRPC server on this machine",
+        description="Starts nba serve (embedded Redis, customers and journeys loaded) and an echo server built "
+                    "the same way, drives both with the same client, and prints sequential latency, the highest "
+                    "throughput and the ratios Decide/Echo.")
+    bench.add_argument("--quick", action="store_true",
+                       help="a short run (under a minute): 20,000 customers, 500 sequential calls, 1 s steps")
+    bench.add_argument("--customers", type=int, help="customer profiles loaded (default 100000)")
+    bench.add_argument("--offers", type=int,
+                       help="candidate offers per request: a generated policy set, every offer eligible for ATM "
+                            "declines (default: the policy directory and the scenario mix)")
+    bench.add_argument("--policies", help="policy directory (default policies/)")
+    bench.add_argument("--sequential", type=int, help="calls measured one at a time (default 2000)")
+    bench.add_argument("--seconds", type=float, help="length of each throughput step (default 3)")
+    bench.add_argument("--concurrency", type=_ints, help="calls in flight per throughput step (default 1,4,16,64)")
+    bench.add_argument("--sweep", choices=("offers", "customers"),
+                       help="sequential latency for several offer or customer counts, and how it grows")
+    bench.add_argument("--values", type=_ints,
+                       help="values of the sweep (default offers 10,50,200,1000; customers 10000,100000,1000000)")
+    bench.add_argument("--seed", type=int, help="seed of the generated customers and requests (default 1)")
+    bench.add_argument("--json", help="also write the results as JSON here")
+    bench.set_defaults(func=cmd_bench)
