@@ -26,6 +26,7 @@ from nba_service.observability.metrics import Metrics
 from nba_service.policies.schema import PolicyValidationError, parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.settings import Settings
+from nba_service.store import keys
 from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
 from nba_service.store.state import CustomerView, OutcomeStatus, RecordedOutcome, StateStore
@@ -67,6 +68,8 @@ class DataPlane:
         self.rules_preview_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
         self.snapshot: PolicySnapshot | None = None
         self._refused_version: int | None = None
+        self._exhausted: dict[str, float] = {}
+        """Offer id -> end of the budget window in which this replica saw its budget used up."""
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -138,24 +141,30 @@ class DataPlane:
         snapshot = self._live()
         now = time.time()
         try:
-            ctx = await self.state.read_context(customer_id, now, origin_channel, attributes, snapshot.max_limit_window)
+            ctx = await self.state.read_context(customer_id, now, origin_channel, attributes, snapshot.max_limit_window,
+                                                snapshot.max_suppression_window)
         except redis.RedisError as exc:
             raise self._unavailable("read_context", exc) from exc
-        mode = self.settings.mode
-        if mode == "apprentice":
-            decision = self.rules_engine.decide(snapshot, ctx, event, top_k)
-            shadow = self._shadow(self.preview_engine, snapshot, ctx, event, decision)
-        else:
-            decision = self.engine.decide(snapshot, ctx, event, top_k)
-            shadow = (self._shadow(self.rules_preview_engine, snapshot, ctx, event, decision)
-                      if mode == "learned+shadow" else None)
-        decision_id = uuid.uuid4().hex
-        prior = snapshot.offers[snapshot.offer_index[decision.offer_id]].prior if decision.offer_id else 0.0
-        try:
-            await self.state.write_decision(decision_id, request_id, ctx, event, decision, snapshot.max_limit_window,
-                                            prior, self.settings.attribution_seconds, shadow)
-        except redis.RedisError as exc:
-            raise self._unavailable("write_decision", exc) from exc
+        exhausted = self._exhausted_budgets(now)
+        for _ in range(len(snapshot.offers) + 1):  # each retry rules one more offer out: bounded
+            decision, shadow = self._decide(snapshot, ctx, event, top_k, exhausted)
+            decision_id = uuid.uuid4().hex
+            offer = snapshot.offers[snapshot.offer_index[decision.offer_id]] if decision.offer_id else None
+            budget = None
+            if offer is not None and offer.budget is not None:
+                window = int(now // offer.budget.per_seconds)
+                budget = (keys.budget(offer.id, window), offer.budget.max, int(offer.budget.per_seconds) + 60)
+            try:
+                written = await self.state.write_decision(
+                    decision_id, request_id, ctx, event, decision, snapshot.max_limit_window,
+                    offer.prior if offer else 0.0, self.settings.attribution_seconds, shadow, budget)
+            except redis.RedisError as exc:
+                raise self._unavailable("write_decision", exc) from exc
+            if written or offer is None or offer.budget is None:
+                break
+            # another request (on any replica) took the budget's last unit: decide again without it
+            self._exhausted[offer.id] = (int(now // offer.budget.per_seconds) + 1) * offer.budget.per_seconds
+            exhausted = exhausted | {offer.id}
         metrics = self.metrics
         metrics.observe_decision(event.type, time.perf_counter() - started, decision.offer_id or "none",
                                  decision.channel or "none")
@@ -163,6 +172,25 @@ class DataPlane:
             if reason.offer_id and reason.code != "chosen":
                 metrics.count_filtered(reason.code)
         return decision_id, decision
+
+    def _decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int,
+                exhausted: frozenset[str]) -> tuple[Decision, dict[str, object] | None]:
+        mode = self.settings.mode
+        if mode == "apprentice":
+            decision = self.rules_engine.decide(snapshot, ctx, event, top_k, exhausted)
+            return decision, self._shadow(self.preview_engine, snapshot, ctx, event, decision)
+        decision = self.engine.decide(snapshot, ctx, event, top_k, exhausted)
+        if mode == "learned+shadow":
+            return decision, self._shadow(self.rules_preview_engine, snapshot, ctx, event, decision)
+        return decision, None
+
+    def _exhausted_budgets(self, now: float) -> frozenset[str]:
+        """Offers whose budget this replica saw used up in the current window (no Redis call)."""
+        if not self._exhausted:
+            return frozenset()
+        for offer_id in [o for o, until in self._exhausted.items() if until <= now]:
+            del self._exhausted[offer_id]
+        return frozenset(self._exhausted)
 
     def _shadow(self, engine: DecisionEngine, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event,
                 served: Decision) -> dict[str, object]:

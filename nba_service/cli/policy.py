@@ -114,9 +114,10 @@ def cmd_policy_preview(args: argparse.Namespace) -> int:
     moments: list[Moment] = []
     refused: list[str] = []
     for recorded in read_requests(events):
+        if isinstance(recorded, EventLogError):
+            refused.append(str(recorded))
+            continue
         try:
-            if isinstance(recorded, EventLogError):
-                raise recorded
             moments.append(to_moment(recorded))
         except EventLogError as exc:
             refused.append(str(exc))
@@ -159,7 +160,7 @@ def cmd_policy_preview(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    policy = sub.add_parser("policy", help="validate, publish and roll back policy sets")
+    policy = sub.add_parser("policy", help="validate, diff, preview, publish and roll back policy sets")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     validate = policy_sub.add_parser("validate", help="check a policy directory; exit 1 on any problem")
     validate.add_argument("directory")

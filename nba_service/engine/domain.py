@@ -140,6 +140,8 @@ class CustomerContext:
     contacts: tuple[ContactRecord, ...] = ()
     open_journeys: tuple[OpenJourney, ...] = ()
     request_attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    declines: tuple[tuple[float, str], ...] = ()
+    """(time, offer id) of the customer's recent declines and dismissals."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -52,7 +52,9 @@ class DecisionEngine:
         self.scorer = scorer
         self.explorer = explorer
 
-    def decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int = 3) -> Decision:
+    def decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int = 3,
+               exhausted: frozenset[str] = frozenset()) -> Decision:
+        """Decide one moment; ``exhausted`` offers have used up their global budget."""
         features = request_features(ctx, event)
         plan = snapshot.plans.get(event.type)
         if plan is None:
@@ -75,6 +77,22 @@ class DecisionEngine:
                     reasons.append(Reason(offers[plan.offers[p]].id, "rule_error", f"{rule.source}: {result}"))
                 else:
                     reasons.append(Reason(offers[plan.offers[p]].id, "not_eligible", rule.source))
+
+        # budgets used up across all customers, and offers this customer keeps declining
+        if exhausted or ctx.declines:
+            for p in np.flatnonzero(offer_ok):
+                offer = offers[plan.offers[p]]
+                if offer.id in exhausted:
+                    offer_ok[p] = False
+                    reasons.append(Reason(offer.id, "budget_exhausted", f"at most {offer.budget.max} per {offer.budget.per}"
+                                          if offer.budget else "budget used up"))
+                elif offer.suppress_after is not None:
+                    since = ctx.now - offer.suppress_after.per_seconds
+                    declined = sum(1 for ts, offer_id in ctx.declines if offer_id == offer.id and ts >= since)
+                    if declined >= offer.suppress_after.declines:
+                        offer_ok[p] = False
+                        reasons.append(Reason(offer.id, "suppressed", f"declined {declined} times in "
+                                                                       f"{offer.suppress_after.per}"))
 
         # contact policy: caps over the history, then consent, reach, conditions, quiet hours
         caps = check_caps(snapshot, ctx.contacts, ctx.now)

@@ -295,7 +295,7 @@ class Evaluation:
         """The figures as an aligned text table."""
         lines = [("learned (replay)", self.learned), ("learned (IPS)", self.learned_ips),
                  ("random", self.random)]
-        lines += [(f"fixed:{a}", e) for a, e in self.fixed.items()]
+        lines += [(f"fixed:{a}", e) for a, e in sorted(self.fixed.items(), key=lambda item: -item[1].value)]
         lines.append((f"best_fixed ({self.best_action})", self.best_fixed))
         width = max(len(name) for name, _ in lines)
         out = [f"{'policy':<{width}}  {'mean':>8}  {'95% CI':^19}  {'rows':>7}"]
@@ -337,9 +337,12 @@ def evaluate(data: LoggedData, config: ReplayConfig = ReplayConfig(), progress: 
     counted = rewards[matched]
     curve = np.cumsum(counted) / np.arange(1, len(counted) + 1)
     fixed = {}
-    for i, a in enumerate(data.actions):  # replay of "always a": its rows, weighted if propensities vary
+    for i, a in enumerate(data.actions):  # replay of "always a": its rows, weighted if their propensities vary
         mask = logged_action == i
-        fixed[a] = dataclasses.replace(snips(rewards, data.propensity, mask.astype(float)), rows=int(mask.sum()))
+        if np.ptp(data.propensity[mask]) == 0.0:
+            fixed[a] = mean_estimate(rewards[mask])
+        else:
+            fixed[a] = dataclasses.replace(snips(rewards, data.propensity, mask.astype(float)), rows=int(mask.sum()))
     best = max(fixed, key=lambda a: fixed[a].value)
     late = picked[n - max(1, n // 10):]
     return Evaluation(

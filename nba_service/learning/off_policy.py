@@ -58,11 +58,19 @@ def mean_estimate(values: np.ndarray, *, confidence: float = 0.95, ci: str = "no
                   n_bootstrap: int = 1000, seed: int | None = None) -> Estimate:
     """The mean of on-policy (or replayed) rewards, with its confidence interval.
 
+    For 0/1 rewards the normal interval is Wilson's score interval, which
+    stays inside [0, 1] and is not [0, 0] when no reward was seen yet.
+
     >>> e = mean_estimate(np.array([0.0, 1.0] * 50))
     >>> e.value, round(e.ci_low, 3), round(e.ci_high, 3), e.rows
-    (0.5, 0.402, 0.598, 100)
+    (0.5, 0.404, 0.596, 100)
+    >>> e = mean_estimate(np.zeros(120))
+    >>> e.value, e.ci_low, round(e.ci_high, 3)
+    (0.0, 0.0, 0.031)
     """
-    values = np.asarray(values, dtype=float)
+    values = _array(values, "values")
+    if ci == "normal" and len(values) and np.isin(values, (0.0, 1.0)).all():
+        return _wilson(float(values.mean()), len(values), _z(confidence))
     return _estimate(np.mean, values, (values,), confidence, ci, n_bootstrap, seed)
 
 
@@ -112,6 +120,14 @@ def _z(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     return statistics.NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+
+
+def _wilson(p: float, n: int, z: float) -> Estimate:
+    """Wilson's score interval of a proportion ``p`` out of ``n``."""
+    scale = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / scale
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / scale
+    return Estimate(p, max(0.0, center - half), min(1.0, center + half), n)
 
 
 def _array(values: np.ndarray, name: str, n: int | None = None) -> np.ndarray:

@@ -141,7 +141,18 @@ def show_value(value: Any) -> str:
         return _show_limit(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # e.g. a budget {max: 5000, per: 1d}: the fields as written, not their computed seconds
+        shown = [f"{f.name}: {_plain(getattr(value, f.name))}" for f in dataclasses.fields(value)
+                 if not f.name.endswith("_seconds")]
+        return "{" + ", ".join(shown) + "}"
+    if isinstance(value, (tuple, list)):
+        return _show_list(show_value(v) for v in value)
     return str(value)
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else show_value(value)
 
 
 def _show_limit(limit: Limit) -> str:
@@ -237,6 +248,7 @@ def _settings_changes(old: PolicySet, new: PolicySet) -> list[Change]:
     out += _field("settings", "settings", "levers.global", a.global_lever, b.global_lever)
     out += _mapping("settings", "settings", "levers.categories", a.category_levers, b.category_levers)
     out += _limits("settings", "settings", "contact_limits", a.contact_limits, b.contact_limits)
+    out += _other_fields("settings", "settings", a, b, _SETTINGS_FIELDS)
     return out
 
 
@@ -262,6 +274,23 @@ def _channel_summary(c: ChannelSpec) -> str:
     return f"{c.name} ({kind} channel" + (f", available when {c.available_when.source}" if c.available_when else "") + ")"
 
 
+def _other_fields(section: str, subject: str, a: Any, b: Any, known: set[str]) -> list[Change]:
+    """Fields this module does not list by name (added to the schema later), compared as they are."""
+    out: list[Change] = []
+    for f in dataclasses.fields(a):
+        if f.name not in known and f.name not in _NOT_COMPARED:
+            out += _field(section, subject, f.name, getattr(a, f.name), getattr(b, f.name, None))
+    return out
+
+
+_NOT_COMPARED = {"id", "file", "line"}
+_CHANNEL_FIELDS = {"name", "needs_reachable", "default_consent", "available_when", "quiet_hours", "cost"}
+_OFFER_FIELDS = {"paused", "name", "category", "events", "eligible_when", "value", "weight", "lever", "prior",
+                 "channels", "variables", "content", "limits", "valid_from", "valid_until"}
+_SETTINGS_FIELDS = {"no_action_threshold", "preferred_channel_boost", "global_lever", "category_levers",
+                    "contact_limits"}
+
+
 def _channel_fields(section: str, a: ChannelSpec, b: ChannelSpec) -> list[Change]:
     out = _field(section, a.id, "name", a.name, b.name)
     out += _field(section, a.id, "needs_reachable", a.needs_reachable, b.needs_reachable)
@@ -269,6 +298,7 @@ def _channel_fields(section: str, a: ChannelSpec, b: ChannelSpec) -> list[Change
     out += _field(section, a.id, "available_when", a.available_when, b.available_when)
     out += _field(section, a.id, "quiet_hours", a.quiet_hours, b.quiet_hours, _show_quiet_hours)
     out += _field(section, a.id, "cost", a.cost, b.cost)
+    out += _other_fields(section, a.id, a, b, _CHANNEL_FIELDS)
     return out
 
 
@@ -293,4 +323,5 @@ def _offer_fields(section: str, a: OfferSpec, b: OfferSpec) -> list[Change]:
     out += _limits(section, s, "limits", a.limits, b.limits)
     out += _field(section, s, "valid_from", a.valid_from, b.valid_from, _show_time)
     out += _field(section, s, "valid_until", a.valid_until, b.valid_until, _show_time)
+    out += _other_fields(section, s, a, b, _OFFER_FIELDS)
     return out

@@ -31,6 +31,7 @@ from nba_service.policies.expressions import (
 )
 
 __all__ = [
+    "Budget",
     "ChannelSpec",
     "GlobalSettings",
     "Limit",
@@ -38,6 +39,7 @@ __all__ = [
     "PolicyIssue",
     "PolicySet",
     "PolicyValidationError",
+    "Suppression",
     "load_policy_dir",
     "parse_policy_files",
     "read_policy_dir",
@@ -51,7 +53,7 @@ _LEVER_KEYS = {"global", "categories"}
 _CHANNEL_KEYS = {"id", "name", "needs_reachable", "default_consent", "available_when", "quiet_hours", "cost"}
 _OFFER_KEYS = {
     "id", "name", "category", "events", "eligible_when", "value", "weight", "lever", "prior",
-    "channels", "variables", "content", "limits", "valid_from", "valid_until", "paused",
+    "channels", "variables", "content", "limits", "valid_from", "valid_until", "paused", "budget", "suppress_after",
 }
 _LIMIT_KEYS = {"max", "per", "channel", "category"}
 _PROFILE_TEMPLATE_FIELDS = ("first_name", "segment")
@@ -95,6 +97,24 @@ class Limit:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Budget:
+    """At most ``max`` sends of an offer over all customers per fixed window (e.g. per day, UTC)."""
+
+    max: int
+    per_seconds: float
+    per: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Suppression:
+    """After ``declines`` declines (or dismissals) of an offer within ``per``, stop offering it."""
+
+    declines: int
+    per_seconds: float
+    per: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ChannelSpec:
     id: str
     name: str
@@ -121,6 +141,8 @@ class OfferSpec:
     eligible_when: CompiledExpression | None = None
     variables: Mapping[str, CompiledExpression] = dataclasses.field(default_factory=dict)
     limits: tuple[Limit, ...] = ()
+    budget: Budget | None = None
+    suppress_after: Suppression | None = None
     valid_from: float | None = None
     valid_until: float | None = None
     paused: bool = False
@@ -597,6 +619,8 @@ def _parse_offers(node: _Node, col: _Collector, channels: Mapping[str, ChannelSp
             eligible_when=col.expression(fields.get("eligible_when"), f"{where}.eligible_when", events),
             variables=variables,
             limits=tuple(limits),
+            budget=_parse_budget(fields.get("budget"), f"{where}.budget", col),
+            suppress_after=_parse_suppression(fields.get("suppress_after"), f"{where}.suppress_after", col),
             valid_from=valid_from,
             valid_until=valid_until,
             paused=col.boolean(fields.get("paused"), f"{where}.paused", False),
@@ -605,6 +629,34 @@ def _parse_offers(node: _Node, col: _Collector, channels: Mapping[str, ChannelSp
         )
         out.append((spec, item))
     return out
+
+
+def _count_and_window(node: _Node | None, where: str, col: _Collector, count_key: str) -> tuple[int, float, str] | None:
+    if node is None:
+        return None
+    fields = col.mapping(node, where, {count_key, "per"}, required=(count_key, "per"))
+    if not fields or count_key not in fields or "per" not in fields:
+        return None
+    count = fields[count_key].value
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        col.add(fields[count_key], f"{where}.{count_key}: expected a whole number >= 1, got {count!r}")
+        return None
+    try:
+        seconds = parse_duration(fields["per"].value)
+    except ValueError as exc:
+        col.add(fields["per"], f"{where}.per: {exc}")
+        return None
+    return count, seconds, str(fields["per"].value)
+
+
+def _parse_budget(node: _Node | None, where: str, col: _Collector) -> Budget | None:
+    parsed = _count_and_window(node, where, col, "max")
+    return Budget(*parsed) if parsed else None
+
+
+def _parse_suppression(node: _Node | None, where: str, col: _Collector) -> Suppression | None:
+    parsed = _count_and_window(node, where, col, "declines")
+    return Suppression(*parsed) if parsed else None
 
 
 def _template_fields(events: Iterable[str], variables: Iterable[str]) -> set[str]:

@@ -88,6 +88,8 @@ class PolicySnapshot:
     max_limit_window: float
     """The longest contact-limit window: contact history older than this never matters."""
     plans: Mapping[str, EventPlan]
+    max_suppression_window: float = 0.0
+    """The longest decline-suppression window (0: no offer suppresses after declines)."""
 
     @classmethod
     def compile(cls, policy: PolicySet, version: str) -> PolicySnapshot:
@@ -175,4 +177,5 @@ class PolicySnapshot:
             limits=table,
             max_limit_window=max_window,
             plans=plans,
+            max_suppression_window=max((o.suppress_after.per_seconds for o in offers if o.suppress_after), default=0.0),
         )

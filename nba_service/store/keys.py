@@ -6,7 +6,7 @@ from __future__ import annotations
 __all__ = [
     "LEARNER_GROUP", "LEARNER_LOCK", "MODEL_CHANNEL", "MODEL_LIVE", "MODEL_SEQ", "MODEL_SNAPSHOT", "MODEL_VERSIONS",
     "OUTCOME_STREAM", "PENDING_OUTCOMES", "POLICY_CHANNEL", "POLICY_LIVE", "POLICY_SEQ", "POLICY_VERSIONS",
-    "contacts", "decision", "decisions", "journey", "model_version", "open_journeys", "policy_version", "profile",
+    "budget", "contacts", "decision", "decisions", "declines", "journey", "model_version", "open_journeys", "policy_version", "profile",
 ]
 
 PREFIX = "nba:"
@@ -48,6 +48,14 @@ def contacts(customer_id: str) -> str:
 
 def open_journeys(customer_id: str) -> str:
     return _customer(customer_id, "open")
+
+
+def declines(customer_id: str) -> str:
+    return _customer(customer_id, "declines")
+
+
+def budget(offer_id: str, window: int) -> str:
+    return f"{PREFIX}budget:{offer_id}:{window}"
 
 
 def decisions(customer_id: str) -> str:

@@ -53,17 +53,27 @@ if ARGV[3] == '1' and offer and offer ~= '' then
                'prior', redis.call('HGET', KEYS[1], 'prior') or '0.05', 'outcome', ARGV[1])
   end
 end
-return {1, learn, offer, channel, redis.call('HGET', KEYS[1], 'customer_id')}
+local customer = redis.call('HGET', KEYS[1], 'customer_id')
+if (ARGV[1] == 'declined' or ARGV[1] == 'dismissed') and offer and offer ~= '' and customer then
+  -- the customer's declines, for "suppress after N declines"; keyed by customer like the rest of
+  -- their state (a key named in the script, so this script needs a single Redis, not a cluster)
+  local key = 'nba:c:{' .. customer .. '}:declines'
+  redis.call('ZADD', key, ARGV[7], offer .. '|' .. ARGV[4])
+  redis.call('EXPIRE', key, 7776000)
+end
+return {1, learn, offer, channel, customer}
 """
 
 
 # Reads a decision's whole context in one command: profile, recent journey,
-# contacts within the longest limit window (member, score pairs), open journeys.
+# contacts within the longest limit window (member, score pairs), open journeys,
+# declines within the longest suppression window.
 _READ_SCRIPT = """
 return {redis.call('GET', KEYS[1]) or false,
         redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1])),
         redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf', 'WITHSCORES'),
-        redis.call('HGETALL', KEYS[4])}
+        redis.call('HGETALL', KEYS[4]),
+        redis.call('ZRANGEBYSCORE', KEYS[5], ARGV[3], '+inf', 'WITHSCORES')}
 """
 
 # Records one decision atomically (a script runs whole or not at all): the decision
@@ -72,6 +82,13 @@ return {redis.call('GET', KEYS[1]) or false,
 # the pending set until its attribution window ends.
 _WRITE_SCRIPT = """
 local now = tonumber(ARGV[8])
+if ARGV[20] ~= '' then
+  -- the offer's global budget: take one unit, or refuse the whole write when none is left
+  local used = tonumber(redis.call('GET', ARGV[20]) or '0')
+  if used >= tonumber(ARGV[21]) then return 0 end
+  redis.call('INCR', ARGV[20])
+  redis.call('EXPIRE', ARGV[20], ARGV[22])
+end
 redis.call('HSET', KEYS[1], 'customer_id', ARGV[14], 'offer_id', ARGV[15], 'channel', ARGV[16], 'prior', ARGV[17],
            'features', ARGV[18], 'meta', ARGV[19])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -150,12 +167,15 @@ class StateStore:
         self._read_script = client.register_script(_READ_SCRIPT)
 
     async def read_context(self, customer_id: str, now: float, origin_channel: str,
-                           request_attributes: Mapping[str, str], contact_window: float) -> CustomerContext:
+                           request_attributes: Mapping[str, str], contact_window: float,
+                           suppression_window: float = 0.0) -> CustomerContext:
         """Profile, recent journey, contact history and open journeys in one round trip."""
-        raw_profile, raw_journey, raw_contacts, raw_open = await self._read_script(
+        raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = await self._read_script(
             keys=[keys.profile(customer_id), keys.journey(customer_id), keys.contacts(customer_id),
-                  keys.open_journeys(customer_id)],
-            args=[self.context_events - 1, f"{now - contact_window:.3f}"])
+                  keys.open_journeys(customer_id), keys.declines(customer_id)],
+            args=[self.context_events - 1, f"{now - contact_window:.3f}",
+                  f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf"])
+        declines = iter(raw_declines)
         contacts = iter(raw_contacts)
         opened = iter(raw_open)
         return CustomerContext(
@@ -166,12 +186,18 @@ class StateStore:
             contacts=tuple(codec.decode_contact(m, float(s)) for m, s in zip(contacts, contacts)),
             open_journeys=tuple(codec.decode_open_journey(f, v) for f, v in zip(opened, opened)),
             request_attributes=request_attributes,
+            declines=tuple((float(score), member.split(b"|", 1)[0].decode()) for member, score in zip(declines, declines)),
         )
 
     async def write_decision(self, decision_id: str, request_id: str, ctx: CustomerContext, event: Event,
                              decision: Decision, contact_window: float, prior: float = 0.0,
-                             attribution_seconds: float = 0.0, shadow: Mapping[str, object] | None = None) -> None:
-        """Record the decision, append the event to the journey and count the contact: one atomic script."""
+                             attribution_seconds: float = 0.0, shadow: Mapping[str, object] | None = None,
+                             budget: tuple[str, int, int] | None = None) -> bool:
+        """Record the decision, append the event to the journey and count the contact: one atomic script.
+
+        ``budget`` is (key, max, ttl) of the chosen offer's global budget; False (and nothing
+        written) when that budget is used up.
+        """
         customer_id = ctx.profile.customer_id
         now = ctx.now
         fields = _journey_fields(event)
@@ -185,7 +211,8 @@ class StateStore:
             cart_id = event.attributes.get("cart_id")
             open_op, open_field = ("del", f"cart:{cart_id}") if cart_id else ("clear", "")
         window = max(contact_window, 1.0)
-        await self._write_script(
+        budget_key, budget_max, budget_ttl = budget or ("", 0, 0)
+        written = await self._write_script(
             keys=[keys.decision(decision_id), keys.journey(customer_id), keys.decisions(customer_id),
                   keys.contacts(customer_id), keys.open_journeys(customer_id), keys.PENDING_OUTCOMES],
             args=[self.decision_ttl_seconds, codec.encode_journey(now, event.type, ctx.origin_channel, fields),
@@ -198,8 +225,10 @@ class StateStore:
                           "origin_channel": ctx.origin_channel, "category": decision.category,
                           "score": decision.score, "propensity": decision.propensity,
                           "policy_version": decision.policy_version, "model_version": decision.model_version,
-                          **({"shadow": shadow} if shadow else {})})],
+                          **({"shadow": shadow} if shadow else {})}),
+                  budget_key, budget_max, budget_ttl],
         )
+        return bool(written)
 
     async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float,
                              reward: float | None) -> RecordedOutcome:
@@ -211,7 +240,7 @@ class StateStore:
         result = await self._outcome_script(
             keys=[keys.decision(decision_id), keys.PENDING_OUTCOMES, keys.OUTCOME_STREAM],
             args=[outcome, f"{now:.3f}|{value!r}", "0" if reward is None else "1", decision_id,
-                  repr(reward or 0.0), OUTCOME_STREAM_MAXLEN])
+                  repr(reward or 0.0), OUTCOME_STREAM_MAXLEN, f"{now:.3f}"])
         status = OutcomeStatus(int(result[0]))
         if status is not OutcomeStatus.RECORDED:
             return RecordedOutcome(status)

@@ -1,0 +1,89 @@
+"""The echo server: ``nba.v1.DecisionService/Decide`` answered at once, the floor of any call.
+
+Built like ``NbaServer``: grpc.aio with the same server options, the same
+metrics interceptor (on a registry of its own), health and reflection. Run it
+as ``python -m nba_service.bench echo --port 0 --ready-file F``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import signal
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from nba_service.api.server import SERVICE_NAME, MetricsInterceptor
+from nba_service.observability.metrics import Metrics
+from nba_service.proto.nba.v1 import decision_pb2 as pb
+from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
+
+__all__ = ["SERVER_OPTIONS", "EchoServicer", "main", "serve_echo"]
+
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+"""The options ``NbaServer.start`` gives ``grpc.aio.server`` for one worker."""
+
+
+class EchoServicer(pb_grpc.DecisionServiceServicer):
+    """``Decide`` answers at once with a response built from the request: the floor of any call."""
+
+    async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+        return pb.DecideResponse(request_id=request.request_id, no_action=True)
+
+
+async def serve_echo(host: str, port: int, ready: Callable[[int], None] | None = None) -> None:
+    """Serve the echo until SIGINT or SIGTERM, built like ``NbaServer``: same options, interceptor,
+    health and reflection."""
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(Metrics(CollectorRegistry()))],
+                             options=list(SERVER_OPTIONS))
+    pb_grpc.add_DecisionServiceServicer_to_server(EchoServicer(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    if ready is not None:
+        ready(bound)
+    await stopping.wait()
+    await server.stop(1.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m nba_service.bench echo --port 0 --ready-file F``: the echo server alone."""
+    parser = argparse.ArgumentParser(prog="python -m nba_service.bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    echo = sub.add_parser("echo", help="serve nba.v1.DecisionService/Decide as an echo")
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.add_argument("--port", type=int, default=0)
+    echo.add_argument("--ready-file", help="write {port, pid} as JSON here once serving")
+    args = parser.parse_args(argv)
+
+    def ready(port: int) -> None:
+        if args.ready_file:
+            _write_atomically(pathlib.Path(args.ready_file), json.dumps({"port": port, "pid": os.getpid()}))
+
+    asyncio.run(serve_echo(args.host, args.port, ready))
+    return 0
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # appears whole or not at all
+
+

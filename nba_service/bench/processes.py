@@ -1,0 +1,137 @@
+"""The servers of a run, each a process of its own: ``nba serve`` and the echo server.
+
+Both are started with ``--port 0`` and a ready file, and always stopped by
+PID: SIGTERM, then a wait, then SIGKILL only if they do not stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import redis
+
+from nba_service.bench.config import BenchError, Progress
+
+__all__ = ["ServerProcess", "Servers", "spawn", "start_servers", "stop", "stop_orphan", "wait_ready"]
+
+READY_TIMEOUT_SECONDS = 120.0
+STOP_TIMEOUT_SECONDS = 60.0
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: pathlib.Path
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"NBA_LEARNER": "off", "NBA_REDIS_URL": "", "NBA_HOST": "127.0.0.1", "NBA_METRICS_HOST": "127.0.0.1"})
+    return env
+
+
+def spawn(name: str, args: list[str], work: pathlib.Path) -> ServerProcess:
+    log = work / f"{name}.log"
+    with log.open("wb") as log_file:
+        popen = subprocess.Popen([sys.executable, "-m", *args], stdout=log_file, stderr=subprocess.STDOUT,
+                                 env=_child_env(), cwd=work)
+    return ServerProcess(name, popen, log)
+
+
+def wait_ready(process: ServerProcess, ready: pathlib.Path) -> dict[str, Any]:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if ready.exists():
+            process.info = json.loads(ready.read_text())
+            return process.info
+        if process.popen.poll() is not None:
+            raise BenchError(f"{process.name} exited with code {process.popen.returncode}:\n{process.log.read_text()}")
+        time.sleep(0.05)  # polling a file the server writes once it serves
+    raise BenchError(f"{process.name} was not ready after {READY_TIMEOUT_SECONDS:.0f} s:\n{process.log.read_text()}")
+
+
+def stop(process: ServerProcess) -> None:
+    """SIGTERM, wait, and SIGKILL only if it does not stop in time."""
+    popen = process.popen
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+
+def stop_orphan(pid: int | None) -> None:
+    """The embedded Redis the server started, if the server did not stop it."""
+    if not pid:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        orphan = psutil.Process(pid)
+        if "redis" not in orphan.name():
+            return
+        orphan.terminate()
+        try:
+            orphan.wait(STOP_TIMEOUT_SECONDS)
+        except psutil.TimeoutExpired:
+            orphan.kill()
+
+
+@dataclasses.dataclass
+class Servers:
+    """The two servers of a run and the Redis client of the bench itself."""
+
+    echo: ServerProcess
+    nba: ServerProcess
+    client: redis.Redis
+    redis_pid: int
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.nba.info['metrics_port']}/metrics"
+
+
+@contextlib.contextmanager
+def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progress: Progress) -> Iterator[Servers]:
+    progress("starting nba serve (embedded Redis, learner off) and the echo server ...")
+    started: list[ServerProcess] = []
+    client: redis.Redis | None = None
+    redis_pid: int | None = None
+    try:
+        echo = spawn("echo", ["nba_service.bench", "echo", "--port", "0", "--ready-file", str(work / "echo.json")],
+                      work)
+        started.append(echo)
+        nba = spawn("nba-serve", ["nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
+                                   "--data-dir", str(work / "data"), "--policies", str(policies),
+                                   "--ready-file", str(work / "ready.json"), "--seed", str(seed)], work)
+        started.append(nba)
+        wait_ready(echo, work / "echo.json")
+        info = wait_ready(nba, work / "ready.json")
+        client = redis.Redis.from_url(str(info["redis_url"]))
+        redis_pid = int(client.info("server")["process_id"])
+        yield Servers(echo, nba, client, redis_pid)
+    finally:
+        if client is not None:
+            # Nothing of this private Redis is kept: emptying it spares the save on shutdown.
+            with contextlib.suppress(redis.RedisError):
+                client.flushall(asynchronous=True)
+            client.close()  # before the server stops: it leaves a Redis with other clients running
+        for process in reversed(started):
+            stop(process)
+        stop_orphan(redis_pid)
+        progress("stopped " + ", ".join(f"{p.name} (pid {p.popen.pid})" for p in started))
+
+
