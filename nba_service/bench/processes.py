@@ -63,13 +63,15 @@ def wait_ready(process: ServerProcess, ready: pathlib.Path) -> dict[str, Any]:
     raise BenchError(f"{process.name} was not ready after {READY_TIMEOUT_SECONDS:.0f} s:\n{process.log.read_text()}")
 
 
-def stop(process: ServerProcess) -> None:
-    """SIGTERM, wait, and SIGKILL only if it does not stop in time."""
-    popen = process.popen
-    if popen.poll() is None:
+def stop(processes: list[ServerProcess]) -> None:
+    """SIGTERM to each, then wait for each; SIGKILL only for one that does not stop in time."""
+    running = [p.popen for p in processes if p.popen.poll() is None]
+    for popen in running:
         popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for popen in running:
         try:
-            popen.wait(STOP_TIMEOUT_SECONDS)
+            popen.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             popen.kill()
             popen.wait()
@@ -112,11 +114,11 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
     redis_pid: int | None = None
     try:
         echo = spawn("echo", ["nba_service.bench", "echo", "--port", "0", "--ready-file", str(work / "echo.json")],
-                      work)
+                     work)
         started.append(echo)
         nba = spawn("nba-serve", ["nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
-                                   "--data-dir", str(work / "data"), "--policies", str(policies),
-                                   "--ready-file", str(work / "ready.json"), "--seed", str(seed)], work)
+                                  "--data-dir", str(work / "data"), "--policies", str(policies),
+                                  "--ready-file", str(work / "ready.json"), "--seed", str(seed)], work)
         started.append(nba)
         wait_ready(echo, work / "echo.json")
         info = wait_ready(nba, work / "ready.json")
@@ -129,8 +131,7 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
             with contextlib.suppress(redis.RedisError):
                 client.flushall(asynchronous=True)
             client.close()  # before the server stops: it leaves a Redis with other clients running
-        for process in reversed(started):
-            stop(process)
+        stop(started)
         stop_orphan(redis_pid)
         progress("stopped " + ", ".join(f"{p.name} (pid {p.popen.pid})" for p in started))
 

@@ -11,7 +11,7 @@ import redis
 
 from nba_service.engine.domain import CustomerContext, CustomerProfile
 from nba_service.learning.models import ModelBank
-from nba_service.policies.preview import StoredContext
+from nba_service.tools.preview import StoredContext
 from nba_service.policies.schema import PolicySet, PolicyValidationError, load_policy_dir, parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.store.context_reader import ContextReader
