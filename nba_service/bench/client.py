@@ -98,6 +98,7 @@ class Sampler:
 
 async def _sequential(call: Call, requests: Sequence[pb.DecideRequest], count: int,
                       errors: collections.Counter[str], offset: int = 0) -> list[float]:
+    """``count`` calls one at a time, from ``requests[offset]`` on: the latency of each that succeeded."""
     latencies: list[float] = []
     for i in range(offset, offset + count):
         request = requests[i % len(requests)]
@@ -140,7 +141,7 @@ async def _load(call: Call, requests: Sequence[pb.DecideRequest], concurrency: i
 
 
 async def measure_sequential(targets: Sequence[Target], requests: Sequence[pb.DecideRequest], count: int,
-                              warmup: int) -> list[tuple[Step, int]]:
+                             warmup: int) -> list[tuple[Step, int]]:
     """Warm up, then ``count`` calls one at a time to each target, in blocks taken in turn so that
     both see the same machine; per target, the step and the size of one response."""
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{t.port}") for t in targets]
@@ -174,7 +175,7 @@ async def measure_sequential(targets: Sequence[Target], requests: Sequence[pb.De
 
 
 async def measure_ladder(targets: Sequence[Target], requests: Sequence[pb.DecideRequest], config: BenchConfig,
-                          progress: Progress) -> list[list[Step]]:
+                         progress: Progress) -> list[list[Step]]:
     """Each step of the ladder on each target in turn; per target, its steps."""
     steps: list[list[Step]] = [[] for _ in targets]
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{t.port}") for t in targets]
@@ -187,7 +188,7 @@ async def measure_ladder(targets: Sequence[Target], requests: Sequence[pb.Decide
                 latencies, errors, elapsed = await _load(call, requests, concurrency, config.seconds,
                                                          MAX_CALLS_PER_STEP)
                 step = sampler.finish(Step(concurrency, len(latencies), dict(errors), elapsed, _us(latencies, 50),
-                                            _us(latencies, 99), len(latencies) / elapsed, 0.0))
+                                           _us(latencies, 99), len(latencies) / elapsed, 0.0))
                 progress(f"  {target.name:6} {concurrency:>4} in flight: {step.rps:>8,.0f} calls/s, "
                          f"p99 {step.p99_us:,.0f} µs{', errors ' + str(step.errors) if step.errors else ''}")
                 done.append(step)

@@ -31,6 +31,8 @@ STOP_TIMEOUT_SECONDS = 60.0
 
 @dataclasses.dataclass
 class ServerProcess:
+    """A server started by the bench; ``info`` is what its ready file said (port, ...)."""
+
     name: str
     popen: subprocess.Popen[bytes]
     log: pathlib.Path
@@ -38,6 +40,7 @@ class ServerProcess:
 
 
 def _child_env() -> dict[str, str]:
+    """The bench's environment, but never another Redis, another address or a learner."""
     env = dict(os.environ)
     env.update({"NBA_LEARNER": "off", "NBA_REDIS_URL": "", "NBA_HOST": "127.0.0.1", "NBA_METRICS_HOST": "127.0.0.1"})
     return env
@@ -47,7 +50,7 @@ def spawn(name: str, args: list[str], work: pathlib.Path) -> ServerProcess:
     log = work / f"{name}.log"
     with log.open("wb") as log_file:
         popen = subprocess.Popen([sys.executable, "-m", *args], stdout=log_file, stderr=subprocess.STDOUT,
-                                 env=_child_env(), cwd=work)
+                                 env=_child_env())
     return ServerProcess(name, popen, log)
 
 
@@ -108,6 +111,8 @@ class Servers:
 
 @contextlib.contextmanager
 def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progress: Progress) -> Iterator[Servers]:
+    """The echo server and ``nba serve`` (its embedded Redis in ``work``, ``policies`` published,
+    learner off), both ready; stopped, with that Redis, on the way out."""
     progress("starting nba serve (embedded Redis, learner off) and the echo server ...")
     started: list[ServerProcess] = []
     client: redis.Redis | None = None

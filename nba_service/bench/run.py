@@ -35,6 +35,7 @@ POLICY_LIVE_TIMEOUT_SECONDS = 30.0
 
 
 def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
     model = ""
     with contextlib.suppress(OSError):
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -95,7 +96,7 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
             requests = decide_requests(config.customers, REQUEST_POOL, config.seed, atm_only=config.offers is not None)
             echo = Target("echo", int(servers.echo.info["port"]), int(servers.echo.info["pid"]))
             nba = Target("decide", int(servers.nba.info["port"]), servers.nba.popen.pid, servers.redis_pid,
-                          servers.metrics_url)
+                         servers.metrics_url)
             progress(f"sequential: {config.warmup} warm-up then {config.sequential:,} calls to each server ...")
             (echo_seq, echo_bytes), (nba_seq, nba_bytes) = asyncio.run(
                 measure_sequential((echo, nba), requests, config.sequential, config.warmup))
@@ -129,7 +130,7 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
         "server_rss_bytes": server_rss,
         "pids": pids,
         "config": {**dataclasses.asdict(config), "policy_offers": len(policy.offers),
-                   "policy_channels": len(policy.channels), "requests": "atm_decline" if config.offers else "mix"},
+                   "policy_channels": len(policy.channels), "requests": "mix" if config.offers is None else "atm_decline"},
         "machine": machine(),
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "seconds": time.perf_counter() - began,
@@ -153,7 +154,7 @@ def run_sweep(kind: str, values: Sequence[int], config: BenchConfig,
             redis_empty = int(servers.client.info("memory")["used_memory"])
             echo = Target("echo", int(servers.echo.info["port"]), int(servers.echo.info["pid"]))
             nba = Target("decide", int(servers.nba.info["port"]), servers.nba.popen.pid, servers.redis_pid,
-                          servers.metrics_url)
+                         servers.metrics_url)
             pids = {"echo": echo.pid, "server": nba.pid, "redis": servers.redis_pid}
             loaded = 0
             if kind == "offers":

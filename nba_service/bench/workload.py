@@ -53,8 +53,9 @@ def load_customers(client: redis.Redis, work: pathlib.Path, start: int, stop: in
 
 
 def write_journeys(client: redis.Redis, start: int, stop: int, share: float, seed: int) -> tuple[int, int]:
-    """Give a ``share`` of customers ``start``..``stop`` 3 to 10 past events of the scenario mix,
-    written as the decision path writes them; returns (customers, events)."""
+    """Give a ``share`` of customers ``start``..``stop`` 3 to 10 past events of the scenario mix over
+    the last 30 days, journey entries and open carts in the format the decision path writes;
+    returns (customers, events)."""
     rng = random.Random(seed * 7919 + start)
     moments = ScenarioMix(["x"], seed=seed + start, unknown_share=0.0)
     now = time.time()
@@ -102,8 +103,8 @@ def write_offer_policies(folder: str | os.PathLike[str], offers: int, channels_f
     """A policy set of ``offers`` offers that all answer ``atm_decline`` and are always eligible,
     over the channels of ``channels_from``; validated.
 
-    Each offer may use the ATM screen (open for every decline) and two more
-    channels in turn; no contact limits, so none is ever capped.
+    Each offer may use the ATM screen (open for every decline) and two channels
+    of the set in turn; no contact limits, so none is ever capped.
     """
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,23 @@ SWEEP_VALUES = {"offers": (10, 50, 200, 1000), "customers": (10_000, 100_000, 1_
 QUICK_SWEEP_VALUES = {"offers": (10, 50, 200, 1000), "customers": (10_000, 20_000, 50_000)}
 
 
+def _positive_int(text: str) -> int:
+    values = _ints(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one whole number")
+    return values[0]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be above 0")
+    return value
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v.replace("_", "")) for v in text.split(",") if v.strip())
@@ -64,13 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "throughput and the ratios Decide/Echo.")
     bench.add_argument("--quick", action="store_true",
                        help="a short run (under a minute): 20,000 customers, 500 sequential calls, 1 s steps")
-    bench.add_argument("--customers", type=int, help="customer profiles loaded (default 100000)")
-    bench.add_argument("--offers", type=int,
+    bench.add_argument("--customers", type=_positive_int, help="customer profiles loaded (default 100000)")
+    bench.add_argument("--offers", type=_positive_int,
                        help="candidate offers per request: a generated policy set, every offer eligible for ATM "
                             "declines (default: the policy directory and the scenario mix)")
     bench.add_argument("--policies", help="policy directory (default policies/)")
-    bench.add_argument("--sequential", type=int, help="calls measured one at a time (default 2000)")
-    bench.add_argument("--seconds", type=float, help="length of each throughput step (default 3)")
+    bench.add_argument("--sequential", type=_positive_int, help="calls measured one at a time (default 2000)")
+    bench.add_argument("--seconds", type=_positive_float, help="length of each throughput step (default 3)")
     bench.add_argument("--concurrency", type=_ints, help="calls in flight per throughput step (default 1,4,16,64)")
     bench.add_argument("--sweep", choices=("offers", "customers"),
                        help="sequential latency for several offer or customer counts, and how it grows")
