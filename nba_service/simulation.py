@@ -150,6 +150,7 @@ def generate_customers(count: int, seed: int = 0, prefix: str = "s") -> list[dic
             "timezone": rng.choice(zones),
             "attributes": {"income": str(rng.randrange(12_000, 150_000, 500)),
                            "credit_score": str(rng.randrange(520, 840)),
-                           "loyalty_member": rng.choice(("yes", "no"))},
+                           "loyalty_member": rng.choice(("yes", "no")),
+                           "birthday": f"{rng.randrange(1950, 2006)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"},
         })
     return records

@@ -76,7 +76,7 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
         return ()
     settings = snapshot.settings
     propensities = scorer.score(plan.arms, vectorize(request_features(ctx, event)))
-    scope = build_scope(ctx, event)
+    scope = build_scope(ctx, event, snapshot.places)
     caps = check_caps(snapshot, ctx.contacts, ctx.now)
     verdict = check_channels(snapshot, ctx.profile, ctx.now, _channel_rule_results(snapshot, scope), caps)
     out = []

@@ -59,7 +59,7 @@ class DecisionEngine:
         plan = snapshot.plans.get(event.type)
         if plan is None:
             return self._no_action(snapshot, features, (Reason("", "no_candidates", f"no offer answers {event.type} events"),))
-        scope = build_scope(ctx, event)
+        scope = build_scope(ctx, event, snapshot.places)
         reasons: list[Reason] = []
         offers = snapshot.offers
 

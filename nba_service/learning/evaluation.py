@@ -376,7 +376,8 @@ def plot_learning_curve(result: Evaluation, path: str | Path, title: str = "") -
     ax.axhspan(best.ci_low, best.ci_high, color="tab:green", alpha=0.15, lw=0,
                label=f"best fixed 95% CI [{best.ci_low:.4f}, {best.ci_high:.4f}]")
     ax.axhline(best.value, color="tab:green", lw=1.5, label=f"best fixed: {result.best_action} ({best.value:.4f})")
-    ax.axhline(result.random.value, color="tab:gray", lw=1.5, ls="--", label=f"uniform random ({result.random.value:.4f})")
+    ax.axhline(result.random.value, color="tab:gray", lw=1.5, ls="--",
+               label=f"uniform random ({result.random.value:.4f})")
     ax.plot(x, result.curve, color="tab:blue", lw=1.8,
             label=f"learned, replay ({result.learned.value:.4f} over {result.learned.rows:,} rows)")
     skip = min(len(x) - 1, max(0, len(x) // 100))  # the first rows' mean is all noise

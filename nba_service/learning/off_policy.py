@@ -141,7 +141,8 @@ def _array(values: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
     return array
 
 
-def _weights(rewards: np.ndarray, logged: np.ndarray, target: np.ndarray, clip: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _weights(rewards: np.ndarray, logged: np.ndarray, target: np.ndarray,
+             clip: float | None) -> tuple[np.ndarray, np.ndarray]:
     r = _array(rewards, "rewards")
     if not len(r):
         raise ValueError("no rows to estimate from")

@@ -16,7 +16,9 @@ and no way to reach attributes, builtins or anything not listed here.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
+import datetime
 import math
 from collections.abc import Iterable, Mapping
 from types import CodeType
@@ -27,6 +29,7 @@ from nba_service.engine.localtime import local_time
 
 __all__ = [
     "CompiledExpression",
+    "Definitions",
     "ExpressionError",
     "FUNCTIONS",
     "compile_expression",
@@ -35,11 +38,12 @@ __all__ = [
     "PROFILE_FIELDS",
     "SCOPE_NAMES",
     "build_scope",
+    "parse_condition",
     "parse_duration",
 ]
 
 PROFILE_FIELDS = ("segment", "first_name", "preferred_channel", "timezone", "known")
-SCOPE_NAMES = ("origin_channel", "local_hour", "weekday", "open_cart_value")
+SCOPE_NAMES = ("origin_channel", "local_hour", "weekday", "day_of_month", "month", "open_cart_value")
 
 _NEVER_DAYS = 9999.0
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -131,8 +135,63 @@ def _cached_duration(text: str) -> float:
     return seconds
 
 
+def _days_until(ctx: CustomerContext, date: Any) -> float:
+    """Days from the customer's local today to the next anniversary of ``date`` (YYYY-MM-DD or MM-DD)."""
+    if not isinstance(date, str):
+        return _NEVER_DAYS
+    parts = date.strip().split("-")
+    try:
+        month, day = int(parts[-2]), int(parts[-1])
+        today = local_time(ctx.now, ctx.profile.timezone).date()
+        target = _anniversary(today.year, month, day)
+    except (ValueError, IndexError):
+        return _NEVER_DAYS
+    if target < today:
+        target = _anniversary(today.year + 1, month, day)
+    return float((target - today).days)
+
+
+def _anniversary(year: int, month: int, day: int) -> datetime.date:
+    try:
+        return datetime.date(year, month, day)
+    except ValueError:
+        if (month, day) == (2, 29):
+            return datetime.date(year, 3, 1)  # a 29 February birthday in a common year
+        raise
+
+
+def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _nearest(geo: Any, kind: str) -> tuple[float, str]:
+    places, latitude, longitude = geo
+    best, name = _NEVER_KM, ""
+    if latitude is None or longitude is None or (latitude == 0.0 and longitude == 0.0):
+        return best, name  # no position in this event
+    for place in places.get(kind, ()):
+        distance = _haversine_km(latitude, longitude, place.latitude, place.longitude)
+        if distance < best:
+            best, name = distance, place.name
+    return best, name
+
+
+def _nearest_km(geo: Any, kind: str) -> float:
+    return _nearest(geo, kind)[0]
+
+
+def _nearest_name(geo: Any, kind: str) -> str:
+    return _nearest(geo, kind)[1]
+
+
+_NEVER_KM = 99999.0
+
 #: name -> (implementation, hidden first argument ("_ctx": the CustomerContext,
-#: "_event_attributes": the custom event's attributes, "": none), arguments (min, max))
+#: "_event_attributes": the custom event's attributes, "_geo": the policy's places and
+#: the event's position, "": none), arguments (min, max))
 FUNCTIONS: dict[str, tuple[Any, str, tuple[int, int]]] = {
     "attr": (_attr, "_ctx", (1, 1)),
     "event_attr": (_event_attr, "_event_attributes", (1, 1)),
@@ -141,6 +200,9 @@ FUNCTIONS: dict[str, tuple[Any, str, tuple[int, int]]] = {
     "consent": (_consent, "_ctx", (1, 1)),
     "count_events": (_count_events, "_ctx", (2, 2)),
     "days_since": (_days_since, "_ctx", (1, 1)),
+    "days_until": (_days_until, "_ctx", (1, 1)),
+    "nearest_km": (_nearest_km, "_geo", (1, 1)),
+    "nearest_name": (_nearest_name, "_geo", (1, 1)),
     "num": (_num, "", (1, 2)),
     "round_up": (_round_up, "", (2, 2)),
     "min": (min, "", (2, 8)),
@@ -179,11 +241,33 @@ class CompiledExpression:
     """Flat variable names the expression reads from the scope."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Definitions:
+    """What a policy set declares for its rules: named conditions and the kinds of its places."""
+
+    conditions: Mapping[str, ast.expr] = dataclasses.field(default_factory=dict)
+    """Parsed (not yet checked) bodies of the named conditions, inlined where they are used."""
+    place_kinds: frozenset[str] = frozenset()
+
+
+def parse_condition(source: str) -> ast.expr:
+    """Parse a named condition; it is checked where it is used (its event fields depend on the offer)."""
+    if not isinstance(source, str) or not source.strip():
+        raise ExpressionError("the expression is empty")
+    try:
+        return ast.parse(source.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise ExpressionError(f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1) from None
+
+
 class _Rewriter(ast.NodeTransformer):
-    def __init__(self, event_fields: frozenset[str], extra_names: frozenset[str]) -> None:
+    def __init__(self, event_fields: frozenset[str], extra_names: frozenset[str],
+                 definitions: Definitions | None = None) -> None:
         self.event_fields = event_fields
         self.extra_names = extra_names
+        self.definitions = definitions or Definitions()
         self.names: set[str] = set()
+        self._expanding: list[str] = []
 
     def _fail(self, node: ast.AST, message: str) -> ExpressionError:
         return ExpressionError(message, getattr(node, "lineno", 1), getattr(node, "col_offset", 0) + 1)
@@ -219,6 +303,19 @@ class _Rewriter(ast.NodeTransformer):
         if node.id in SCOPE_NAMES or node.id in self.extra_names:
             self.names.add(node.id)
             return node
+        condition = self.definitions.conditions.get(node.id)
+        if condition is not None:
+            if node.id in self._expanding:
+                raise self._fail(node, f"condition {node.id!r} refers to itself "
+                                       f"({' -> '.join([*self._expanding, node.id])})")
+            self._expanding.append(node.id)
+            try:
+                inlined = self.visit(copy.deepcopy(condition))
+            except ExpressionError as exc:
+                raise self._fail(node, f"in condition {node.id!r}: {exc.message}") from None
+            finally:
+                self._expanding.pop()
+            return ast.copy_location(inlined, node)
         if node.id in FUNCTIONS:
             raise self._fail(node, f"{node.id} is a function: call it, e.g. {node.id}(...)")
         if node.id in ("event", "profile"):
@@ -237,6 +334,13 @@ class _Rewriter(ast.NodeTransformer):
         if not low <= len(node.args) <= high:
             wanted = str(low) if low == high else f"{low} to {high}"
             raise self._fail(node, f"{name}() takes {wanted} argument(s), got {len(node.args)}")
+        if name in ("nearest_km", "nearest_name"):
+            kind = node.args[0]
+            if not isinstance(kind, ast.Constant) or kind.value not in self.definitions.place_kinds:
+                declared = ", ".join(sorted(self.definitions.place_kinds)) or "none"
+                shown = kind.value if isinstance(kind, ast.Constant) else ast.unparse(kind)
+                raise self._fail(kind, f"{name}() needs a declared place kind in quotes, got {shown!r} "
+                                       f"(declared: {declared})")
         position = _DURATION_ARG_FUNCTIONS.get(name)
         if position is not None:
             arg = node.args[position]
@@ -256,14 +360,15 @@ class _Rewriter(ast.NodeTransformer):
 def compile_expression(
     source: str,
     *,
-    event_types: Iterable[str] = (),
+    event_types: Iterable[str] | None = (),
     extra_names: Iterable[str] = (),
     filename: str = "<rule>",
+    definitions: Definitions | None = None,
 ) -> CompiledExpression:
     """Parse, check and compile one expression.
 
     ``event_types`` are the event types the expression may run on: ``event.<field>``
-    must exist on every one of them. ``extra_names`` are further plain names the
+    must exist on every one of them (None: on any one of all event types). ``extra_names`` are further plain names the
     scope will hold (an offer's ``variables``).
     """
     if not isinstance(source, str) or not source.strip():
@@ -272,7 +377,7 @@ def compile_expression(
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1) from None
-    rewriter = _Rewriter(_common_event_fields(event_types), frozenset(extra_names))
+    rewriter = _Rewriter(_common_event_fields(event_types), frozenset(extra_names), definitions)
     body = rewriter.visit(tree).body
     return _build(source, body, frozenset(rewriter.names), filename)
 
@@ -290,7 +395,9 @@ def _build(source: str, body: ast.expr, names: frozenset[str], filename: str) ->
     return CompiledExpression(source=source, code=compile(tree, filename, "eval"), tree=body, names=names)
 
 
-def _common_event_fields(event_types: Iterable[str]) -> frozenset[str]:
+def _common_event_fields(event_types: Iterable[str] | None) -> frozenset[str]:
+    if event_types is None:  # any event type: a field of any of them
+        return frozenset(f for fields in EVENT_FIELDS.values() for f in fields)
     fields: set[str] | None = None
     for event_type in event_types:
         these = set(EVENT_FIELDS.get(event_type, ()))
@@ -300,8 +407,11 @@ def _common_event_fields(event_types: Iterable[str]) -> frozenset[str]:
 
 # --- evaluation scope -----------------------------------------------------------------
 
-def build_scope(ctx: CustomerContext, event: Event) -> dict[str, Any]:
-    """The per-request variables every expression of the request reads."""
+def build_scope(ctx: CustomerContext, event: Event, places: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The per-request variables every expression of the request reads.
+
+    ``places`` are the policy's places by kind (for ``nearest_km``/``nearest_name``).
+    """
     profile = ctx.profile
     local = local_time(ctx.now, profile.timezone)
     open_cart = 0.0
@@ -309,13 +419,17 @@ def build_scope(ctx: CustomerContext, event: Event) -> dict[str, Any]:
         if journey.kind == "cart":
             open_cart = _num(journey.fields.get("cart_value"), 0.0)
             break
+    fields = event.fields
     scope: dict[str, Any] = {
         "_ctx": ctx,
         "_event_attributes": event.attributes,
+        "_geo": (places or {}, fields.get("latitude"), fields.get("longitude")),
         "event_type": event.type,
         "origin_channel": ctx.origin_channel,
         "local_hour": local.hour,
         "weekday": local.weekday(),
+        "day_of_month": local.day,
+        "month": local.month,
         "open_cart_value": open_cart,
         "profile_segment": profile.segment,
         "profile_first_name": profile.first_name,

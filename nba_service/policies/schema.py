@@ -24,9 +24,13 @@ import yaml
 
 from nba_service.engine.domain import EVENT_FIELDS
 from nba_service.policies.expressions import (
+    FUNCTIONS,
+    SCOPE_NAMES,
     CompiledExpression,
+    Definitions,
     ExpressionError,
     compile_expression,
+    parse_condition,
     parse_duration,
 )
 
@@ -38,6 +42,7 @@ __all__ = [
     "OfferSpec",
     "PolicyIssue",
     "PolicySet",
+    "Place",
     "PolicyValidationError",
     "Suppression",
     "load_policy_dir",
@@ -47,8 +52,9 @@ __all__ = [
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
-_TOP_KEYS = {"settings", "channels", "offers"}
-_SETTINGS_KEYS = {"no_action_threshold", "preferred_channel_boost", "levers", "contact_limits"}
+_TOP_KEYS = {"settings", "channels", "offers", "places"}
+_SETTINGS_KEYS = {"no_action_threshold", "preferred_channel_boost", "levers", "contact_limits", "conditions"}
+_PLACE_KEYS = {"id", "name", "kind", "latitude", "longitude"}
 _LEVER_KEYS = {"global", "categories"}
 _CHANNEL_KEYS = {"id", "name", "needs_reachable", "default_consent", "available_when", "quiet_hours", "cost"}
 _OFFER_KEYS = {
@@ -163,12 +169,32 @@ class GlobalSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Place:
+    """A branch, partner shop or ATM that geolocated rules can measure distances to."""
+
+    id: str
+    name: str
+    kind: str
+    latitude: float
+    longitude: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PolicySet:
     settings: GlobalSettings
     channels: tuple[ChannelSpec, ...]
     offers: tuple[OfferSpec, ...]
     files: Mapping[str, str]
     """The source text of every file, by name: what gets published and versioned."""
+    places: tuple[Place, ...] = ()
+    conditions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Named conditions (their source), usable by name in every rule."""
+
+    def places_by_kind(self) -> dict[str, tuple[Place, ...]]:
+        kinds: dict[str, list[Place]] = {}
+        for place in self.places:
+            kinds.setdefault(place.kind, []).append(place)
+        return {kind: tuple(found) for kind, found in kinds.items()}
 
 
 # --- YAML with positions --------------------------------------------------------------
@@ -233,6 +259,8 @@ class _Collector:
     def __init__(self, file: str) -> None:
         self.file = file
         self.issues: list[PolicyIssue] = []
+        self.definitions = Definitions()
+        """The set's named conditions and place kinds, known once settings and places are read."""
 
     def add(self, node: _Node | None, message: str, line_offset: int = 0, column: int | None = None) -> None:
         line = (node.line if node else 1) + line_offset
@@ -299,7 +327,7 @@ class _Collector:
             return []
         return [(self.ident(item, f"{where}[{i}]"), item) for i, item in enumerate(node.value)]
 
-    def expression(self, node: _Node | None, where: str, event_types: Iterable[str] = (),
+    def expression(self, node: _Node | None, where: str, event_types: Iterable[str] | None = (),
                    extra_names: Iterable[str] = ()) -> CompiledExpression | None:
         if node is None:
             return None
@@ -309,7 +337,7 @@ class _Collector:
             return None
         try:
             return compile_expression(source, event_types=event_types, extra_names=extra_names,
-                                      filename=f"{self.file}:{node.line}")
+                                      filename=f"{self.file}:{node.line}", definitions=self.definitions)
         except ExpressionError as exc:
             # Point into the expression when it sits on one line (plain or quoted scalar).
             column = node.column + (exc.column - 1) + (1 if node.quoted else 0)
@@ -392,6 +420,7 @@ def parse_policy_files(files: Mapping[str, str], base: str = "") -> PolicySet:
     settings_parts: list[tuple[_Node, _Collector]] = []
     channel_parts: list[tuple[_Node, _Collector]] = []
     offer_parts: list[tuple[_Node, _Collector]] = []
+    place_parts: list[tuple[_Node, _Collector]] = []
     collectors: list[_Collector] = []
     for name in sorted(files):
         shown = str(pathlib.Path(base) / name) if base else name
@@ -424,6 +453,8 @@ def parse_policy_files(files: Mapping[str, str], base: str = "") -> PolicySet:
                 channel_parts.append((top["channels"], col))
             if "offers" in top:
                 offer_parts.append((top["offers"], col))
+            if "places" in top:
+                place_parts.append((top["places"], col))
 
     if len(settings_parts) > 1:
         node, col = settings_parts[1]
@@ -431,6 +462,15 @@ def parse_policy_files(files: Mapping[str, str], base: str = "") -> PolicySet:
     settings, category_lever_nodes = (
         _parse_settings(*settings_parts[0]) if settings_parts else (GlobalSettings(), {})
     )
+    places: dict[str, Place] = {}
+    for node, col in place_parts:
+        for place, item in _parse_places(node, col):
+            if place.id in places:
+                col.add(item, f"places: duplicate place id {place.id!r}")
+            places[place.id] = place
+    condition_sources, definitions = _parse_conditions(settings_parts, places)
+    for col in collectors:
+        col.definitions = definitions
     channels: dict[str, ChannelSpec] = {}
     for node, col in channel_parts:
         for spec, item in _parse_channels(node, col):
@@ -465,7 +505,67 @@ def parse_policy_files(files: Mapping[str, str], base: str = "") -> PolicySet:
         issues.sort(key=lambda i: (i.file, i.line, i.column))
         raise PolicyValidationError(issues)
     return PolicySet(settings=settings, channels=tuple(channels.values()), offers=tuple(offers.values()),
+                     places=tuple(places.values()), conditions=condition_sources,
                      files=dict(files))
+
+
+def _parse_places(node: _Node, col: _Collector) -> list[tuple[Place, _Node]]:
+    if not isinstance(node.value, list):
+        col.add(node, "places: expected a list of places")
+        return []
+    out = []
+    for i, item in enumerate(node.value):
+        where = f"places[{i}]"
+        fields = col.mapping(item, where, _PLACE_KEYS, required=("id", "kind", "latitude", "longitude"))
+        if fields is None or any(k not in fields for k in ("id", "kind", "latitude", "longitude")):
+            continue
+        place_id = col.ident(fields["id"], f"{where}.id")
+        out.append((Place(
+            id=place_id,
+            name=col.text(fields.get("name"), f"{where}.name", place_id),
+            kind=col.ident(fields["kind"], f"{where}.kind"),
+            latitude=col.number(fields["latitude"], f"{where}.latitude", 0.0, low=-90, high=90),
+            longitude=col.number(fields["longitude"], f"{where}.longitude", 0.0, low=-180, high=180),
+        ), item))
+    return out
+
+
+def _parse_conditions(settings_parts: list[tuple[_Node, _Collector]],
+                      places: Mapping[str, Place]) -> tuple[dict[str, str], Definitions]:
+    """Named conditions from settings, parsed, and checked once as if used by any event type."""
+    kinds = frozenset(p.kind for p in places.values())
+    if not settings_parts:
+        return {}, Definitions(place_kinds=kinds)
+    node, col = settings_parts[0]
+    raw = node.value.get("conditions") if isinstance(node.value, dict) else None
+    if raw is None:
+        return {}, Definitions(place_kinds=kinds)
+    conditions_node = raw[1]
+    if not isinstance(conditions_node.value, dict):
+        col.add(conditions_node, "settings.conditions: expected a mapping of name to expression")
+        return {}, Definitions(place_kinds=kinds)
+    sources: dict[str, str] = {}
+    parsed = {}
+    for name, (key_node, value_node) in conditions_node.value.items():
+        where = f"settings.conditions.{name}"
+        if not _ID.match(name) or name in SCOPE_NAMES or name in FUNCTIONS:
+            col.add(key_node, f"{where}: {name!r} cannot name a condition (use lower case, not a built-in name)")
+            continue
+        if not isinstance(value_node.value, str):
+            col.add(value_node, f"{where}: expected an expression in quotes, got {_shown(value_node.value)}")
+            continue
+        try:
+            parsed[name] = parse_condition(value_node.value)
+        except ExpressionError as exc:
+            col.add(value_node, f"{where}: {exc.message}")
+            continue
+        sources[name] = value_node.value
+    definitions = Definitions(conditions=parsed, place_kinds=kinds)
+    for name, (key_node, value_node) in conditions_node.value.items():
+        if name in parsed:  # whitelist, names and functions, with the fields of any event type
+            col.definitions = definitions
+            col.expression(value_node, f"settings.conditions.{name}", None)
+    return sources, definitions
 
 
 def _settings_limit_targets(node: _Node) -> list[tuple[str, str, _Node]]:

@@ -88,6 +88,8 @@ class PolicySnapshot:
     max_limit_window: float
     """The longest contact-limit window: contact history older than this never matters."""
     plans: Mapping[str, EventPlan]
+    places: Mapping[str, tuple[object, ...]] = dataclasses.field(default_factory=dict)
+    """The policy's places by kind, for the geolocated rule functions."""
     max_suppression_window: float = 0.0
     """The longest decline-suppression window (0: no offer suppresses after declines)."""
 
@@ -177,5 +179,6 @@ class PolicySnapshot:
             limits=table,
             max_limit_window=max_window,
             plans=plans,
+            places=policy.places_by_kind(),
             max_suppression_window=max((o.suppress_after.per_seconds for o in offers if o.suppress_after), default=0.0),
         )

@@ -265,3 +265,25 @@ def test_truthy_rules_count_as_eligible_and_zero_levers_pause():
     decision = decide(snap, customer())
     assert decision.offer_id == "card"  # the loan's lever of 0 keeps it from being sent at all
     assert any(r.offer_id == "loan" and r.code == "below_threshold" for r in decision.reasons)
+
+
+def test_places_and_calendar_facts_in_rules_and_content():
+    policy = {
+        **POLICY,
+        "places.yaml": "places:\n"
+                       "  - {id: sol, name: Tienda Sol, kind: partner_shop, latitude: 40.4169, longitude: -3.7035}\n"
+                       "  - {id: bcn, name: Tienda Mar, kind: partner_shop, latitude: 41.3851, longitude: 2.1734}\n",
+        "offers.yaml": POLICY["offers.yaml"].replace(
+            "eligible_when: \"event.shortfall > 0 and profile.segment != 'student'\"",
+            "eligible_when: \"nearest_km('partner_shop') <= 2 and days_until(attr('birthday')) <= 7\"").replace(
+            "variables: {loan_amount: \"round_up(event.shortfall, 50)\"}",
+            "variables: {loan_amount: \"round_up(event.shortfall, 50)\", shop: \"nearest_name('partner_shop')\"}").replace(
+            'push: "{first_name}: {loan_amount} {currency} now"', 'push: "{first_name}: pay at {shop}"'),
+    }
+    snap = PolicySnapshot.compile(parse_policy_files(policy), "12")
+    near_madrid = Event("atm_decline", {**DECLINE.fields, "latitude": 40.4170, "longitude": -3.7040})
+    # NOON_UTC is 10 June 2026: a birthday on 14 June is 4 days away, one on 1 June is 356 days away
+    decision = decide(snap, customer(birthday="1990-06-14"), event=near_madrid)
+    assert (decision.offer_id, decision.content) == ("loan", "Ana: pay at Tienda Sol")
+    assert decide(snap, customer(birthday="1990-06-01"), event=near_madrid).offer_id != "loan"
+    assert decide(snap, customer(birthday="1990-06-14"), event=DECLINE).offer_id != "loan"  # no position: never near

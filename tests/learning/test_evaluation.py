@@ -120,8 +120,9 @@ def test_propensities_from_a_column_a_constant_or_the_log_shares(tmp_path):
     log = write_log(tmp_path / "log.csv", rows)
     shares = read_log(log, action_col="act", reward_col="r", feature_cols=["x"])
     assert shares.propensity.tolist() == [0.75, 0.75, 0.75, 0.25]
-    assert read_log(log, action_col="act", reward_col="r", feature_cols=["x"], propensity=0.5).propensity.tolist() == [0.5] * 4
-    assert read_log(log, action_col="act", reward_col="r", feature_cols=["x"], propensity_col="p").propensity.tolist() == [0.25] * 4
+    columns = {"action_col": "act", "reward_col": "r", "feature_cols": ["x"]}
+    assert read_log(log, **columns, propensity=0.5).propensity.tolist() == [0.5] * 4
+    assert read_log(log, **columns, propensity_col="p").propensity.tolist() == [0.25] * 4
     bad = write_log(tmp_path / "bad.csv", [{"x": "1", "act": "u", "r": "0", "p": "0"}])
     with pytest.raises(LogFormatError, match="propensity"):
         read_log(bad, action_col="act", reward_col="r", feature_cols=["x"], propensity_col="p")

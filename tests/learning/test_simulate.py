@@ -48,7 +48,8 @@ def test_each_moment_has_its_own_best_offer():
     best = {}
     for event in (Event("atm_decline", {"shortfall": 30.0}), Event("atm_decline", {"shortfall": 1200.0}),
                   Event("location", {}), Event("cart_abandon", {"cart_value": 350.0}), Event("agent_contact", {})):
-        best[(event.type, tuple(event.fields.values()))] = ids[int(np.argmax(truth.probabilities(event, "mass") * values))]
+        worth = truth.probabilities(event, "mass") * values
+        best[(event.type, tuple(event.fields.values()))] = ids[int(np.argmax(worth))]
     assert len(set(best.values())) == 5, best
     p = truth.probabilities(Event("location", {}), "mass")
     assert p.max() > 0.2 and p.min() < 0.05

@@ -156,3 +156,46 @@ def test_more_mistakes_get_plain_messages(old, new, where, message):
     issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": OFFER.replace(old, new)})
     assert any(i.startswith(where) and message in i for i in issues), issues
     assert not any("_Node" in i for i in issues)
+
+
+PLACES = textwrap.dedent("""\
+    places:
+      - {id: shop_sol, name: Tienda Sol, kind: partner_shop, latitude: 40.4169, longitude: -3.7035}
+      - {id: shop_far, name: Far Away Shop, kind: partner_shop, latitude: 41.3851, longitude: 2.1734}
+    """)
+SETTINGS = textwrap.dedent("""\
+    settings:
+      conditions:
+        good_credit: "num(attr('credit_score'), 650) >= 620"
+        near_partner: "nearest_km('partner_shop') <= 2"
+        lending_ready: "good_credit and profile.known"
+    """)
+
+
+def test_named_conditions_and_places_compile_into_rules():
+    offer = OFFER.replace("event.shortfall > 0 and profile.segment != 'student'",
+                          "lending_ready and near_partner and event.shortfall > 0").replace(
+        "    variables:\n", "    variables:\n      shop: \"nearest_name('partner_shop')\"\n").replace(
+        '{loan_amount} {currency} in one tap.', '{loan_amount} {currency} in one tap, or pay by card at {shop}.')
+    policy = parse_policy_files({"channels.yaml": CHANNELS, "offers.yaml": offer, "places.yaml": PLACES,
+                                 "settings.yaml": SETTINGS})
+    assert [p.id for p in policy.places] == ["shop_sol", "shop_far"]
+    assert set(policy.conditions) == {"good_credit", "near_partner", "lending_ready"}
+    rule = policy.offers[0].eligible_when
+    assert rule.source.startswith("lending_ready and near_partner")
+    assert rule.names == {"event_shortfall", "profile_known"}  # the conditions were inlined
+    assert "shop" in policy.offers[0].variables
+
+
+@pytest.mark.parametrize(("settings", "offer_rule", "message"), [
+    ('      loop_a: "loop_b"\n      loop_b: "loop_a"\n', "loop_a", "refers to itself"),
+    ('      bad: "event.amount >"\n', "event.shortfall > 0", "settings.conditions.bad: syntax error"),
+    ('      cash: "event.cart_value > 3"\n', "cash", "in condition 'cash': unknown field event.cart_value"),
+    ('', "nearest_km('atm_partner') < 2", "needs a declared place kind"),
+])
+def test_condition_and_place_mistakes(settings, offer_rule, message):
+    settings_text = "settings:\n  conditions:\n" + settings if settings else "settings: {}\n"
+    offer = OFFER.replace("event.shortfall > 0 and profile.segment != 'student'", offer_rule)
+    issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": offer, "places.yaml": PLACES,
+                      "settings.yaml": settings_text})
+    assert any(message in i for i in issues), issues
