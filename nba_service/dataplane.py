@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from nba_service.engine.domain import Alternative, CustomerContext, CustomerProfile, Decision, Event, OutcomeKind
 from nba_service.engine.features import vectorize
 from nba_service.engine.pipeline import DecisionEngine
-from nba_service.learning.exploration import EpsilonGreedy
+from nba_service.learning.exploration import EpsilonGreedy, make_explorer
 from nba_service.learning.models import ModelBank
 from nba_service.observability.metrics import Metrics
 from nba_service.policies.schema import PolicyValidationError, parse_policy_files
@@ -62,9 +62,12 @@ class DataPlane:
         self.models = ModelBank()
         self.rules = ModelBank()
         """No learned models: every arm scores its offer's prior (what the rules alone would do)."""
-        self.engine = DecisionEngine(self.models, EpsilonGreedy(settings.epsilon, settings.seed))
+        self.engine = DecisionEngine(self.models, make_explorer(settings.strategy, epsilon=settings.epsilon,
+                                                               temperature=settings.temperature, seed=settings.seed))
         self.preview_engine = DecisionEngine(self.models, EpsilonGreedy(0.0))
-        self.rules_engine = DecisionEngine(self.rules, EpsilonGreedy(settings.epsilon, settings.seed))
+        self.rules_engine = DecisionEngine(self.rules, make_explorer(settings.strategy, epsilon=settings.epsilon,
+                                                                     temperature=settings.temperature,
+                                                                     seed=settings.seed))
         self.rules_preview_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
         self.snapshot: PolicySnapshot | None = None
         self._refused_version: int | None = None

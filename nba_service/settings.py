@@ -46,6 +46,10 @@ class Settings:
     """A policy directory to publish at start-up when it differs from the live version."""
     epsilon: float = 0.05
     """Exploration rate: share of decisions that pick uniformly among the allowed actions."""
+    strategy: str = "epsilon"
+    """Exploration strategy: ``epsilon`` (epsilon-greedy) or ``softmax`` (Boltzmann over priorities)."""
+    temperature: float = 0.1
+    """Softmax temperature (higher explores more)."""
     seed: int | None = None
     """Seed of the exploration random generator (None: from the OS)."""
     decision_ttl_seconds: int = 7 * 24 * 3600
@@ -94,6 +98,10 @@ class Settings:
             raise SettingsError(f"port: {self.port} is not a TCP port (0-65535)")
         if not -1 <= self.metrics_port <= 65535:
             raise SettingsError(f"metrics_port: {self.metrics_port} is not a TCP port (0-65535, or -1 for none)")
+        if self.strategy not in ("epsilon", "softmax"):
+            raise SettingsError(f"strategy: {self.strategy!r} is neither 'epsilon' nor 'softmax'")
+        if self.temperature <= 0:
+            raise SettingsError("temperature: must be positive")
         if not 1 <= self.workers <= 256:
             raise SettingsError(f"workers: {self.workers} must be between 1 and 256")
         if not 0.0 <= self.epsilon <= 1.0:

@@ -16,7 +16,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args, host=args.host, port=args.port, metrics_host=args.metrics_host,
                          metrics_port=args.metrics_port, policies=args.policies, epsilon=args.epsilon, seed=args.seed,
-                         workers=args.workers, mode=args.mode, learner=args.learner)
+                         workers=args.workers, mode=args.mode, learner=args.learner, strategy=args.strategy,
+                         temperature=args.temperature)
 
     def ready(server: object) -> None:
         if args.ready_file:
@@ -50,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--metrics-port", type=int, help="Prometheus port (env NBA_METRICS_PORT, default 9464; -1: off)")
     serve.add_argument("--policies", help="publish this policy directory at start-up if it differs from the live one")
     serve.add_argument("--epsilon", type=float, help="exploration rate (env NBA_EPSILON, default 0.05)")
+    serve.add_argument("--strategy", choices=("epsilon", "softmax"), help="exploration strategy (env NBA_STRATEGY)")
+    serve.add_argument("--temperature", type=float, help="softmax temperature (env NBA_TEMPERATURE, default 0.1)")
     serve.add_argument("--seed", type=int, help="seed of the exploration random generator (env NBA_SEED)")
     serve.add_argument("--workers", type=int, help="server processes sharing the port, one per core (env NBA_WORKERS, default 1)")
     serve.add_argument("--mode", choices=("learned", "learned+shadow", "apprentice"),

@@ -212,3 +212,19 @@ def test_an_action_without_outcome_counts_as_not_accepted_after_its_window(start
                                                        outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
     assert not late.learned and not late.duplicate  # recorded for the agent's view, not learned twice
     assert redis_client.xlen("nba:outcomes") == 1
+
+
+def test_softmax_exploration_logs_the_exact_probability_of_its_pick(start_server, published):
+    import numpy as np
+
+    from nba_service.learning.exploration import Softmax
+
+    server = start_server(strategy="softmax", temperature=0.5, seed=3, learner="off")
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c14", timezone=daytime_zone())))
+    request = atm_decline("c14")
+    request.top_k = 20
+    decision = server.stub.Decide(request, timeout=5)
+    options = sorted([decision.score, *(a.score for a in decision.alternatives)], reverse=True)
+    assert len(options) >= 2
+    expected = Softmax(temperature=0.5).probabilities(np.array(options))
+    assert decision.propensity == pytest.approx(expected[options.index(decision.score)])
