@@ -35,13 +35,19 @@ def _us(seconds: Sequence[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(np.asarray(seconds), q) * 1e6) if len(seconds) else float("nan")
 
 
-def _cpu_seconds(pid: int | None) -> float:
+def _cpu_seconds(pid: int | None, without: int | None = None) -> float:
+    """CPU time of ``pid`` and its children (``nba serve --workers N``), leaving out ``without`` (its Redis)."""
     if not pid:
         return 0.0
+    total = 0.0
     with contextlib.suppress(psutil.NoSuchProcess):
-        times = psutil.Process(pid).cpu_times()
-        return times.user + times.system
-    return 0.0
+        process = psutil.Process(pid)
+        for member in (process, *process.children(recursive=True)):
+            if member.pid != without:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = member.cpu_times()
+                    total += times.user + times.system
+    return total
 
 
 @dataclasses.dataclass
@@ -78,12 +84,12 @@ class Sampler:
     def __init__(self, target: Target) -> None:
         self.target = target
         self._histogram = scrape.scrape_histogram(target.metrics_url, DECISION_HISTOGRAM) if target.metrics_url else None
-        self._cpu = _cpu_seconds(target.pid)
+        self._cpu = _cpu_seconds(target.pid, target.redis_pid)
         self._redis_cpu = _cpu_seconds(target.redis_pid)
 
     def finish(self, step: Step) -> Step:
         calls = max(step.calls, 1)
-        step.cpu_us_per_call = (_cpu_seconds(self.target.pid) - self._cpu) / calls * 1e6
+        step.cpu_us_per_call = (_cpu_seconds(self.target.pid, self.target.redis_pid) - self._cpu) / calls * 1e6
         if self.target.redis_pid:
             step.redis_cpu_us_per_call = (_cpu_seconds(self.target.redis_pid) - self._redis_cpu) / calls * 1e6
         if self.target.metrics_url:

@@ -36,6 +36,8 @@ class BenchConfig:
     """The throughput ladder: calls in flight at each step."""
     journey_share: float = 0.2
     """Share of customers given a journey of 3 to 10 past events."""
+    workers: int = 1
+    """``nba serve --workers``: server processes sharing the port (the echo server stays one)."""
     seed: int = 1
 
     @classmethod

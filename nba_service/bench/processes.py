@@ -110,9 +110,10 @@ class Servers:
 
 
 @contextlib.contextmanager
-def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progress: Progress) -> Iterator[Servers]:
+def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progress: Progress,
+                  workers: int = 1) -> Iterator[Servers]:
     """The echo server and ``nba serve`` (its embedded Redis in ``work``, ``policies`` published,
-    learner off), both ready; stopped, with that Redis, on the way out."""
+    learner off, ``workers`` processes), both ready; stopped, with that Redis, on the way out."""
     progress("starting nba serve (embedded Redis, learner off) and the echo server ...")
     started: list[ServerProcess] = []
     client: redis.Redis | None = None
@@ -123,7 +124,8 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
         started.append(echo)
         nba = spawn("nba-serve", ["nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
                                   "--data-dir", str(work / "data"), "--policies", str(policies),
-                                  "--ready-file", str(work / "ready.json"), "--seed", str(seed)], work)
+                                  "--ready-file", str(work / "ready.json"), "--seed", str(seed), "--learner", "off",
+                                  *(["--workers", str(workers)] if workers > 1 else [])], work)
         started.append(nba)
         wait_ready(echo, work / "echo.json")
         info = wait_ready(nba, work / "ready.json")

@@ -20,7 +20,8 @@ def format_report(result: dict[str, Any]) -> str:
               "scenario mix" if config["offers"] is None else
               f"{config['policy_offers']} generated offers, all eligible for each ATM decline")
     lines = [
-        f"nba bench: {config['customers']:,} customers; {policy}",
+        f"nba bench: {config['customers']:,} customers; {policy}"
+        + (f"; nba serve --workers {config['workers']}" if config.get("workers", 1) > 1 else ""),
         f"{config['sequential']:,} sequential calls; throughput ladder "
         f"{', '.join(map(str, config['concurrency']))} calls in flight x {config['seconds']:g} s",
         f"machine: {m['cores']} cores ({m['cpu'] or 'unknown CPU'}), Python {m['python']}, grpcio {m['grpc']}; "

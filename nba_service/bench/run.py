@@ -47,6 +47,12 @@ def machine() -> dict[str, Any]:
             "memory_bytes": psutil.virtual_memory().total}
 
 
+def _server_rss(pid: int, without: int | None) -> int:
+    """Resident memory of the server process and its children (workers), its Redis left out."""
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in (process, *process.children(recursive=True)) if p.pid != without)
+
+
 def _policy_dir(config: BenchConfig, work: pathlib.Path, offers: int | None) -> pathlib.Path:
     if offers is None:
         return pathlib.Path(config.policies).resolve()
@@ -89,7 +95,7 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
         work = pathlib.Path(folder)
         policies = _policy_dir(config, work, config.offers)
         policy = load_policy_dir(policies)
-        with start_servers(work, policies, config.seed, progress) as servers:
+        with start_servers(work, policies, config.seed, progress, config.workers) as servers:
             redis_empty = int(servers.client.info("memory")["used_memory"])
             _populate(servers, work, config, 0, config.customers, progress)
             redis_used = int(servers.client.info("memory")["used_memory"])
@@ -103,7 +109,7 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
             progress(f"throughput: {', '.join(map(str, config.concurrency))} calls in flight, "
                      f"{config.seconds:g} s each ...")
             echo_steps, nba_steps = asyncio.run(measure_ladder((echo, nba), requests, config, progress))
-            server_rss = psutil.Process(nba.pid).memory_info().rss
+            server_rss = _server_rss(nba.pid, servers.redis_pid)
             pids = {"echo": echo.pid, "server": nba.pid, "redis": servers.redis_pid}
     decide = _section(nba_seq, nba_steps)
     best = max(nba_steps, key=lambda s: s.rps)
@@ -150,7 +156,8 @@ def run_sweep(kind: str, values: Sequence[int], config: BenchConfig,
     with tempfile.TemporaryDirectory(prefix="nba-bench-") as folder:
         work = pathlib.Path(folder)
         offers = values[0] if kind == "offers" else config.offers
-        with start_servers(work, _policy_dir(config, work, offers), config.seed, progress) as servers:
+        with start_servers(work, _policy_dir(config, work, offers), config.seed, progress,
+                           config.workers) as servers:
             redis_empty = int(servers.client.info("memory")["used_memory"])
             echo = Target("echo", int(servers.echo.info["port"]), int(servers.echo.info["pid"]))
             nba = Target("decide", int(servers.nba.info["port"]), servers.nba.popen.pid, servers.redis_pid,
@@ -179,7 +186,7 @@ def run_sweep(kind: str, values: Sequence[int], config: BenchConfig,
                          "server_p50_us": step.server_p50_us, "server_p99_us": step.server_p99_us,
                          "cpu_us_per_call": step.cpu_us_per_call, "errors": step.errors}
                 if kind == "customers":
-                    point.update({"server_rss_bytes": psutil.Process(nba.pid).memory_info().rss,
+                    point.update({"server_rss_bytes": _server_rss(nba.pid, servers.redis_pid),
                                   "redis_used_memory_bytes": used, "redis_bytes_per_customer": used / value,
                                   "redis_added_bytes_per_customer": (used - redis_empty) / value})
                 progress(f"  {kind} {value:>9,}: Decide p50 {step.p50_us:,.0f} µs, p99 {step.p99_us:,.0f} µs"

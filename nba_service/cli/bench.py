@@ -43,7 +43,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     overrides = {"customers": args.customers, "offers": args.offers, "policies": args.policies,
                  "sequential": args.sequential, "seconds": args.seconds, "concurrency": args.concurrency,
-                 "seed": args.seed}
+                 "workers": args.workers, "seed": args.seed}
     if args.quick:
         config = BenchConfig.quick(**overrides)
     else:
@@ -93,6 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="sequential latency for several offer or customer counts, and how it grows")
     bench.add_argument("--values", type=_ints,
                        help="values of the sweep (default offers 10,50,200,1000; customers 10000,100000,1000000)")
+    bench.add_argument("--workers", type=_positive_int,
+                       help="nba serve --workers: server processes sharing the port (default 1; the echo stays one)")
     bench.add_argument("--seed", type=int, help="seed of the generated customers and requests (default 1)")
     bench.add_argument("--json", help="also write the results as JSON here")
     bench.set_defaults(func=cmd_bench)
