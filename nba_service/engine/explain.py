@@ -15,10 +15,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from nba_service.engine.contact_policy import check_caps, check_channels
 from nba_service.engine.domain import CustomerContext, Decision, Event
 from nba_service.engine.features import request_features, vectorize
-from nba_service.engine.pipeline import Scorer
+from nba_service.engine.pipeline import Scorer, arm_factors
 from nba_service.policies.expressions import build_scope, evaluation_globals
 from nba_service.policies.snapshot import PolicySnapshot
 
@@ -37,7 +39,8 @@ class ArmScore:
     p: float
     """Propensity: the model's probability of acceptance (the prior until outcomes are learned)."""
     v: float
-    """The offer's value."""
+    """The offer's value (computed for this moment if it is an expression) less the offer's and the
+    channel's costs, as the engine multiplies it."""
     l: float  # noqa: E741 - the L of P x V x L x B
     """Levers: offer x category x global."""
     b: float
@@ -79,8 +82,9 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
     scope = build_scope(ctx, event, snapshot.places)
     caps = check_caps(snapshot, ctx.contacts, ctx.now)
     verdict = check_channels(snapshot, ctx.profile, ctx.now, _channel_rule_results(snapshot, scope), caps)
+    factors = arm_factors(snapshot, plan, plan.arms, np.ones(len(plan.offers), dtype=bool), scope)
     out = []
-    for arm, p in zip(plan.arms, propensities):
+    for arm, p, factor in zip(plan.arms, propensities, factors):
         offer_id, channel = snapshot.arm_keys[arm]
         offer = snapshot.offers[snapshot.offer_index[offer_id]]
         levers = offer.lever * settings.category_levers.get(offer.category, 1.0) * settings.global_lever
@@ -89,9 +93,10 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
         if not closed and int(arm) in caps.arms:
             closed = f"{channel}: {caps.arms[int(arm)]}"
         out.append(ArmScore(
-            offer_id=offer_id, channel=channel, p=float(p), v=offer.value, l=levers, b=offer.weight,
-            boost=settings.preferred_channel_boost if preferred else 1.0,
-            vlb=float(snapshot.offer_priority_factor[snapshot.offer_index[offer_id]]), closed=closed,
+            offer_id=offer_id, channel=channel, p=float(p),
+            v=float(factor) / (levers * offer.weight) if levers * offer.weight else 0.0,
+            l=levers, b=offer.weight, boost=settings.preferred_channel_boost if preferred else 1.0,
+            vlb=float(factor), closed=closed,
         ))
     return tuple(out)
 

@@ -23,7 +23,7 @@ from nba_service.engine.features import request_features, vectorize
 from nba_service.policies.expressions import build_scope, evaluation_globals
 from nba_service.policies.snapshot import PolicySnapshot
 
-__all__ = ["DecisionEngine", "Explorer", "Scorer"]
+__all__ = ["DecisionEngine", "Explorer", "Scorer", "arm_factors", "render"]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ class DecisionEngine:
         chosen_arms = arms[allowed]
         x = vectorize(features)
         propensities = self.scorer.score(chosen_arms, x)
-        priorities = propensities * snapshot.offer_priority_factor[snapshot.arm_offer[chosen_arms]]
+        factors = arm_factors(snapshot, plan, chosen_arms, offer_ok, scope)
+        priorities = propensities * factors
         preferred = snapshot.channel_index.get(ctx.profile.preferred_channel)
         if preferred is not None and snapshot.settings.preferred_channel_boost != 1.0:
             priorities = np.where(snapshot.arm_channel[chosen_arms] == preferred,
@@ -154,7 +155,8 @@ class DecisionEngine:
         score = float(ranking.priorities[pick])
         p_model = float(propensities[options[pick]])
         why = "best priority" if pick == 0 else f"exploration (best was {snapshot.arm_keys[chosen_arms[options[0]]][0]})"
-        reasons.insert(0, Reason(offer_id, "chosen", f"{why}: P={p_model:.4f} x VLB={snapshot.offer_priority_factor[snapshot.offer_index[offer_id]]:.4g} on {channel}"))
+        vlb = float(factors[options[pick]])
+        reasons.insert(0, Reason(offer_id, "chosen", f"{why}: P={p_model:.4f} x VLB={vlb:.4g} on {channel}"))
         alternatives = tuple(
             Alternative(snapshot.arm_keys[chosen_arms[a]][0], snapshot.arm_keys[chosen_arms[a]][1], float(pr))
             for a, pr in zip(options, ranking.priorities[above]) if a != options[pick]
@@ -193,6 +195,27 @@ class DecisionEngine:
                 except Exception as exc:  # noqa: BLE001 - reported as the rule's reason
                     results.append(exc)
             return tuple(results)
+
+
+def arm_factors(snapshot: PolicySnapshot, plan: Any, arms: np.ndarray, offer_ok: np.ndarray,
+                scope: dict[str, Any]) -> np.ndarray:
+    """(V - costs) x L x B of each of ``arms``; value expressions are computed for this request.
+
+    A value expression that fails or is not a finite number gives the offer a value of 0.
+    """
+    values = snapshot.offer_value
+    if plan.value_expressions:
+        values = values.copy()
+        for position, index, expression in plan.value_expressions:
+            if offer_ok[position]:
+                try:
+                    value = float(eval(expression.code, _GLOBALS, scope))  # noqa: S307
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("value of %s (%s) failed: %s", snapshot.offers[index].id, expression.source, exc)
+                    value = 0.0
+                values[index] = value if math.isfinite(value) else 0.0
+    offers = snapshot.arm_offer[arms]
+    return np.maximum(values[offers] - snapshot.arm_cost[arms], 0.0) * snapshot.offer_levers[offers]
 
 
 def render(template: str, variables: Mapping[str, Any], scope: dict[str, Any], ctx: CustomerContext,

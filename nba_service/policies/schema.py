@@ -60,6 +60,7 @@ _CHANNEL_KEYS = {"id", "name", "needs_reachable", "default_consent", "available_
 _OFFER_KEYS = {
     "id", "name", "category", "events", "eligible_when", "value", "weight", "lever", "prior",
     "channels", "variables", "content", "limits", "valid_from", "valid_until", "paused", "budget", "suppress_after",
+    "cost",
 }
 _LIMIT_KEYS = {"max", "per", "channel", "category"}
 _PROFILE_TEMPLATE_FIELDS = ("first_name", "segment")
@@ -144,6 +145,10 @@ class OfferSpec:
     content: Mapping[str, str]
     weight: float = 1.0
     lever: float = 1.0
+    cost: float = 0.0
+    """What sending the offer costs (a voucher, a discount), subtracted from its value."""
+    value_expression: CompiledExpression | None = None
+    """When ``value`` is an expression (e.g. a share of the cart), computed per request."""
     eligible_when: CompiledExpression | None = None
     variables: Mapping[str, CompiledExpression] = dataclasses.field(default_factory=dict)
     limits: tuple[Limit, ...] = ()
@@ -710,7 +715,11 @@ def _parse_offers(node: _Node, col: _Collector, channels: Mapping[str, ChannelSp
             name=col.text(fields.get("name"), f"{where}.name", offer_id),
             category=col.ident(fields.get("category"), f"{where}.category") if "category" in fields else "",
             events=tuple(events),
-            value=col.number(fields.get("value"), f"{where}.value", 1.0, low=0, low_open=True),
+            value=(col.number(fields.get("value"), f"{where}.value", 1.0, low=0, low_open=True)
+                   if not isinstance(fields.get("value", _Node(0, 0, 0)).value, str) else 1.0),
+            value_expression=(col.expression(fields["value"], f"{where}.value", events, variables)
+                              if "value" in fields and isinstance(fields["value"].value, str) else None),
+            cost=col.number(fields.get("cost"), f"{where}.cost", 0.0, low=0),
             prior=col.number(fields.get("prior"), f"{where}.prior", 0.05, low=0, high=1, low_open=True, high_open=True),
             channels=tuple(offer_channels),
             content=content,

@@ -40,6 +40,8 @@ class EventPlan:
     """Indices of the candidates' arms, grouped by offer."""
     arm_position: np.ndarray
     """For each of ``arms``, the position of its offer in ``offers``."""
+    value_expressions: tuple[tuple[int, int, CompiledExpression], ...] = ()
+    """(position in ``offers``, offer index, expression) of the offers whose value is computed per request."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,7 +76,13 @@ class PolicySnapshot:
     arm_offer: np.ndarray
     arm_channel: np.ndarray
     offer_priority_factor: np.ndarray
-    """V x L x B of every offer (value, levers, business weight)."""
+    """V x L x B of every offer (value, levers, business weight), before costs."""
+    offer_value: np.ndarray
+    """V of every offer (1 where the value is an expression, computed per request)."""
+    offer_levers: np.ndarray
+    """L x B of every offer: its levers (offer, category, global) times its business weight."""
+    arm_cost: np.ndarray
+    """The offer's cost plus the channel's cost, for every arm: subtracted from V."""
     offer_category: np.ndarray
     offer_valid_from: np.ndarray
     offer_valid_until: np.ndarray
@@ -107,10 +115,13 @@ class PolicySnapshot:
         arm_index = {key: i for i, key in enumerate(arm_keys)}
         arm_offer = np.array([offer_index[o] for o, _ in arm_keys], dtype=np.intp)
         arm_channel = np.array([channel_index[c] for _, c in arm_keys], dtype=np.intp)
-        factor = np.array([
-            o.value * o.weight * o.lever * settings.global_lever * settings.category_levers.get(o.category, 1.0)
-            for o in offers
+        levers = np.array([
+            o.weight * o.lever * settings.global_lever * settings.category_levers.get(o.category, 1.0) for o in offers
         ])
+        value = np.array([o.value for o in offers])
+        factor = value * levers
+        channel_cost = {c.id: c.cost for c in channels}
+        arm_cost = np.array([offers[offer_index[o]].cost + channel_cost[c] for o, c in arm_keys])
         inf = float("inf")
         valid_from = np.array([-inf if o.valid_from is None else o.valid_from for o in offers])
         valid_until = np.array([inf if o.valid_until is None else o.valid_until for o in offers])
@@ -149,6 +160,8 @@ class PolicySnapshot:
                 rules_code=compile_batch(rules, f"<{event_type} rules>") if rules else None,
                 arms=np.array(arms, dtype=np.intp),
                 arm_position=np.array(arm_position, dtype=np.intp),
+                value_expressions=tuple((p, i, offers[i].value_expression) for p, i in enumerate(candidates)
+                                        if offers[i].value_expression is not None),
             )
 
         channel_rule_positions = tuple(i for i, c in enumerate(channels) if c.available_when is not None)
@@ -167,6 +180,9 @@ class PolicySnapshot:
             arm_offer=arm_offer,
             arm_channel=arm_channel,
             offer_priority_factor=factor,
+            offer_value=value,
+            offer_levers=levers,
+            arm_cost=arm_cost,
             offer_category=np.array([category_index[o.category] for o in offers], dtype=np.intp),
             offer_valid_from=valid_from,
             offer_valid_until=valid_until,

@@ -287,3 +287,19 @@ def test_places_and_calendar_facts_in_rules_and_content():
     assert (decision.offer_id, decision.content) == ("loan", "Ana: pay at Tienda Sol")
     assert decide(snap, customer(birthday="1990-06-01"), event=near_madrid).offer_id != "loan"
     assert decide(snap, customer(birthday="1990-06-14"), event=DECLINE).offer_id != "loan"  # no position: never near
+
+
+def test_costs_and_value_expressions_enter_the_priority():
+    policy = {
+        **POLICY,
+        "channels.yaml": POLICY["channels.yaml"].replace("  - id: sms\n", "  - id: sms\n    cost: 1.0\n"),
+        "offers.yaml": POLICY["offers.yaml"].replace(
+            "    value: 20\n", "    value: \"event.shortfall * 0.5\"\n    cost: 4\n"),
+    }
+    snap = PolicySnapshot.compile(parse_policy_files(policy), "13")
+    decision = decide(snap, customer(preferred="sms"))  # shortfall 100: V = 50, minus the offer's cost 4
+    assert decision.offer_id == "loan"
+    # on sms (boosted 1.5 as preferred, but costs 1 more): 0.2 x (50 - 4 - 1) x 1.5 = 13.5 > push 0.2 x 46 = 9.2
+    assert (decision.channel, decision.score) == ("sms", pytest.approx(0.2 * 45 * 1.5))
+    small = Event("atm_decline", {**DECLINE.fields, "shortfall": 10.0})
+    assert decide(snap, customer(), event=small).offer_id == "card"  # V = 5 - 4: the card (10) wins
