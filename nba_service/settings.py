@@ -74,6 +74,10 @@ class Settings:
     """How often the server checks the live policy version (hot reload)."""
     grace_seconds: float = 5.0
     """Time in-flight RPCs get to finish on SIGTERM."""
+    record_events: str = ""
+    """Append a sample of live Decide requests to this event file (for ``nba policy preview``)."""
+    record_sample: float = 0.01
+    """Share of Decide requests recorded when ``record_events`` is set."""
     log_level: str = "INFO"
     """Root log level of ``nba`` commands."""
 
@@ -98,6 +102,8 @@ class Settings:
             raise SettingsError(f"port: {self.port} is not a TCP port (0-65535)")
         if not -1 <= self.metrics_port <= 65535:
             raise SettingsError(f"metrics_port: {self.metrics_port} is not a TCP port (0-65535, or -1 for none)")
+        if not 0.0 <= self.record_sample <= 1.0:
+            raise SettingsError(f"record_sample: {self.record_sample} must be between 0 and 1")
         if self.strategy not in ("epsilon", "softmax"):
             raise SettingsError(f"strategy: {self.strategy!r} is neither 'epsilon' nor 'softmax'")
         if self.temperature <= 0:

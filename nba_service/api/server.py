@@ -136,6 +136,7 @@ class NbaServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_http: Any = None
         self._learner_thread: threading.Thread | None = None
+        self._recorder: Any = None
         self._learner_stop = threading.Event()
         self.dataplane: DataPlane | None = None
 
@@ -152,7 +153,11 @@ class NbaServer:
 
         server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)],
                                  options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
-        decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.dataplane), server)
+        if settings.record_events:
+            # line-buffered: every recorded request reaches the file whole, at once
+            self._recorder = open(settings.record_events, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        servicer = DecisionServicer(self.dataplane, self._recorder, settings.record_sample, settings.seed)
+        decision_pb2_grpc.add_DecisionServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -245,6 +250,8 @@ class NbaServer:
         if hasattr(self, "_async_redis"):
             await self._async_redis.aclose()
             self._sync_redis.close()
+        if self._recorder is not None:
+            self._recorder.close()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
         log.info("nba stopped")

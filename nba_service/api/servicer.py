@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import TextIO
 
 import grpc
 
 from nba_service.api import converters
 from nba_service.api.errors import abort_for, handle_errors
+from nba_service.api.event_log import append_request
 from nba_service.dataplane import DataPlane
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
@@ -21,13 +25,20 @@ MAX_CONTEXT_EVENTS = 100
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, recorder: TextIO | None = None, record_sample: float = 0.0,
+                 seed: int | None = None) -> None:
         self.dataplane = dataplane
+        self.recorder = recorder
+        """An open event file that receives a sample of valid Decide requests (``nba policy preview`` input)."""
+        self.record_sample = record_sample
+        self._rng = random.Random(seed)
 
     async def _decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
         customer_id, request_id, origin, event, attributes, top_k = converters.decide_request_fields(request)
         request_id = request_id or uuid.uuid4().hex
         decision_id, decision = await self.dataplane.decide(customer_id, request_id, origin, event, attributes, top_k)
+        if self.recorder is not None and self._rng.random() < self.record_sample:
+            append_request(self.recorder, request, time.time())
         return converters.to_decide_response(decision_id, request_id, decision)
 
     @handle_errors

@@ -70,11 +70,20 @@ def format_sweep(result: dict[str, Any]) -> str:
         "",
     ]
     if kind == "offers":
-        lines.append(f"{'offers':>9}{'p50 µs':>9}{'p99 µs':>9}{'p50/echo':>10}{'server p50':>12}{'server p99':>12}")
+        lines.append(f"{'offers':>9}{'p50 µs':>9}{'p99 µs':>9}{'p50/echo':>10}{'server p50':>12}{'server p99':>12}"
+                     f"{'µs/extra offer':>16}{'(server)':>10}")
+        previous = None
         for p in points:
+            steps = ("", "")
+            if previous is not None:
+                extra = p["offers"] - previous["offers"]
+                steps = (_n((p["p50_us"] - previous["p50_us"]) / extra, 2),
+                         _n((p["server_p50_us"] - previous["server_p50_us"]) / extra, 2)
+                         if p["server_p50_us"] is not None and previous["server_p50_us"] is not None else "-")
             lines.append(f"{p['offers']:>9,}{_n(p['p50_us']):>9}{_n(p['p99_us']):>9}"
                          f"{_n(p['p50_us'] / result['echo']['p50_us'], 2):>10}"
-                         f"{_n(p['server_p50_us']):>12}{_n(p['server_p99_us']):>12}")
+                         f"{_n(p['server_p50_us']):>12}{_n(p['server_p99_us']):>12}{steps[0]:>16}{steps[1]:>10}")
+            previous = p
         if "us_per_offer" in result:
             lines.append("")
             lines.append(f"cost per extra offer (least squares over the p50s): {result['us_per_offer']:.2f} µs "

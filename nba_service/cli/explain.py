@@ -14,7 +14,7 @@ from nba_service.engine.explain import ArmScore, OfferExplanation, explain_decis
 from nba_service.engine.localtime import local_time
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
-from nba_service.tools.event_log import EventLogError, Moment, event_object, parse_record, to_moment
+from nba_service.api.event_log import EventLogError, Moment, event_object, parse_record, to_moment
 from nba_service.store.context_reader import ContextReader
 from nba_service.store.policy_store import PolicyStore
 

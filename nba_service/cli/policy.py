@@ -13,7 +13,7 @@ from nba_service.cli._sources import SourceError, load_models, moment_time, poli
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.policies.diff import diff_policies
-from nba_service.tools.event_log import EventLogError, Moment, read_requests, to_moment
+from nba_service.api.event_log import EventLogError, Moment, read_requests, to_moment
 from nba_service.tools.preview import PolicyRun, run_preview
 from nba_service.policies.schema import PolicyValidationError, load_policy_dir
 from nba_service.store.policy_store import PolicyStore

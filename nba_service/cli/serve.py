@@ -17,7 +17,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args, host=args.host, port=args.port, metrics_host=args.metrics_host,
                          metrics_port=args.metrics_port, policies=args.policies, epsilon=args.epsilon, seed=args.seed,
                          workers=args.workers, mode=args.mode, learner=args.learner, strategy=args.strategy,
-                         temperature=args.temperature)
+                         temperature=args.temperature, record_events=args.record_events,
+                         record_sample=args.record_sample)
 
     def ready(server: object) -> None:
         if args.ready_file:
@@ -59,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="who decides (env NBA_MODE, default learned; apprentice: the rules, the learned policy logged)")
     serve.add_argument("--learner", choices=("embedded", "off"),
                        help="run the learner inside the server (env NBA_LEARNER, default embedded) or not")
+    serve.add_argument("--record-events", metavar="FILE",
+                       help="append a sample of live Decide requests to this event file (env NBA_RECORD_EVENTS)")
+    serve.add_argument("--record-sample", type=float,
+                       help="share of requests recorded (env NBA_RECORD_SAMPLE, default 0.01)")
     serve.add_argument("--ready-file", help="write {port, metrics_port, redis_url} as JSON here once serving")
     state_options(serve)
     serve.set_defaults(func=cmd_serve)

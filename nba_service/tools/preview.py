@@ -29,7 +29,7 @@ from nba_service.engine.domain import (
     OpenJourney,
 )
 from nba_service.engine.pipeline import DecisionEngine
-from nba_service.tools.event_log import Moment
+from nba_service.api.event_log import Moment
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.store.state import CLOSING_EVENTS
 

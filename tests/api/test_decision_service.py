@@ -228,3 +228,20 @@ def test_softmax_exploration_logs_the_exact_probability_of_its_pick(start_server
     assert len(options) >= 2
     expected = Softmax(temperature=0.5).probabilities(np.array(options))
     assert decision.propensity == pytest.approx(expected[options.index(decision.score)])
+
+
+def test_a_sample_of_live_requests_is_recorded_for_preview(start_server, published, tmp_path):
+    from nba_service.api.event_log import read_requests
+
+    events = tmp_path / "recorded.jsonl"
+    server = start_server(record_events=str(events), record_sample=1.0, learner="off")
+    server.stub.Decide(atm_decline("r1"), timeout=5)
+    server.stub.Decide(pb.DecideRequest(customer_id="r2", origin_channel="web", event=pb.Event(
+        page_view=pb.PageView(url="https://shop.example/p", page_type="product"))), timeout=5)
+    with pytest.raises(grpc.RpcError):
+        server.stub.Decide(pb.DecideRequest(customer_id="r3"), timeout=5)  # invalid: never recorded
+    server.stop()
+
+    recorded = list(read_requests(events))
+    assert [r.request.customer_id for r in recorded] == ["r1", "r2"]
+    assert recorded[0].request.event.atm_decline.amount == 100 and recorded[0].timestamp is not None

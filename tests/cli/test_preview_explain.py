@@ -13,7 +13,7 @@ import redis
 
 from nba_service.cli import main
 from nba_service.engine.domain import CustomerProfile
-from nba_service.tools.event_log import read_requests, to_moment
+from nba_service.api.event_log import read_requests, to_moment
 from nba_service.store import codec, keys
 from tests.conftest import SAMPLE_POLICIES
 

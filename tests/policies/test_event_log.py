@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nba_service.tools.event_log import (
+from nba_service.api.event_log import (
     EventLogError,
     append_request,
     event_object,
