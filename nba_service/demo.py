@@ -23,6 +23,7 @@ import numpy as np
 import redis
 
 from nba_service.observability.scrape import histogram_quantile, scrape_histogram
+from nba_service.policies.schema import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.simulation import CustomerResponse, ScenarioMix, generate_customers
@@ -38,13 +39,14 @@ class _Tally:
         self.latencies: list[float] = []
         self.by_action: collections.Counter[tuple[str, str]] = collections.Counter()
         self.by_scenario: collections.Counter[str] = collections.Counter()
-        self.accepted: list[tuple[float, bool]] = []  # (time, accepted) per action shown
+        self.accepted: list[tuple[float, bool, float]] = []  # (time, accepted, value accepted) per action shown
+        self.model_version = ""
         self.errors: collections.Counter[str] = collections.Counter()
         self.context_reads = 0
 
 
 async def _backend(stub: pb_grpc.DecisionServiceStub, mix: ScenarioMix, truth: CustomerResponse,
-                   segments: dict[str, str], tally: _Tally, deadline: float) -> None:
+                   segments: dict[str, str], values: dict[str, float], tally: _Tally, deadline: float) -> None:
     while time.monotonic() < deadline:
         moment = mix.next()
         try:
@@ -65,19 +67,21 @@ async def _backend(stub: pb_grpc.DecisionServiceStub, mix: ScenarioMix, truth: C
             accepted = truth.accepts(segment, response.action.category, response.channel)
             outcome = pb.OUTCOME_KIND_ACCEPTED if accepted else pb.OUTCOME_KIND_DECLINED
             await stub.ReportOutcome(pb.OutcomeRequest(decision_id=response.decision_id, outcome=outcome), timeout=2)
-            tally.accepted.append((time.monotonic(), accepted))
+            tally.accepted.append((time.monotonic(), accepted, values.get(response.action.offer_id, 0.0) if accepted else 0.0))
+            tally.model_version = response.model_version
         except grpc.aio.AioRpcError as exc:
             tally.errors[exc.code().name] += 1
 
 
-async def _drive(port: int, customers: dict[str, str], duration: float, concurrency: int, seed: int) -> _Tally:
+async def _drive(port: int, customers: dict[str, str], values: dict[str, float], duration: float, concurrency: int,
+                 seed: int) -> _Tally:
     tally = _Tally()
     truth = CustomerResponse(seed)
     deadline = time.monotonic() + duration
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
         await asyncio.gather(*(
-            _backend(stub, ScenarioMix(sorted(customers), seed=seed * 100 + i), truth, customers, tally, deadline)
+            _backend(stub, ScenarioMix(sorted(customers), seed=seed * 100 + i), truth, customers, values, tally, deadline)
             for i in range(concurrency)))
     return tally
 
@@ -116,13 +120,16 @@ def _summary(tally: _Tally, duration: float, server: tuple[float, float] | None)
         lines.append(f"... and {len(tally.by_action) - 15} more (offer, channel) pairs")
     shown = len(tally.accepted)
     if shown:
-        accepted = sum(a for _, a in tally.accepted)
+        accepted = sum(a for _, a, _ in tally.accepted)
         third = max(shown // 3, 1)
-        early = sum(a for _, a in tally.accepted[:third]) / third
-        late = sum(a for _, a in tally.accepted[-third:]) / third
+        early, late = tally.accepted[:third], tally.accepted[-third:]
         lines.append("")
         lines.append(f"Acceptance: {accepted}/{shown} actions accepted ({accepted / shown:.1%}); "
-                     f"first third {early:.1%}, last third {late:.1%} (the models learn from every outcome)")
+                     f"first third {sum(a for _, a, _ in early) / third:.1%}, "
+                     f"last third {sum(a for _, a, _ in late) / third:.1%}")
+        lines.append(f"Value accepted per action sent (what arbitration maximises): first third "
+                     f"{sum(v for *_, v in early) / third:.2f}, last third {sum(v for *_, v in late) / third:.2f}; "
+                     f"serving model version {tally.model_version} at the end (the learner publishes as outcomes come in)")
     if tally.errors:
         lines.append(f"Errors: {dict(tally.errors)}")
     return "\n".join(lines)
@@ -178,7 +185,8 @@ def run_demo(duration: float = 30.0, concurrency: int = 8, seed: int = 7, polici
                 client.close()
             print(f"playing {duration:.0f} s of ATM, app, web and agent traffic from {concurrency} backends ...",
                   flush=True)
-            tally = asyncio.run(_drive(int(info["port"]), segments, duration, concurrency, seed))
+            values = {o.id: o.value for o in load_policy_dir(policies).offers}
+            tally = asyncio.run(_drive(int(info["port"]), segments, values, duration, concurrency, seed))
             print()
             print(_summary(tally, duration, _server_quantiles(int(info["metrics_port"]))))
         finally:
