@@ -39,9 +39,11 @@ class BenchConfig:
     workers: int = 1
     """``nba serve --workers``: server processes sharing the port (the echo server stays one)."""
     seed: int = 1
+    """Seed of the generated customers, journeys, requests and offer sets, and of the server's exploration."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
+        """The short run of ``nba bench --quick``; ``overrides`` that are not None win."""
         values: dict[str, Any] = {"customers": 20_000, "sequential": 500, "warmup": 200, "seconds": 1.0}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
