@@ -94,34 +94,42 @@ def check_channels(snapshot: PolicySnapshot, profile: CustomerProfile, now: floa
 
 
 def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], now: float) -> CapHits:
-    """Evaluate every contact limit of the policy against the contact history at once."""
+    """Evaluate every contact limit of the policy against the contact history.
+
+    Each contact is counted only by the limits that can match it (its offer's,
+    its channel's, its category's and the overall ones), found through indexes
+    built once per snapshot: a few dictionary look-ups per contact.
+    """
     table = snapshot.limits
-    if not len(table) or (not contacts and not (table.maximum <= 0).any()):
+    if not len(table) or (not contacts and not table.closed):
         return NO_HITS
-    offer_index, channel_index, category_index = snapshot.offer_index, snapshot.channel_index, snapshot.category_index
-    # one row per contact: age, offer, channel, category (-2: not in this policy version)
-    history = np.array([(now - c.timestamp, offer_index.get(c.offer_id, -2), channel_index.get(c.channel, -2),
-                         category_index.get(c.category, -2)) for c in contacts]).reshape(-1, 4).T
-    match = history[0][None, :] < table.per[:, None]
-    match &= (table.offer[:, None] < 0) | (table.offer[:, None] == history[1][None, :])
-    match &= (table.channel[:, None] < 0) | (table.channel[:, None] == history[2][None, :])
-    match &= (table.category[:, None] < 0) | (table.category[:, None] == history[3][None, :])
-    hits = np.flatnonzero(match.sum(axis=1) >= table.maximum)
-    if not len(hits):
+    limits, per = table.limits, table.per
+    counts: dict[int, int] = {}
+    by_offer, by_channel, by_category, overall = table.by_offer, table.by_channel, table.by_category, table.overall
+    for contact in contacts:
+        age = now - contact.timestamp
+        for group in (by_offer.get(contact.offer_id, ()), by_channel.get(contact.channel, ()),
+                      by_category.get(contact.category, ()), overall):
+            for i in group:
+                limit = limits[i]
+                if age < per[i] and (limit.channel is None or limit.channel == contact.channel):
+                    counts[i] = counts.get(i, 0) + 1
+    hits = sorted({*table.closed, *(i for i, n in counts.items() if n >= limits[i].max)})
+    if not hits:
         return NO_HITS
-    everything, by_channel, by_offer, by_arm, by_category = "", {}, {}, {}, {}
+    everything, by_channel_hit, by_offer_hit, by_arm, by_category_hit = "", {}, {}, {}, {}
     for h in hits:
-        text = table.limits[h].describe()
+        text = limits[h].describe()
         offer, channel, category, arm = table.offer[h], table.channel[h], table.category[h], table.arm[h]
         if offer >= 0:
             if arm >= 0:
                 by_arm.setdefault(int(arm), text)
             else:
-                by_offer.setdefault(int(offer), text)
+                by_offer_hit.setdefault(int(offer), text)
         elif channel >= 0:
-            by_channel.setdefault(int(channel), text)
+            by_channel_hit.setdefault(int(channel), text)
         elif category >= 0:
-            by_category.setdefault(int(category), text)
+            by_category_hit.setdefault(int(category), text)
         elif category == -1 and not everything:  # -1: any; other negatives match no contact
             everything = text
-    return CapHits(everything, by_channel, by_offer, by_arm, by_category)
+    return CapHits(everything, by_channel_hit, by_offer_hit, by_arm, by_category_hit)

@@ -55,6 +55,16 @@ class LimitTable:
     arm: np.ndarray
     maximum: np.ndarray
     per: np.ndarray
+    by_offer: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    """Limits that count a contact of this offer (offer limits, with or without a channel)."""
+    by_channel: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    """Settings limits narrowed to this channel."""
+    by_category: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    """Settings limits narrowed to this category."""
+    overall: tuple[int, ...] = ()
+    """Settings limits that count every contact."""
+    closed: tuple[int, ...] = ()
+    """Limits with ``max: 0``: reached without any contact."""
 
     def __len__(self) -> int:
         return len(self.limits)
@@ -138,6 +148,29 @@ class PolicySnapshot:
                           for r in rows], dtype=np.intp),
             maximum=np.array([r[0].max for r in rows], dtype=np.int64),
             per=np.array([r[0].per_seconds for r in rows]),
+        )
+        by_offer: dict[str, list[int]] = {}
+        by_channel: dict[str, list[int]] = {}
+        by_category: dict[str, list[int]] = {}
+        overall = []
+        for i, (limit, offer, _) in enumerate(rows):
+            if offer != _NO:
+                by_offer.setdefault(offers[offer].id, []).append(i)
+                if limit.channel:  # an offer's channel limit only counts contacts on that channel
+                    continue
+            elif limit.channel:
+                by_channel.setdefault(limit.channel, []).append(i)
+            elif limit.category:
+                by_category.setdefault(limit.category, []).append(i)
+            else:
+                overall.append(i)
+        table = dataclasses.replace(
+            table,
+            by_offer={k: tuple(v) for k, v in by_offer.items()},
+            by_channel={k: tuple(v) for k, v in by_channel.items()},
+            by_category={k: tuple(v) for k, v in by_category.items()},
+            overall=tuple(overall),
+            closed=tuple(i for i, (limit, _, _) in enumerate(rows) if limit.max <= 0),
         )
         max_window = float(table.per.max()) if len(rows) else 0.0
 
