@@ -26,14 +26,24 @@ from nba_service.observability.metrics import Metrics
 from nba_service.policies.schema import PolicyValidationError, parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.settings import Settings
-from nba_service.store import keys
 from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
-from nba_service.store.state import CustomerView, OutcomeStatus, RecordedOutcome, StateStore
+from nba_service.store.state import (
+    BUDGET_USED_UP,
+    WRITTEN,
+    CustomerView,
+    OutcomeStatus,
+    RecordedOutcome,
+    StateStore,
+    budget_key,
+)
 
 __all__ = ["DataPlane", "NoPolicyError", "NotFoundError", "StoreUnavailableError"]
 
 log = logging.getLogger(__name__)
+
+CONTENTION_RETRIES = 5
+"""Times a decision is re-read and re-decided when other requests keep contacting the same customer."""
 
 
 class NotFoundError(LookupError):
@@ -71,6 +81,7 @@ class DataPlane:
         self.rules_preview_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
         self.snapshot: PolicySnapshot | None = None
         self._refused_version: int | None = None
+        self._refused_model: int | None = None
         self._exhausted: dict[str, float] = {}
         """Offer id -> end of the budget window in which this replica saw its budget used up."""
 
@@ -87,12 +98,15 @@ class DataPlane:
     async def refresh_models(self) -> bool:
         """Load the live model version if it differs from the one served; True when swapped."""
         live = await asyncio.to_thread(self._model_store.live)
-        if live is None or live == self.models.published_version:
+        if live is None or live == self.models.published_version or live == self._refused_model:
             return False
         try:
             data = await asyncio.to_thread(self._model_store.load_version, live)
             models = await asyncio.to_thread(ModelBank.from_bytes, data)
-        except (KeyError, ValueError, TypeError) as exc:
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad snapshot (corrupt, another River release) is refused
+            self._refused_model = live  # reported once; tried again only when the live pointer moves
             self.metrics.model_reloads.labels("failed").inc()
             log.error("model version %s unreadable, still serving %s: %s", live, self.models.version, exc)
             return False
@@ -143,31 +157,19 @@ class DataPlane:
         started = time.perf_counter()
         snapshot = self._live()
         now = time.time()
-        try:
-            ctx = await self.state.read_context(customer_id, now, origin_channel, attributes, snapshot.max_limit_window,
-                                                snapshot.max_suppression_window)
-        except redis.RedisError as exc:
-            raise self._unavailable("read_context", exc) from exc
-        exhausted = self._exhausted_budgets(now)
-        for _ in range(len(snapshot.offers) + 1):  # each retry rules one more offer out: bounded
-            decision, shadow = self._decide(snapshot, ctx, event, top_k, exhausted)
-            decision_id = uuid.uuid4().hex
-            offer = snapshot.offers[snapshot.offer_index[decision.offer_id]] if decision.offer_id else None
-            budget = None
-            if offer is not None and offer.budget is not None:
-                window = int(now // offer.budget.per_seconds)
-                budget = (keys.budget(offer.id, window), offer.budget.max, int(offer.budget.per_seconds) + 60)
+        for _ in range(CONTENTION_RETRIES):
             try:
-                written = await self.state.write_decision(
-                    decision_id, request_id, ctx, event, decision, snapshot.max_limit_window,
-                    offer.prior if offer else 0.0, self.settings.attribution_seconds, shadow, budget)
+                ctx = await self.state.read_context(customer_id, now, origin_channel, attributes,
+                                                    snapshot.max_limit_window, snapshot.max_suppression_window)
             except redis.RedisError as exc:
-                raise self._unavailable("write_decision", exc) from exc
-            if written or offer is None or offer.budget is None:
+                raise self._unavailable("read_context", exc) from exc
+            outcome, decision_id, decision = await self._decide_and_record(snapshot, ctx, event, request_id, top_k)
+            if outcome == WRITTEN:
                 break
-            # another request (on any replica) took the budget's last unit: decide again without it
-            self._exhausted[offer.id] = (int(now // offer.budget.per_seconds) + 1) * offer.budget.per_seconds
-            exhausted = exhausted | {offer.id}
+            now = time.time()  # CONTACTS_CHANGED: another request reached this customer first; read again
+        else:
+            self.metrics.redis_errors.labels("contention").inc()
+            raise StoreUnavailableError("too many simultaneous decisions for this customer; nothing was recorded, retry")
         metrics = self.metrics
         metrics.observe_decision(event.type, time.perf_counter() - started, decision.offer_id or "none",
                                  decision.channel or "none")
@@ -175,6 +177,31 @@ class DataPlane:
             if reason.offer_id and reason.code != "chosen":
                 metrics.count_filtered(reason.code)
         return decision_id, decision
+
+    async def _decide_and_record(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event,
+                                 request_id: str, top_k: int) -> tuple[int, str, Decision]:
+        """Decide and record atomically; an offer whose budget is gone is ruled out and the moment decided again."""
+        exhausted = self._exhausted_budgets(ctx.now)
+        for _ in range(len(snapshot.offers) + 1):  # each retry rules one more offer out: bounded
+            decision, shadow = self._decide(snapshot, ctx, event, top_k, exhausted)
+            decision_id = uuid.uuid4().hex
+            offer = snapshot.offers[snapshot.offer_index[decision.offer_id]] if decision.offer_id else None
+            budget = None
+            if offer is not None and offer.budget is not None:
+                budget = (budget_key(offer.id, offer.budget.per_seconds, ctx.now), offer.budget.max,
+                          int(offer.budget.per_seconds) + 60)
+            try:
+                outcome = await self.state.write_decision(
+                    decision_id, request_id, ctx, event, decision, snapshot.max_limit_window,
+                    offer.prior if offer else 0.0, self.settings.attribution_seconds, shadow, budget)
+            except redis.RedisError as exc:
+                raise self._unavailable("write_decision", exc) from exc
+            if outcome != BUDGET_USED_UP or offer is None or offer.budget is None:
+                return outcome, decision_id, decision
+            # another request (on any replica) took the budget's last unit: decide again without it
+            self._exhausted[offer.id] = (int(ctx.now // offer.budget.per_seconds) + 1) * offer.budget.per_seconds
+            exhausted = exhausted | {offer.id}
+        raise AssertionError("unreachable: every budgeted offer was ruled out")
 
     def _decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int,
                 exhausted: frozenset[str]) -> tuple[Decision, dict[str, object] | None]:
@@ -247,7 +274,8 @@ class DataPlane:
     async def _preview_best(self, snapshot: PolicySnapshot, customer_id: str, top_k: int) -> tuple[Alternative, ...]:
         """The best actions for an agent contact now, decided without recording anything."""
         try:
-            ctx = await self.state.read_context(customer_id, time.time(), "agent_desktop", {}, snapshot.max_limit_window)
+            ctx = await self.state.read_context(customer_id, time.time(), "agent_desktop", {}, snapshot.max_limit_window,
+                                                snapshot.max_suppression_window)
         except redis.RedisError as exc:
             raise self._unavailable("read_context", exc) from exc
         decision = self.preview_engine.decide(snapshot, ctx, Event("agent_contact", {"agent_id": "", "reason": ""}), top_k)

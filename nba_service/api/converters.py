@@ -14,6 +14,7 @@ from nba_service.engine.validation import (
     ValidationError,
     check_amount,
     check_attributes,
+    check_channel_name,
     check_coordinate,
     check_id,
     check_profile,
@@ -106,7 +107,7 @@ def top_k_from_proto(request: pb.DecideRequest) -> int:
 def decide_request_fields(request: pb.DecideRequest) -> tuple[str, str, str, Event, dict[str, str], int]:
     customer_id = check_id("customer_id", request.customer_id)
     request_id = check_id("request_id", request.request_id, required=False)
-    origin = check_id("origin_channel", request.origin_channel, required=False)
+    origin = check_channel_name("origin_channel", request.origin_channel)
     attributes = dict(check_attributes("attributes", request.attributes))
     event = event_from_proto(request.event, request.HasField("event"))
     return customer_id, request_id, origin, event, attributes, top_k_from_proto(request)

@@ -65,5 +65,6 @@ async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext, where
         log.exception("%s failed", where, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {where}; see the server log")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        await context.abort(code, "the deadline expired before the decision was recorded")
+        await context.abort(code, "the deadline expired before the answer was ready (a decision may still "
+                                  "have been recorded; it will wait for no outcome)")
     await context.abort(code, str(exc))  # type: ignore[arg-type]

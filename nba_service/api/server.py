@@ -226,6 +226,9 @@ class NbaServer:
                     with contextlib.suppress(redis.RedisError):
                         await pubsub.aclose()
                     await asyncio.sleep(interval)
+                except Exception:  # noqa: BLE001 - the watcher must outlive any one bad version
+                    log.exception("policy/model watcher failed; retrying in %.1fs", interval)
+                    await asyncio.sleep(interval)
         finally:
             await pubsub.aclose()
 

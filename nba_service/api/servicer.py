@@ -67,8 +67,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                                  context: grpc.aio.ServicerContext) -> pb.CustomerContextResponse:
         customer_id = converters.check_id("customer_id", request.customer_id)
         max_events = request.max_events if request.HasField("max_events") else DEFAULT_CONTEXT_EVENTS
-        if max_events > MAX_CONTEXT_EVENTS:
-            raise converters.ValidationError("max_events", f"must be at most {MAX_CONTEXT_EVENTS}, got {max_events}")
+        if not 1 <= max_events <= MAX_CONTEXT_EVENTS:
+            raise converters.ValidationError("max_events", f"must be between 1 and {MAX_CONTEXT_EVENTS}, got {max_events}")
         view, best, version = await self.dataplane.customer_context(customer_id, max_events, request.include_best_actions)
         return converters.to_context_response(view, best, version)
 

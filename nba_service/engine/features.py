@@ -17,6 +17,7 @@ same columns the numpy scorer multiplies.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import zlib
 from collections.abc import Mapping
@@ -31,15 +32,10 @@ __all__ = ["FEATURE_DIM", "feature_index", "hash_features", "request_features", 
 FEATURE_DIM = 128
 """Columns of the hashed feature vector."""
 
-_INDEX: dict[str, int] = {}
-
-
+@functools.lru_cache(maxsize=65_536)  # bounded: free attributes make open-ended feature names
 def feature_index(name: str) -> int:
     """The column of a feature name (crc32, stable across processes and runs)."""
-    index = _INDEX.get(name)
-    if index is None:
-        index = _INDEX[name] = zlib.crc32(name.encode()) % FEATURE_DIM
-    return index
+    return zlib.crc32(name.encode()) % FEATURE_DIM
 
 
 def request_features(ctx: CustomerContext, event: Event) -> dict[str, float]:

@@ -18,7 +18,7 @@ def zone(name: str) -> zoneinfo.ZoneInfo:
         return _UTC
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         return _UTC
 
 

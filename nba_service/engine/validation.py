@@ -21,6 +21,7 @@ __all__ = [
     "ValidationError",
     "check_amount",
     "check_attributes",
+    "check_channel_name",
     "check_id",
     "check_profile",
 ]
@@ -49,6 +50,16 @@ def check_id(field: str, value: str, required: bool = True) -> str:
         raise ValidationError(field, f"is longer than {MAX_ID_LENGTH} characters")
     if not value.isprintable():
         raise ValidationError(field, "contains control characters")
+    return value
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def check_channel_name(field: str, value: str) -> str:
+    """A channel or origin name as callers send it: letters, digits and ``_ . : -``, at most 64."""
+    if value and not _NAME.match(value):
+        raise ValidationError(field, f"{value[:70]!r} is not a channel name (letters, digits, _ . : -; at most 64)")
     return value
 
 
@@ -94,7 +105,7 @@ def check_profile(profile: CustomerProfile) -> CustomerProfile:
     if profile.timezone:
         try:
             zoneinfo.ZoneInfo(profile.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", a folder
             raise ValidationError("profile.timezone", f"{profile.timezone!r} is not an IANA time zone") from None
     for name in ("first_name", "segment"):
         if len(getattr(profile, name).encode()) > MAX_ATTRIBUTE_BYTES:

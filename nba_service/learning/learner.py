@@ -13,6 +13,7 @@ over, loads the live snapshot and first re-reads every pending entry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -155,6 +156,12 @@ class Learner:
                 log.warning("learner %s: %s; retrying", self.name, exc)
                 self._active = False
                 stop.wait(idle_seconds)
+            except Exception:  # noqa: BLE001 - e.g. an unreadable live snapshot: give the lock up, retry later
+                log.exception("learner %s failed; releasing the lock and retrying", self.name)
+                self._active = False
+                with contextlib.suppress(redis.RedisError):
+                    self._lock.release()
+                stop.wait(max(idle_seconds, 5.0))
         try:
             if self._active and self._unacked:
                 self.publish()

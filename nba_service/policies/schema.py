@@ -765,6 +765,9 @@ def _parse_budget(node: _Node | None, where: str, col: _Collector) -> Budget | N
 
 def _parse_suppression(node: _Node | None, where: str, col: _Collector) -> Suppression | None:
     parsed = _count_and_window(node, where, col, "declines")
+    if parsed and parsed[1] > 365 * 86400:  # declines are kept a year (store.state.DECLINES_KEPT_SECONDS)
+        col.add(node, f"{where}.per: at most 365d (declines are kept for a year)")
+        return None
     return Suppression(*parsed) if parsed else None
 
 

@@ -22,7 +22,9 @@ from nba_service.store import keys
 __all__ = ["KEEP_VERSIONS", "ModelStore", "ModelVersion"]
 
 KEEP_VERSIONS = 50
-"""Snapshots kept; older ones are deleted (their history entries stay)."""
+"""Snapshots kept; older ones are deleted."""
+KEEP_HISTORY = 1000
+"""History entries kept (versions, when, how many outcomes)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class ModelStore:
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.model_version(version), data)
             pipe.rpush(keys.MODEL_VERSIONS, meta)
+            pipe.ltrim(keys.MODEL_VERSIONS, -KEEP_HISTORY, -1)
             pipe.set(keys.MODEL_LIVE, version)
             if acknowledge:
                 pipe.xack(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, *acknowledge)
@@ -79,7 +82,7 @@ class ModelStore:
         """Make ``version`` (default: the one before the live one) live again."""
         live = self.live()
         if version is None:
-            earlier = [v.version for v in self.history() if live is None or v.version < live]
+            earlier = [v.version for v in self.history()[-KEEP_VERSIONS:] if live is None or v.version < live]
             earlier = [v for v in earlier if self._redis.exists(keys.model_version(v))]
             if not earlier:
                 raise KeyError("there is no earlier model version to roll back to")

@@ -25,10 +25,13 @@ from nba_service.engine.domain import (
 )
 from nba_service.store import codec, keys
 
-__all__ = ["CustomerView", "OutcomeStatus", "PastDecision", "RecordedOutcome", "StateStore"]
+__all__ = ["budget_key", "BUDGET_USED_UP", "CONTACTS_CHANGED", "WRITTEN", "CustomerView", "OutcomeStatus", "PastDecision", "RecordedOutcome", "StateStore"]
 
 JOURNEY_TTL_SECONDS = 90 * 86400
 RECENT_DECISIONS = 20
+WRITTEN, BUDGET_USED_UP, CONTACTS_CHANGED = 1, 0, -1
+DECLINES_KEPT_SECONDS = 365 * 86400
+"""Declines older than this are dropped; ``suppress_after`` windows are at most this long."""
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 OUTCOME_STREAM_MAXLEN = 1_000_000
 """The outcome stream is trimmed (approximately) to this many entries."""
@@ -59,7 +62,8 @@ if (ARGV[1] == 'declined' or ARGV[1] == 'dismissed') and offer and offer ~= '' a
   -- their state (a key named in the script, so this script needs a single Redis, not a cluster)
   local key = 'nba:c:{' .. customer .. '}:declines'
   redis.call('ZADD', key, ARGV[7], offer .. '|' .. ARGV[4])
-  redis.call('EXPIRE', key, 7776000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(ARGV[7]) - 31536000)
+  redis.call('EXPIRE', key, 31536000)
 end
 return {1, learn, offer, channel, customer}
 """
@@ -82,6 +86,11 @@ return {redis.call('GET', KEYS[1]) or false,
 # the pending set until its attribution window ends.
 _WRITE_SCRIPT = """
 local now = tonumber(ARGV[8])
+if ARGV[7] ~= '' and redis.call('ZCOUNT', KEYS[4], ARGV[23], '+inf') > tonumber(ARGV[24]) then
+  -- another request sent this customer something since the context was read: the caps
+  -- were checked against a stale history, so refuse and let the caller decide again
+  return -1
+end
 if ARGV[20] ~= '' then
   -- the offer's global budget: take one unit, or refuse the whole write when none is left
   local used = tonumber(redis.call('GET', ARGV[20]) or '0')
@@ -192,11 +201,12 @@ class StateStore:
     async def write_decision(self, decision_id: str, request_id: str, ctx: CustomerContext, event: Event,
                              decision: Decision, contact_window: float, prior: float = 0.0,
                              attribution_seconds: float = 0.0, shadow: Mapping[str, object] | None = None,
-                             budget: tuple[str, int, int] | None = None) -> bool:
+                             budget: tuple[str, int, int] | None = None) -> int:
         """Record the decision, append the event to the journey and count the contact: one atomic script.
 
-        ``budget`` is (key, max, ttl) of the chosen offer's global budget; False (and nothing
-        written) when that budget is used up.
+        ``budget`` is (key, max, ttl) of the chosen offer's global budget. Returns
+        :data:`WRITTEN`, :data:`BUDGET_USED_UP` (nothing written) or :data:`CONTACTS_CHANGED`
+        (nothing written: another request contacted the customer since ``ctx`` was read).
         """
         customer_id = ctx.profile.customer_id
         now = ctx.now
@@ -226,9 +236,10 @@ class StateStore:
                           "score": decision.score, "propensity": decision.propensity,
                           "policy_version": decision.policy_version, "model_version": decision.model_version,
                           **({"shadow": shadow} if shadow else {})}),
-                  budget_key, budget_max, budget_ttl],
+                  budget_key, budget_max, budget_ttl,
+                  f"{ctx.now - contact_window:.3f}", len(ctx.contacts)],
         )
-        return bool(written)
+        return int(written)
 
     async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float,
                              reward: float | None) -> RecordedOutcome:
@@ -281,6 +292,11 @@ class StateStore:
                                        key=lambda j: -j.opened)),
             recent_decisions=tuple(past),
         )
+
+
+def budget_key(offer_id: str, per_seconds: float, now: float) -> str:
+    """The counter of an offer's budget for the fixed window (aligned on the Unix epoch) holding ``now``."""
+    return keys.budget(offer_id, int(now // per_seconds))
 
 
 def _journey_fields(event: Event) -> dict[str, Any]:

@@ -31,6 +31,8 @@ def _decide_error(server, request: pb.DecideRequest) -> grpc.RpcError:
      "attributes['big']"),
     (pb.DecideRequest(customer_id="c1", event=pb.Event(app_open=pb.AppOpen()), top_k=500), "top_k"),
     (pb.DecideRequest(customer_id="x" * 200, event=pb.Event(app_open=pb.AppOpen())), "customer_id"),
+    (pb.DecideRequest(customer_id="c1", origin_channel="web|x", event=pb.Event(app_open=pb.AppOpen())),
+     "origin_channel"),
 ])
 def test_bad_decide_requests_name_the_field(server, redis_client: redis.Redis, request_, field):
     state = lambda: set(redis_client.keys("nba:c:*")) | set(redis_client.keys("nba:d:*"))  # noqa: E731
@@ -59,6 +61,7 @@ def test_unknown_and_missing_outcome_kinds_are_refused(server):
 
 @pytest.mark.parametrize(("change", "field"), [
     ({"timezone": "Mars/Olympus"}, "profile.timezone"),
+    ({"timezone": "America"}, "profile.timezone"),
     ({"customer_id": ""}, "profile.customer_id"),
     ({"reachable_channels": ["Push Notification"]}, "profile.reachable_channels"),
 ])
@@ -99,3 +102,10 @@ def test_no_published_policy_is_failed_precondition(start_server):
         server.stub.Decide(atm_decline("c1"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "nba policy publish" in caught.value.details()
+
+
+def test_context_needs_at_least_one_event(server):
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="c1", max_events=0), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("max_events:")

@@ -77,3 +77,19 @@ def test_consent_withdrawal_takes_effect_on_the_next_request(server):
     server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=withdrawn), timeout=5)
     after = server.stub.Decide(atm_decline("s3", amount=60, balance=10), timeout=5)
     assert after.channel != "push"
+
+
+def test_simultaneous_requests_for_one_customer_respect_the_overall_cap(start_server, redis_client):
+    files = read_policy_dir(SAMPLE_POLICIES)
+    files["settings.yaml"] = files["settings.yaml"].replace("    - {max: 4, per: 1d}", "    - {max: 1, per: 1d}", 1)
+    assert "{max: 1, per: 1d}" in files["settings.yaml"]
+    PolicyStore(redis_client).publish(files)
+    replicas = [start_server(), start_server()]
+    _student(replicas[0].stub, "busy")
+
+    def decide(i: int) -> bool:
+        return not replicas[i % 2].stub.Decide(atm_decline("busy", amount=60, balance=10), timeout=10).no_action
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        sent = list(pool.map(decide, range(8)))
+    assert sum(sent) == 1  # one contact a day, however many channels ask at the same moment

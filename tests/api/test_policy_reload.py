@@ -45,3 +45,17 @@ def test_a_version_the_server_cannot_compile_is_refused_and_the_last_good_one_ke
     store.publish(files, message="fixed")
     _wait_for_version(server, "3")
     assert server.server.metrics.policy_reloads.labels("failed")._value.get() == 1  # reported once
+
+
+def test_an_unreadable_model_version_is_refused_and_the_watcher_keeps_working(server, redis_client):
+    from nba_service.store.model_store import ModelStore
+
+    ModelStore(redis_client).publish(b"\x80\x04garbage", updates=0, source="a different release")
+    deadline = time.monotonic() + 5
+    while server.dataplane._refused_model != 1:
+        assert time.monotonic() < deadline, "the unreadable model version was never looked at"
+        time.sleep(0.02)  # polling the server's state
+    assert server.stub.Decide(atm_decline("c1"), timeout=5).model_version == "prior"
+
+    PolicyStore(redis_client).publish(read_policy_dir(SAMPLE_POLICIES), message="after the bad model")
+    assert _wait_for_version(server, "2") < 1.0  # the watcher survived
