@@ -193,7 +193,8 @@ class DataPlane:
             try:
                 outcome = await self.state.write_decision(
                     decision_id, request_id, ctx, event, decision, snapshot.max_limit_window,
-                    offer.prior if offer else 0.0, self.settings.attribution_seconds, shadow, budget)
+                    offer.prior if offer else 0.0, self.settings.attribution_seconds, shadow, budget,
+                    offer.reward if offer else "accepted")
             except redis.RedisError as exc:
                 raise self._unavailable("write_decision", exc) from exc
             if outcome != BUDGET_USED_UP or offer is None or offer.budget is None:
@@ -245,9 +246,8 @@ class DataPlane:
                 "p_served": p_served, "p_shadow": p_shadow}
 
     async def report_outcome(self, decision_id: str, outcome: OutcomeKind, value: float) -> RecordedOutcome:
-        reward = outcome.reward
         try:
-            recorded = await self.state.record_outcome(decision_id, outcome.value, value, time.time(), reward)
+            recorded = await self.state.record_outcome(decision_id, outcome.value, value, time.time())
         except redis.RedisError as exc:
             raise self._unavailable("record_outcome", exc) from exc
         if recorded.status is OutcomeStatus.NOT_FOUND:

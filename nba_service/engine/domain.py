@@ -39,7 +39,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 class OutcomeKind(enum.Enum):
-    """What happened to a decision. Accepted and converted are rewards."""
+    """What happened to a decision. Which outcomes count as success is the offer's ``reward``
+    (accepted or converted, or converted only); declined and dismissed count as failure."""
 
     IMPRESSED = "impressed"
     ACCEPTED = "accepted"
@@ -47,19 +48,6 @@ class OutcomeKind(enum.Enum):
     CONVERTED = "converted"
     DISMISSED = "dismissed"
 
-    @property
-    def reward(self) -> float | None:
-        """1 or 0 for outcomes that settle whether the action worked; None for impressions."""
-        return _REWARDS[self]
-
-
-_REWARDS = {
-    OutcomeKind.IMPRESSED: None,
-    OutcomeKind.ACCEPTED: 1.0,
-    OutcomeKind.CONVERTED: 1.0,
-    OutcomeKind.DECLINED: 0.0,
-    OutcomeKind.DISMISSED: 0.0,
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

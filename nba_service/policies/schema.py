@@ -60,7 +60,7 @@ _CHANNEL_KEYS = {"id", "name", "needs_reachable", "default_consent", "available_
 _OFFER_KEYS = {
     "id", "name", "category", "events", "eligible_when", "value", "weight", "lever", "prior",
     "channels", "variables", "content", "limits", "valid_from", "valid_until", "paused", "budget", "suppress_after",
-    "cost",
+    "cost", "reward",
 }
 _LIMIT_KEYS = {"max", "per", "channel", "category"}
 _PROFILE_TEMPLATE_FIELDS = ("first_name", "segment")
@@ -147,6 +147,8 @@ class OfferSpec:
     lever: float = 1.0
     cost: float = 0.0
     """What sending the offer costs (a voucher, a discount), subtracted from its value."""
+    reward: str = "accepted"
+    """The outcome the model learns as success: ``accepted`` (or converted) or ``converted`` only."""
     value_expression: CompiledExpression | None = None
     """When ``value`` is an expression (e.g. a share of the cart), computed per request."""
     eligible_when: CompiledExpression | None = None
@@ -720,6 +722,7 @@ def _parse_offers(node: _Node, col: _Collector, channels: Mapping[str, ChannelSp
             value_expression=(col.expression(fields["value"], f"{where}.value", events, variables)
                               if "value" in fields and isinstance(fields["value"].value, str) else None),
             cost=col.number(fields.get("cost"), f"{where}.cost", 0.0, low=0),
+            reward=_parse_reward(fields.get("reward"), f"{where}.reward", col),
             prior=col.number(fields.get("prior"), f"{where}.prior", 0.05, low=0, high=1, low_open=True, high_open=True),
             channels=tuple(offer_channels),
             content=content,
@@ -756,6 +759,15 @@ def _count_and_window(node: _Node | None, where: str, col: _Collector, count_key
         col.add(fields["per"], f"{where}.per: {exc}")
         return None
     return count, seconds, str(fields["per"].value)
+
+
+def _parse_reward(node: _Node | None, where: str, col: _Collector) -> str:
+    if node is None:
+        return "accepted"
+    if node.value not in ("accepted", "converted"):
+        col.add(node, f"{where}: expected accepted or converted, got {_shown(node.value)}")
+        return "accepted"
+    return str(node.value)
 
 
 def _parse_budget(node: _Node | None, where: str, col: _Collector) -> Budget | None:

@@ -47,12 +47,18 @@ if redis.call('HSETNX', KEYS[1], 'o:' .. ARGV[1], ARGV[2]) == 0 then return {2} 
 local offer = redis.call('HGET', KEYS[1], 'offer_id')
 local channel = redis.call('HGET', KEYS[1], 'channel')
 local learn = 0
-if ARGV[3] == '1' and offer and offer ~= '' then
+-- the offer's reward: "accepted" (default) settles on accepted or converted, "converted" only on
+-- a conversion; declined or dismissed settle either with 0
+local reward_on = redis.call('HGET', KEYS[1], 'reward_on') or 'accepted'
+local reward = nil
+if ARGV[1] == 'converted' or (ARGV[1] == 'accepted' and reward_on ~= 'converted') then reward = '1'
+elseif ARGV[1] == 'declined' or ARGV[1] == 'dismissed' then reward = '0' end
+if reward and offer and offer ~= '' then
   learn = redis.call('HSETNX', KEYS[1], 'learned', ARGV[1])
   if learn == 1 then
     redis.call('ZREM', KEYS[2], ARGV[4])
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'decision_id', ARGV[4], 'offer_id', offer,
-               'channel', channel, 'features', redis.call('HGET', KEYS[1], 'features'), 'reward', ARGV[5],
+               'channel', channel, 'features', redis.call('HGET', KEYS[1], 'features'), 'reward', reward,
                'prior', redis.call('HGET', KEYS[1], 'prior') or '0.05', 'outcome', ARGV[1])
   end
 end
@@ -99,7 +105,7 @@ if ARGV[20] ~= '' then
   redis.call('EXPIRE', ARGV[20], ARGV[22])
 end
 redis.call('HSET', KEYS[1], 'customer_id', ARGV[14], 'offer_id', ARGV[15], 'channel', ARGV[16], 'prior', ARGV[17],
-           'features', ARGV[18], 'meta', ARGV[19])
+           'features', ARGV[18], 'meta', ARGV[19], 'reward_on', ARGV[25])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
@@ -201,7 +207,7 @@ class StateStore:
     async def write_decision(self, decision_id: str, request_id: str, ctx: CustomerContext, event: Event,
                              decision: Decision, contact_window: float, prior: float = 0.0,
                              attribution_seconds: float = 0.0, shadow: Mapping[str, object] | None = None,
-                             budget: tuple[str, int, int] | None = None) -> int:
+                             budget: tuple[str, int, int] | None = None, reward_on: str = "accepted") -> int:
         """Record the decision, append the event to the journey and count the contact: one atomic script.
 
         ``budget`` is (key, max, ttl) of the chosen offer's global budget. Returns
@@ -237,21 +243,19 @@ class StateStore:
                           "policy_version": decision.policy_version, "model_version": decision.model_version,
                           **({"shadow": shadow} if shadow else {})}),
                   budget_key, budget_max, budget_ttl,
-                  f"{ctx.now - contact_window:.3f}", len(ctx.contacts)],
+                  f"{ctx.now - contact_window:.3f}", len(ctx.contacts), reward_on],
         )
         return int(written)
 
-    async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float,
-                             reward: float | None) -> RecordedOutcome:
+    async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float) -> RecordedOutcome:
         """Join an outcome to its decision; idempotent per (decision, outcome).
 
-        The first outcome with a ``reward`` is appended to the outcome stream, in
-        the same script, for the learner.
+        The first outcome that settles the offer's reward (see ``reward`` in the policy) is
+        appended to the outcome stream, in the same script, for the learner.
         """
         result = await self._outcome_script(
             keys=[keys.decision(decision_id), keys.PENDING_OUTCOMES, keys.OUTCOME_STREAM],
-            args=[outcome, f"{now:.3f}|{value!r}", "0" if reward is None else "1", decision_id,
-                  repr(reward or 0.0), OUTCOME_STREAM_MAXLEN, f"{now:.3f}"])
+            args=[outcome, f"{now:.3f}|{value!r}", "", decision_id, "", OUTCOME_STREAM_MAXLEN, f"{now:.3f}"])
         status = OutcomeStatus(int(result[0]))
         if status is not OutcomeStatus.RECORDED:
             return RecordedOutcome(status)

@@ -245,3 +245,27 @@ def test_a_sample_of_live_requests_is_recorded_for_preview(start_server, publish
     recorded = list(read_requests(events))
     assert [r.request.customer_id for r in recorded] == ["r1", "r2"]
     assert recorded[0].request.event.atm_decline.amount == 100 and recorded[0].timestamp is not None
+
+
+def test_an_offer_rewarded_on_conversion_learns_from_the_conversion_not_the_acceptance(start_server, redis_client):
+    from nba_service.policies.schema import read_policy_dir
+    from nba_service.store.policy_store import PolicyStore
+    from tests.conftest import SAMPLE_POLICIES
+
+    files = read_policy_dir(SAMPLE_POLICIES)
+    files["bank.yaml"] = files["bank.yaml"].replace("  - id: micro_loan\n", "  - id: micro_loan\n    reward: converted\n", 1)
+    PolicyStore(redis_client).publish(files)
+    server = start_server(learner="off")
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(
+        "r9", segment="student", channels=("push",), timezone=daytime_zone(), credit_score="600")))
+    decision = server.stub.Decide(atm_decline("r9", amount=60, balance=10), timeout=5)
+    assert decision.action.offer_id == "micro_loan"
+
+    accepted = server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
+                                                           outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
+    converted = server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
+                                                            outcome=pb.OUTCOME_KIND_CONVERTED, value=60), timeout=5)
+
+    assert (accepted.learned, converted.learned) == (False, True)
+    (_, fields), = redis_client.xrange("nba:outcomes")
+    assert (fields[b"outcome"], fields[b"reward"]) == (b"converted", b"1")
