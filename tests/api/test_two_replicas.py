@@ -10,7 +10,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import grpc
@@ -20,7 +19,7 @@ from nba_service.policies.schema import read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.store.policy_store import PolicyStore
-from tests.conftest import SAMPLE_POLICIES, atm_decline, daytime_zone, profile
+from tests.conftest import SAMPLE_POLICIES, atm_decline, daytime_zone, profile, wait_until
 
 
 class Replica:
@@ -31,10 +30,8 @@ class Replica:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
              "--ready-file", str(ready)], env=env, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert self.process.poll() is None and time.monotonic() < deadline, "replica did not start"
-            time.sleep(0.05)  # polling the file the replica writes when it serves
+        wait_until(lambda: ready.exists() or self.process.poll() is not None, 30, "the replica to start")
+        assert self.process.poll() is None, "the replica exited"
         info = json.loads(ready.read_text())
         self.metrics_url = f"http://127.0.0.1:{info['metrics_port']}/metrics"
         self.channel = grpc.insecure_channel(f"127.0.0.1:{info['port']}")
@@ -72,11 +69,7 @@ def replicas(redis_url, redis_client, tmp_path):
 
 
 def _until_both_serve(replicas, version: str) -> float:
-    started = time.monotonic()
-    while any(r.version() != version for r in replicas):
-        assert time.monotonic() - started < 5, f"version {version} did not reach both replicas"
-        time.sleep(0.01)  # polling the replicas
-    return time.monotonic() - started
+    return wait_until(lambda: all(r.version() == version for r in replicas), 5, f"version {version} on both")
 
 
 def test_publish_rollback_and_refusal_reach_both_replicas(replicas, redis_client):
@@ -91,10 +84,7 @@ def test_publish_rollback_and_refusal_reach_both_replicas(replicas, redis_client
 
     broken = dict(files, **{"bank.yaml": files["bank.yaml"].replace("prior: 0.12", "prior: 12", 1)})
     store.publish(broken, message="broken")  # refused by each replica when it tries to compile it
-    deadline = time.monotonic() + 5
-    while any(r.refused() < 1 for r in replicas):
-        assert time.monotonic() < deadline, "a replica never looked at the broken version"
-        time.sleep(0.01)  # polling the replicas' metrics
+    wait_until(lambda: all(r.refused() >= 1 for r in replicas), 5, "both replicas to refuse the broken version")
     assert {r.version() for r in replicas} == {"1"}
 
 

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import grpc
 import psutil
@@ -19,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nba_service.cli import main
 from nba_service.store.policy_store import PolicyStore
-from tests.conftest import SAMPLE_POLICIES
+from tests.conftest import SAMPLE_POLICIES, wait_until
 
 
 def nba(capsys, *args: str) -> tuple[int, str, str]:
@@ -121,14 +120,10 @@ def test_customers_load_csv(capsys, redis_url, redis_client, tmp_path):
 
 
 def _wait_for(path: pathlib.Path, process: subprocess.Popen, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return json.loads(path.read_text())
-        if process.poll() is not None:
-            raise AssertionError(f"nba serve exited with {process.returncode}: {process.stderr.read()}")
-        time.sleep(0.05)  # polling a file another process writes
-    raise AssertionError("nba serve did not become ready")
+    wait_until(lambda: path.exists() or process.poll() is not None, timeout, "nba serve to become ready")
+    if not path.exists():
+        raise AssertionError(f"nba serve exited with {process.returncode}: {process.stderr.read()}")
+    return json.loads(path.read_text())
 
 
 def test_serve_runs_its_own_redis_and_stops_it(tmp_path, capsys):
