@@ -35,7 +35,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         snapshot = source.compile()
         (models,), model_text = load_models(client, [snapshot])
         ctx = ContextReader(client).read_context(moment.customer_id, now, moment.origin_channel, moment.attributes,
-                                                 snapshot.max_limit_window)
+                                                 snapshot.max_limit_window, snapshot.max_suppression_window)
     decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(snapshot, ctx, moment.event,
                                                                  top_k=max(len(snapshot.offers), 1))
     offers = explain_decision(snapshot, models, ctx, moment.event, decision)

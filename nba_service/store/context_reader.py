@@ -2,7 +2,7 @@
 
 Issues the same reads as :meth:`nba_service.store.state.StateStore.read_context`
 (profile, recent journey, contacts within the longest limit window, open
-journeys) with a synchronous client, in one round trip, and never writes: no
+journeys, declines within the longest suppression window) with a synchronous client, in one round trip, and never writes: no
 script is loaded, no key is touched.
 """
 
@@ -27,14 +27,17 @@ class ContextReader:
 
     def read_context(self, customer_id: str, now: float, origin_channel: str = "",
                      request_attributes: Mapping[str, str] | None = None,
-                     contact_window: float = 0.0) -> CustomerContext:
+                     contact_window: float = 0.0, suppression_window: float = 0.0) -> CustomerContext:
         """The customer's context at ``now``; an unknown customer gets the defaults (``profile.known`` false)."""
         with self._redis.pipeline(transaction=True) as pipe:  # MULTI of reads: one consistent view
             pipe.get(keys.profile(customer_id))
             pipe.lrange(keys.journey(customer_id), 0, self.context_events - 1)
             pipe.zrangebyscore(keys.contacts(customer_id), f"{now - contact_window:.3f}", "+inf", withscores=True)
             pipe.hgetall(keys.open_journeys(customer_id))
-            raw_profile, raw_journey, raw_contacts, raw_open = pipe.execute()
+            pipe.zrangebyscore(keys.declines(customer_id),
+                               f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf", "+inf",
+                               withscores=True)
+            raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = pipe.execute()
         return CustomerContext(
             profile=codec.decode_profile(customer_id, raw_profile),
             now=now,
@@ -43,4 +46,5 @@ class ContextReader:
             contacts=tuple(codec.decode_contact(m, float(s)) for m, s in raw_contacts),
             open_journeys=tuple(codec.decode_open_journey(f, v) for f, v in raw_open.items()),
             request_attributes=dict(request_attributes or {}),
+            declines=tuple((float(score), member.split(b"|", 1)[0].decode()) for member, score in raw_declines),
         )
