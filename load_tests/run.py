@@ -7,7 +7,7 @@ always stops it afterwards. Exit status: 0 when no request failed and the
 aggregated p99 is within --max-p99-ms, 1 otherwise, 2 when the test could not
 run at all.
 
-    python load_tests/run.py --duration 30s --users 20
+    python load_tests/run.py --duration 30s --users 5
     python load_tests/run.py --host 127.0.0.1:50051 --max-p99-ms 25
 """
 
@@ -39,7 +39,9 @@ class RunError(Exception):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", "-u", type=int, default=20, help="concurrent Locust users (default 20)")
+    parser.add_argument("--users", "-u", type=int, default=5,
+                        help="concurrent Locust users, 10 calls/s each (default 5: the load the 2-core reference"
+                             " machine holds under the default p99 limit; see docs/performance.md)")
     parser.add_argument("--spawn-rate", "-r", type=float, help="users started per second (default: all in ~1 s)")
     parser.add_argument("--duration", "-t", default="30s", help="run time, Locust syntax: 30s, 2m, 1h30m (default 30s)")
     parser.add_argument("--host", help="target host:port (or grpc://host:port); default: start a local server")
