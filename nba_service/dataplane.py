@@ -70,6 +70,8 @@ class DataPlane:
         self._policies = PolicyStore(sync_client)
         self._model_store = ModelStore(sync_client)
         self.models = ModelBank()
+        self.challenger: ModelBank | None = None
+        """The learner's challenger models, when it trains some (mode ``learned+challenger``)."""
         self.rules = ModelBank()
         """No learned models: every arm scores its offer's prior (what the rules alone would do)."""
         self.engine = DecisionEngine(self.models, make_explorer(settings.strategy, epsilon=settings.epsilon,
@@ -79,6 +81,8 @@ class DataPlane:
                                                                      temperature=settings.temperature,
                                                                      seed=settings.seed))
         self.rules_preview_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
+        self.challenger_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
+        """Greedy over the challenger's models once they are loaded (the priors until then)."""
         self.snapshot: PolicySnapshot | None = None
         self._refused_version: int | None = None
         self._refused_model: int | None = None
@@ -113,6 +117,18 @@ class DataPlane:
         models.published_version = live
         if self.snapshot is not None:
             models.bind(self.snapshot)
+        if self.settings.mode == "learned+challenger":
+            data = await asyncio.to_thread(self._model_store.load_challenger)
+            if data:
+                try:
+                    challenger = await asyncio.to_thread(ModelBank.from_bytes, data)
+                    challenger.published_version = live
+                    if self.snapshot is not None:
+                        challenger.bind(self.snapshot)
+                    self.challenger = challenger
+                    self.challenger_engine.scorer = challenger
+                except Exception as exc:  # noqa: BLE001 - the champion still serves
+                    log.error("challenger models of version %s unreadable: %s", live, exc)
         self.models = self.engine.scorer = self.preview_engine.scorer = models
         self.metrics.model_version.set(live)
         self.metrics.model_reloads.labels("loaded").inc()
@@ -139,6 +155,8 @@ class DataPlane:
             return False
         self.models.bind(snapshot)
         self.rules.bind(snapshot)
+        if self.challenger is not None:
+            self.challenger.bind(snapshot)
         self.snapshot = snapshot
         self.metrics.policy_version.set(live)
         self.metrics.policy_reloads.labels("loaded").inc()
@@ -209,10 +227,12 @@ class DataPlane:
         mode = self.settings.mode
         if mode == "apprentice":
             decision = self.rules_engine.decide(snapshot, ctx, event, top_k, exhausted)
-            return decision, self._shadow(self.preview_engine, snapshot, ctx, event, decision)
+            return decision, self._shadow(self.preview_engine, snapshot, ctx, event, decision, exhausted)
         decision = self.engine.decide(snapshot, ctx, event, top_k, exhausted)
         if mode == "learned+shadow":
-            return decision, self._shadow(self.rules_preview_engine, snapshot, ctx, event, decision)
+            return decision, self._shadow(self.rules_preview_engine, snapshot, ctx, event, decision, exhausted)
+        if mode == "learned+challenger":
+            return decision, self._shadow(self.challenger_engine, snapshot, ctx, event, decision, exhausted)
         return decision, None
 
     def _exhausted_budgets(self, now: float) -> frozenset[str]:
@@ -224,13 +244,13 @@ class DataPlane:
         return frozenset(self._exhausted)
 
     def _shadow(self, engine: DecisionEngine, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event,
-                served: Decision) -> dict[str, object]:
+                served: Decision, exhausted: frozenset[str]) -> dict[str, object]:
         """What the other policy would have chosen (greedily), logged for off-policy evaluation.
 
         Also the learned models' P(accept) of the served and of the shadow action, the reward
         model a doubly-robust estimate needs.
         """
-        other = engine.decide(snapshot, ctx, event, 0)
+        other = engine.decide(snapshot, ctx, event, 0, exhausted)  # the same budgets as the served choice
         x = vectorize(served.features)
         p_served = p_shadow = 0.0
         for key, target in (((served.offer_id, served.channel), "served"), ((other.offer_id, other.channel), "shadow")):
@@ -241,7 +261,10 @@ class DataPlane:
                     p_served = p
                 else:
                     p_shadow = p
-        return {"policy": "learned" if engine.scorer is self.models else "rules",
+        served = "rules" if self.settings.mode == "apprentice" else "learned"
+        shadow = ("learned" if engine is self.preview_engine else
+                  "challenger" if engine is self.challenger_engine else "rules")
+        return {"policy": shadow, "served": served,
                 "offer_id": other.offer_id or "", "channel": other.channel,
                 "p_served": p_served, "p_shadow": p_shadow}
 

@@ -62,6 +62,9 @@ class Settings:
     """Longest time learned outcomes wait before they are published as a model version."""
     attribution_seconds: float = 2 * 86400
     """An action with no accepted/declined outcome after this long counts as not accepted."""
+    challenger_learning_rate: float = 0.0
+    """Non-zero: the learner also trains a challenger, the same models with this learning rate,
+    on every outcome; ``mode=learned+challenger`` logs its choice with each decision."""
     mode: str = "learned"
     """Who decides: ``learned`` (the models), ``learned+shadow`` (the models, and what the
     rules alone would have chosen is logged), ``apprentice`` (the rules decide with the
@@ -122,8 +125,11 @@ class Settings:
             raise SettingsError("model_snapshot_seconds: must be positive")
         if not 0 < self.attribution_seconds < self.decision_ttl_seconds:
             raise SettingsError("attribution_seconds: must be positive and shorter than decision_ttl_seconds")
-        if self.mode not in ("learned", "learned+shadow", "apprentice"):
-            raise SettingsError(f"mode: {self.mode!r} is not one of learned, learned+shadow, apprentice")
+        if self.mode not in ("learned", "learned+shadow", "learned+challenger", "apprentice"):
+            raise SettingsError(f"mode: {self.mode!r} is not one of learned, learned+shadow, "
+                                "learned+challenger, apprentice")
+        if self.challenger_learning_rate < 0:
+            raise SettingsError("challenger_learning_rate: must be >= 0 (0: no challenger)")
         if self.learner not in ("embedded", "off"):
             raise SettingsError(f"learner: {self.learner!r} is neither 'embedded' nor 'off'")
 

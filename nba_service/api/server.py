@@ -189,6 +189,7 @@ class NbaServer:
         learner_client = redis.Redis.from_url(self.redis_url, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 3),
                                               socket_timeout=5.0, socket_connect_timeout=2.0)
         learner = Learner(learner_client, snapshot_every=self.settings.model_snapshot_every, block_ms=100,
+                          challenger_learning_rate=self.settings.challenger_learning_rate,
                           snapshot_seconds=self.settings.model_snapshot_seconds,
                           on_update=lambda version: metrics.model_publications.inc(),
                           on_learned=metrics.model_updates.inc)

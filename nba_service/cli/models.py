@@ -24,6 +24,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with state_client(settings) as client:
         learner = Learner(client, name=args.name or default_learner_name(),
+                          challenger_learning_rate=settings.challenger_learning_rate,
                           snapshot_every=args.snapshot_every or settings.model_snapshot_every,
                           snapshot_seconds=args.snapshot_seconds or settings.model_snapshot_seconds)
         print(f"learner {learner.name} running (one learner is active at a time; Ctrl-C to stop)", flush=True)
@@ -69,6 +70,21 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
             print(f"nba model rollback: {exc.args[0]}", file=sys.stderr)
             return 1
     print(f"model version {version} is live again; the learner continues from it")
+    return 0
+
+
+def cmd_model_promote(args: argparse.Namespace) -> int:
+    with state_client(settings_from(args)) as client:
+        store = ModelStore(client)
+        data = store.load_challenger()
+        if data is None:
+            print("nba model promote: no challenger has been published (set NBA_CHALLENGER_LEARNING_RATE "
+                  "for the learner)", file=sys.stderr)
+            return 1
+        challenger = ModelBank.from_bytes(data)
+        version = store.publish(data, challenger.updates, source="promoted challenger")
+    print(f"the challenger ({challenger.updates} outcomes learned) is live as model version {version}; "
+          f"the learner continues from it")
     return 0
 
 
@@ -142,6 +158,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rollback.add_argument("version", nargs="?", type=int, help="default: the version before the live one")
     state_options(rollback)
     rollback.set_defaults(func=cmd_model_rollback)
+    promote = model_sub.add_parser("promote", help="make the challenger models the live version")
+    state_options(promote)
+    promote.set_defaults(func=cmd_model_promote)
     export = model_sub.add_parser("export", help="write a model version to a file")
     export.add_argument("file")
     export.add_argument("--version", type=int, help="default: the live version")

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--temperature", type=float, help="softmax temperature (env NBA_TEMPERATURE, default 0.1)")
     serve.add_argument("--seed", type=int, help="seed of the exploration random generator (env NBA_SEED)")
     serve.add_argument("--workers", type=int, help="server processes sharing the port, one per core (env NBA_WORKERS, default 1)")
-    serve.add_argument("--mode", choices=("learned", "learned+shadow", "apprentice"),
+    serve.add_argument("--mode", choices=("learned", "learned+shadow", "learned+challenger", "apprentice"),
                        help="who decides (env NBA_MODE, default learned; apprentice: the rules, the learned policy logged)")
     serve.add_argument("--learner", choices=("embedded", "off"),
                        help="run the learner inside the server (env NBA_LEARNER, default embedded) or not")

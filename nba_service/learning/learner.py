@@ -42,7 +42,8 @@ class Learner:
     def __init__(self, client: redis.Redis, *, name: str | None = None, snapshot_every: int = 200,
                  snapshot_seconds: float = 5.0, batch: int = 500, block_ms: int = 500,
                  attribution_check_seconds: float = 1.0, on_update: Callable[[int], None] | None = None,
-                 on_learned: Callable[[int], None] | None = None) -> None:
+                 on_learned: Callable[[int], None] | None = None,
+                 challenger_learning_rate: float = 0.0) -> None:
         self.name = name or default_learner_name()
         self.snapshot_every = snapshot_every
         self.snapshot_seconds = snapshot_seconds
@@ -57,6 +58,9 @@ class Learner:
         self._models_store = ModelStore(client)
         self._lock = LearnerLock(client, self.name)
         self.models = ModelBank()
+        self.challenger_learning_rate = challenger_learning_rate
+        """Non-zero: also train a challenger (the same models with this learning rate) on every outcome."""
+        self.challenger: ModelBank | None = None
         self.version: int | None = None
         self.learned = 0
         """Outcomes learned by this learner since it started (re-learned ones included)."""
@@ -82,6 +86,10 @@ class Learner:
         live = self._models_store.live()
         data = self._models_store.load()
         self.models = ModelBank.from_bytes(data) if data else ModelBank()
+        if self.challenger_learning_rate:
+            stored = self._models_store.load_challenger() if data else None
+            self.challenger = (ModelBank.from_bytes(stored) if stored
+                               else ModelBank(learning_rate=self.challenger_learning_rate))
         self.version = live
         self._unacked = []
         self._pending_cursor = b"0"
@@ -113,6 +121,8 @@ class Learner:
         for entry in entries:
             if isinstance(entry, OutcomeEntry):
                 self.models.learn(entry.offer_id, entry.channel, entry.features, entry.reward, entry.prior)
+                if self.challenger is not None:
+                    self.challenger.learn(entry.offer_id, entry.channel, entry.features, entry.reward, entry.prior)
                 learned += 1
                 self._unacked.append(entry.entry_id)
             else:
@@ -135,8 +145,9 @@ class Learner:
             log.warning("model version %s became live outside this learner; continuing from it", live)
             self._reload()
             return None
-        self.version = self._models_store.publish(self.models.to_bytes(), self.models.updates, source=self.name,
-                                                  acknowledge=self._unacked)
+        self.version = self._models_store.publish(
+            self.models.to_bytes(), self.models.updates, source=self.name, acknowledge=self._unacked,
+            challenger=self.challenger.to_bytes() if self.challenger is not None else None)
         self._unacked = []
         self._last_snapshot = time.monotonic()
         if self.on_update is not None:

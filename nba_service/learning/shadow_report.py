@@ -2,7 +2,8 @@
 
 With ``NBA_MODE=apprentice`` the rules decide and the learned policy's choice
 is logged with every decision; with ``learned+shadow`` it is the other way
-round. Once outcomes have settled the logged decisions, this report compares
+round; with ``learned+challenger`` the learned policy decides and a second
+learned policy (the learner's challenger models) is logged. Once outcomes have settled the logged decisions, this report compares
 the served policy's observed reward with off-policy estimates (IPS,
 self-normalised IPS, doubly robust) of the shadow policy's, each with a 95%
 confidence interval, before anyone promotes it.
@@ -55,7 +56,8 @@ def shadow_report(client: redis.Redis) -> dict[str, Any]:
                      for r, _ in rows])
     q_logged = np.array([float(r["shadow"].get("p_served", 0.0)) for r, _ in rows])
     v_target = np.array([float(r["shadow"].get("p_shadow", 0.0)) for r, _ in rows])
-    served_policy = "rules" if rows[0][0]["shadow"]["policy"] == "learned" else "learned"
+    first = rows[0][0]["shadow"]
+    served_policy = first.get("served") or ("rules" if first["policy"] == "learned" else "learned")
     return {
         "rows": len(rows),
         "served": {"policy": served_policy, **mean_estimate(rewards).as_dict()},

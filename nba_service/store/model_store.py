@@ -41,8 +41,11 @@ class ModelStore:
         self._redis = client
 
     def publish(self, data: bytes, updates: int, source: str = "learner",
-                acknowledge: Sequence[bytes | str] = ()) -> int:
-        """Store ``data`` as a new live version; acknowledge the stream entries it contains."""
+                acknowledge: Sequence[bytes | str] = (), challenger: bytes | None = None) -> int:
+        """Store ``data`` as a new live version; acknowledge the stream entries it contains.
+
+        ``challenger``: the challenger models trained on the same outcomes, stored with it.
+        """
         version = int(self._redis.incr(keys.MODEL_SEQ))
         meta = json.dumps({"version": version, "updates": updates, "published_at": time.time(), "source": source})
         with self._redis.pipeline(transaction=True) as pipe:
@@ -50,6 +53,8 @@ class ModelStore:
             pipe.rpush(keys.MODEL_VERSIONS, meta)
             pipe.ltrim(keys.MODEL_VERSIONS, -KEEP_HISTORY, -1)
             pipe.set(keys.MODEL_LIVE, version)
+            if challenger is not None:
+                pipe.set(keys.MODEL_CHALLENGER, challenger)
             if acknowledge:
                 pipe.xack(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, *acknowledge)
             if version > KEEP_VERSIONS:
@@ -74,6 +79,10 @@ class ModelStore:
         if version is not None:
             return self._redis.get(keys.model_version(version))
         return self._redis.get(keys.MODEL_SNAPSHOT)
+
+    def load_challenger(self) -> bytes | None:
+        """The challenger models as of the last published version, if a learner trains one."""
+        return self._redis.get(keys.MODEL_CHALLENGER)
 
     def history(self) -> list[ModelVersion]:
         return [ModelVersion(**json.loads(raw)) for raw in self._redis.lrange(keys.MODEL_VERSIONS, 0, -1)]

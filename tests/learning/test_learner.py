@@ -110,3 +110,19 @@ def test_learner_bench_reports_a_rate():
     result = run_learner_bench(outcomes=2000, arms=10, snapshot_every=500)
     assert result["outcomes"] == 2000 and result["outcomes_per_second"] > 0
     assert result["model_version"] == 2  # 2000 outcomes read 1000 at a time, published every 500 or more
+
+
+def test_promoting_the_challenger_makes_it_live_and_the_learner_continues_from_it(redis_client, redis_url, capsys):
+    _fill(redis_client, 20)
+    learner = Learner(redis_client, name="l", snapshot_every=10, batch=10, block_ms=1, challenger_learning_rate=0.5)
+    learner.step()
+    learner.step()
+    assert learner.version == 2
+    assert main(["model", "promote", "--redis-url", redis_url]) == 0
+    assert "live as model version 3" in capsys.readouterr().out
+    promoted = ModelBank.from_bytes(ModelStore(redis_client).load())
+    assert promoted.learning_rate == 0.5 and promoted.updates == 20
+
+    _fill(redis_client, 10, seed=11)
+    learner.step()  # about to publish, it sees version 3 and continues from the promoted models
+    assert learner.models.learning_rate == 0.5

@@ -44,3 +44,30 @@ def test_apprentice_mode_logs_the_learned_choice_and_reports_it(start_server, pu
                        for i, d in enumerate(decisions) if d.propensity > 0.5) / 60
     assert report["shadow"]["ips"]["mean"] == pytest.approx(expected_ips)
     assert report["shadow"]["snips"]["ci_low"] <= report["shadow"]["snips"]["mean"] <= report["shadow"]["snips"]["ci_high"]
+
+
+def test_a_challenger_learns_alongside_and_is_logged(start_server, published, redis_client, redis_url, capsys):
+    from nba_service.learning.models import ModelBank
+    from nba_service.store.model_store import ModelStore
+    from tests.conftest import wait_until
+
+    server = start_server(mode="learned+challenger", challenger_learning_rate=0.5, model_snapshot_every=5)
+    zone = daytime_zone()
+    for i in range(12):
+        server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(f"h{i}", timezone=zone)))
+        decision = server.stub.Decide(atm_decline(f"h{i}"), timeout=5)
+        server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
+                                                    outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
+    wait_until(lambda: server.dataplane.challenger is not None and server.dataplane.models.updates >= 10,
+               what="the challenger to be published with the models")
+
+    store = ModelStore(redis_client)
+    champion, challenger = ModelBank.from_bytes(store.load()), ModelBank.from_bytes(store.load_challenger())
+    assert champion.updates == challenger.updates  # trained on exactly the same outcomes
+    assert challenger.learning_rate == 0.5 and champion.learning_rate != 0.5
+    decision = server.stub.Decide(atm_decline("h0"), timeout=5)
+    meta = json.loads(redis_client.hget(f"nba:d:{decision.decision_id}", "meta"))
+    assert (meta["shadow"]["policy"], meta["shadow"]["served"]) == ("challenger", "learned")
+
+    assert main(["shadow", "report", "--redis-url", redis_url]) == 0
+    assert "challenger (shadow, ips)" in capsys.readouterr().out
