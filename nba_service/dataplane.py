@@ -97,7 +97,8 @@ class DataPlane:
         await self.refresh_models()
 
     async def stop(self) -> None:
-        """Nothing to flush: decisions and outcomes are written before each call returns."""
+        """Nothing to flush (decisions and outcomes are written before each call returns): close connections."""
+        await self.state.aclose()
 
     async def refresh_models(self) -> bool:
         """Load the live model version if it differs from the one served; True when swapped."""

@@ -24,6 +24,7 @@ from nba_service.engine.domain import (
     OpenJourney,
 )
 from nba_service.store import codec, keys
+from nba_service.store.script_connection import LuaScript, ScriptConnection
 
 __all__ = ["budget_key", "BUDGET_USED_UP", "CONTACTS_CHANGED", "WRITTEN", "CustomerView", "OutcomeStatus", "PastDecision", "RecordedOutcome", "StateStore"]
 
@@ -172,20 +173,27 @@ class StateStore:
     """Async access to customer state; one instance per server, shared by all requests."""
 
     def __init__(self, client: aioredis.Redis, *, decision_ttl_seconds: int, journey_max_events: int,
-                 context_events: int = 50) -> None:
+                 context_events: int = 50, scripts: ScriptConnection | None = None) -> None:
         self._redis = client
         self.decision_ttl_seconds = decision_ttl_seconds
         self.journey_max_events = journey_max_events
         self.context_events = min(context_events, journey_max_events)
-        self._outcome_script = client.register_script(_OUTCOME_SCRIPT)
-        self._write_script = client.register_script(_WRITE_SCRIPT)
-        self._read_script = client.register_script(_READ_SCRIPT)
+        self._scripts = scripts or ScriptConnection(_url_of(client))
+        """The decision path's scripts go through one pipelined connection (see script_connection)."""
+        self._outcome_script = LuaScript(_OUTCOME_SCRIPT)
+        self._write_script = LuaScript(_WRITE_SCRIPT)
+        self._read_script = LuaScript(_READ_SCRIPT)
+
+    async def aclose(self) -> None:
+        """Close the scripts' connection (the client passed in belongs to the caller)."""
+        await self._scripts.aclose()
 
     async def read_context(self, customer_id: str, now: float, origin_channel: str,
                            request_attributes: Mapping[str, str], contact_window: float,
                            suppression_window: float = 0.0) -> CustomerContext:
         """Profile, recent journey, contact history and open journeys in one round trip."""
-        raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = await self._read_script(
+        raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = await self._scripts.evalsha(
+            self._read_script,
             keys=[keys.profile(customer_id), keys.journey(customer_id), keys.contacts(customer_id),
                   keys.open_journeys(customer_id), keys.declines(customer_id)],
             args=[self.context_events - 1, f"{now - contact_window:.3f}",
@@ -228,7 +236,8 @@ class StateStore:
             open_op, open_field = ("del", f"cart:{cart_id}") if cart_id else ("clear", "")
         window = max(contact_window, 1.0)
         budget_key, budget_max, budget_ttl = budget or ("", 0, 0)
-        written = await self._write_script(
+        written = await self._scripts.evalsha(
+            self._write_script,
             keys=[keys.decision(decision_id), keys.journey(customer_id), keys.decisions(customer_id),
                   keys.contacts(customer_id), keys.open_journeys(customer_id), keys.PENDING_OUTCOMES],
             args=[self.decision_ttl_seconds, codec.encode_journey(now, event.type, ctx.origin_channel, fields),
@@ -253,7 +262,8 @@ class StateStore:
         The first outcome that settles the offer's reward (see ``reward`` in the policy) is
         appended to the outcome stream, in the same script, for the learner.
         """
-        result = await self._outcome_script(
+        result = await self._scripts.evalsha(
+            self._outcome_script,
             keys=[keys.decision(decision_id), keys.PENDING_OUTCOMES, keys.OUTCOME_STREAM],
             args=[outcome, f"{now:.3f}|{value!r}", "", decision_id, "", OUTCOME_STREAM_MAXLEN, f"{now:.3f}"])
         status = OutcomeStatus(int(result[0]))
@@ -296,6 +306,16 @@ class StateStore:
                                        key=lambda j: -j.opened)),
             recent_decisions=tuple(past),
         )
+
+
+def _url_of(client: aioredis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    auth = ""
+    if kwargs.get("password"):
+        auth = f"{kwargs.get('username') or ''}:{kwargs['password']}@"
+    return f"redis://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
 def budget_key(offer_id: str, per_seconds: float, now: float) -> str:

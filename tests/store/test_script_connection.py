@@ -1,0 +1,42 @@
+"""The decision path's script connection against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from nba_service.store.script_connection import LuaScript, ScriptConnection
+
+ECHO = LuaScript("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}")
+FAIL = LuaScript("return redis.error_reply('no such thing')")
+
+
+def test_calls_load_scripts_pipeline_and_report_errors(redis_url, redis_client):
+    async def run():
+        connection = ScriptConnection(redis_url)
+        try:
+            first = await connection.evalsha(ECHO, ["k"], ["v", 41])  # NOSCRIPT: loaded, then run
+            redis_client.script_flush()  # e.g. Redis restarted: loaded again on the next call
+            concurrent = await asyncio.gather(*(connection.evalsha(ECHO, [f"k{i}"], ["v", i]) for i in range(50)))
+            with pytest.raises(redis.ResponseError, match="no such thing"):
+                await connection.evalsha(FAIL, [], [])
+            after_error = await connection.evalsha(ECHO, ["k"], ["v", 1])
+            return first, concurrent, after_error
+        finally:
+            await connection.aclose()
+
+    first, concurrent, after_error = asyncio.run(run())
+    assert first == [b"k", b"v", 42]
+    assert concurrent == [[f"k{i}".encode(), b"v", i + 1] for i in range(50)]  # replies matched in order
+    assert after_error == [b"k", b"v", 2]
+
+
+def test_an_unreachable_redis_is_a_connection_error():
+    async def run():
+        connection = ScriptConnection("redis://127.0.0.1:1/0", timeout=1.0)
+        with pytest.raises(redis.ConnectionError):
+            await connection.evalsha(ECHO, ["k"], ["v", 1])
+
+    asyncio.run(run())
