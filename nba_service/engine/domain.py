@@ -163,8 +163,6 @@ class Decision:
     model_version: str = ""
     features: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """The model features of the request, kept for the outcome join."""
-    acceptance: float = 0.0
-    """The model's P(accept) of the chosen (offer, channel); 0 for no action."""
 
     @property
     def no_action(self) -> bool:

@@ -174,7 +174,6 @@ class DecisionEngine:
             policy_version=snapshot.version,
             model_version=self.scorer.version,
             features=features,
-            acceptance=p_model,
         )
 
     def _no_action(self, snapshot: PolicySnapshot, features: Mapping[str, float], reasons: tuple[Reason, ...]) -> Decision:

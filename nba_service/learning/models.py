@@ -96,13 +96,6 @@ class ModelBank:
             self._copy(model, self._weights, self._intercepts, row)
         return True
 
-    def predict(self, offer_id: str, channel: str, features: Mapping[str, float], prior: float) -> float:
-        """River's own prediction for one arm (for checks and tools, not the request path)."""
-        model = self._models.get((offer_id, channel))
-        if model is None:
-            return 1.0 / (1.0 + math.exp(-logit(prior)))
-        return float(model.predict_proba_one(hash_features(features))[True])
-
     def describe(self) -> dict[str, object]:
         """Every arm's intercept and non-zero weights by hashed feature column, for export."""
         arms = {}

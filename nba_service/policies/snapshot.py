@@ -85,8 +85,6 @@ class PolicySnapshot:
     arm_index: Mapping[tuple[str, str], int]
     arm_offer: np.ndarray
     arm_channel: np.ndarray
-    offer_priority_factor: np.ndarray
-    """V x L x B of every offer (value, levers, business weight), before costs."""
     offer_value: np.ndarray
     """V of every offer (1 where the value is an expression, computed per request)."""
     offer_levers: np.ndarray
@@ -129,7 +127,6 @@ class PolicySnapshot:
             o.weight * o.lever * settings.global_lever * settings.category_levers.get(o.category, 1.0) for o in offers
         ])
         value = np.array([o.value for o in offers])
-        factor = value * levers
         channel_cost = {c.id: c.cost for c in channels}
         arm_cost = np.array([offers[offer_index[o]].cost + channel_cost[c] for o, c in arm_keys])
         inf = float("inf")
@@ -212,7 +209,6 @@ class PolicySnapshot:
             arm_index=arm_index,
             arm_offer=arm_offer,
             arm_channel=arm_channel,
-            offer_priority_factor=factor,
             offer_value=value,
             offer_levers=levers,
             arm_cost=arm_cost,

@@ -69,8 +69,8 @@ if (ARGV[1] == 'declined' or ARGV[1] == 'dismissed') and offer and offer ~= '' a
   -- their state (a key named in the script, so this script needs a single Redis, not a cluster)
   local key = 'nba:c:{' .. customer .. '}:declines'
   redis.call('ZADD', key, ARGV[7], offer .. '|' .. ARGV[4])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(ARGV[7]) - 31536000)
-  redis.call('EXPIRE', key, 31536000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(ARGV[7]) - tonumber(ARGV[8]))
+  redis.call('EXPIRE', key, ARGV[8])
 end
 return {1, learn, offer, channel, customer}
 """
@@ -265,7 +265,8 @@ class StateStore:
         result = await self._scripts.evalsha(
             self._outcome_script,
             keys=[keys.decision(decision_id), keys.PENDING_OUTCOMES, keys.OUTCOME_STREAM],
-            args=[outcome, f"{now:.3f}|{value!r}", "", decision_id, "", OUTCOME_STREAM_MAXLEN, f"{now:.3f}"])
+            args=[outcome, f"{now:.3f}|{value!r}", "", decision_id, "", OUTCOME_STREAM_MAXLEN, f"{now:.3f}",
+                  DECLINES_KEPT_SECONDS])
         status = OutcomeStatus(int(result[0]))
         if status is not OutcomeStatus.RECORDED:
             return RecordedOutcome(status)
