@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import datetime
 import math
+import re
 from collections.abc import Iterable, Mapping
 from types import CodeType
 from typing import Any
@@ -379,7 +380,76 @@ def compile_expression(
         raise ExpressionError(f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1) from None
     rewriter = _Rewriter(_common_event_fields(event_types), frozenset(extra_names), definitions)
     body = rewriter.visit(tree).body
+    _check_types(body)
     return _build(source, body, frozenset(rewriter.names), filename)
+
+
+# --- compile-time type check ----------------------------------------------------------
+
+_NUMBER_NAMES = frozenset({
+    "event_amount", "event_balance", "event_shortfall", "event_latitude", "event_longitude", "event_accuracy_m",
+    "event_cart_value", "event_item_count", "local_hour", "weekday", "day_of_month", "month", "open_cart_value",
+})
+_TEXT_NAMES = frozenset({
+    "event_type", "event_currency", "event_atm_id", "event_place_id", "event_cart_id", "event_screen", "event_url",
+    "event_page_type", "event_agent_id", "event_reason", "event_name", "origin_channel", "profile_segment",
+    "profile_first_name", "profile_preferred_channel", "profile_timezone",
+})
+_NUMBER_FUNCTIONS = frozenset({"_f_num", "_f_count_events", "_f_days_since", "_f_days_until", "_f_nearest_km",
+                               "_f_round_up", "_f_abs", "_f_round"})
+_TEXT_FUNCTIONS = frozenset({"_f_nearest_name"})
+_MAYBE_TEXT_FUNCTIONS = frozenset({"_f_attr", "_f_event_attr", "_f_request_attr"})
+_VALUE_COMPARISONS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+
+
+def _kind(node: ast.expr) -> str:
+    """A coarse type: number, text, maybe-text (an attribute: text or None) or unknown."""
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool) or node.value is None:
+            return "unknown"
+        return "number" if isinstance(node.value, (int, float)) else "text" if isinstance(node.value, str) else "unknown"
+    if isinstance(node, ast.Name):
+        return "number" if node.id in _NUMBER_NAMES else "text" if node.id in _TEXT_NAMES else "unknown"
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        name = node.func.id
+        if name in _NUMBER_FUNCTIONS:
+            return "number"
+        return "text" if name in _TEXT_FUNCTIONS else "maybe-text" if name in _MAYBE_TEXT_FUNCTIONS else "unknown"
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return "number" if _kind(node.operand) == "number" else "unknown"
+    if isinstance(node, ast.BinOp) and not isinstance(node.op, ast.Add):
+        return "number" if _kind(node.left) == "number" and _kind(node.right) == "number" else "unknown"
+    return "unknown"
+
+
+def _check_types(tree: ast.expr) -> None:
+    """Refuse comparisons that can only fail or raise: a number against text, or against an attribute."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        for op, left, right in zip(node.ops, operands, operands[1:]):
+            if not isinstance(op, _VALUE_COMPARISONS):
+                continue
+            kinds = {_kind(left), _kind(right)}
+            if kinds == {"number", "text"}:
+                raise ExpressionError(f"compares a number with text ({_source_name(left)} and {_source_name(right)}): "
+                                      "it is never true", node.lineno, node.col_offset + 1)
+            if kinds == {"number", "maybe-text"}:
+                attribute = left if _kind(left) == "maybe-text" else right
+                raise ExpressionError(f"{_source_name(attribute)} is text (or None), not a number: compare "
+                                      f"num({_source_name(attribute)}, DEFAULT) instead", node.lineno,
+                                      node.col_offset + 1)
+
+
+_HIDDEN_ARGUMENT = re.compile(r"_f_(\w+)\((?:_ctx|_geo|_event_attributes)(?:, )?")
+_FLAT_FIELD = re.compile(r"\b(event|profile)_(\w+)")
+
+
+def _source_name(node: ast.expr) -> str:
+    """A rewritten (sub)expression as the policy author wrote it."""
+    text = _HIDDEN_ARGUMENT.sub(r"\1(", ast.unparse(node))
+    return _FLAT_FIELD.sub(r"\1.\2", text.replace("_f_", ""))
 
 
 def compile_batch(expressions: Iterable[CompiledExpression], filename: str = "<rules>") -> CodeType:

@@ -198,11 +198,11 @@ def test_overall_cap_means_no_action(snapshot):
 
 def test_a_failing_rule_filters_only_its_offer(snapshot):
     # attr('income') is "lots": num() falls back to 0 so the card is simply not eligible,
-    # while a comparison of None with a number makes the rule raise.
+    # while round_up(x, 0) raises at run time (a step of 0).
     decision = decide(snapshot, customer(income="lots"))
     assert decision.offer_id == "loan"
     broken = PolicySnapshot.compile(parse_policy_files({
-        **POLICY, "offers.yaml": POLICY["offers.yaml"].replace("num(attr('income'), 0) > 30000", "attr('income') > 3")}),
+        **POLICY, "offers.yaml": POLICY["offers.yaml"].replace("num(attr('income'), 0) > 30000", "round_up(num(attr('income'), 0), 0) > 3")}),
         "8")
     decision = decide(broken, customer())
     assert decision.offer_id == "loan"
@@ -248,7 +248,7 @@ def test_no_candidates_for_an_event_type(snapshot):
 
 def test_a_failing_channel_condition_closes_the_channel():
     policy = {**POLICY, "channels.yaml": POLICY["channels.yaml"].replace(
-        "available_when: \"event.type == 'atm_decline'\"", "available_when: \"attr('branch') > 3\"")}
+        "available_when: \"event.type == 'atm_decline'\"", "available_when: \"round_up(1, 0) > 3\"")}
     snap = PolicySnapshot.compile(parse_policy_files(policy), "10")
     decision = decide(snap, customer(consent=True, segment="student", income="0"))
     # only "tip" remains eligible and it can only go to the atm_screen, whose condition raises

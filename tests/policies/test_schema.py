@@ -151,6 +151,10 @@ def test_directory_errors(tmp_path: pathlib.Path):
      "text starting with { must be quoted"),
     ("\"event.shortfall > 0", "\"attr('x') is None or event.shortfall > 0", "offers.yaml:6:",
      "compare with == None"),
+    ("\"event.shortfall > 0", "\"attr('income') >= 35000 and event.shortfall > 0", "offers.yaml:6:",
+     "attr('income') is text (or None), not a number: compare num(attr('income'), DEFAULT)"),
+    ("\"event.shortfall > 0", "\"event.shortfall > '0'", "offers.yaml:6:",
+     "compares a number with text (event.shortfall and '0')"),
 ])
 def test_more_mistakes_get_plain_messages(old, new, where, message):
     issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": OFFER.replace(old, new)})
