@@ -61,11 +61,12 @@ class StoreUnavailableError(RuntimeError):
 class DataPlane:
     """Decisions, outcomes and customer views over Redis state and the live policy."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis, sync_client: redis.Redis, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, client: aioredis.Redis, sync_client: redis.Redis, metrics: Metrics,
+                 redis_url: str = "") -> None:
         self.settings = settings
         self.metrics = metrics
         self.state = StateStore(client, decision_ttl_seconds=settings.decision_ttl_seconds,
-                                journey_max_events=settings.journey_max_events)
+                                journey_max_events=settings.journey_max_events, url=redis_url or settings.redis_url)
         self._redis = client
         self._policies = PolicyStore(sync_client)
         self._model_store = ModelStore(sync_client)
@@ -232,7 +233,7 @@ class DataPlane:
         decision = self.engine.decide(snapshot, ctx, event, top_k, exhausted)
         if mode == "learned+shadow":
             return decision, self._shadow(self.rules_preview_engine, snapshot, ctx, event, decision, exhausted)
-        if mode == "learned+challenger":
+        if mode == "learned+challenger" and self.challenger is not None:  # nothing to log before the first one
             return decision, self._shadow(self.challenger_engine, snapshot, ctx, event, decision, exhausted)
         return decision, None
 

@@ -44,7 +44,8 @@ def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
     """An asyncio client for the request path and a sync one for tools and background work.
 
     Both retry a failed connection a few times with backoff, so a Redis blip
-    costs a retry, not an error.
+    costs a retry, not an error. (The decision path's scripts use their own
+    connection: reads are retried once, writes never, as they may have applied.)
     """
     options: dict[str, Any] = {
         "socket_timeout": 2.0,
@@ -148,7 +149,7 @@ class NbaServer:
         self._async_redis, self._sync_redis = redis_clients(self.redis_url)
         if settings.policies:
             await asyncio.to_thread(publish_if_changed, self._sync_redis, settings.policies)
-        self.dataplane = DataPlane(settings, self._async_redis, self._sync_redis, self.metrics)
+        self.dataplane = DataPlane(settings, self._async_redis, self._sync_redis, self.metrics, self.redis_url)
         await self.dataplane.start()
 
         server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)],

@@ -78,13 +78,13 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
         store = ModelStore(client)
         data = store.load_challenger()
         if data is None:
-            print("nba model promote: no challenger has been published (set NBA_CHALLENGER_LEARNING_RATE "
+            print("nba model promote: the live model version has no challenger (set NBA_CHALLENGER_LEARNING_RATE "
                   "for the learner)", file=sys.stderr)
             return 1
-        challenger = ModelBank.from_bytes(data)
-        version = store.publish(data, challenger.updates, source="promoted challenger")
-    print(f"the challenger ({challenger.updates} outcomes learned) is live as model version {version}; "
-          f"the learner continues from it")
+        updates = ModelBank.from_bytes(data).updates
+        version = store.promote(data, updates)
+    print(f"the challenger ({updates} outcomes learned) is live as model version {version}; "
+          f"the learner continues from it and starts a new challenger")
     return 0
 
 

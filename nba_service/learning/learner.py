@@ -88,8 +88,11 @@ class Learner:
         self.models = ModelBank.from_bytes(data) if data else ModelBank()
         if self.challenger_learning_rate:
             stored = self._models_store.load_challenger() if data else None
-            self.challenger = (ModelBank.from_bytes(stored) if stored
-                               else ModelBank(learning_rate=self.challenger_learning_rate))
+            if stored:
+                self.challenger = ModelBank.from_bytes(stored)
+            else:  # none yet, or just promoted: a new challenger, from the live models, at its own rate
+                self.challenger = ModelBank.from_bytes(data) if data else ModelBank()
+                self.challenger.set_learning_rate(self.challenger_learning_rate)
         self.version = live
         self._unacked = []
         self._pending_cursor = b"0"

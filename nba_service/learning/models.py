@@ -96,6 +96,13 @@ class ModelBank:
             self._copy(model, self._weights, self._intercepts, row)
         return True
 
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """Learn at ``learning_rate`` from now on, in every arm (a challenger started from other models)."""
+        self.learning_rate = learning_rate
+        for model in self._models.values():
+            model.optimizer = optim.SGD(learning_rate)
+            model.intercept_lr = optim.schedulers.Constant(learning_rate)
+
     def describe(self) -> dict[str, object]:
         """Every arm's intercept and non-zero weights by hashed feature column, for export."""
         arms = {}

@@ -45,24 +45,38 @@ def _logged(client: redis.Redis, batch: int = 1000) -> list[tuple[dict[str, Any]
             return rows
 
 
+def _pair(record: dict[str, Any]) -> tuple[str, str]:
+    shadow = record["shadow"]
+    served = shadow.get("served") or ("rules" if shadow["policy"] == "learned" else "learned")
+    return served, shadow["policy"]
+
+
 def shadow_report(client: redis.Redis) -> dict[str, Any]:
-    """Served vs shadow policy over every settled decision that logged a shadow choice."""
-    rows = _logged(client)
-    if not rows:
+    """Served vs shadow policy over the settled decisions that logged a shadow choice.
+
+    Rows logged under different modes are not pooled: the report covers the (served, shadow)
+    pair with the most rows and counts the others in ``other_pairs``.
+    """
+    logged = _logged(client)
+    if not logged:
         return {"rows": 0}
+    pairs: dict[tuple[str, str], list[tuple[dict[str, Any], str]]] = {}
+    for row in logged:
+        pairs.setdefault(_pair(row[0]), []).append(row)
+    (served_policy, shadow_policy), rows = max(pairs.items(), key=lambda item: len(item[1]))
     rewards = np.array([1.0 if learned in REWARDING else 0.0 for _, learned in rows])
     logged = np.array([float(r["propensity"]) for r, _ in rows])
     same = np.array([1.0 if (r["shadow"]["offer_id"], r["shadow"]["channel"]) == (r["offer_id"], r["channel"]) else 0.0
                      for r, _ in rows])
     q_logged = np.array([float(r["shadow"].get("p_served", 0.0)) for r, _ in rows])
     v_target = np.array([float(r["shadow"].get("p_shadow", 0.0)) for r, _ in rows])
-    first = rows[0][0]["shadow"]
-    served_policy = first.get("served") or ("rules" if first["policy"] == "learned" else "learned")
     return {
         "rows": len(rows),
         "served": {"policy": served_policy, **mean_estimate(rewards).as_dict()},
+        "other_pairs": {f"{s} served, {p} logged": len(r) for (s, p), r in pairs.items()
+                        if (s, p) != (served_policy, shadow_policy)},
         "shadow": {
-            "policy": rows[0][0]["shadow"]["policy"],
+            "policy": shadow_policy,
             "agreement": float(same.mean()),
             "ips": ips(rewards, logged, same).as_dict(),
             "snips": snips(rewards, logged, same).as_dict(),

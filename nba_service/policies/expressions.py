@@ -316,6 +316,8 @@ class _Rewriter(ast.NodeTransformer):
                 raise self._fail(node, f"in condition {node.id!r}: {exc.message}") from None
             finally:
                 self._expanding.pop()
+            for inner in ast.walk(inlined):  # type-checked where the condition is defined
+                inner._nba_condition = node.id  # type: ignore[attr-defined]
             return ast.copy_location(inlined, node)
         if node.id in FUNCTIONS:
             raise self._fail(node, f"{node.id} is a function: call it, e.g. {node.id}(...)")
@@ -425,7 +427,7 @@ def _kind(node: ast.expr) -> str:
 def _check_types(tree: ast.expr) -> None:
     """Refuse comparisons that can only fail or raise: a number against text, or against an attribute."""
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Compare):
+        if not isinstance(node, ast.Compare) or hasattr(node, "_nba_condition"):
             continue
         operands = [node.left, *node.comparators]
         for op, left, right in zip(node.ops, operands, operands[1:]):

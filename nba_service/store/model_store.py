@@ -55,6 +55,7 @@ class ModelStore:
             pipe.set(keys.MODEL_LIVE, version)
             if challenger is not None:
                 pipe.set(keys.MODEL_CHALLENGER, challenger)
+                pipe.set(keys.MODEL_CHALLENGER_VERSION, version)
             if acknowledge:
                 pipe.xack(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, *acknowledge)
             if version > KEEP_VERSIONS:
@@ -81,8 +82,22 @@ class ModelStore:
         return self._redis.get(keys.MODEL_SNAPSHOT)
 
     def load_challenger(self) -> bytes | None:
-        """The challenger models as of the last published version, if a learner trains one."""
-        return self._redis.get(keys.MODEL_CHALLENGER)
+        """The challenger models published with the live version (None if there are none, or stale ones)."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.MODEL_LIVE)
+            pipe.get(keys.MODEL_CHALLENGER_VERSION)
+            pipe.get(keys.MODEL_CHALLENGER)
+            live, version, data = pipe.execute()
+        return data if live is not None and live == version else None
+
+    def promote(self, challenger: bytes, updates: int) -> int:
+        """Publish a challenger (from :meth:`load_challenger`) as the new live version.
+
+        The challenger is consumed: the learner starts a new one at its configured learning rate.
+        """
+        version = self.publish(challenger, updates, source="promoted challenger")
+        self._redis.delete(keys.MODEL_CHALLENGER, keys.MODEL_CHALLENGER_VERSION)
+        return version
 
     def history(self) -> list[ModelVersion]:
         return [ModelVersion(**json.loads(raw)) for raw in self._redis.lrange(keys.MODEL_VERSIONS, 0, -1)]

@@ -10,8 +10,9 @@ CPU per call (measured: 38 µs against 78 µs for a GET), and under load
 concurrent requests share system calls.
 
 Failures surface as redis-py's exceptions (``ConnectionError``, ``TimeoutError``,
-``ResponseError``), so callers handle them as before; a lost connection fails
-the calls in flight and the next call reconnects.
+``ResponseError``), so callers handle them as before; a lost or timed-out
+connection is dropped at once, fails the calls in flight, and the next call
+reconnects (``rediss://`` connects with TLS; AUTH and SELECT come from the URL).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,12 +80,20 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
         self.closed = True
         error = redis.ConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}")
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
+
+    def abort(self) -> None:
+        """Drop the connection now (unsent data too) and fail every call waiting on it."""
+        if self.transport is not None:
+            self.transport.abort()
+        self.connection_lost(None)
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
         waiter = asyncio.get_running_loop().create_future()
@@ -98,6 +108,7 @@ class ScriptConnection:
 
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         self._options = parse_url(url)
+        self._tls = ssl.create_default_context() if url.startswith("rediss://") else None
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
@@ -115,20 +126,26 @@ class ScriptConnection:
                     connect = loop.create_unix_connection(_Protocol, options["path"])
                 else:
                     connect = loop.create_connection(_Protocol, options.get("host", "localhost"),
-                                                     options.get("port", 6379))
+                                                     options.get("port", 6379), ssl=self._tls)
                 _, protocol = await asyncio.wait_for(connect, self.timeout)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:
                 raise redis.ConnectionError(f"cannot connect to Redis: {exc}") from exc
             setup = []
             if options.get("password"):
                 setup.append(_command("AUTH", *(x for x in (options.get("username"), options["password"]) if x)))
             if options.get("db"):
                 setup.append(_command("SELECT", options["db"]))
-            for payload in setup:
-                reply = await asyncio.wait_for(protocol.send(payload), self.timeout)
-                if isinstance(reply, hiredis.ReplyError):
-                    protocol.transport.close()
-                    raise redis.ConnectionError(f"Redis refused the connection set-up: {reply}")
+            try:
+                for payload in setup:
+                    reply = await asyncio.wait_for(protocol.send(payload), self.timeout)
+                    if isinstance(reply, hiredis.ReplyError):
+                        raise redis.ConnectionError(f"Redis refused the connection set-up: {reply}")
+            except TimeoutError as exc:
+                protocol.abort()
+                raise redis.ConnectionError("Redis did not answer the connection set-up in time") from exc
+            except BaseException:  # refused, or the caller gave up: never leave the socket behind
+                protocol.abort()
+                raise
             self._protocol = protocol
             return protocol
 
@@ -138,14 +155,22 @@ class ScriptConnection:
             protocol = await self._connect()
         try:
             return await asyncio.wait_for(protocol.send(payload), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # the reply may still come: the connection's order can no longer be trusted
-            protocol.transport.close()  # type: ignore[union-attr]
+            protocol.abort()
             raise redis.TimeoutError(f"Redis did not answer within {self.timeout:g} s") from None
 
-    async def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any],
+                      retry: bool = False) -> Any:
+        """Run a script; ``retry`` runs it once more on a fresh connection after a connection error
+        (only for scripts that write nothing: a write may have been applied before the loss)."""
         payload = _command(b"EVALSHA", script.sha, len(keys), *keys, *args)
-        reply = await self._call(payload)
+        try:
+            reply = await self._call(payload)
+        except redis.ConnectionError:
+            if not retry:
+                raise
+            reply = await self._call(payload)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             loaded = await self._call(_command(b"SCRIPT", b"LOAD", script.source))
             if isinstance(loaded, hiredis.ReplyError):
@@ -158,4 +183,4 @@ class ScriptConnection:
     async def aclose(self) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
-            protocol.transport.close()
+            protocol.abort()

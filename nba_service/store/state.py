@@ -93,7 +93,7 @@ return {redis.call('GET', KEYS[1]) or false,
 # the pending set until its attribution window ends.
 _WRITE_SCRIPT = """
 local now = tonumber(ARGV[8])
-if ARGV[7] ~= '' and redis.call('ZCOUNT', KEYS[4], ARGV[23], '+inf') > tonumber(ARGV[24]) then
+if ARGV[7] ~= '' and ARGV[23] ~= '' and redis.call('ZCOUNT', KEYS[4], ARGV[23], '+inf') > tonumber(ARGV[24]) then
   -- another request sent this customer something since the context was read: the caps
   -- were checked against a stale history, so refuse and let the caller decide again
   return -1
@@ -173,12 +173,12 @@ class StateStore:
     """Async access to customer state; one instance per server, shared by all requests."""
 
     def __init__(self, client: aioredis.Redis, *, decision_ttl_seconds: int, journey_max_events: int,
-                 context_events: int = 50, scripts: ScriptConnection | None = None) -> None:
+                 context_events: int = 50, scripts: ScriptConnection | None = None, url: str = "") -> None:
         self._redis = client
         self.decision_ttl_seconds = decision_ttl_seconds
         self.journey_max_events = journey_max_events
         self.context_events = min(context_events, journey_max_events)
-        self._scripts = scripts or ScriptConnection(_url_of(client))
+        self._scripts = scripts or ScriptConnection(url or _url_of(client))
         """The decision path's scripts go through one pipelined connection (see script_connection)."""
         self._outcome_script = LuaScript(_OUTCOME_SCRIPT)
         self._write_script = LuaScript(_WRITE_SCRIPT)
@@ -197,7 +197,8 @@ class StateStore:
             keys=[keys.profile(customer_id), keys.journey(customer_id), keys.contacts(customer_id),
                   keys.open_journeys(customer_id), keys.declines(customer_id)],
             args=[self.context_events - 1, f"{now - contact_window:.3f}",
-                  f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf"])
+                  f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf"],
+            retry=True)  # a read: safe to run again after a dropped connection
         declines = iter(raw_declines)
         contacts = iter(raw_contacts)
         opened = iter(raw_open)
@@ -252,7 +253,7 @@ class StateStore:
                           "policy_version": decision.policy_version, "model_version": decision.model_version,
                           **({"shadow": shadow} if shadow else {})}),
                   budget_key, budget_max, budget_ttl,
-                  f"{ctx.now - contact_window:.3f}", len(ctx.contacts), reward_on],
+                  f"{ctx.now - contact_window:.3f}" if contact_window > 0 else "", len(ctx.contacts), reward_on],
         )
         return int(written)
 

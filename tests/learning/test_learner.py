@@ -126,3 +126,20 @@ def test_promoting_the_challenger_makes_it_live_and_the_learner_continues_from_i
     _fill(redis_client, 10, seed=11)
     learner.step()  # about to publish, it sees version 3 and continues from the promoted models
     assert learner.models.learning_rate == 0.5
+
+
+def test_after_a_promotion_the_learner_starts_a_new_challenger(redis_client, redis_url, capsys):
+    _fill(redis_client, 20)
+    learner = Learner(redis_client, name="l", snapshot_every=10, batch=10, block_ms=1, challenger_learning_rate=0.5)
+    learner.step()
+    assert main(["model", "promote", "--redis-url", redis_url]) == 0
+    assert ModelStore(redis_client).load_challenger() is None  # consumed
+    assert main(["model", "promote", "--redis-url", redis_url]) == 1  # nothing left to promote
+    capsys.readouterr()
+    _fill(redis_client, 10, seed=3)
+    learner.step()  # sees the promotion: continues from it, with a new challenger
+    while learner.step():
+        pass
+    challenger = ModelBank.from_bytes(ModelStore(redis_client).load_challenger())
+    live = ModelBank.from_bytes(ModelStore(redis_client).load())
+    assert challenger.updates == live.updates

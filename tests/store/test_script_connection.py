@@ -40,3 +40,41 @@ def test_an_unreachable_redis_is_a_connection_error():
             await connection.evalsha(ECHO, ["k"], ["v", 1])
 
     asyncio.run(run())
+
+
+def test_a_timed_out_call_drops_the_connection_and_the_next_call_reconnects(redis_url, redis_client):
+    slow = LuaScript("local t = redis.call('TIME') local s = tonumber(t[1]) + 1 "
+                     "repeat t = redis.call('TIME') until tonumber(t[1]) > s return 1")
+
+    async def run():
+        connection = ScriptConnection(redis_url, timeout=0.3)
+        try:
+            await connection.evalsha(ECHO, ["k"], ["v", 0])
+            first = connection._protocol
+            with pytest.raises(redis.TimeoutError):
+                await connection.evalsha(slow, [], [])
+            assert first.closed  # dropped at once: its replies can no longer be matched
+            connection.timeout = 10.0  # Redis finishes the slow script, then answers on a new connection
+            return await connection.evalsha(ECHO, ["k"], ["v", 1]), connection._protocol is not first
+        finally:
+            await connection.aclose()
+
+    assert asyncio.run(run()) == ([b"k", b"v", 2], True)
+
+
+def test_a_password_in_the_url_is_sent(redis_url, redis_client):
+    redis_client.config_set("requirepass", "s3cr%t")
+    try:
+        async def run(url):
+            connection = ScriptConnection(url)
+            try:
+                return await connection.evalsha(ECHO, ["k"], ["v", 1])
+            finally:
+                await connection.aclose()
+
+        base = redis_url.split("?")[0]
+        with pytest.raises(redis.ConnectionError, match="refused the connection set-up"):
+            asyncio.run(run(base + "?password=wrong"))
+        assert asyncio.run(run(base + "?password=s3cr%25t")) == [b"k", b"v", 2]
+    finally:
+        redis.Redis.from_url(redis_url, password="s3cr%t").config_set("requirepass", "")
