@@ -196,6 +196,8 @@ def test_named_conditions_and_places_compile_into_rules():
     ('      bad: "event.amount >"\n', "event.shortfall > 0", "settings.conditions.bad: syntax error"),
     ('      cash: "event.cart_value > 3"\n', "cash", "in condition 'cash': unknown field event.cart_value"),
     ('', "nearest_km('atm_partner') < 2", "needs a declared place kind"),
+    ('      rich: "profile.known and attr(\'income\') > 30000"\n', "rich",
+     "settings.conditions.rich: attr('income') is text (or None), not a number"),
 ])
 def test_condition_and_place_mistakes(settings, offer_rule, message):
     settings_text = "settings:\n  conditions:\n" + settings if settings else "settings: {}\n"
