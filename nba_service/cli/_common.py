@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 from collections.abc import Iterator
 
 import redis
@@ -11,7 +12,7 @@ import redis
 from nba_service.settings import Settings
 from nba_service.store.embedded import EmbeddedRedis
 
-__all__ = ["settings_from", "state_client", "state_options"]
+__all__ = ["print_versions", "settings_from", "state_client", "state_options"]
 
 
 def state_options(parser: argparse.ArgumentParser) -> None:
@@ -42,3 +43,12 @@ def state_client(settings: Settings) -> Iterator[redis.Redis]:
             yield client
         finally:
             client.close()
+
+
+def print_versions(live: int | None, columns: tuple[str, str], rows: list[tuple[int, float, str, str]]) -> None:
+    """A version history: (version, published at, a short column, a long one) a row, * = live."""
+    short, long = columns
+    print(f"{'':2}{'version':>7}  {'published (UTC)':19}  {short:12}  {long}")
+    for version, published_at, third, last in rows:
+        when = datetime.datetime.fromtimestamp(published_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{'*' if version == live else ' ':2}{version:>7}  {when:19}  {third[:12]:12}  {last}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
 import signal
@@ -11,7 +10,7 @@ import sys
 import threading
 import time
 
-from nba_service.cli._common import settings_from, state_client, state_options
+from nba_service.cli._common import print_versions, settings_from, state_client, state_options
 from nba_service.learning.learner import Learner, default_learner_name
 from nba_service.learning.models import ModelBank
 from nba_service.store.model_store import ModelStore
@@ -55,10 +54,7 @@ def cmd_model_history(args: argparse.Namespace) -> int:
     if not history:
         print("no model version has been published (the service scores offers by their priors)")
         return 0
-    print(f"{'':2}{'version':>7}  {'published (UTC)':19}  {'outcomes':>9}  source")
-    for v in history:
-        when = datetime.datetime.fromtimestamp(v.published_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{'*' if v.version == live else ' ':2}{v.version:>7}  {when:19}  {v.updates:>9}  {v.source}")
+    print_versions(live, ("outcomes", "source"), [(v.version, v.published_at, str(v.updates), v.source) for v in history])
     return 0
 
 

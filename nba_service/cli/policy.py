@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import pathlib
 import sys
 import time
 
-from nba_service.cli._common import settings_from, state_client, state_options
+from nba_service.cli._common import print_versions, settings_from, state_client, state_options
 from nba_service.cli._sources import SourceError, load_models, moment_time, policy_source, stored_contexts
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
@@ -51,10 +50,7 @@ def cmd_policy_history(args: argparse.Namespace) -> int:
     if not history:
         print("no policy version has been published")
         return 0
-    print(f"{'':2}{'version':>7}  {'published (UTC)':19}  {'author':12}  message")
-    for p in history:
-        when = datetime.datetime.fromtimestamp(p.published_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{'*' if p.version == live else ' ':2}{p.version:>7}  {when:19}  {p.author[:12]:12}  {p.message}")
+    print_versions(live, ("author", "message"), [(p.version, p.published_at, p.author, p.message) for p in history])
     return 0
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import redis
 
 from nba_service.store import keys
+from nba_service.store.versions import roll_back
 
 __all__ = ["KEEP_VERSIONS", "ModelStore", "ModelVersion"]
 
@@ -103,18 +104,10 @@ class ModelStore:
         return [ModelVersion(**json.loads(raw)) for raw in self._redis.lrange(keys.MODEL_VERSIONS, 0, -1)]
 
     def rollback(self, version: int | None = None) -> int:
-        """Make ``version`` (default: the one before the live one) live again."""
-        live = self.live()
-        if version is None:
-            earlier = [v.version for v in self.history()[-KEEP_VERSIONS:] if live is None or v.version < live]
-            earlier = [v for v in earlier if self._redis.exists(keys.model_version(v))]
-            if not earlier:
-                raise KeyError("there is no earlier model version to roll back to")
-            version = earlier[-1]
-        if not self._redis.exists(keys.model_version(version)):
-            raise KeyError(f"model version {version} does not exist (or is older than the last {KEEP_VERSIONS})")
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.MODEL_LIVE, version)
-            pipe.publish(keys.MODEL_CHANNEL, str(version))
-            pipe.execute()
-        return version
+        """Make ``version`` (default: the newest kept one before the live one) live again.
+
+        Only the last :data:`KEEP_VERSIONS` snapshots are kept: older versions cannot come back.
+        """
+        return roll_back(self._redis, what="model", live_key=keys.MODEL_LIVE, channel=keys.MODEL_CHANNEL,
+                         version=version, versions=[v.version for v in self.history()[-KEEP_VERSIONS:]],
+                         key_of=keys.model_version)

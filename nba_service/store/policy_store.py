@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import redis
 
 from nba_service.store import keys
+from nba_service.store.versions import roll_back
 
 __all__ = ["PolicyStore", "PublishedPolicy", "content_digest"]
 
@@ -87,19 +88,9 @@ class PolicyStore:
 
     def rollback(self, version: int | None = None) -> int:
         """Make ``version`` (default: the one published before the live one) live again."""
-        live = self.live()
-        if version is None:
-            earlier = [p.version for p in self.history() if live is None or p.version < live]
-            if not earlier:
-                raise KeyError("there is no earlier policy version to roll back to")
-            version = earlier[-1]
-        if not self._redis.exists(keys.policy_version(version)):
-            raise KeyError(f"policy version {version} does not exist")
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.POLICY_LIVE, version)
-            pipe.publish(keys.POLICY_CHANNEL, str(version))
-            pipe.execute()
-        return version
+        versions = [int(v) for v in self._redis.lrange(keys.POLICY_VERSIONS, 0, -1)]
+        return roll_back(self._redis, what="policy", live_key=keys.POLICY_LIVE, channel=keys.POLICY_CHANNEL,
+                         version=version, versions=versions, key_of=keys.policy_version)
 
 
 def _published(version: int, record: Mapping[bytes, bytes]) -> PublishedPolicy:
