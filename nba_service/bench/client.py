@@ -107,15 +107,20 @@ async def _sequential(call: Call, requests: Sequence[pb.DecideRequest], count: i
     """``count`` calls one at a time, from ``requests[offset]`` on: the latency of each that succeeded."""
     latencies: list[float] = []
     for i in range(offset, offset + count):
-        request = requests[i % len(requests)]
-        started = time.perf_counter()
-        try:
-            await call(request, timeout=CALL_TIMEOUT_SECONDS)
-        except grpc.aio.AioRpcError as exc:
-            errors[exc.code().name] += 1
-            continue
-        latencies.append(time.perf_counter() - started)
+        await _timed(call, requests[i % len(requests)], latencies, errors)
     return latencies
+
+
+async def _timed(call: Call, request: pb.DecideRequest, latencies: list[float],
+                 errors: collections.Counter[str]) -> None:
+    """One call: its latency into ``latencies`` if it succeeded, its status code into ``errors`` if not."""
+    started = time.perf_counter()
+    try:
+        await call(request, timeout=CALL_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError as exc:
+        errors[exc.code().name] += 1
+        return
+    latencies.append(time.perf_counter() - started)
 
 
 async def _load(call: Call, requests: Sequence[pb.DecideRequest], concurrency: int, seconds: float,
@@ -133,13 +138,7 @@ async def _load(call: Call, requests: Sequence[pb.DecideRequest], concurrency: i
             sent += 1
             request = requests[i % len(requests)]
             i += concurrency
-            started = time.perf_counter()
-            try:
-                await call(request, timeout=CALL_TIMEOUT_SECONDS)
-            except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] += 1
-                continue
-            latencies.append(time.perf_counter() - started)
+            await _timed(call, request, latencies, errors)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
