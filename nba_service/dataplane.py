@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Mapping
 
 import numpy as np
@@ -204,7 +204,7 @@ class DataPlane:
         exhausted = self._exhausted_budgets(ctx.now)
         for _ in range(len(snapshot.offers) + 1):  # each retry rules one more offer out: bounded
             decision, shadow = self._decide(snapshot, ctx, event, top_k, exhausted)
-            decision_id = uuid.uuid4().hex
+            decision_id = os.urandom(16).hex()  # 128 random bits, as uuid4 but a quarter of the cost
             offer = snapshot.offers[snapshot.offer_index[decision.offer_id]] if decision.offer_id else None
             budget = None
             if offer is not None and offer.budget is not None:

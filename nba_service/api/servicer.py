@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import TextIO
 
@@ -35,7 +35,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def _decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
         customer_id, request_id, origin, event, attributes, top_k = converters.decide_request_fields(request)
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()
         decision_id, decision = await self.dataplane.decide(customer_id, request_id, origin, event, attributes, top_k)
         if self.recorder is not None and self._rng.random() < self.record_sample:
             append_request(self.recorder, request, time.time())

@@ -29,9 +29,14 @@ def rank_offers(priorities: np.ndarray, offer_of_arm: np.ndarray) -> Ranking:
     >>> r.arms.tolist(), r.priorities.tolist()
     ([1, 2], [0.5, 0.3])
     """
-    if not len(priorities):
+    n = len(priorities)
+    if not n:
         return Ranking(np.empty(0, dtype=np.intp), np.empty(0))
-    order = np.argsort(-priorities, kind="stable")
-    _, first = np.unique(offer_of_arm[order], return_index=True)
-    best = order[np.sort(first)]
+    order = np.lexsort((-priorities, offer_of_arm))  # by offer, its best arm first (ties: the lower arm)
+    grouped = offer_of_arm[order]
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(grouped[1:], grouped[:-1], out=first[1:])
+    best = np.sort(order[first])  # the best arm of every offer, in arm order
+    best = best[np.argsort(-priorities[best], kind="stable")]  # ranked; equal priorities keep arm order
     return Ranking(best, priorities[best])

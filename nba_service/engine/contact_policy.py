@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nba_service.engine.domain import ContactRecord, CustomerProfile
-from nba_service.engine.localtime import local_time
+from nba_service.engine.localtime import local_minute
 
 if TYPE_CHECKING:
     from nba_service.policies.snapshot import PolicySnapshot
@@ -61,35 +61,39 @@ def check_channels(snapshot: PolicySnapshot, profile: CustomerProfile, now: floa
                    rule_results: tuple[Any, ...] | None, caps: CapHits) -> ChannelVerdict:
     """Which channels may carry an action to this customer right now, and why not."""
     channels = snapshot.channels
-    allowed = np.ones(len(channels), dtype=bool)
+    refusals = snapshot.channel_refusals
     reasons: list[tuple[str, str]] = [("", "")] * len(channels)
-    rule_ok = [True] * len(channels)
-    if rule_results is not None:
-        for position, result in zip(snapshot.channel_rule_positions, rule_results):
-            rule_ok[position] = not isinstance(result, Exception) and bool(result)  # an error closes the channel
-    local = None
+    closed: list[int] = []
+    failed: set[int] = set()
+    if rule_results is not None:  # an error closes the channel too
+        failed = {position for position, result in zip(snapshot.channel_rule_positions, rule_results)
+                  if isinstance(result, Exception) or not result}
+    local = -1
     consents = profile.consents
     reachable = profile.reachable_channels
-    for i, channel in enumerate(channels):
-        if not consents.get(channel.id, snapshot.channel_default_consent[i]):
-            reasons[i] = ("no_consent", f"{channel.id}: no consent")
-        elif snapshot.channel_needs_reachable[i] and channel.id not in reachable:
-            reasons[i] = ("not_reachable", f"{channel.id}: customer not reachable there")
-        elif not rule_ok[i]:
-            reasons[i] = ("channel_unavailable", f"{channel.id}: {channel.available_when.source}")  # type: ignore[union-attr]
-        elif i in caps.channels:
-            reasons[i] = ("frequency_cap", f"{channel.id}: {caps.channels[i]}")
+    capped = caps.channels
+    for i, (channel, default_consent, needs_reachable) in enumerate(
+            zip(channels, snapshot.channel_default_consent, snapshot.channel_needs_reachable)):
+        if not consents.get(channel.id, default_consent):
+            reasons[i] = refusals[i][0]
+        elif needs_reachable and channel.id not in reachable:
+            reasons[i] = refusals[i][1]
+        elif i in failed:
+            reasons[i] = refusals[i][2]
+        elif i in capped:
+            reasons[i] = ("frequency_cap", f"{channel.id}: {capped[i]}")
         elif channel.quiet_hours is not None:
-            if local is None:
-                moment = local_time(now, profile.timezone)
+            if local < 0:
+                moment = local_minute(now, profile.timezone)
                 local = moment.hour * 60 + moment.minute
-            if in_quiet_hours(local, channel.quiet_hours):
-                reasons[i] = ("quiet_hours", f"{channel.id}: quiet hours in {profile.timezone or 'UTC'}")
-            else:
+            if not in_quiet_hours(local, channel.quiet_hours):
                 continue
+            reasons[i] = ("quiet_hours", f"{channel.id}: quiet hours in {profile.timezone or 'UTC'}")
         else:
             continue
-        allowed[i] = False
+        closed.append(i)
+    allowed = np.ones(len(channels), dtype=bool)
+    allowed[closed] = False
     return ChannelVerdict(allowed, tuple(reasons))
 
 

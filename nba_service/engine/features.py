@@ -16,7 +16,6 @@ same columns the numpy scorer multiplies.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import math
 import zlib
@@ -25,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from nba_service.engine.domain import CustomerContext, CustomerProfile, Event
-from nba_service.engine.localtime import zone
+from nba_service.engine.localtime import local_minute
 
 __all__ = ["FEATURE_DIM", "feature_index", "hash_features", "request_features", "vectorize"]
 
@@ -41,7 +40,7 @@ def feature_index(name: str) -> int:
 def request_features(ctx: CustomerContext, event: Event) -> dict[str, float]:
     """Readable features of the customer and the moment."""
     profile = ctx.profile
-    local = datetime.datetime.fromtimestamp(ctx.now, zone(profile.timezone))
+    local = local_minute(ctx.now, profile.timezone)
     hour = local.hour
     part = "night" if hour < 6 else "morning" if hour < 12 else "afternoon" if hour < 18 else "evening"
     features: dict[str, float] = {

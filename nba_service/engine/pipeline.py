@@ -12,6 +12,7 @@ import logging
 import math
 import string
 from collections.abc import Mapping
+from itertools import compress
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,6 +46,11 @@ class Explorer(Protocol):
     def choose(self, priorities: np.ndarray) -> tuple[int, float]: ...
 
 
+def _passed(result: Any) -> bool:
+    """A rule passes when its result is true; an error fails it."""
+    return not isinstance(result, Exception) and bool(result)
+
+
 class DecisionEngine:
     """Decides one customer moment against one policy snapshot."""
 
@@ -62,59 +68,70 @@ class DecisionEngine:
         scope = build_scope(ctx, event, snapshot.places)
         reasons: list[Reason] = []
         offers = snapshot.offers
+        now = ctx.now
 
         # eligibility: validity window, then every rule of the event type in one eval
         n = len(plan.offers)
-        offer_ok = (snapshot.offer_valid_from[plan.offers] <= ctx.now) & (ctx.now < snapshot.offer_valid_until[plan.offers])
-        if not offer_ok.all():
-            for p in np.flatnonzero(~offer_ok):
-                reasons.append(Reason(offers[plan.offers[p]].id, "not_live", "outside its validity window"))
-        results = self._evaluate(plan.rules_code, plan.rules, scope)
-        for p, rule, result in zip(plan.rule_positions, plan.rules, results):
-            if offer_ok[p] and (isinstance(result, Exception) or not result):
-                offer_ok[p] = False
-                if isinstance(result, Exception):
-                    reasons.append(Reason(offers[plan.offers[p]].id, "rule_error", f"{rule.source}: {result}"))
-                else:
-                    reasons.append(Reason(offers[plan.offers[p]].id, "not_eligible", rule.source))
+        first_live, last_live = plan.live_between
+        if first_live <= now < last_live:  # the usual case: every candidate is live
+            offer_ok = np.ones(n, dtype=bool)
+        else:
+            offer_ok = (plan.valid_from <= now) & (now < plan.valid_until)
+            reasons.extend(compress(plan.not_live_reasons, (~offer_ok).tolist()))
+        if plan.rules_code is not None:
+            results = self._evaluate(plan.rules_code, plan.rules, scope)
+            passed = np.fromiter(map(bool, results) if type(results) is tuple else map(_passed, results),
+                                 dtype=bool, count=len(results))
+            failed = ~passed & offer_ok[plan.rule_position_array]  # a rule out of its window is not reported
+            if failed.any():
+                offer_ok[plan.rule_position_array[failed]] = False
+                for k in failed.nonzero()[0].tolist():
+                    result = results[k]
+                    reasons.append(plan.rule_reasons[k] if not isinstance(result, Exception) else
+                                   Reason(plan.rule_reasons[k].offer_id, "rule_error", f"{plan.rules[k].source}: {result}"))
 
         # budgets used up across all customers, and offers this customer keeps declining
-        if exhausted or ctx.declines:
-            for p in np.flatnonzero(offer_ok):
+        if exhausted:
+            gone = [snapshot.offer_index[o] for o in exhausted if o in snapshot.offer_index]
+            for p in (np.isin(plan.offers, gone) & offer_ok).nonzero()[0].tolist():
                 offer = offers[plan.offers[p]]
-                if offer.id in exhausted:
+                offer_ok[p] = False
+                reasons.append(Reason(offer.id, "budget_exhausted", f"at most {offer.budget.max} per {offer.budget.per}"
+                                      if offer.budget else "budget used up"))
+        if ctx.declines and plan.suppressing:
+            for p in plan.suppressing:
+                offer = offers[plan.offers[p]]
+                since = now - offer.suppress_after.per_seconds  # type: ignore[union-attr]
+                declined = sum(1 for ts, offer_id in ctx.declines if offer_id == offer.id and ts >= since)
+                if offer_ok[p] and declined >= offer.suppress_after.declines:  # type: ignore[union-attr]
                     offer_ok[p] = False
-                    reasons.append(Reason(offer.id, "budget_exhausted", f"at most {offer.budget.max} per {offer.budget.per}"
-                                          if offer.budget else "budget used up"))
-                elif offer.suppress_after is not None:
-                    since = ctx.now - offer.suppress_after.per_seconds
-                    declined = sum(1 for ts, offer_id in ctx.declines if offer_id == offer.id and ts >= since)
-                    if declined >= offer.suppress_after.declines:
-                        offer_ok[p] = False
-                        reasons.append(Reason(offer.id, "suppressed", f"declined {declined} times in "
-                                                                       f"{offer.suppress_after.per}"))
+                    reasons.append(Reason(offer.id, "suppressed", f"declined {declined} times in "
+                                                                   f"{offer.suppress_after.per}"))  # type: ignore[union-attr]
 
         # contact policy: caps over the history, then consent, reach, conditions, quiet hours
-        caps = check_caps(snapshot, ctx.contacts, ctx.now)
+        caps = check_caps(snapshot, ctx.contacts, now)
         if caps.everything:
             return self._no_action(snapshot, features, (*reasons, Reason("", "frequency_cap", caps.everything)))
         if caps.offers or caps.categories:
-            for p in np.flatnonzero(offer_ok):
+            capped_offers = np.zeros(len(offers), dtype=bool)
+            capped_offers[list(caps.offers)] = True
+            capped_categories = np.zeros(len(snapshot.category_index), dtype=bool)
+            capped_categories[list(caps.categories)] = True
+            capped = offer_ok & (capped_offers[plan.offers] | capped_categories[plan.offer_category])
+            for p in capped.nonzero()[0].tolist():
                 index = plan.offers[p]
-                blocked = caps.offers.get(index) or caps.categories.get(snapshot.offer_category[index])
-                if blocked:
-                    offer_ok[p] = False
-                    reasons.append(Reason(offers[index].id, "frequency_cap", blocked))
+                offer_ok[p] = False
+                reasons.append(Reason(offers[index].id, "frequency_cap",
+                                      caps.offers.get(index) or caps.categories[snapshot.offer_category[index]]))
         channel_results = (self._evaluate(snapshot.channel_rules_code, snapshot.channel_rules, scope)
                            if snapshot.channel_rules_code is not None else None)
         verdict = check_channels(snapshot, ctx.profile, ctx.now, channel_results, caps)
         arms = plan.arms
-        arm_ok = offer_ok[plan.arm_position] & verdict.allowed[snapshot.arm_channel[arms]]
+        arm_ok = offer_ok[plan.arm_position] & verdict.allowed[plan.arm_channel]
         for arm in caps.arms:
             arm_ok &= arms != arm
-        reachable = np.zeros(n, dtype=bool)
-        reachable[plan.arm_position[arm_ok]] = True
-        for p in np.flatnonzero(offer_ok & ~reachable):
+        reachable = np.logical_or.reduceat(arm_ok, plan.arm_start)  # per offer: any of its arms allowed
+        for p in (offer_ok & ~reachable).nonzero()[0].tolist():
             offer = offers[plan.offers[p]]
             why = "; ".join(
                 verdict.reasons[snapshot.channel_index[c]][1]
@@ -122,7 +139,7 @@ class DecisionEngine:
                 for c in offer.channels
             )
             reasons.append(Reason(offer.id, "no_channel", why))
-        allowed = np.flatnonzero(arm_ok)
+        allowed = arm_ok.nonzero()[0]
         if not len(allowed):
             return self._no_action(snapshot, features, (*reasons, Reason("", "nothing_allowed", "no offer passed eligibility and contact policy")))
 
@@ -134,12 +151,11 @@ class DecisionEngine:
         priorities = propensities * factors
         preferred = snapshot.channel_index.get(ctx.profile.preferred_channel)
         if preferred is not None and snapshot.settings.preferred_channel_boost != 1.0:
-            priorities = np.where(snapshot.arm_channel[chosen_arms] == preferred,
-                                  priorities * snapshot.settings.preferred_channel_boost, priorities)
+            priorities[plan.arm_channel[allowed] == preferred] *= snapshot.settings.preferred_channel_boost
         ranking = rank_offers(priorities, plan.arm_position[allowed])
         # worth sending: at or above the threshold, and never a zero priority (a lever or weight of 0 pauses)
         above = (ranking.priorities >= snapshot.settings.no_action_threshold) & (ranking.priorities > 0)
-        for r in np.flatnonzero(~above):
+        for r in (~above).nonzero()[0].tolist():
             arm = chosen_arms[ranking.arms[r]]
             reasons.append(Reason(snapshot.arm_keys[arm][0], "below_threshold",
                                   f"priority {ranking.priorities[r]:.4g} < {snapshot.settings.no_action_threshold:g}"))
@@ -157,10 +173,9 @@ class DecisionEngine:
         why = "best priority" if pick == 0 else f"exploration (best was {snapshot.arm_keys[chosen_arms[options[0]]][0]})"
         vlb = float(factors[options[pick]])
         reasons.insert(0, Reason(offer_id, "chosen", f"{why}: P={p_model:.4f} x VLB={vlb:.4g} on {channel}"))
-        alternatives = tuple(
-            Alternative(snapshot.arm_keys[chosen_arms[a]][0], snapshot.arm_keys[chosen_arms[a]][1], float(pr))
-            for a, pr in zip(options, ranking.priorities[above]) if a != options[pick]
-        )[:top_k]
+        runners_up = [r for r in range(min(len(options), top_k + 1)) if r != pick][:top_k]
+        alternatives = tuple(Alternative(*snapshot.arm_keys[chosen_arms[options[r]]], float(ranking.priorities[r]))
+                             for r in runners_up)
         return Decision(
             offer_id=offer_id,
             channel=channel,
@@ -181,7 +196,8 @@ class DecisionEngine:
                         policy_version=snapshot.version, model_version=self.scorer.version, features=features)
 
     @staticmethod
-    def _evaluate(code: Any, rules: tuple[Any, ...], scope: dict[str, Any]) -> tuple[Any, ...]:
+    def _evaluate(code: Any, rules: tuple[Any, ...], scope: dict[str, Any]) -> tuple[Any, ...] | list[Any]:
+        """Every rule's result, in one evaluation: a tuple; a list (with the exceptions) when one failed."""
         if code is None:
             return ()
         try:
@@ -193,7 +209,7 @@ class DecisionEngine:
                     results.append(eval(rule.code, _GLOBALS, scope))  # noqa: S307
                 except Exception as exc:  # noqa: BLE001 - reported as the rule's reason
                     results.append(exc)
-            return tuple(results)
+            return results
 
 
 def arm_factors(snapshot: PolicySnapshot, plan: Any, arms: np.ndarray, offer_ok: np.ndarray,

@@ -26,7 +26,7 @@ from types import CodeType
 from typing import Any
 
 from nba_service.engine.domain import EVENT_FIELDS, CustomerContext, Event
-from nba_service.engine.localtime import local_time
+from nba_service.engine.localtime import local_minute
 
 __all__ = [
     "CompiledExpression",
@@ -143,7 +143,7 @@ def _days_until(ctx: CustomerContext, date: Any) -> float:
     parts = date.strip().split("-")
     try:
         month, day = int(parts[-2]), int(parts[-1])
-        today = local_time(ctx.now, ctx.profile.timezone).date()
+        today = local_minute(ctx.now, ctx.profile.timezone).date()
         target = _anniversary(today.year, month, day)
     except (ValueError, IndexError):
         return _NEVER_DAYS
@@ -485,7 +485,7 @@ def build_scope(ctx: CustomerContext, event: Event, places: Mapping[str, Any] | 
     ``places`` are the policy's places by kind (for ``nearest_km``/``nearest_name``).
     """
     profile = ctx.profile
-    local = local_time(ctx.now, profile.timezone)
+    local = local_minute(ctx.now, profile.timezone)
     open_cart = 0.0
     for journey in ctx.open_journeys:
         if journey.kind == "cart":

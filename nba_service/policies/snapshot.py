@@ -16,7 +16,7 @@ from types import CodeType
 
 import numpy as np
 
-from nba_service.engine.domain import EVENT_FIELDS
+from nba_service.engine.domain import EVENT_FIELDS, Reason
 from nba_service.policies.expressions import CompiledExpression, compile_batch
 from nba_service.policies.schema import ChannelSpec, GlobalSettings, Limit, OfferSpec, PolicySet
 
@@ -42,6 +42,25 @@ class EventPlan:
     """For each of ``arms``, the position of its offer in ``offers``."""
     value_expressions: tuple[tuple[int, int, CompiledExpression], ...] = ()
     """(position in ``offers``, offer index, expression) of the offers whose value is computed per request."""
+    rule_position_array: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
+    """``rule_positions`` as an array, to rule out the offers whose rule failed in one operation."""
+    rule_reasons: tuple[Reason, ...] = ()
+    """The "not_eligible" reason of each rule, built once."""
+    live_between: tuple[float, float] = (float("-inf"), float("inf"))
+    """Every candidate is inside its validity window from the first to the second time."""
+    valid_from: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0))
+    valid_until: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0))
+    """The candidates' validity windows, in ``offers`` order."""
+    not_live_reasons: tuple[Reason, ...] = ()
+    """The "not_live" reason of each candidate, built once."""
+    suppressing: tuple[int, ...] = ()
+    """Positions of the candidates that are suppressed after repeated declines."""
+    offer_category: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
+    """The category index of each candidate."""
+    arm_channel: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
+    """The channel index of each of ``arms``."""
+    arm_start: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
+    """Where each candidate's arms start in ``arms`` (every offer has at least one channel)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,6 +127,9 @@ class PolicySnapshot:
     """The policy's places by kind, for the geolocated rule functions."""
     max_suppression_window: float = 0.0
     """The longest decline-suppression window (0: no offer suppresses after declines)."""
+    channel_refusals: tuple[tuple[tuple[str, str], tuple[str, str], tuple[str, str]], ...] = ()
+    """Per channel, its (code, detail) when the customer has not consented, is not reachable there,
+    or its availability condition is false: built once."""
 
     @classmethod
     def compile(cls, policy: PolicySet, version: str) -> PolicySnapshot:
@@ -183,6 +205,7 @@ class PolicySnapshot:
                 for ch in offers[i].channels:
                     arms.append(arm_index[(offers[i].id, ch)])
                     arm_position.append(p)
+            plan_from, plan_until = valid_from[candidates], valid_until[candidates]
             plans[event_type] = EventPlan(
                 offers=np.array(candidates, dtype=np.intp),
                 rule_positions=positions,
@@ -192,6 +215,18 @@ class PolicySnapshot:
                 arm_position=np.array(arm_position, dtype=np.intp),
                 value_expressions=tuple((p, i, offers[i].value_expression) for p, i in enumerate(candidates)
                                         if offers[i].value_expression is not None),
+                rule_position_array=np.array(positions, dtype=np.intp),
+                rule_reasons=tuple(Reason(offers[candidates[p]].id, "not_eligible", rule.source)
+                                   for p, rule in zip(positions, rules)),
+                live_between=(float(plan_from.max()), float(plan_until.min())),
+                valid_from=plan_from,
+                valid_until=plan_until,
+                not_live_reasons=tuple(Reason(offers[i].id, "not_live", "outside its validity window") for i in candidates),
+                suppressing=tuple(p for p, i in enumerate(candidates) if offers[i].suppress_after is not None),
+                offer_category=np.array([category_index[offers[i].category] for i in candidates], dtype=np.intp),
+                arm_channel=np.array([channel_index[snapshot_arm[1]] for snapshot_arm in (arm_keys[a] for a in arms)],
+                                     dtype=np.intp),
+                arm_start=np.searchsorted(np.array(arm_position, dtype=np.intp), np.arange(len(candidates))),
             )
 
         channel_rule_positions = tuple(i for i, c in enumerate(channels) if c.available_when is not None)
@@ -226,4 +261,8 @@ class PolicySnapshot:
             plans=plans,
             places=policy.places_by_kind(),
             max_suppression_window=max((o.suppress_after.per_seconds for o in offers if o.suppress_after), default=0.0),
+            channel_refusals=tuple(
+                (("no_consent", f"{c.id}: no consent"), ("not_reachable", f"{c.id}: customer not reachable there"),
+                 ("channel_unavailable", f"{c.id}: {c.available_when.source if c.available_when else 'unavailable'}"))
+                for c in channels),
         )
