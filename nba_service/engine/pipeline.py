@@ -74,7 +74,7 @@ class DecisionEngine:
         n = len(plan.offers)
         first_live, last_live = plan.live_between
         if first_live <= now < last_live:  # the usual case: every candidate is live
-            offer_ok = np.ones(n, dtype=bool)
+            offer_ok = plan.all_candidates.copy()
         else:
             offer_ok = (plan.valid_from <= now) & (now < plan.valid_until)
             reasons.extend(compress(plan.not_live_reasons, (~offer_ok).tolist()))
@@ -83,9 +83,10 @@ class DecisionEngine:
             passed = np.fromiter(map(bool, results) if type(results) is tuple else map(_passed, results),
                                  dtype=bool, count=len(results))
             failed = ~passed & offer_ok[plan.rule_position_array]  # a rule out of its window is not reported
-            if failed.any():
-                offer_ok[plan.rule_position_array[failed]] = False
-                for k in failed.nonzero()[0].tolist():
+            failed_rules = failed.nonzero()[0]
+            if len(failed_rules):
+                offer_ok[plan.rule_position_array[failed_rules]] = False
+                for k in failed_rules.tolist():
                     result = results[k]
                     reasons.append(plan.rule_reasons[k] if not isinstance(result, Exception) else
                                    Reason(plan.rule_reasons[k].offer_id, "rule_error", f"{plan.rules[k].source}: {result}"))

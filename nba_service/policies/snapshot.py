@@ -57,6 +57,8 @@ class EventPlan:
     """Positions of the candidates that are suppressed after repeated declines."""
     offer_category: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
     """The category index of each candidate."""
+    all_candidates: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=bool))
+    """True for every candidate: copied as the start of each request's mask."""
     arm_channel: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
     """The channel index of each of ``arms``."""
     arm_start: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
@@ -224,6 +226,7 @@ class PolicySnapshot:
                 not_live_reasons=tuple(Reason(offers[i].id, "not_live", "outside its validity window") for i in candidates),
                 suppressing=tuple(p for p, i in enumerate(candidates) if offers[i].suppress_after is not None),
                 offer_category=np.array([category_index[offers[i].category] for i in candidates], dtype=np.intp),
+                all_candidates=np.ones(len(candidates), dtype=bool),
                 arm_channel=np.array([channel_index[snapshot_arm[1]] for snapshot_arm in (arm_keys[a] for a in arms)],
                                      dtype=np.intp),
                 arm_start=np.searchsorted(np.array(arm_position, dtype=np.intp), np.arange(len(candidates))),
