@@ -19,6 +19,9 @@ from nba_service.engine.localtime import local_minute
 if TYPE_CHECKING:
     from nba_service.policies.snapshot import PolicySnapshot
 
+# what a reached limit blocks (the snapshot's LimitTable.rows say it for every limit)
+BLOCKS_NOTHING, BLOCKS_EVERYTHING, BLOCKS_ARM, BLOCKS_OFFER, BLOCKS_CHANNEL, BLOCKS_CATEGORY = range(6)
+
 __all__ = ["CapHits", "ChannelVerdict", "check_caps", "check_channels", "in_quiet_hours"]
 
 
@@ -107,7 +110,7 @@ def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], no
     table = snapshot.limits
     if not len(table) or (not contacts and not table.closed):
         return NO_HITS
-    limits, per = table.limits, table.per
+    rows = table.rows
     counts: dict[int, int] = {}
     by_offer, by_channel, by_category, overall = table.by_offer, table.by_channel, table.by_category, table.overall
     for contact in contacts:
@@ -115,25 +118,19 @@ def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], no
         for group in (by_offer.get(contact.offer_id, ()), by_channel.get(contact.channel, ()),
                       by_category.get(contact.category, ()), overall):
             for i in group:
-                limit = limits[i]
-                if age < per[i] and (limit.channel is None or limit.channel == contact.channel):
+                per, _, channel, _, _, _ = rows[i]
+                if age < per and (channel is None or channel == contact.channel):
                     counts[i] = counts.get(i, 0) + 1
-    hits = sorted({*table.closed, *(i for i, n in counts.items() if n >= limits[i].max)})
+    hits = sorted({*table.closed, *(i for i, n in counts.items() if n >= rows[i][1])})
     if not hits:
         return NO_HITS
-    everything, by_channel_hit, by_offer_hit, by_arm, by_category_hit = "", {}, {}, {}, {}
+    everything = ""
+    blocked: tuple[dict[int, str], ...] = ({}, {}, {}, {}, {}, {})  # by BLOCKS_* kind: target -> description
     for h in hits:
-        text = limits[h].describe()
-        offer, channel, category, arm = table.offer[h], table.channel[h], table.category[h], table.arm[h]
-        if offer >= 0:
-            if arm >= 0:
-                by_arm.setdefault(int(arm), text)
-            else:
-                by_offer_hit.setdefault(int(offer), text)
-        elif channel >= 0:
-            by_channel_hit.setdefault(int(channel), text)
-        elif category >= 0:
-            by_category_hit.setdefault(int(category), text)
-        elif category == -1 and not everything:  # -1: any; other negatives match no contact
-            everything = text
-    return CapHits(everything, by_channel_hit, by_offer_hit, by_arm, by_category_hit)
+        _, _, _, blocks, target, text = rows[h]
+        if blocks == BLOCKS_EVERYTHING:
+            everything = everything or text
+        elif blocks != BLOCKS_NOTHING:
+            blocked[blocks].setdefault(target, text)
+    return CapHits(everything, blocked[BLOCKS_CHANNEL], blocked[BLOCKS_OFFER], blocked[BLOCKS_ARM],
+                   blocked[BLOCKS_CATEGORY])

@@ -10,7 +10,7 @@ import dataclasses
 import enum
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "EVENT_FIELDS",
@@ -77,12 +77,13 @@ class CustomerProfile:
         return cls(customer_id=customer_id, known=False)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class JourneyEntry:
+class JourneyEntry(NamedTuple):
     """One event of the customer's journey, on any channel.
 
     The event's fields stay JSON text until someone reads them: rules only need
     the type and time, so a decision does not pay to decode the whole journey.
+    (A named tuple: a decision reads up to 50 of them, and a tuple is built in
+    half the time of a frozen dataclass.)
     """
 
     timestamp: float
@@ -95,8 +96,7 @@ class JourneyEntry:
         return json.loads(self.payload)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ContactRecord:
+class ContactRecord(NamedTuple):
     """One action sent to the customer, counted by the contact policy."""
 
     timestamp: float

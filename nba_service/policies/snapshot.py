@@ -16,6 +16,14 @@ from types import CodeType
 
 import numpy as np
 
+from nba_service.engine.contact_policy import (
+    BLOCKS_ARM,
+    BLOCKS_CATEGORY,
+    BLOCKS_CHANNEL,
+    BLOCKS_EVERYTHING,
+    BLOCKS_NOTHING,
+    BLOCKS_OFFER,
+)
 from nba_service.engine.domain import EVENT_FIELDS, Reason
 from nba_service.policies.expressions import CompiledExpression, compile_batch
 from nba_service.policies.schema import ChannelSpec, GlobalSettings, Limit, OfferSpec, PolicySet
@@ -86,9 +94,30 @@ class LimitTable:
     """Settings limits that count every contact."""
     closed: tuple[int, ...] = ()
     """Limits with ``max: 0``: reached without any contact."""
+    rows: tuple[tuple[float, int, str | None, int, int, str], ...] = ()
+    """Per limit, as plain Python values for the per-request loop: (window seconds, max,
+    channel it narrows to or None, what a hit blocks (``contact_policy.BLOCKS_*``), the index of
+    the blocked arm, offer, channel or category, its description)."""
 
     def __len__(self) -> int:
         return len(self.limits)
+
+
+def _limit_row(table: LimitTable, i: int) -> tuple[float, int, str | None, int, int, str]:
+    limit = table.limits[i]
+    offer, channel, category, arm = (int(table.offer[i]), int(table.channel[i]), int(table.category[i]),
+                                     int(table.arm[i]))
+    if offer >= 0:
+        blocks, target = (BLOCKS_ARM, arm) if arm >= 0 else (BLOCKS_OFFER, offer)
+    elif channel >= 0:
+        blocks, target = BLOCKS_CHANNEL, channel
+    elif category >= 0:
+        blocks, target = BLOCKS_CATEGORY, category
+    elif category == _NO:  # any category: every contact counts; other negatives match no contact
+        blocks, target = BLOCKS_EVERYTHING, _NO
+    else:
+        blocks, target = BLOCKS_NOTHING, _NO
+    return float(table.per[i]), int(limit.max), limit.channel, blocks, target, limit.describe()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -192,6 +221,7 @@ class PolicySnapshot:
             by_category={k: tuple(v) for k, v in by_category.items()},
             overall=tuple(overall),
             closed=tuple(i for i, (limit, _, _) in enumerate(rows) if limit.max <= 0),
+            rows=tuple(_limit_row(table, i) for i in range(len(rows))),
         )
         max_window = float(table.per.max()) if len(rows) else 0.0
 

@@ -200,14 +200,13 @@ class StateStore:
                   f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf"],
             retry=True)  # a read: safe to run again after a dropped connection
         declines = iter(raw_declines)
-        contacts = iter(raw_contacts)
         opened = iter(raw_open)
         return CustomerContext(
             profile=codec.decode_profile(customer_id, raw_profile),
             now=now,
             origin_channel=origin_channel,
-            journey=tuple(codec.decode_journey(r) for r in raw_journey),
-            contacts=tuple(codec.decode_contact(m, float(s)) for m, s in zip(contacts, contacts)),
+            journey=tuple(map(codec.decode_journey, raw_journey)),
+            contacts=tuple(map(codec.decode_contact, raw_contacts[::2], map(float, raw_contacts[1::2]))),  # member, score
             open_journeys=tuple(codec.decode_open_journey(f, v) for f, v in zip(opened, opened)),
             request_attributes=request_attributes,
             declines=tuple((float(score), member.split(b"|", 1)[0].decode()) for member, score in zip(declines, declines)),
