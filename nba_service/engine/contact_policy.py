@@ -28,7 +28,7 @@ __all__ = ["CapHits", "ChannelVerdict", "check_caps", "check_channels", "in_quie
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChannelVerdict:
     allowed: np.ndarray
-    """One bool per channel of the snapshot."""
+    """One bool per channel of the snapshot (read-only: it may be shared)."""
     reasons: tuple[tuple[str, str], ...]
     """(code, detail) per channel; ("", "") when allowed."""
 
@@ -95,9 +95,12 @@ def check_channels(snapshot: PolicySnapshot, profile: CustomerProfile, now: floa
         else:
             continue
         closed.append(i)
-    allowed = np.ones(len(channels), dtype=bool)
-    allowed[closed] = False
+    allowed = np.fromiter(map(_open, reasons), dtype=bool, count=len(reasons)) if closed else snapshot.every_channel
     return ChannelVerdict(allowed, tuple(reasons))
+
+
+def _open(reason: tuple[str, str]) -> bool:
+    return not reason[0]
 
 
 def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], now: float) -> CapHits:

@@ -103,6 +103,11 @@ class LimitTable:
         return len(self.limits)
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
 def _limit_row(table: LimitTable, i: int) -> tuple[float, int, str | None, int, int, str]:
     limit = table.limits[i]
     offer, channel, category, arm = (int(table.offer[i]), int(table.channel[i]), int(table.category[i]),
@@ -158,6 +163,8 @@ class PolicySnapshot:
     """The policy's places by kind, for the geolocated rule functions."""
     max_suppression_window: float = 0.0
     """The longest decline-suppression window (0: no offer suppresses after declines)."""
+    every_channel: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=bool))
+    """True for every channel, read-only: the verdict when nothing closes a channel."""
     channel_refusals: tuple[tuple[tuple[str, str], tuple[str, str], tuple[str, str]], ...] = ()
     """Per channel, its (code, detail) when the customer has not consented, is not reachable there,
     or its availability condition is false: built once."""
@@ -294,6 +301,7 @@ class PolicySnapshot:
             plans=plans,
             places=policy.places_by_kind(),
             max_suppression_window=max((o.suppress_after.per_seconds for o in offers if o.suppress_after), default=0.0),
+            every_channel=_read_only(np.ones(len(channels), dtype=bool)),
             channel_refusals=tuple(
                 (("no_consent", f"{c.id}: no consent"), ("not_reachable", f"{c.id}: customer not reachable there"),
                  ("channel_unavailable", f"{c.id}: {c.available_when.source if c.available_when else 'unavailable'}"))
