@@ -34,13 +34,14 @@ def test_bench_runs_end_to_end_and_writes_the_documented_json(tmp_path, capsys):
 
     printed = capsys.readouterr().out
     assert code == 0
-    assert "Decide/Echo" in printed and "max throughput" in printed
+    assert "Decide/Echo" in printed and "Echo+Redis" in printed and "max throughput" in printed
     result = json.loads(out.read_text())
-    for side in ("echo", "decide"):
+    for side in ("echo", "echo_redis", "decide"):
         for key in ("p50_us", "p99_us", "max_rps"):
             assert _positive(result[side][key]), (side, key, result[side][key])
         assert result[side]["errors"] == {}
     assert _positive(result["ratios"]["p50"]) and _positive(result["ratios"]["throughput"])
+    assert _positive(result["ratios"]["echo_redis_p50"]) and _positive(result["echo_redis"]["redis_cpu_us_per_call"])
     for key in ("server_p50_us", "server_p99_us", "cpu_us_per_decision", "redis_bytes_per_customer",
                 "server_rss_bytes"):
         assert _positive(result[key]), (key, result[key])

@@ -194,7 +194,7 @@ async def measure_ladder(targets: Sequence[Target], requests: Sequence[pb.Decide
                                                          MAX_CALLS_PER_STEP)
                 step = sampler.finish(Step(concurrency, len(latencies), dict(errors), elapsed, _us(latencies, 50),
                                            _us(latencies, 99), len(latencies) / elapsed, 0.0))
-                progress(f"  {target.name:6} {concurrency:>4} in flight: {step.rps:>8,.0f} calls/s, "
+                progress(f"  {target.name:10} {concurrency:>4} in flight: {step.rps:>8,.0f} calls/s, "
                          f"p99 {step.p99_us:,.0f} µs{', errors ' + str(step.errors) if step.errors else ''}")
                 done.append(step)
     finally:

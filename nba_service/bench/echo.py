@@ -3,6 +3,11 @@
 Built like ``NbaServer``: grpc.aio with the same server options, the same
 metrics interceptor (on a registry of its own), health and reflection. Run it
 as ``python -m nba_service.bench echo --port 0 --ready-file F``.
+
+With ``--redis-url``, each ``Decide`` first makes the two script calls a
+decision makes (one after the other, over the same kind of pipelined
+connection), with scripts that do nothing: the floor of any decision that
+reads and records its context in Redis, whatever the decision costs.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from nba_service.api.server import SERVICE_NAME, MetricsInterceptor
 from nba_service.observability.metrics import Metrics
+from nba_service.store.script_connection import LuaScript, ScriptConnection
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 
@@ -31,19 +37,34 @@ SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
 """The options ``NbaServer.start`` gives ``grpc.aio.server`` for one worker."""
 
 
+NOTHING = LuaScript("return 1")
+"""A script that does nothing: what the two script calls of a decision cost without their work."""
+
+
 class EchoServicer(pb_grpc.DecisionServiceServicer):
-    """``Decide`` answers at once with a response built from the request: the floor of any call."""
+    """``Decide`` answers at once with a response built from the request: the floor of any call.
+
+    Given a script connection, it first makes two calls of a script that does nothing.
+    """
+
+    def __init__(self, scripts: ScriptConnection | None = None) -> None:
+        self.scripts = scripts
 
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+        if self.scripts is not None:
+            await self.scripts.evalsha(NOTHING, (), (), retry=True)  # as the context read
+            await self.scripts.evalsha(NOTHING, (), ())  # as the decision write
         return pb.DecideResponse(request_id=request.request_id, no_action=True)
 
 
-async def serve_echo(host: str, port: int, ready: Callable[[int], None] | None = None) -> None:
+async def serve_echo(host: str, port: int, ready: Callable[[int], None] | None = None,
+                     redis_url: str = "") -> None:
     """Serve the echo until SIGINT or SIGTERM, built like ``NbaServer``: same options, interceptor,
-    health and reflection."""
+    health and reflection; with ``redis_url``, two empty script calls per ``Decide``."""
+    scripts = ScriptConnection(redis_url) if redis_url else None
     server = grpc.aio.server(interceptors=[MetricsInterceptor(Metrics(CollectorRegistry()))],
                              options=list(SERVER_OPTIONS))
-    pb_grpc.add_DecisionServiceServicer_to_server(EchoServicer(), server)
+    pb_grpc.add_DecisionServiceServicer_to_server(EchoServicer(scripts), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -61,6 +82,8 @@ async def serve_echo(host: str, port: int, ready: Callable[[int], None] | None =
         ready(bound)
     await stopping.wait()
     await server.stop(1.0)
+    if scripts is not None:
+        await scripts.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,13 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     echo.add_argument("--host", default="127.0.0.1")
     echo.add_argument("--port", type=int, default=0)
     echo.add_argument("--ready-file", help="write {port, pid} as JSON here once serving")
+    echo.add_argument("--redis-url", default="", help="make two empty script calls to this Redis per Decide")
     args = parser.parse_args(argv)
 
     def ready(port: int) -> None:
         if args.ready_file:
             _write_atomically(pathlib.Path(args.ready_file), json.dumps({"port": port, "pid": os.getpid()}))
 
-    asyncio.run(serve_echo(args.host, args.port, ready))
+    asyncio.run(serve_echo(args.host, args.port, ready, args.redis_url))
     return 0
 
 

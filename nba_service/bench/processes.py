@@ -1,4 +1,5 @@
-"""The servers of a run, each a process of its own: ``nba serve`` and the echo server.
+"""The servers of a run, each a process of its own: ``nba serve``, the echo server and
+(for the main run) the echo that also makes a decision's two Redis script calls.
 
 Both are started with ``--port 0`` and a ready file, and always stopped by
 PID: SIGTERM, then a wait, then SIGKILL only if they do not stop.
@@ -103,6 +104,8 @@ class Servers:
     nba: ServerProcess
     client: redis.Redis
     redis_pid: int
+    echo_redis: ServerProcess | None = None
+    """The echo with two empty script calls per call to nba serve's Redis, when asked for."""
 
     @property
     def metrics_url(self) -> str:
@@ -111,9 +114,10 @@ class Servers:
 
 @contextlib.contextmanager
 def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progress: Progress,
-                  workers: int = 1) -> Iterator[Servers]:
+                  workers: int = 1, echo_redis: bool = False) -> Iterator[Servers]:
     """The echo server and ``nba serve`` (its embedded Redis in ``work``, ``policies`` published,
-    learner off, ``workers`` processes), both ready; stopped, with that Redis, on the way out."""
+    learner off, ``workers`` processes), and with ``echo_redis`` the echo that makes two empty
+    script calls to that Redis per call; all ready, and stopped, with that Redis, on the way out."""
     progress("starting nba serve (embedded Redis, learner off) and the echo server ...")
     started: list[ServerProcess] = []
     client: redis.Redis | None = None
@@ -131,7 +135,13 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
         info = wait_ready(nba, work / "ready.json")
         client = redis.Redis.from_url(str(info["redis_url"]))
         redis_pid = int(client.info("server")["process_id"])
-        yield Servers(echo, nba, client, redis_pid)
+        floor = None
+        if echo_redis:
+            floor = spawn("echo-redis", ["nba_service.bench", "echo", "--port", "0", "--ready-file",
+                                         str(work / "echo-redis.json"), "--redis-url", str(info["redis_url"])], work)
+            started.append(floor)
+            wait_ready(floor, work / "echo-redis.json")
+        yield Servers(echo, nba, client, redis_pid, floor)
     finally:
         if client is not None:
             # Nothing of this private Redis is kept: emptying it spares the save on shutdown.

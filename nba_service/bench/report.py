@@ -14,7 +14,8 @@ def _n(value: float | None, digits: int = 0) -> str:
 
 
 def format_report(result: dict[str, Any]) -> str:
-    echo, decide, ratios, config = result["echo"], result["decide"], result["ratios"], result["config"]
+    echo, floor, decide = result["echo"], result["echo_redis"], result["decide"]
+    ratios, config = result["ratios"], result["config"]
     m = result["machine"]
     policy = (f"{config['policies']}/ ({config['policy_offers']} offers, {config['policy_channels']} channels), "
               "scenario mix" if config["offers"] is None else
@@ -27,17 +28,24 @@ def format_report(result: dict[str, Any]) -> str:
         f"machine: {m['cores']} cores ({m['cpu'] or 'unknown CPU'}), Python {m['python']}, grpcio {m['grpc']}; "
         f"load average {result['load_average']['before'][0]:.2f} before, {result['load_average']['after'][0]:.2f} after",
         "",
-        f"{'':34}{'Echo':>10}{'Decide':>10}{'Decide/Echo':>13}",
-        f"{'sequential p50 (µs)':34}{_n(echo['p50_us']):>10}{_n(decide['p50_us']):>10}{_n(ratios['p50'], 2):>13}",
-        f"{'sequential p99 (µs)':34}{_n(echo['p99_us']):>10}{_n(decide['p99_us']):>10}{_n(ratios['p99'], 2):>13}",
-        f"{'max throughput (calls/s)':34}{_n(echo['max_rps']):>10}{_n(decide['max_rps']):>10}"
+        f"{'':34}{'Echo':>10}{'Echo+Redis':>12}{'Decide':>10}{'Decide/Echo':>13}",
+        f"{'sequential p50 (µs)':34}{_n(echo['p50_us']):>10}{_n(floor['p50_us']):>12}{_n(decide['p50_us']):>10}"
+        f"{_n(ratios['p50'], 2):>13}",
+        f"{'sequential p99 (µs)':34}{_n(echo['p99_us']):>10}{_n(floor['p99_us']):>12}{_n(decide['p99_us']):>10}"
+        f"{_n(ratios['p99'], 2):>13}",
+        f"{'max throughput (calls/s)':34}{_n(echo['max_rps']):>10}{_n(floor['max_rps']):>12}{_n(decide['max_rps']):>10}"
         f"{_n(ratios['throughput'], 2):>13}",
-        f"{'  p99 at that load (µs)':34}{_n(echo['p99_at_max_us']):>10}{_n(decide['p99_at_max_us']):>10}",
-        f"{'  calls in flight':34}{echo['concurrency_at_max']:>10}{decide['concurrency_at_max']:>10}",
-        f"{'server CPU per call (µs)':34}{_n(echo['cpu_us_per_call']):>10}{_n(decide['cpu_us_per_call']):>10}"
-        f"{_n(ratios['cpu_per_call'], 2):>13}",
-        f"{'Redis CPU per decision (µs)':34}{'':>10}{_n(decide['redis_cpu_us_per_decision']):>10}",
+        f"{'  p99 at that load (µs)':34}{_n(echo['p99_at_max_us']):>10}{_n(floor['p99_at_max_us']):>12}"
+        f"{_n(decide['p99_at_max_us']):>10}",
+        f"{'  calls in flight':34}{echo['concurrency_at_max']:>10}{floor['concurrency_at_max']:>12}"
+        f"{decide['concurrency_at_max']:>10}",
+        f"{'server CPU per call (µs)':34}{_n(echo['cpu_us_per_call']):>10}{_n(floor['cpu_us_per_call']):>12}"
+        f"{_n(decide['cpu_us_per_call']):>10}{_n(ratios['cpu_per_call'], 2):>13}",
+        f"{'Redis CPU per call (µs)':34}{'':>10}{_n(floor['redis_cpu_us_per_call']):>12}"
+        f"{_n(decide['redis_cpu_us_per_decision']):>10}",
         "",
+        "Echo+Redis: the echo after the two script calls a decision makes, with scripts that do nothing "
+        f"(p50 {_n(ratios['echo_redis_p50'], 2)} x, throughput {_n(ratios['echo_redis_throughput'], 2)} x the echo's)",
         f"inside the server ({DECISION_HISTOGRAM}): sequential p50 {_n(decide['server_p50_us'])} µs, "
         f"p99 {_n(decide['server_p99_us'])} µs; at max throughput p50 {_n(decide['server_p50_at_max_us'])} µs, "
         f"p99 {_n(decide['server_p99_at_max_us'])} µs",
@@ -46,12 +54,13 @@ def format_report(result: dict[str, Any]) -> str:
         f"(used_memory {result['redis_used_memory_bytes'] / 2**20:,.1f} MiB); "
         f"server RSS {result['server_rss_bytes'] / 2**20:,.0f} MiB",
         "",
-        f"{'calls in flight':>16}{'Echo calls/s':>14}{'p99 µs':>9}{'Decide calls/s':>16}{'p99 µs':>9}",
+        f"{'calls in flight':>16}{'Echo calls/s':>14}{'p99 µs':>9}{'Echo+Redis':>12}{'p99 µs':>9}"
+        f"{'Decide calls/s':>16}{'p99 µs':>9}",
     ]
-    for e, d in zip(echo["ladder"], decide["ladder"]):
-        lines.append(f"{e['concurrency']:>16}{_n(e['rps']):>14}{_n(e['p99_us']):>9}{_n(d['rps']):>16}"
-                     f"{_n(d['p99_us']):>9}")
-    errors = {"echo": echo["errors"], "decide": decide["errors"]}
+    for e, f, d in zip(echo["ladder"], floor["ladder"], decide["ladder"]):
+        lines.append(f"{e['concurrency']:>16}{_n(e['rps']):>14}{_n(e['p99_us']):>9}{_n(f['rps']):>12}"
+                     f"{_n(f['p99_us']):>9}{_n(d['rps']):>16}{_n(d['p99_us']):>9}")
+    errors = {"echo": echo["errors"], "echo+redis": floor["errors"], "decide": decide["errors"]}
     if any(errors.values()):
         lines.append(f"errors: {errors}")
     return "\n".join(lines)

@@ -95,22 +95,26 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
         work = pathlib.Path(folder)
         policies = _policy_dir(config, work, config.offers)
         policy = load_policy_dir(policies)
-        with start_servers(work, policies, config.seed, progress, config.workers) as servers:
+        with start_servers(work, policies, config.seed, progress, config.workers, echo_redis=True) as servers:
             redis_empty = int(servers.client.info("memory")["used_memory"])
             _populate(servers, work, config, 0, config.customers, progress)
             redis_used = int(servers.client.info("memory")["used_memory"])
             requests = decide_requests(config.customers, REQUEST_POOL, config.seed, atm_only=config.offers is not None)
+            assert servers.echo_redis is not None
             echo = Target("echo", int(servers.echo.info["port"]), int(servers.echo.info["pid"]))
+            floor = Target("echo+redis", int(servers.echo_redis.info["port"]), int(servers.echo_redis.info["pid"]),
+                           servers.redis_pid)
             nba = Target("decide", int(servers.nba.info["port"]), servers.nba.popen.pid, servers.redis_pid,
                          servers.metrics_url)
+            targets = (echo, floor, nba)
             progress(f"sequential: {config.warmup} warm-up then {config.sequential:,} calls to each server ...")
-            (echo_seq, echo_bytes), (nba_seq, nba_bytes) = asyncio.run(
-                measure_sequential((echo, nba), requests, config.sequential, config.warmup))
+            (echo_seq, echo_bytes), (floor_seq, _), (nba_seq, nba_bytes) = asyncio.run(
+                measure_sequential(targets, requests, config.sequential, config.warmup))
             progress(f"throughput: {', '.join(map(str, config.concurrency))} calls in flight, "
                      f"{config.seconds:g} s each ...")
-            echo_steps, nba_steps = asyncio.run(measure_ladder((echo, nba), requests, config, progress))
+            echo_steps, floor_steps, nba_steps = asyncio.run(measure_ladder(targets, requests, config, progress))
             server_rss = _server_rss(nba.pid, servers.redis_pid)
-            pids = {"echo": echo.pid, "server": nba.pid, "redis": servers.redis_pid}
+            pids = {"echo": echo.pid, "echo_redis": floor.pid, "server": nba.pid, "redis": servers.redis_pid}
     decide = _section(nba_seq, nba_steps)
     best = max(nba_steps, key=lambda s: s.rps)
     decide.update({"server_p50_us": nba_seq.server_p50_us, "server_p99_us": nba_seq.server_p99_us,
@@ -118,13 +122,19 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
                    "redis_cpu_us_per_decision": best.redis_cpu_us_per_call, "response_bytes": nba_bytes})
     echo_section = _section(echo_seq, echo_steps)
     echo_section["response_bytes"] = echo_bytes
+    floor_section = _section(floor_seq, floor_steps)
+    floor_best = max(floor_steps, key=lambda s: s.rps)
+    floor_section["redis_cpu_us_per_call"] = floor_best.redis_cpu_us_per_call
     return {
         "echo": echo_section,
+        "echo_redis": floor_section,
         "decide": decide,
         "ratios": {"p50": _ratio(decide["p50_us"], echo_section["p50_us"]),
                    "p99": _ratio(decide["p99_us"], echo_section["p99_us"]),
                    "throughput": _ratio(decide["max_rps"], echo_section["max_rps"]),
-                   "cpu_per_call": _ratio(decide["cpu_us_per_call"], echo_section["cpu_us_per_call"])},
+                   "cpu_per_call": _ratio(decide["cpu_us_per_call"], echo_section["cpu_us_per_call"]),
+                   "echo_redis_p50": _ratio(floor_section["p50_us"], echo_section["p50_us"]),
+                   "echo_redis_throughput": _ratio(floor_section["max_rps"], echo_section["max_rps"])},
         "server_p50_us": nba_seq.server_p50_us,
         "server_p99_us": nba_seq.server_p99_us,
         "cpu_us_per_decision": best.cpu_us_per_call,
