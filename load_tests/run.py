@@ -40,8 +40,8 @@ class RunError(Exception):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", "-u", type=int, default=5,
-                        help="concurrent Locust users, 10 calls/s each (default 5: the load the 2-core reference"
-                             " machine holds under the default p99 limit; see docs/performance.md)")
+                        help="concurrent Locust users, 10 calls/s each (default 5: the 2-core reference machine"
+                             " holds about 8 under the default p99 limit, 5 leaves a margin; see docs/performance.md)")
     parser.add_argument("--spawn-rate", "-r", type=float, help="users started per second (default: all in ~1 s)")
     parser.add_argument("--duration", "-t", default="30s", help="run time, Locust syntax: 30s, 2m, 1h30m (default 30s)")
     parser.add_argument("--host", help="target host:port (or grpc://host:port); default: start a local server")
