@@ -99,15 +99,13 @@ class DecisionEngine:
                 offer_ok[p] = False
                 reasons.append(Reason(offer.id, "budget_exhausted", f"at most {offer.budget.max} per {offer.budget.per}"
                                       if offer.budget else "budget used up"))
-        if ctx.declines and plan.suppressing:
-            for p in plan.suppressing:
+        if ctx.declines and len(plan.suppress_after):
+            declined = _recent_declines(snapshot, ctx.declines, now)[plan.offers]
+            for p in (offer_ok & (declined >= plan.suppress_after)).nonzero()[0].tolist():
                 offer = offers[plan.offers[p]]
-                since = now - offer.suppress_after.per_seconds  # type: ignore[union-attr]
-                declined = sum(1 for ts, offer_id in ctx.declines if offer_id == offer.id and ts >= since)
-                if offer_ok[p] and declined >= offer.suppress_after.declines:  # type: ignore[union-attr]
-                    offer_ok[p] = False
-                    reasons.append(Reason(offer.id, "suppressed", f"declined {declined} times in "
-                                                                   f"{offer.suppress_after.per}"))  # type: ignore[union-attr]
+                offer_ok[p] = False
+                reasons.append(Reason(offer.id, "suppressed", f"declined {declined[p]} times in "
+                                                               f"{offer.suppress_after.per}"))  # type: ignore[union-attr]
 
         # contact policy: caps over the history, then consent, reach, conditions, quiet hours
         caps = check_caps(snapshot, ctx.contacts, now)
@@ -129,8 +127,10 @@ class DecisionEngine:
         verdict = check_channels(snapshot, ctx.profile, ctx.now, channel_results, caps)
         arms = plan.arms
         arm_ok = offer_ok[plan.arm_position] & verdict.allowed[plan.arm_channel]
-        for arm in caps.arms:
-            arm_ok &= arms != arm
+        if caps.arms:
+            capped_arms = np.zeros(len(snapshot.arm_keys), dtype=bool)
+            capped_arms[list(caps.arms)] = True
+            arm_ok &= ~capped_arms[arms]
         reachable = np.logical_or.reduceat(arm_ok, plan.arm_start)  # per offer: any of its arms allowed
         for p in (offer_ok & ~reachable).nonzero()[0].tolist():
             offer = offers[plan.offers[p]]
@@ -222,16 +222,41 @@ def arm_factors(snapshot: PolicySnapshot, plan: Any, arms: np.ndarray, offer_ok:
     values = snapshot.offer_value
     if plan.value_expressions:
         values = values.copy()
-        for position, index, expression in plan.value_expressions:
-            if offer_ok[position]:
-                try:
-                    value = float(eval(expression.code, _GLOBALS, scope))  # noqa: S307
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("value of %s (%s) failed: %s", snapshot.offers[index].id, expression.source, exc)
-                    value = 0.0
-                values[index] = value if math.isfinite(value) else 0.0
+        computed = _values_at_once(plan, scope)
+        if computed is not None:
+            values[plan.value_offers] = computed
+        else:  # one failed or is not a number: each on its own, for the offers still in play
+            for position, index, expression in plan.value_expressions:
+                if offer_ok[position]:
+                    try:
+                        value = float(eval(expression.code, _GLOBALS, scope))  # noqa: S307
+                    except Exception as exc:  # noqa: BLE001
+                        log.warning("value of %s (%s) failed: %s", snapshot.offers[index].id, expression.source, exc)
+                        value = 0.0
+                    values[index] = value if math.isfinite(value) else 0.0
     offers = snapshot.arm_offer[arms]
     return np.maximum(values[offers] - snapshot.arm_cost[arms], 0.0) * snapshot.offer_levers[offers]
+
+
+def _values_at_once(plan: Any, scope: dict[str, Any]) -> np.ndarray | None:
+    """Every value expression of the plan in one evaluation; None when one fails or is not a number."""
+    try:
+        computed = np.array(eval(plan.value_code, _GLOBALS, scope), dtype=float)  # noqa: S307
+    except Exception:  # noqa: BLE001 - evaluated again one by one, and the failure logged
+        return None
+    computed[~np.isfinite(computed)] = 0.0
+    return computed
+
+
+def _recent_declines(snapshot: PolicySnapshot, declines: tuple[tuple[float, str], ...], now: float) -> np.ndarray:
+    """Per offer of the snapshot, the customer's declines within its ``suppress_after`` window."""
+    index = snapshot.offer_index
+    offers = np.fromiter((index.get(offer_id, -1) for _, offer_id in declines), dtype=np.intp, count=len(declines))
+    times = np.fromiter((ts for ts, _ in declines), dtype=float, count=len(declines))
+    known = offers >= 0  # declines of offers no longer in the policy
+    offers, times = offers[known], times[known]
+    recent = times >= now - snapshot.offer_suppress_seconds[offers]
+    return np.bincount(offers[recent], minlength=len(snapshot.offers))
 
 
 def render(template: str, variables: Mapping[str, Any], scope: dict[str, Any], ctx: CustomerContext,

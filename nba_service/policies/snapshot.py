@@ -31,6 +31,8 @@ from nba_service.policies.schema import ChannelSpec, GlobalSettings, Limit, Offe
 __all__ = ["EventPlan", "LimitTable", "PolicySnapshot"]
 
 _NO = -1
+_NEVER = 2**62
+"""A number of declines no customer reaches."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,8 +63,13 @@ class EventPlan:
     """The candidates' validity windows, in ``offers`` order."""
     not_live_reasons: tuple[Reason, ...] = ()
     """The "not_live" reason of each candidate, built once."""
-    suppressing: tuple[int, ...] = ()
-    """Positions of the candidates that are suppressed after repeated declines."""
+    suppress_after: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    """Per candidate, the declines within its window that suppress it (a number never reached when it
+    has no ``suppress_after``); empty when no candidate has one."""
+    value_code: CodeType | None = None
+    """All of ``value_expressions`` as one code object returning a tuple of values."""
+    value_offers: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
+    """The offer index of each of ``value_expressions``."""
     offer_category: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
     """The category index of each candidate."""
     all_candidates: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=bool))
@@ -163,6 +170,8 @@ class PolicySnapshot:
     """The policy's places by kind, for the geolocated rule functions."""
     max_suppression_window: float = 0.0
     """The longest decline-suppression window (0: no offer suppresses after declines)."""
+    offer_suppress_seconds: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0))
+    """Per offer, the window of its ``suppress_after`` in seconds (0 without one)."""
     every_channel: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=bool))
     """True for every channel, read-only: the verdict when nothing closes a channel."""
     channel_refusals: tuple[tuple[tuple[str, str], tuple[str, str], tuple[str, str]], ...] = ()
@@ -245,6 +254,7 @@ class PolicySnapshot:
                     arms.append(arm_index[(offers[i].id, ch)])
                     arm_position.append(p)
             plan_from, plan_until = valid_from[candidates], valid_until[candidates]
+            values = tuple(offers[i].value_expression for i in candidates if offers[i].value_expression is not None)
             plans[event_type] = EventPlan(
                 offers=np.array(candidates, dtype=np.intp),
                 rule_positions=positions,
@@ -261,7 +271,11 @@ class PolicySnapshot:
                 valid_from=plan_from,
                 valid_until=plan_until,
                 not_live_reasons=tuple(Reason(offers[i].id, "not_live", "outside its validity window") for i in candidates),
-                suppressing=tuple(p for p, i in enumerate(candidates) if offers[i].suppress_after is not None),
+                suppress_after=(np.array([o.suppress_after.declines if o.suppress_after else _NEVER
+                                          for o in (offers[i] for i in candidates)], dtype=np.int64)
+                                if any(offers[i].suppress_after for i in candidates) else np.empty(0, dtype=np.int64)),
+                value_code=compile_batch(values, f"<{event_type} values>") if values else None,
+                value_offers=np.array([i for i in candidates if offers[i].value_expression is not None], dtype=np.intp),
                 offer_category=np.array([category_index[offers[i].category] for i in candidates], dtype=np.intp),
                 all_candidates=np.ones(len(candidates), dtype=bool),
                 arm_channel=np.array([channel_index[snapshot_arm[1]] for snapshot_arm in (arm_keys[a] for a in arms)],
@@ -301,6 +315,8 @@ class PolicySnapshot:
             plans=plans,
             places=policy.places_by_kind(),
             max_suppression_window=max((o.suppress_after.per_seconds for o in offers if o.suppress_after), default=0.0),
+            offer_suppress_seconds=np.array([o.suppress_after.per_seconds if o.suppress_after else 0.0
+                                             for o in offers]),
             every_channel=_read_only(np.ones(len(channels), dtype=bool)),
             channel_refusals=tuple(
                 (("no_consent", f"{c.id}: no consent"), ("not_reachable", f"{c.id}: customer not reachable there"),

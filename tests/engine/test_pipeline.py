@@ -303,3 +303,40 @@ def test_costs_and_value_expressions_enter_the_priority():
     assert (decision.channel, decision.score) == ("sms", pytest.approx(0.2 * 45 * 1.5))
     small = Event("atm_decline", {**DECLINE.fields, "shortfall": 10.0})
     assert decide(snap, customer(), event=small).offer_id == "card"  # V = 5 - 4: the card (10) wins
+
+
+def test_value_expressions_of_several_offers_and_one_that_fails(caplog):
+    policy = {**POLICY, "offers.yaml": POLICY["offers.yaml"]
+              .replace("    value: 20\n", "    value: \"1000 / (event.amount - 120)\"\n")
+              .replace("    value: 10\n", "    value: \"event.shortfall * 0.3\"\n")}
+    snap = PolicySnapshot.compile(parse_policy_files(policy), "14")
+
+    # amount 130: the loan is worth 1000 / 10 = 100, the card 0.3 x 100 = 30
+    both = decide(snap, customer(), event=Event("atm_decline", {**DECLINE.fields, "amount": 130.0}))
+    assert both.offer_id == "loan" and both.score == pytest.approx(0.2 * 100)
+    assert both.alternatives[0].offer_id == "card" and both.alternatives[0].score == pytest.approx(0.2 * 30)
+
+    # amount 120: the loan's expression divides by zero, so the loan is worth 0 (and logged); the card still 30
+    failing = decide(snap, customer())
+    assert failing.offer_id == "card" and failing.score == pytest.approx(0.2 * 30)
+    assert ("loan", "below_threshold") in {(r.offer_id, r.code) for r in failing.reasons}
+    assert any("value of loan" in r.getMessage() and "division by zero" in r.getMessage() for r in caplog.records)
+
+
+def test_declines_suppress_within_the_offers_window_only():
+    policy = {**POLICY, "offers.yaml": POLICY["offers.yaml"].replace(
+        "    value: 20\n", "    value: 20\n    suppress_after: {declines: 2, per: 7d}\n")}
+    snap = PolicySnapshot.compile(parse_policy_files(policy), "15")
+    day = 86400.0
+
+    def with_declines(*ages_in_days: float, offer: str = "loan"):
+        ctx = CustomerContext(customer(), now=NOON_UTC, origin_channel="atm",
+                              declines=tuple((NOON_UTC - age * day, offer) for age in ages_in_days))
+        return engine(snap).decide(snap, ctx, DECLINE)
+
+    assert with_declines(1, 8).offer_id == "loan"  # one of the two is older than 7 days
+    assert with_declines(1, 1, offer="card").offer_id == "loan"  # the card's declines do not count for the loan
+    assert with_declines(1, 1, offer="gone").offer_id == "loan"  # nor those of an offer no longer in the policy
+    suppressed = with_declines(1, 6)
+    assert suppressed.offer_id == "card"
+    assert ("loan", "suppressed", "declined 2 times in 7d") in {(r.offer_id, r.code, r.detail) for r in suppressed.reasons}
