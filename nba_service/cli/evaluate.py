@@ -15,7 +15,7 @@ _KNOBS = ("strategy", "epsilon", "temperature", "learning_rate", "l2", "prior", 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nba_service.learning.evaluation import (
-        DATASETS, LogFormatError, ReplayConfig, dataset_path, evaluate, plot_learning_curve, read_log,
+        DATASETS, LogFormatError, ReplayConfig, dataset_path, evaluate, parse_rules, plot_learning_curve, read_log,
     )
 
     try:
@@ -43,7 +43,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         data = read_log(path, action_col=action_col, reward_col=reward_col, feature_cols=feature_cols,
                         propensity_col=args.propensity_col, propensity=propensity)
-        result = evaluate(data, config, progress=sys.stderr.isatty())
+        rules = parse_rules(args.rule or (), data)
+        result = evaluate(data, config, progress=sys.stderr.isatty(), rules=rules)
     except (LogFormatError, ValueError) as exc:
         print(f"nba evaluate: {exc}", file=sys.stderr)
         return 2
@@ -53,6 +54,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"features {','.join(data.feature_cols)}")
     print(f"learned policy: {config.describe()}; replayed in {elapsed:.1f} s")
     print(result.table())
+    if result.rule is not None:
+        print(f"rule: {result.rule_text}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump({"data": name, **result.to_json()}, out, indent=2)
@@ -91,6 +94,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--prior", type=float,
                     help="every action's cold-start reward guess (default 0.1)")
     ev.add_argument("--seed", type=int, help="seed of the exploration (default 0)")
+    ev.add_argument("--rule", action="append", metavar="COLUMN=VALUE[,...]:ACTION",
+                    help="a targeting rule to compare with, one line per option, first match wins, the last "
+                         "one *:ACTION (e.g. --rule 'mens=1:Mens E-Mail' --rule '*:Womens E-Mail'); it reads "
+                         "only the feature columns")
     ev.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     ev.add_argument("--plot", metavar="FILE.png", help="draw the learning curve")
     ev.set_defaults(func=cmd_evaluate)

@@ -17,7 +17,9 @@ request's (numbers on a log scale, anything else one-hot). Outcome columns
 are never read as features.
 
 Next to it: uniform random, each fixed action (its rows of the log, weighted
-by the propensities) and the best fixed action in hindsight.
+by the propensities), the best fixed action in hindsight and, when given, a
+targeting rule a marketer could write before the experiment (first matching
+condition on the feature columns wins), replayed the same way.
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ __all__ = [
     "LogFormatError",
     "LoggedData",
     "ReplayConfig",
+    "TargetingRule",
     "dataset_path",
     "evaluate",
+    "parse_rules",
     "plot_learning_curve",
     "read_log",
     "replay_policy",
@@ -198,6 +202,70 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
+# --- a targeting rule to compare with ---------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TargetingRule:
+    """One line of a targeting rule: when every ``column=value`` condition holds, ``action``."""
+
+    conditions: tuple[tuple[str, str], ...]
+    """(feature column, value) pairs, all required; none for the line that catches everyone else."""
+    action: str
+    text: str
+
+    def matches(self, attributes: Mapping[str, str]) -> bool:
+        return all(attributes.get(column) == value for column, value in self.conditions)
+
+
+def parse_rules(texts: Sequence[str], data: LoggedData) -> tuple[TargetingRule, ...]:
+    """``COLUMN=VALUE[,COLUMN=VALUE...]:ACTION`` lines, first match wins, the last one ``*:ACTION``.
+
+    >>> data = LoggedData(("A", "B"), np.array([0, 1]), np.zeros(2), np.ones(2), ({}, {}), ("x",))
+    >>> [(r.conditions, r.action) for r in parse_rules(["x=1:B", "*:A"], data)]
+    [((('x', '1'),), 'B'), ((), 'A')]
+    """
+    rules = []
+    for number, text in enumerate(texts, start=1):
+        where = f"--rule {number} ({text!r})"
+        condition, sep, action = text.rpartition(":")
+        condition, action = condition.strip(), action.strip()
+        if not sep or not condition or not action:
+            raise LogFormatError(f"{where}: write COLUMN=VALUE[,COLUMN=VALUE...]:ACTION, or *:ACTION for the rest")
+        if action not in data.actions:
+            raise LogFormatError(f"{where}: no action {action!r} in the log (actions: {', '.join(data.actions)})")
+        conditions: list[tuple[str, str]] = []
+        if condition != "*":
+            for part in condition.split(","):
+                column, eq, value = part.partition("=")
+                column, value = column.strip(), value.strip()
+                if not eq or not column:
+                    raise LogFormatError(f"{where}: {part.strip()!r} is not COLUMN=VALUE")
+                if column not in data.feature_cols:
+                    raise LogFormatError(f"{where}: {column!r} is not one of the feature columns "
+                                         f"({', '.join(data.feature_cols)}); a rule reads only those")
+                conditions.append((column, value))
+        rules.append(TargetingRule(tuple(conditions), action, text.strip()))
+    if rules and rules[-1].conditions:
+        raise LogFormatError("the last --rule must be *:ACTION: what everyone the other lines miss gets")
+    if any(not r.conditions for r in rules[:-1]):
+        raise LogFormatError("only the last --rule may be *:ACTION: the lines after it would never match")
+    return tuple(rules)
+
+
+def _rule_actions(rules: Sequence[TargetingRule], data: LoggedData) -> np.ndarray:
+    """Per row, the index of the action the rule gives it."""
+    index = {a: i for i, a in enumerate(data.actions)}
+    return np.array([index[next(r.action for r in rules if r.matches(row))] for row in data.attributes],
+                    dtype=np.intp)
+
+
+def _replay_estimate(data: LoggedData, matched: np.ndarray) -> Estimate:
+    """A fixed policy's reward from the rows where it took the logged action (weighted if propensities vary)."""
+    if np.ptp(data.propensity[matched]) == 0.0:
+        return mean_estimate(data.reward[matched])
+    return dataclasses.replace(snips(data.reward, data.propensity, matched.astype(float)), rows=int(matched.sum()))
+
+
 # --- the replay policy -----------------------------------------------------------------
 
 def offer_ids(actions: Sequence[str]) -> list[str]:
@@ -272,6 +340,9 @@ class Evaluation:
     """How often the engine picked each action over the whole log."""
     late_picks: Mapping[str, int]
     """The same over the last tenth of the log: what the policy converged to."""
+    rule: Estimate | None = None
+    """The targeting rule's reward, when one was given."""
+    rule_text: str = ""
 
     @property
     def best_fixed(self) -> Estimate:
@@ -288,6 +359,8 @@ class Evaluation:
         }
         for action, estimate in self.fixed.items():
             policies[f"fixed:{action}"] = estimate.as_dict()
+        if self.rule is not None:
+            policies["rule"] = {**self.rule.as_dict(), "rule": self.rule_text}
         return {"reward": self.reward_col, "rows": self.rows, "actions": list(self.actions),
                 "config": dataclasses.asdict(self.config), "policies": policies}
 
@@ -297,6 +370,8 @@ class Evaluation:
                  ("random", self.random)]
         lines += [(f"fixed:{a}", e) for a, e in sorted(self.fixed.items(), key=lambda item: -item[1].value)]
         lines.append((f"best_fixed ({self.best_action})", self.best_fixed))
+        if self.rule is not None:
+            lines.append(("rule", self.rule))
         width = max(len(name) for name, _ in lines)
         out = [f"{'policy':<{width}}  {'mean':>8}  {'95% CI':^19}  {'rows':>7}"]
         for name, e in lines:
@@ -304,8 +379,9 @@ class Evaluation:
         return "\n".join(out)
 
 
-def evaluate(data: LoggedData, config: ReplayConfig = ReplayConfig(), progress: bool = False) -> Evaluation:
-    """Replay ``data`` through the real engine and learner; compare with random and fixed actions."""
+def evaluate(data: LoggedData, config: ReplayConfig = ReplayConfig(), progress: bool = False,
+             rules: Sequence[TargetingRule] = ()) -> Evaluation:
+    """Replay ``data`` through the real engine and learner; compare with random, fixed actions and the rules."""
     n, k = len(data), len(data.actions)
     policy = replay_policy(data.actions, config.prior)
     snapshot = PolicySnapshot.compile(policy, "replay")
@@ -336,13 +412,7 @@ def evaluate(data: LoggedData, config: ReplayConfig = ReplayConfig(), progress: 
         raise LogFormatError("the learned policy never picked a logged action: nothing to evaluate")
     counted = rewards[matched]
     curve = np.cumsum(counted) / np.arange(1, len(counted) + 1)
-    fixed = {}
-    for i, a in enumerate(data.actions):  # replay of "always a": its rows, weighted if their propensities vary
-        mask = logged_action == i
-        if np.ptp(data.propensity[mask]) == 0.0:
-            fixed[a] = mean_estimate(rewards[mask])
-        else:
-            fixed[a] = dataclasses.replace(snips(rewards, data.propensity, mask.astype(float)), rows=int(mask.sum()))
+    fixed = {a: _replay_estimate(data, logged_action == i) for i, a in enumerate(data.actions)}
     best = max(fixed, key=lambda a: fixed[a].value)
     late = picked[n - max(1, n // 10):]
     return Evaluation(
@@ -359,11 +429,13 @@ def evaluate(data: LoggedData, config: ReplayConfig = ReplayConfig(), progress: 
         curve=curve,
         picks={a: int((picked == i).sum()) for i, a in enumerate(data.actions)},
         late_picks={a: int((late == i).sum()) for i, a in enumerate(data.actions)},
+        rule=_replay_estimate(data, _rule_actions(rules, data) == logged_action) if rules else None,
+        rule_text="; ".join(r.text for r in rules),
     )
 
 
 def plot_learning_curve(result: Evaluation, path: str | Path, title: str = "") -> None:
-    """The learned policy's cumulative mean reward over the counted rows, with random and best fixed."""
+    """The learned policy's cumulative mean reward over the counted rows, with random, best fixed and the rule."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,10 +450,14 @@ def plot_learning_curve(result: Evaluation, path: str | Path, title: str = "") -
     ax.axhline(best.value, color="tab:green", lw=1.5, label=f"best fixed: {result.best_action} ({best.value:.4f})")
     ax.axhline(result.random.value, color="tab:gray", lw=1.5, ls="--",
                label=f"uniform random ({result.random.value:.4f})")
+    if result.rule is not None:
+        ax.axhline(result.rule.value, color="tab:purple", lw=1.5, ls=":",
+                   label=f"targeting rule ({result.rule.value:.4f})")
     ax.plot(x, result.curve, color="tab:blue", lw=1.8,
             label=f"learned, replay ({result.learned.value:.4f} over {result.learned.rows:,} rows)")
     skip = min(len(x) - 1, max(0, len(x) // 100))  # the first rows' mean is all noise
-    values = np.concatenate([result.curve[skip:], [best.ci_low, best.ci_high, result.random.value]])
+    values = np.concatenate([result.curve[skip:], [best.ci_low, best.ci_high, result.random.value],
+                             [] if result.rule is None else [result.rule.value]])
     spread = values.max() - values.min() or abs(values.max()) or 1.0
     ax.set_ylim(values.min() - 0.15 * spread, values.max() + 0.15 * spread)
     ax.set_xlim(1, len(x))

@@ -17,6 +17,7 @@ from nba_service.learning.evaluation import (
     dataset_path,
     evaluate,
     offer_ids,
+    parse_rules,
     read_log,
 )
 
@@ -163,3 +164,52 @@ def test_the_shipped_data_is_the_whole_hillstrom_file():
     assert rows == 64_000
     assert header == ["recency", "history_segment", "history", "mens", "womens", "zip_code", "newbie", "channel",
                       "segment", "visit", "conversion", "spend"]
+
+
+def test_a_targeting_rule_is_replayed_on_the_rows_where_it_took_the_logged_action(tmp_path, capsys):
+    rows = [  # kind a: the rule says left; everyone else: wait
+        {"kind": "a", "action": "left", "reward": 1}, {"kind": "a", "action": "left", "reward": 0},
+        {"kind": "a", "action": "right", "reward": 1},  # not the rule's action: not counted
+        {"kind": "b", "action": "wait", "reward": 1}, {"kind": "b", "action": "left", "reward": 1},
+        {"kind": "", "action": "wait", "reward": 0},  # no kind: the catch-all line
+    ]
+    log = write_log(tmp_path / "log.csv", rows)
+    report = tmp_path / "report.json"
+    code, out, err = nba(capsys, "evaluate", str(log), "--action-col", "action", "--reward-col", "reward",
+                         "--feature-cols", "kind", "--rule", "kind=a:left", "--rule", "*:wait", "--json", str(report))
+    assert code == 0, err
+    rule = json.loads(report.read_text())["policies"]["rule"]
+    assert (rule["rows"], rule["mean"]) == (4, pytest.approx(2 / 4))  # left, left, wait (b), wait (no kind)
+    assert rule["rule"] == "kind=a:left; *:wait"
+    assert "rule: kind=a:left; *:wait" in out
+
+
+def test_a_targeting_rule_on_hillstrom_next_to_the_learned_policy(tmp_path):
+    data = read_log(dataset_path("hillstrom"), action_col="segment", reward_col="visit",
+                    feature_cols=["mens", "womens"], propensity=1 / 3)
+    rules = parse_rules(["mens=1:Mens E-Mail", "*:Womens E-Mail"], data)
+    result = evaluate(data, ReplayConfig(seed=0), rules=rules)
+    # men's-wear buyers get the men's e-mail, the others the women's: its rows of the log, counted by hand
+    with gzip.open(dataset_path("hillstrom"), "rt") as log:
+        matched = [int(r["visit"]) for r in csv.DictReader(log)
+                   if r["segment"] == ("Mens E-Mail" if r["mens"] == "1" else "Womens E-Mail")]
+    assert result.rule is not None
+    assert (result.rule.rows, result.rule.value) == (len(matched), pytest.approx(sum(matched) / len(matched)))
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    (["kind=a:jump", "*:wait"], "--rule 1 ('kind=a:jump'): no action 'jump' in the log"),
+    (["size=big:left", "*:wait"], "--rule 1 ('size=big:left'): 'size' is not one of the feature columns"),
+    (["kind=a:left"], "the last --rule must be *:ACTION"),
+    (["*:wait", "kind=a:left"], "the last --rule must be *:ACTION"),
+    (["*:left", "*:wait"], "only the last --rule may be *:ACTION"),
+    (["kind:left", "*:wait"], "--rule 1 ('kind:left'): 'kind' is not COLUMN=VALUE"),
+    (["left", "*:wait"], "--rule 1 ('left'): write COLUMN=VALUE"),
+])
+def test_a_rule_that_cannot_work_is_refused_naming_it(tmp_path, capsys, rules, message):
+    log = write_log(tmp_path / "log.csv", contextual_log(30, seed=1))
+    args = ["evaluate", str(log), "--action-col", "action", "--reward-col", "reward", "--feature-cols", "kind"]
+    for rule in rules:
+        args += ["--rule", rule]
+    code, _, err = nba(capsys, *args)
+    assert code == 2 and message in err
