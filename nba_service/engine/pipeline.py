@@ -241,7 +241,9 @@ def arm_factors(snapshot: PolicySnapshot, plan: Any, arms: np.ndarray, offer_ok:
 def _values_at_once(plan: Any, scope: dict[str, Any]) -> np.ndarray | None:
     """Every value expression of the plan in one evaluation; None when one fails or is not a number."""
     try:
-        computed = np.array(eval(plan.value_code, _GLOBALS, scope), dtype=float)  # noqa: S307
+        # float() of each, as the one-by-one path: a list or a text that is no number fails
+        computed = np.fromiter(map(float, eval(plan.value_code, _GLOBALS, scope)),  # noqa: S307
+                               dtype=float, count=len(plan.value_offers))
     except Exception:  # noqa: BLE001 - evaluated again one by one, and the failure logged
         return None
     computed[~np.isfinite(computed)] = 0.0

@@ -214,7 +214,7 @@ class TargetingRule:
     text: str
 
     def matches(self, attributes: Mapping[str, str]) -> bool:
-        return all(attributes.get(column) == value for column, value in self.conditions)
+        return all(attributes.get(column, "") == value for column, value in self.conditions)  # "" = no value
 
 
 def parse_rules(texts: Sequence[str], data: LoggedData) -> tuple[TargetingRule, ...]:
@@ -257,6 +257,13 @@ def _rule_actions(rules: Sequence[TargetingRule], data: LoggedData) -> np.ndarra
     index = {a: i for i, a in enumerate(data.actions)}
     return np.array([index[next(r.action for r in rules if r.matches(row))] for row in data.attributes],
                     dtype=np.intp)
+
+
+def _rule_estimate(data: LoggedData, rules: Sequence[TargetingRule]) -> Estimate:
+    matched = _rule_actions(rules, data) == data.action
+    if not matched.any():
+        raise LogFormatError("the rule never gives a row the action the log took: nothing to evaluate it on")
+    return _replay_estimate(data, matched)
 
 
 def _replay_estimate(data: LoggedData, matched: np.ndarray) -> Estimate:
@@ -429,7 +436,7 @@ def evaluate(data: LoggedData, config: ReplayConfig = ReplayConfig(), progress: 
         curve=curve,
         picks={a: int((picked == i).sum()) for i, a in enumerate(data.actions)},
         late_picks={a: int((late == i).sum()) for i, a in enumerate(data.actions)},
-        rule=_replay_estimate(data, _rule_actions(rules, data) == logged_action) if rules else None,
+        rule=_rule_estimate(data, rules) if rules else None,
         rule_text="; ".join(r.text for r in rules),
     )
 

@@ -116,6 +116,9 @@ class _Protocol(asyncio.Protocol):
     def send(self, payload: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
+        if self.closed:  # lost before this call: nothing would ever answer or fail it
+            waiter.set_exception(redis.ConnectionError("connection to Redis lost"))
+            return waiter
         self.waiters.append((waiter, time.monotonic()))
         assert self.transport is not None
         self.transport.write(payload)

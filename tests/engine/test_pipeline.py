@@ -322,6 +322,14 @@ def test_value_expressions_of_several_offers_and_one_that_fails(caplog):
     assert ("loan", "below_threshold") in {(r.offer_id, r.code) for r in failing.reasons}
     assert any("value of loan" in r.getMessage() and "division by zero" in r.getMessage() for r in caplog.records)
 
+    # a value that is no number (here a list) is one failure like the others: worth 0, logged, never a crash
+    listed = {**POLICY, "offers.yaml": POLICY["offers.yaml"].replace(
+        "    value: 20\n", "    value: \"[event.shortfall, 1]\"\n")}  # the only computed value
+    snap = PolicySnapshot.compile(parse_policy_files(listed), "16")
+    decision = decide(snap, customer())
+    assert decision.offer_id == "card" and ("loan", "below_threshold") in {(r.offer_id, r.code) for r in decision.reasons}
+    assert any("value of loan" in r.getMessage() for r in caplog.records)
+
 
 def test_declines_suppress_within_the_offers_window_only():
     policy = {**POLICY, "offers.yaml": POLICY["offers.yaml"].replace(

@@ -213,3 +213,19 @@ def test_a_rule_that_cannot_work_is_refused_naming_it(tmp_path, capsys, rules, m
         args += ["--rule", rule]
     code, _, err = nba(capsys, *args)
     assert code == 2 and message in err
+
+
+def test_a_rule_value_can_be_empty_and_a_rule_that_never_agrees_with_the_log_is_refused(tmp_path, capsys):
+    rows = [{"kind": "a", "action": "left", "reward": 1}, {"kind": "", "action": "right", "reward": 1},
+            {"kind": "b", "action": "right", "reward": 0}]
+    log = write_log(tmp_path / "log.csv", rows)
+    columns = ["--action-col", "action", "--reward-col", "reward", "--feature-cols", "kind"]
+    report = tmp_path / "report.json"
+    # "kind=" is a row without a kind: it gets right, as the log did; kind a gets left as the log did
+    code, _, err = nba(capsys, "evaluate", str(log), *columns, "--rule", "kind=:right", "--rule", "*:left",
+                       "--json", str(report))
+    assert code == 0, err
+    rule = json.loads(report.read_text())["policies"]["rule"]
+    assert (rule["rows"], rule["mean"]) == (2, 1.0)
+    code, _, err = nba(capsys, "evaluate", str(log), *columns, "--rule", "kind=a:right", "--rule", "*:left")
+    assert code == 2 and "the rule never gives a row the action the log took" in err

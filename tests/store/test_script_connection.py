@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 
 import pytest
 import redis
@@ -78,3 +80,62 @@ def test_a_password_in_the_url_is_sent(redis_url, redis_client):
         assert asyncio.run(run(base + "?password=s3cr%25t")) == [b"k", b"v", 2]
     finally:
         redis.Redis.from_url(redis_url, password="s3cr%t").config_set("requirepass", "")
+
+
+def test_a_call_on_a_connection_already_lost_fails_at_once():
+    from nba_service.store.script_connection import _Protocol
+
+    async def run():
+        protocol = _Protocol(timeout=30.0)
+        protocol.connection_lost(ConnectionResetError("reset by peer"))
+        return protocol.send(b"*1\r\n$4\r\nPING\r\n")
+
+    async def main():
+        waiter = await run()
+        assert waiter.done()  # failed now, not after a timeout (there is no watchdog for it)
+        with pytest.raises(redis.ConnectionError):
+            await waiter
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_drops_every_connection_fails_each_call_never_hangs():
+    """A load balancer or proxy in front of Redis that closes connections as soon as they open:
+    with AUTH to send first, each call fails with a connection error and none waits forever."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def drop_every_connection() -> None:
+        while True:
+            try:
+                peer, _ = listener.accept()
+            except OSError:  # the listener was closed: the test is over
+                return
+            peer.close()
+
+    dropper = threading.Thread(target=drop_every_connection, daemon=True)
+    dropper.start()
+
+    async def run():
+        connection = ScriptConnection(f"redis://:secret@127.0.0.1:{port}/0", timeout=0.3)
+        outcomes = []
+        try:
+            for _ in range(30):
+                try:
+                    await asyncio.wait_for(connection.evalsha(ECHO, ["k"], ["v", 1]), 5.0)  # a bound, not a wait
+                    outcomes.append("answered")
+                except redis.ConnectionError:
+                    outcomes.append("connection error")
+                except TimeoutError:
+                    outcomes.append("hung")
+        finally:
+            await connection.aclose()
+        return outcomes
+
+    try:
+        assert set(asyncio.run(run())) == {"connection error"}
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
+        listener.close()
+        dropper.join(timeout=5)
+        assert not dropper.is_alive()
