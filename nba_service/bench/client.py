@@ -123,9 +123,10 @@ async def _timed(call: Call, request: pb.DecideRequest, latencies: list[float],
     latencies.append(time.perf_counter() - started)
 
 
-async def _load(call: Call, requests: Sequence[pb.DecideRequest], concurrency: int, seconds: float,
+async def _load(calls: Sequence[Call], requests: Sequence[pb.DecideRequest], concurrency: int, seconds: float,
                 max_calls: int) -> tuple[list[float], collections.Counter[str], float]:
-    """``concurrency`` calls in flight for ``seconds`` (at most ``max_calls``): latencies, errors, elapsed."""
+    """``concurrency`` calls in flight for ``seconds`` (at most ``max_calls``), spread over ``calls``
+    (one per connection): latencies, errors, elapsed."""
     latencies: list[float] = []
     errors: collections.Counter[str] = collections.Counter()
     sent = 0
@@ -134,6 +135,7 @@ async def _load(call: Call, requests: Sequence[pb.DecideRequest], concurrency: i
     async def worker(offset: int) -> None:
         nonlocal sent
         i = offset
+        call = calls[offset % len(calls)]
         while sent < max_calls and time.perf_counter() < deadline:
             sent += 1
             request = requests[i % len(requests)]
@@ -179,13 +181,21 @@ async def measure_sequential(targets: Sequence[Target], requests: Sequence[pb.De
     return results
 
 
+def _channels(target: Target, count: int) -> list[grpc.aio.Channel]:
+    """``count`` channels to ``target``, each with its own connection (grpc shares one between
+    channels to the same address unless each keeps a local subchannel pool)."""
+    return [grpc.aio.insecure_channel(f"127.0.0.1:{target.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(count)]
+
+
 async def measure_ladder(targets: Sequence[Target], requests: Sequence[pb.DecideRequest], config: BenchConfig,
                          progress: Progress) -> list[list[Step]]:
-    """Each step of the ladder on each target in turn; per target, its steps."""
+    """Each step of the ladder on each target in turn, calls spread over ``config.connections``
+    connections per target; per target, its steps."""
     steps: list[list[Step]] = [[] for _ in targets]
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{t.port}") for t in targets]
+    channels = [_channels(t, config.connections) for t in targets]
     try:
-        calls = [pb_grpc.DecisionServiceStub(channel).Decide for channel in channels]
+        calls = [[pb_grpc.DecisionServiceStub(channel).Decide for channel in own] for own in channels]
         for concurrency in config.concurrency:
             for target, call, done in zip(targets, calls, steps):
                 await _load(call, requests, concurrency, min(0.3, config.seconds), MAX_CALLS_PER_STEP)  # ramp up
@@ -198,8 +208,6 @@ async def measure_ladder(targets: Sequence[Target], requests: Sequence[pb.Decide
                          f"p99 {step.p99_us:,.0f} µs{', errors ' + str(step.errors) if step.errors else ''}")
                 done.append(step)
     finally:
-        for channel in channels:
+        for channel in (c for own in channels for c in own):
             await channel.close()
     return steps
-
-

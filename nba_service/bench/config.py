@@ -38,6 +38,9 @@ class BenchConfig:
     """Share of customers given a journey of 3 to 10 past events."""
     workers: int = 1
     """``nba serve --workers``: server processes sharing the port (the echo server stays one)."""
+    connections: int = 4
+    """Connections the client opens to each server for the throughput ladder, calls spread over them:
+    the kernel hands each connection to one worker (SO_REUSEPORT), so one connection would feed one."""
     seed: int = 1
     """Seed of the generated customers, journeys, requests and offer sets, and of the server's exploration."""
 

@@ -24,7 +24,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"nba bench: {config['customers']:,} customers; {policy}"
         + (f"; nba serve --workers {config['workers']}" if config.get("workers", 1) > 1 else ""),
         f"{config['sequential']:,} sequential calls; throughput ladder "
-        f"{', '.join(map(str, config['concurrency']))} calls in flight x {config['seconds']:g} s",
+        f"{', '.join(map(str, config['concurrency']))} calls in flight x {config['seconds']:g} s over "
+        f"{config.get('connections', 1)} connections per server",
         f"machine: {m['cores']} cores ({m['cpu'] or 'unknown CPU'}), Python {m['python']}, grpcio {m['grpc']}; "
         f"load average {result['load_average']['before'][0]:.2f} before, {result['load_average']['after'][0]:.2f} after",
         "",

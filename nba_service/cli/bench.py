@@ -43,11 +43,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     overrides = {"customers": args.customers, "offers": args.offers, "policies": args.policies,
                  "sequential": args.sequential, "seconds": args.seconds, "concurrency": args.concurrency,
-                 "workers": args.workers, "seed": args.seed}
+                 "workers": args.workers, "connections": args.connections, "seed": args.seed}
     if args.quick:
         config = BenchConfig.quick(**overrides)
     else:
         config = BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if config.connections < config.workers:
+        print(f"nba bench: --connections {config.connections} would leave some of the {config.workers} workers idle "
+              "(each connection is served by one): give at least --workers", file=sys.stderr)
+        return 1
     if not pathlib.Path(config.policies).is_dir():
         print(f"nba bench: {config.policies} not found (run it from the project folder or give --policies)",
               file=sys.stderr)
@@ -95,6 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="values of the sweep (default offers 10,50,200,1000; customers 10000,100000,1000000)")
     bench.add_argument("--workers", type=_positive_int,
                        help="nba serve --workers: server processes sharing the port (default 1; the echo stays one)")
+    bench.add_argument("--connections", type=_positive_int,
+                       help="connections to each server for the throughput ladder (default 4): each one is served "
+                            "by one worker, so give at least --workers")
     bench.add_argument("--seed", type=int, help="seed of the generated customers and requests (default 1)")
     bench.add_argument("--json", help="also write the results as JSON here")
     bench.set_defaults(func=cmd_bench)
