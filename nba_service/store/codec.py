@@ -1,23 +1,33 @@
-"""How domain objects are written in Redis: compact JSON and ``|``-joined members."""
+"""How domain objects are written in Redis: compact JSON and ``|``-joined members.
+
+JSON goes through orjson (in C, about ten times the standard library's speed
+on the small objects of a decision), compact and UTF-8.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from nba_service.engine.domain import ContactRecord, CustomerProfile, JourneyEntry, OpenJourney
 
 __all__ = [
-    "contact_member", "decode_contact", "decode_journey", "decode_open_journey", "decode_profile",
-    "encode_journey", "encode_open_journey", "encode_profile",
+    "contact_member", "decode_contact", "decode_journey", "decode_open_journey", "decode_profile", "dumps",
+    "encode_journey", "encode_open_journey", "encode_profile", "loads",
 ]
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+loads = orjson.loads
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text (no spaces, UTF-8 as is); numpy numbers are written as numbers."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def encode_profile(profile: CustomerProfile) -> str:
-    return _dumps({
+    return dumps({
         "first_name": profile.first_name,
         "segment": profile.segment,
         "preferred_channel": profile.preferred_channel,
@@ -31,7 +41,7 @@ def encode_profile(profile: CustomerProfile) -> str:
 def decode_profile(customer_id: str, raw: bytes | str | None) -> CustomerProfile:
     if raw is None:
         return CustomerProfile.unknown(customer_id)
-    data = json.loads(raw)
+    data = loads(raw)
     return CustomerProfile(
         customer_id=customer_id,
         first_name=data.get("first_name", ""),
@@ -45,7 +55,7 @@ def decode_profile(customer_id: str, raw: bytes | str | None) -> CustomerProfile
 
 
 def encode_journey(timestamp: float, event_type: str, origin: str, fields: Mapping[str, Any]) -> str:
-    return f"{timestamp:.3f}|{event_type}|{origin}|{_dumps(dict(fields))}"
+    return f"{timestamp:.3f}|{event_type}|{origin}|{dumps(dict(fields))}"
 
 
 def decode_journey(raw: bytes) -> JourneyEntry:
@@ -63,10 +73,10 @@ def decode_contact(member: bytes, score: float) -> ContactRecord:
 
 
 def encode_open_journey(opened: float, fields: Mapping[str, Any]) -> str:
-    return _dumps({"opened": opened, "fields": dict(fields)})
+    return dumps({"opened": opened, "fields": dict(fields)})
 
 
 def decode_open_journey(field: bytes, raw: bytes) -> OpenJourney:
     kind, _, ident = field.decode().partition(":")
-    data = json.loads(raw)
+    data = loads(raw)
     return OpenJourney(kind, ident, float(data["opened"]), data.get("fields", {}))

@@ -11,12 +11,11 @@ entries its last snapshot does not contain.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 import redis
 
-from nba_service.store import keys
+from nba_service.store import codec, keys
 from nba_service.store.state import OUTCOME_STREAM_MAXLEN
 
 __all__ = ["LearnerLock", "OutcomeEntry", "OutcomeStream"]
@@ -96,7 +95,7 @@ class OutcomeStream:
                     decision_id=fields[b"decision_id"].decode(),
                     offer_id=fields[b"offer_id"].decode(),
                     channel=fields[b"channel"].decode(),
-                    features=json.loads(fields[b"features"]),
+                    features=codec.loads(fields[b"features"]),
                     reward=float(fields[b"reward"]),
                     prior=float(fields[b"prior"]),
                     outcome=fields.get(b"outcome", b"").decode(),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +32,6 @@ RECENT_DECISIONS = 20
 WRITTEN, BUDGET_USED_UP, CONTACTS_CHANGED = 1, 0, -1
 DECLINES_KEPT_SECONDS = 365 * 86400
 """Declines older than this are dropped; ``suppress_after`` windows are at most this long."""
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
 OUTCOME_STREAM_MAXLEN = 1_000_000
 """The outcome stream is trimmed (approximately) to this many entries."""
 CLOSING_EVENTS = frozenset({"purchase", "checkout"})
@@ -245,8 +243,8 @@ class StateStore:
                   f"{now:.3f}", f"{window:.0f}", open_op, open_field, open_value,
                   f"{now + attribution_seconds:.3f}" if contact and attribution_seconds > 0 else "",
                   customer_id, decision.offer_id or "", decision.channel, repr(prior),
-                  _dumps(decision.features),
-                  _dumps({"request_id": request_id, "ts": round(now, 3), "event_type": event.type,
+                  codec.dumps(decision.features),
+                  codec.dumps({"request_id": request_id, "ts": round(now, 3), "event_type": event.type,
                           "origin_channel": ctx.origin_channel, "category": decision.category,
                           "score": decision.score, "propensity": decision.propensity,
                           "policy_version": decision.policy_version, "model_version": decision.model_version,
@@ -335,7 +333,7 @@ def _past_decision(decision_id: str, record: Mapping[bytes, bytes]) -> PastDecis
     outcomes = sorted(
         ((float(v.decode().split("|", 1)[0]), k.decode()[2:]) for k, v in record.items() if k.startswith(b"o:")),
     )
-    meta = json.loads(record.get(b"meta", b"{}"))
+    meta = codec.loads(record.get(b"meta", b"{}"))
     return PastDecision(
         decision_id=decision_id,
         timestamp=float(meta.get("ts", 0.0)),
