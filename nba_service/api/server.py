@@ -193,7 +193,8 @@ class NbaServer:
                           challenger_learning_rate=self.settings.challenger_learning_rate,
                           snapshot_seconds=self.settings.model_snapshot_seconds,
                           on_update=lambda version: metrics.model_publications.inc(),
-                          on_learned=metrics.model_updates.inc)
+                          on_learned=metrics.model_updates.inc,
+                          on_redis_error=metrics.redis_errors.labels("learner").inc)
         self._learner_stop = threading.Event()
 
         def run() -> None:

@@ -43,6 +43,7 @@ class Learner:
                  snapshot_seconds: float = 5.0, batch: int = 500, block_ms: int = 500,
                  attribution_check_seconds: float = 1.0, on_update: Callable[[int], None] | None = None,
                  on_learned: Callable[[int], None] | None = None,
+                 on_redis_error: Callable[[], None] | None = None,
                  challenger_learning_rate: float = 0.0) -> None:
         self.name = name or default_learner_name()
         self.snapshot_every = snapshot_every
@@ -54,6 +55,8 @@ class Learner:
         """Called with each version this learner publishes."""
         self.on_learned = on_learned
         """Called with the number of outcomes of each batch learned."""
+        self.on_redis_error = on_redis_error
+        """Called on every Redis error the learner retries after (a metric)."""
         self._stream = OutcomeStream(client, self.name)
         self._models_store = ModelStore(client)
         self._lock = LearnerLock(client, self.name)
@@ -167,6 +170,8 @@ class Learner:
                 if not learned and not self._active:
                     stop.wait(idle_seconds)  # another learner is active: check again later
             except redis.RedisError as exc:
+                if self.on_redis_error is not None:
+                    self.on_redis_error()
                 log.warning("learner %s: %s; retrying", self.name, exc)
                 self._active = False
                 stop.wait(idle_seconds)

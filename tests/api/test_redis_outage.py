@@ -74,6 +74,14 @@ def test_server_survives_a_redis_outage(start_server, own_redis):
         server.stub.Decide(atm_decline("c1"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "retry" in caught.value.details()
+    # the background work keeps retrying, and says so in the metrics SREs alert on
+    registry = server.server.metrics.registry
+
+    def counted(operation: str) -> float:
+        return registry.get_sample_value("nba_redis_errors_total", {"operation": operation}) or 0.0
+
+    wait_until(lambda: counted("learner") > 0 and counted("policy_watch") > 0,
+               what="the learner and the policy watcher to count their Redis errors")
 
     own_redis.start()  # same port, data kept in the append-only file
     response = server.stub.Decide(atm_decline("c1"), timeout=5)
