@@ -1,9 +1,10 @@
 """``nba demo``: the whole service on an embedded Redis, with simulated traffic.
 
 Starts ``nba serve`` (its own Redis, the sample policies), loads the sample
-customers, plays the DESIGN.md scenarios from several simulated channel
-backends at once, lets simulated customers accept some offers, prints a
-summary and stops everything it started.
+customers, plays the moments nba is designed for (ATM declines, store
+visits, carts, agent calls) from several simulated channel backends at once,
+lets simulated customers accept some offers, prints a summary and stops
+everything it started.
 """
 
 from __future__ import annotations

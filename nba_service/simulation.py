@@ -1,6 +1,6 @@
 """Simulated channel traffic and customers for the demo and load generation.
 
-:class:`ScenarioMix` draws live moments like the DESIGN.md scenarios (ATM
+:class:`ScenarioMix` draws live moments like the ones nba is designed for (ATM
 declines, location pings, abandoned carts, app opens, page views, agent
 contacts) from a skewed customer population. :class:`CustomerResponse`
 holds the hidden truth of how customers respond: an acceptance probability

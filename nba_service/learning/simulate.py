@@ -1,7 +1,7 @@
 """A simulated world where the right action depends on the moment and the customer.
 
-Customers live the DESIGN.md moments: an ATM withdrawal declined for a small
-or a large shortfall, a walk past a store, a cart abandoned on the web, a call
+Customers live the moments nba is designed for: an ATM withdrawal declined for
+a small or a large shortfall, a walk past a store, a cart abandoned on the web, a call
 to the contact centre. Six offers answer every moment; how likely a customer
 is to accept each one is hidden truth (:class:`ContextualResponse`): a
 micro-loan works at the ATM for a small shortfall and almost nowhere else, a
