@@ -119,14 +119,13 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     served, shadow = report["served"], report["shadow"]
     print(f"{report['rows']} settled decisions; the {shadow['policy']} policy agreed with the served one on "
           f"{shadow['agreement']:.1%} of them")
-    def line(label: str, e: dict) -> str:
+    rows = [(served["policy"] + " (served, observed)", served)]
+    rows += [(f"{shadow['policy']} (shadow, {name})", shadow[name]) for name in ("ips", "snips", "doubly_robust")]
+    width = max(len(label) for label, _ in rows) + 2
+    print(f"{'policy':{width}}{'reward':>9}{'95% CI':>22}")
+    for label, e in rows:
         interval = "[{:.4f}, {:.4f}]".format(e["ci_low"], e["ci_high"])
-        return f"{label:32}{e['mean']:>9.4f}{interval:>22}"
-
-    print(f"{'policy':32}{'reward':>9}{'95% CI':>22}")
-    print(line(served["policy"] + " (served, observed)", served))
-    for name in ("ips", "snips", "doubly_robust"):
-        print(line(f"{shadow['policy']} (shadow, {name})", shadow[name]))
+        print(f"{label:{width}}{e['mean']:>9.4f}{interval:>22}")
     return 0
 
 
