@@ -1,18 +1,21 @@
-"""What every ``nba`` command shares: settings and the Redis connection."""
+"""What every ``nba`` command shares: settings, the Redis connection, version tables and ``--json`` files."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime
+import json
+import pathlib
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 
 from nba_service.settings import Settings
 from nba_service.store.embedded import EmbeddedRedis
 
-__all__ = ["print_versions", "settings_from", "state_client", "state_options"]
+__all__ = ["print_versions", "settings_from", "state_client", "state_options", "write_json"]
 
 
 def state_options(parser: argparse.ArgumentParser) -> None:
@@ -52,3 +55,9 @@ def print_versions(live: int | None, columns: tuple[str, str], rows: list[tuple[
     for version, published_at, third, last in rows:
         when = datetime.datetime.fromtimestamp(published_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{'*' if version == live else ' ':2}{version:>7}  {when:19}  {third[:12]:12}  {last}")
+
+
+def write_json(path: str | None, data: Any) -> None:
+    """Write a command's figures for scripts (``--json FILE``), indented, when a path was given."""
+    if path:
+        pathlib.Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

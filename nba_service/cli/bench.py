@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
+
+from nba_service.cli._common import write_json
 
 SWEEP_VALUES = {"offers": (10, 50, 200, 1000), "customers": (10_000, 100_000, 1_000_000)}
 QUICK_SWEEP_VALUES = {"offers": (10, 50, 200, 1000), "customers": (10_000, 20_000, 50_000)}
@@ -72,8 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"nba bench: {exc}", file=sys.stderr)
         return 1
     print(report)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
+from nba_service.cli._common import write_json
 from nba_service.learning.exploration import STRATEGIES
 
 _KNOBS = ("strategy", "epsilon", "temperature", "learning_rate", "l2", "prior", "seed")
@@ -56,10 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(result.table())
     if result.rule is not None:
         print(f"rule: {result.rule_text}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump({"data": name, **result.to_json()}, out, indent=2)
-            out.write("\n")
+    write_json(args.json, {"data": name, **result.to_json()})
     if args.plot:
         plot_learning_curve(result, args.plot, title=f"{name}: {reward_col}, {config.describe()}")
     return 0

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from nba_service.cli._common import print_versions, settings_from, state_client, state_options
+from nba_service.cli._common import print_versions, settings_from, state_client, state_options, write_json
 from nba_service.learning.learner import Learner, default_learner_name
 from nba_service.learning.models import ModelBank
 from nba_service.store.model_store import ModelStore
@@ -41,8 +41,7 @@ def cmd_learner_bench(args: argparse.Namespace) -> int:
           f"({result['outcomes']:,} outcomes over {result['arms']} arms in {result['seconds']:.2f} s, "
           f"{result['cpu_seconds']:.2f} s of CPU in the learner process; snapshots every "
           f"{result['snapshot_every']} outcomes included)")
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 
@@ -111,8 +110,7 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
 
     with state_client(settings_from(args)) as client:
         report = shadow_report(client)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     if not report["rows"]:
         print("no settled decision logged a shadow choice yet (serve with NBA_MODE=apprentice or learned+shadow)")
         return 0

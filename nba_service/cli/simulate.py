@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
+from nba_service.cli._common import write_json
 from nba_service.learning.exploration import STRATEGIES
 
 _KNOBS = ("steps", "seed", "strategy", "epsilon", "temperature", "learning_rate")
@@ -27,10 +27,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
           f"ran in {time.perf_counter() - started:.1f} s")
     print(result.table())
     print(f"learned, last tenth of the run: {result.last_share:.1%} of the oracle's expected reward")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(result.to_json(), out, indent=2)
-            out.write("\n")
+    write_json(args.json, result.to_json())
     if args.plot:
         plot_regret(result, args.plot)
     return 0
