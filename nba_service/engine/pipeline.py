@@ -82,10 +82,10 @@ class DecisionEngine:
             results = self._evaluate(plan.rules_code, plan.rules, scope)
             passed = np.fromiter(map(bool, results) if type(results) is tuple else map(_passed, results),
                                  dtype=bool, count=len(results))
-            failed = ~passed & offer_ok[plan.rule_position_array]  # a rule out of its window is not reported
+            failed = ~passed & offer_ok[plan.rule_positions]  # a rule out of its window is not reported
             failed_rules = failed.nonzero()[0]
             if len(failed_rules):
-                offer_ok[plan.rule_position_array[failed_rules]] = False
+                offer_ok[plan.rule_positions[failed_rules]] = False
                 for k in failed_rules.tolist():
                     result = results[k]
                     reasons.append(plan.rule_reasons[k] if not isinstance(result, Exception) else

@@ -41,8 +41,8 @@ class EventPlan:
 
     offers: np.ndarray
     """Indices of the candidate offers (live or not; validity is checked per request)."""
-    rule_positions: tuple[int, ...]
-    """Positions in ``offers`` of the offers that have an eligibility rule."""
+    rule_positions: np.ndarray
+    """Positions in ``offers`` of the offers that have an eligibility rule, in ``rules`` order."""
     rules: tuple[CompiledExpression, ...]
     rules_code: CodeType | None
     """All of ``rules`` as one code object returning a tuple of results."""
@@ -52,8 +52,6 @@ class EventPlan:
     """For each of ``arms``, the position of its offer in ``offers``."""
     value_expressions: tuple[tuple[int, int, CompiledExpression], ...] = ()
     """(position in ``offers``, offer index, expression) of the offers whose value is computed per request."""
-    rule_position_array: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
-    """``rule_positions`` as an array, to rule out the offers whose rule failed in one operation."""
     rule_reasons: tuple[Reason, ...] = ()
     """The "not_eligible" reason of each rule, built once."""
     live_between: tuple[float, float] = (float("-inf"), float("inf"))
@@ -82,15 +80,13 @@ class EventPlan:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LimitTable:
-    """Contact limits as parallel arrays; -1 means "any"."""
+    """Contact limits, indexed by what a contact can match, each with its per-request row."""
 
     limits: tuple[Limit, ...]
-    offer: np.ndarray
-    channel: np.ndarray
-    category: np.ndarray
-    arm: np.ndarray
-    maximum: np.ndarray
-    per: np.ndarray
+    rows: tuple[tuple[float, int, str | None, int, int, str], ...]
+    """Per limit, as plain Python values for the per-request loop: (window seconds, max,
+    channel it narrows to or None, what a hit blocks (``contact_policy.BLOCKS_*``), the index of
+    the blocked arm, offer, channel or category, its description)."""
     by_offer: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     """Limits that count a contact of this offer (offer limits, with or without a channel)."""
     by_channel: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
@@ -101,10 +97,6 @@ class LimitTable:
     """Settings limits that count every contact."""
     closed: tuple[int, ...] = ()
     """Limits with ``max: 0``: reached without any contact."""
-    rows: tuple[tuple[float, int, str | None, int, int, str], ...] = ()
-    """Per limit, as plain Python values for the per-request loop: (window seconds, max,
-    channel it narrows to or None, what a hit blocks (``contact_policy.BLOCKS_*``), the index of
-    the blocked arm, offer, channel or category, its description)."""
 
     def __len__(self) -> int:
         return len(self.limits)
@@ -115,11 +107,14 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _limit_row(table: LimitTable, i: int) -> tuple[float, int, str | None, int, int, str]:
-    limit = table.limits[i]
-    offer, channel, category, arm = (int(table.offer[i]), int(table.channel[i]), int(table.category[i]),
-                                     int(table.arm[i]))
+def _limit_row(limit: Limit, offer: int, offers: tuple[OfferSpec, ...], channel_index: Mapping[str, int],
+               category_index: Mapping[str, int],
+               arm_index: Mapping[tuple[str, str], int]) -> tuple[float, int, str | None, int, int, str]:
+    """The per-request row of ``limit`` (``offer``: the index of its offer, -1 for a settings limit)."""
+    channel = channel_index.get(limit.channel, _NO) if limit.channel else _NO
+    category = category_index.get(limit.category, -3) if limit.category else _NO
     if offer >= 0:
+        arm = arm_index.get((offers[offer].id, limit.channel), _NO) if limit.channel else _NO
         blocks, target = (BLOCKS_ARM, arm) if arm >= 0 else (BLOCKS_OFFER, offer)
     elif channel >= 0:
         blocks, target = BLOCKS_CHANNEL, channel
@@ -129,7 +124,7 @@ def _limit_row(table: LimitTable, i: int) -> tuple[float, int, str | None, int, 
         blocks, target = BLOCKS_EVERYTHING, _NO
     else:
         blocks, target = BLOCKS_NOTHING, _NO
-    return float(table.per[i]), int(limit.max), limit.channel, blocks, target, limit.describe()
+    return limit.per_seconds, limit.max, limit.channel, blocks, target, limit.describe()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -154,8 +149,6 @@ class PolicySnapshot:
     arm_cost: np.ndarray
     """The offer's cost plus the channel's cost, for every arm: subtracted from V."""
     offer_category: np.ndarray
-    offer_valid_from: np.ndarray
-    offer_valid_until: np.ndarray
     arm_prior: np.ndarray
     channel_needs_reachable: tuple[bool, ...]
     channel_default_consent: tuple[bool, ...]
@@ -203,23 +196,13 @@ class PolicySnapshot:
         valid_until = np.array([inf if o.valid_until is None else o.valid_until for o in offers])
         arm_prior = np.array([offers[offer_index[o]].prior for o, _ in arm_keys])
 
-        rows = [(lim, _NO, _NO) for lim in settings.contact_limits]
-        rows += [(lim, offer_index[o.id], _NO) for o in offers for lim in o.limits]
-        table = LimitTable(
-            limits=tuple(r[0] for r in rows),
-            offer=np.array([r[1] for r in rows], dtype=np.intp),
-            channel=np.array([channel_index.get(r[0].channel, _NO) if r[0].channel else _NO for r in rows], dtype=np.intp),
-            category=np.array([category_index.get(r[0].category, -3) if r[0].category else _NO for r in rows], dtype=np.intp),
-            arm=np.array([arm_index.get((offers[r[1]].id, r[0].channel), _NO) if r[1] != _NO and r[0].channel else _NO
-                          for r in rows], dtype=np.intp),
-            maximum=np.array([r[0].max for r in rows], dtype=np.int64),
-            per=np.array([r[0].per_seconds for r in rows]),
-        )
+        rows = [(lim, _NO) for lim in settings.contact_limits]  # (limit, index of its offer or -1)
+        rows += [(lim, offer_index[o.id]) for o in offers for lim in o.limits]
         by_offer: dict[str, list[int]] = {}
         by_channel: dict[str, list[int]] = {}
         by_category: dict[str, list[int]] = {}
         overall = []
-        for i, (limit, offer, _) in enumerate(rows):
+        for i, (limit, offer) in enumerate(rows):
             if offer != _NO:
                 by_offer.setdefault(offers[offer].id, []).append(i)
                 if limit.channel:  # an offer's channel limit only counts contacts on that channel
@@ -230,16 +213,17 @@ class PolicySnapshot:
                 by_category.setdefault(limit.category, []).append(i)
             else:
                 overall.append(i)
-        table = dataclasses.replace(
-            table,
+        table = LimitTable(
+            limits=tuple(limit for limit, _ in rows),
+            rows=tuple(_limit_row(limit, offer, offers, channel_index, category_index, arm_index)
+                       for limit, offer in rows),
             by_offer={k: tuple(v) for k, v in by_offer.items()},
             by_channel={k: tuple(v) for k, v in by_channel.items()},
             by_category={k: tuple(v) for k, v in by_category.items()},
             overall=tuple(overall),
-            closed=tuple(i for i, (limit, _, _) in enumerate(rows) if limit.max <= 0),
-            rows=tuple(_limit_row(table, i) for i in range(len(rows))),
+            closed=tuple(i for i, (limit, _) in enumerate(rows) if limit.max <= 0),
         )
-        max_window = float(table.per.max()) if len(rows) else 0.0
+        max_window = max((float(limit.per_seconds) for limit, _ in rows), default=0.0)
 
         plans = {}
         for event_type in EVENT_FIELDS:
@@ -257,14 +241,13 @@ class PolicySnapshot:
             values = tuple(offers[i].value_expression for i in candidates if offers[i].value_expression is not None)
             plans[event_type] = EventPlan(
                 offers=np.array(candidates, dtype=np.intp),
-                rule_positions=positions,
+                rule_positions=np.array(positions, dtype=np.intp),
                 rules=rules,
                 rules_code=compile_batch(rules, f"<{event_type} rules>") if rules else None,
                 arms=np.array(arms, dtype=np.intp),
                 arm_position=np.array(arm_position, dtype=np.intp),
                 value_expressions=tuple((p, i, offers[i].value_expression) for p, i in enumerate(candidates)
                                         if offers[i].value_expression is not None),
-                rule_position_array=np.array(positions, dtype=np.intp),
                 rule_reasons=tuple(Reason(offers[candidates[p]].id, "not_eligible", rule.source)
                                    for p, rule in zip(positions, rules)),
                 live_between=(float(plan_from.max()), float(plan_until.min())),
@@ -302,8 +285,6 @@ class PolicySnapshot:
             offer_levers=levers,
             arm_cost=arm_cost,
             offer_category=np.array([category_index[o.category] for o in offers], dtype=np.intp),
-            offer_valid_from=valid_from,
-            offer_valid_until=valid_until,
             arm_prior=arm_prior,
             channel_needs_reachable=tuple(c.needs_reachable for c in channels),
             channel_default_consent=tuple(c.default_consent for c in channels),
