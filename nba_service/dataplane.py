@@ -8,6 +8,7 @@ gRPC servicers convert messages and call it; nothing here knows about gRPC.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -17,7 +18,23 @@ import numpy as np
 import redis
 import redis.asyncio as aioredis
 
-from nba_service.engine.domain import Alternative, CustomerContext, CustomerProfile, Decision, Event, OutcomeKind
+from nba_service.domain import (
+    Alternative,
+    CustomerContext,
+    CustomerProfile,
+    CustomerView,
+    Decision,
+    DecisionRequest,
+    Event,
+    NoPolicyError,
+    NotFoundError,
+    OutcomeKind,
+    OutcomeStatus,
+    RecordedOutcome,
+    ServingMode,
+    StoreUnavailableError,
+    WriteResult,
+)
 from nba_service.engine.features import vectorize
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy, make_explorer
@@ -28,17 +45,9 @@ from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.settings import Settings
 from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
-from nba_service.store.state import (
-    BUDGET_USED_UP,
-    WRITTEN,
-    CustomerView,
-    OutcomeStatus,
-    RecordedOutcome,
-    StateStore,
-    budget_key,
-)
+from nba_service.store.state import Budget, StateStore, budget_key
 
-__all__ = ["DataPlane", "NoPolicyError", "NotFoundError", "StoreUnavailableError"]
+__all__ = ["DataPlane", "RecordedDecision"]
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +55,13 @@ CONTENTION_RETRIES = 5
 """Times a decision is re-read and re-decided when other requests keep contacting the same customer."""
 
 
-class NotFoundError(LookupError):
-    """The thing asked for does not exist (or has expired)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordedDecision:
+    """A decision as recorded: its id (for outcomes), the request's id, and the decision."""
 
-
-class NoPolicyError(RuntimeError):
-    """No policy set has been published yet."""
-
-
-class StoreUnavailableError(RuntimeError):
-    """Redis could not be reached; nothing was written."""
+    decision_id: str
+    request_id: str
+    decision: Decision
 
 
 class DataPlane:
@@ -111,7 +117,7 @@ class DataPlane:
             models = await asyncio.to_thread(ModelBank.from_bytes, data)
         except redis.RedisError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a bad snapshot (corrupt, another River release) is refused
+        except Exception as exc:
             self._refused_model = live  # reported once; tried again only when the live pointer moves
             self.metrics.model_reloads.labels("failed").inc()
             log.error("model version %s unreadable, still serving %s: %s", live, self.models.version, exc)
@@ -119,7 +125,7 @@ class DataPlane:
         models.published_version = live
         if self.snapshot is not None:
             models.bind(self.snapshot)
-        if self.settings.mode == "learned+challenger":
+        if self.settings.mode is ServingMode.LEARNED_CHALLENGER:
             data = await asyncio.to_thread(self._model_store.load_challenger)
             if data:
                 try:
@@ -129,7 +135,7 @@ class DataPlane:
                         challenger.bind(self.snapshot)
                     self.challenger = challenger
                     self.challenger_engine.scorer = challenger
-                except Exception as exc:  # noqa: BLE001 - the champion still serves
+                except Exception as exc:
                     log.error("challenger models of version %s unreadable: %s", live, exc)
         self.models = self.engine.scorer = self.preview_engine.scorer = models
         self.metrics.model_version.set(live)
@@ -172,53 +178,58 @@ class DataPlane:
             raise NoPolicyError("no policy set is published yet: run `nba policy publish DIR`")
         return self.snapshot
 
-    async def decide(self, customer_id: str, request_id: str, origin_channel: str, event: Event,
-                     attributes: Mapping[str, str], top_k: int) -> tuple[str, Decision]:
+    async def decide(self, request: DecisionRequest) -> RecordedDecision:
+        """Read the customer's context, decide, record: the whole decision path of one request."""
         started = time.perf_counter()
         snapshot = self._live()
+        request_id = request.request_id or os.urandom(16).hex()
         now = time.time()
         for _ in range(CONTENTION_RETRIES):
-            try:
-                ctx = await self.state.read_context(customer_id, now, origin_channel, attributes,
-                                                    snapshot.max_limit_window, snapshot.max_suppression_window)
-            except redis.RedisError as exc:
-                raise self._unavailable("read_context", exc) from exc
-            outcome, decision_id, decision = await self._decide_and_record(snapshot, ctx, event, request_id, top_k)
-            if outcome == WRITTEN:
+            ctx = await self._read_context(snapshot, request.customer_id, now, request.origin_channel,
+                                           request.attributes)
+            result, decision_id, decision = await self._decide_and_record(snapshot, ctx, request, request_id)
+            if result is WriteResult.WRITTEN:
                 break
             now = time.time()  # CONTACTS_CHANGED: another request reached this customer first; read again
         else:
             self.metrics.redis_errors.labels("contention").inc()
             raise StoreUnavailableError("too many simultaneous decisions for this customer; nothing was recorded, retry")
-        metrics = self.metrics
-        metrics.observe_decision(event.type, time.perf_counter() - started, decision.offer_id or "none",
-                                 decision.channel or "none")
-        for reason in decision.reasons:
-            if reason.offer_id and reason.code != "chosen":
-                metrics.count_filtered(reason.code)
-        return decision_id, decision
+        self.metrics.observe_decision(request.event.type, time.perf_counter() - started, decision.offer_id or "none",
+                                      decision.channel or "none",
+                                      [r.code for r in decision.reasons if r.offer_id and r.code != "chosen"])
+        return RecordedDecision(decision_id, request_id, decision)
 
-    async def _decide_and_record(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event,
-                                 request_id: str, top_k: int) -> tuple[int, str, Decision]:
+    async def _read_context(self, snapshot: PolicySnapshot, customer_id: str, now: float, origin_channel: str,
+                            attributes: Mapping[str, str]) -> CustomerContext:
+        try:
+            return await self.state.read_context(customer_id, now, origin_channel=origin_channel,
+                                                 request_attributes=attributes,
+                                                 contact_window=snapshot.max_limit_window,
+                                                 suppression_window=snapshot.max_suppression_window)
+        except redis.RedisError as exc:
+            raise self._unavailable("read_context", exc) from exc
+
+    async def _decide_and_record(self, snapshot: PolicySnapshot, ctx: CustomerContext, request: DecisionRequest,
+                                 request_id: str) -> tuple[WriteResult, str, Decision]:
         """Decide and record atomically; an offer whose budget is gone is ruled out and the moment decided again."""
         exhausted = self._exhausted_budgets(ctx.now)
         for _ in range(len(snapshot.offers) + 1):  # each retry rules one more offer out: bounded
-            decision, shadow = self._decide(snapshot, ctx, event, top_k, exhausted)
+            decision, shadow = self._decide(snapshot, ctx, request.event, request.top_k, exhausted)
             decision_id = os.urandom(16).hex()  # 128 random bits, as uuid4 but a quarter of the cost
             offer = snapshot.offers[snapshot.offer_index[decision.offer_id]] if decision.offer_id else None
             budget = None
             if offer is not None and offer.budget is not None:
-                budget = (budget_key(offer.id, offer.budget.per_seconds, ctx.now), offer.budget.max,
-                          int(offer.budget.per_seconds) + 60)
+                budget = Budget(budget_key(offer.id, offer.budget.per_seconds, ctx.now), offer.budget.max,
+                                int(offer.budget.per_seconds) + 60)
             try:
-                outcome = await self.state.write_decision(
-                    decision_id, request_id, ctx, event, decision, snapshot.max_limit_window,
-                    offer.prior if offer else 0.0, self.settings.attribution_seconds, shadow, budget,
-                    offer.reward if offer else "accepted")
+                result = await self.state.write_decision(
+                    decision_id, request_id, ctx, request.event, decision, contact_window=snapshot.max_limit_window,
+                    prior=offer.prior if offer else 0.0, attribution_seconds=self.settings.attribution_seconds,
+                    shadow=shadow, budget=budget, reward_on=offer.reward if offer else "accepted")
             except redis.RedisError as exc:
                 raise self._unavailable("write_decision", exc) from exc
-            if outcome != BUDGET_USED_UP or offer is None or offer.budget is None:
-                return outcome, decision_id, decision
+            if result is not WriteResult.BUDGET_USED_UP or offer is None or offer.budget is None:
+                return result, decision_id, decision
             # another request (on any replica) took the budget's last unit: decide again without it
             self._exhausted[offer.id] = (int(ctx.now // offer.budget.per_seconds) + 1) * offer.budget.per_seconds
             exhausted = exhausted | {offer.id}
@@ -226,15 +237,18 @@ class DataPlane:
 
     def _decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int,
                 exhausted: frozenset[str]) -> tuple[Decision, dict[str, object] | None]:
+        """The served decision, and what the mode's other policy would have chosen (None: not logged)."""
         mode = self.settings.mode
-        if mode == "apprentice":
-            decision = self.rules_engine.decide(snapshot, ctx, event, top_k, exhausted)
-            return decision, self._shadow(self.preview_engine, snapshot, ctx, event, decision, exhausted)
-        decision = self.engine.decide(snapshot, ctx, event, top_k, exhausted)
-        if mode == "learned+shadow":
-            return decision, self._shadow(self.rules_preview_engine, snapshot, ctx, event, decision, exhausted)
-        if mode == "learned+challenger" and self.challenger is not None:  # nothing to log before the first one
-            return decision, self._shadow(self.challenger_engine, snapshot, ctx, event, decision, exhausted)
+        if mode is ServingMode.APPRENTICE:
+            decision = self.rules_engine.decide(snapshot, ctx, event, top_k=top_k, exhausted=exhausted)
+            return decision, self._shadow(self.preview_engine, "learned", snapshot, ctx, event, decision, exhausted)
+        decision = self.engine.decide(snapshot, ctx, event, top_k=top_k, exhausted=exhausted)
+        if mode is ServingMode.LEARNED_SHADOW:
+            return decision, self._shadow(self.rules_preview_engine, "rules", snapshot, ctx, event, decision,
+                                          exhausted)
+        if mode is ServingMode.LEARNED_CHALLENGER and self.challenger is not None:  # nothing to log before the first
+            return decision, self._shadow(self.challenger_engine, "challenger", snapshot, ctx, event, decision,
+                                          exhausted)
         return decision, None
 
     def _exhausted_budgets(self, now: float) -> frozenset[str]:
@@ -245,30 +259,24 @@ class DataPlane:
             del self._exhausted[offer_id]
         return frozenset(self._exhausted)
 
-    def _shadow(self, engine: DecisionEngine, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event,
-                served: Decision, exhausted: frozenset[str]) -> dict[str, object]:
-        """What the other policy would have chosen (greedily), logged for off-policy evaluation.
+    def _shadow(self, engine: DecisionEngine, policy: str, snapshot: PolicySnapshot, ctx: CustomerContext,
+                event: Event, served: Decision, exhausted: frozenset[str]) -> dict[str, object]:
+        """What the ``policy`` engine would have chosen (greedily), logged for off-policy evaluation.
 
         Also the learned models' P(accept) of the served and of the shadow action, the reward
         model a doubly-robust estimate needs.
         """
-        other = engine.decide(snapshot, ctx, event, 0, exhausted)  # the same budgets as the served choice
+        other = engine.decide(snapshot, ctx, event, top_k=0, exhausted=exhausted)  # the served choice's budgets
         x = vectorize(served.features)
-        p_served = p_shadow = 0.0
-        for key, target in (((served.offer_id, served.channel), "served"), ((other.offer_id, other.channel), "shadow")):
-            arm = snapshot.arm_index.get(key) if key[0] else None  # type: ignore[arg-type]
-            if arm is not None:
-                p = float(self.models.score(np.array([arm]), x)[0])
-                if target == "served":
-                    p_served = p
-                else:
-                    p_shadow = p
-        served = "rules" if self.settings.mode == "apprentice" else "learned"
-        shadow = ("learned" if engine is self.preview_engine else
-                  "challenger" if engine is self.challenger_engine else "rules")
-        return {"policy": shadow, "served": served,
+        return {"policy": policy, "served": "rules" if self.settings.mode is ServingMode.APPRENTICE else "learned",
                 "offer_id": other.offer_id or "", "channel": other.channel,
-                "p_served": p_served, "p_shadow": p_shadow}
+                "p_served": self._learned_propensity(snapshot, served, x),
+                "p_shadow": self._learned_propensity(snapshot, other, x)}
+
+    def _learned_propensity(self, snapshot: PolicySnapshot, decision: Decision, x: np.ndarray) -> float:
+        """The learned models' P(accept) of a decision's arm; 0 for no action."""
+        arm = snapshot.arm_index.get((decision.offer_id, decision.channel)) if decision.offer_id else None
+        return 0.0 if arm is None else float(self.models.score(np.array([arm]), x)[0])
 
     async def report_outcome(self, decision_id: str, outcome: OutcomeKind, value: float) -> RecordedOutcome:
         try:
@@ -298,12 +306,9 @@ class DataPlane:
 
     async def _preview_best(self, snapshot: PolicySnapshot, customer_id: str, top_k: int) -> tuple[Alternative, ...]:
         """The best actions for an agent contact now, decided without recording anything."""
-        try:
-            ctx = await self.state.read_context(customer_id, time.time(), "agent_desktop", {}, snapshot.max_limit_window,
-                                                snapshot.max_suppression_window)
-        except redis.RedisError as exc:
-            raise self._unavailable("read_context", exc) from exc
-        decision = self.preview_engine.decide(snapshot, ctx, Event("agent_contact", {"agent_id": "", "reason": ""}), top_k)
+        ctx = await self._read_context(snapshot, customer_id, time.time(), "agent_desktop", {})
+        decision = self.preview_engine.decide(snapshot, ctx, Event("agent_contact", {"agent_id": "", "reason": ""}),
+                                              top_k=top_k)
         if decision.no_action:
             return ()
         return (Alternative(decision.offer_id or "", decision.channel, decision.score), *decision.alternatives)[:top_k]

@@ -7,10 +7,13 @@ or by the matching ``nba serve`` flag; flags win over the environment.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
+
+from nba_service.domain.enums import ExplorationStrategy, LearnerMode, ServingMode
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -46,7 +49,7 @@ class Settings:
     """A policy directory to publish at start-up when it differs from the live version."""
     epsilon: float = 0.05
     """Exploration rate: share of decisions that pick uniformly among the allowed actions."""
-    strategy: str = "epsilon"
+    strategy: ExplorationStrategy = ExplorationStrategy.EPSILON
     """Exploration strategy: ``epsilon`` (epsilon-greedy) or ``softmax`` (Boltzmann over priorities)."""
     temperature: float = 0.1
     """Softmax temperature (higher explores more)."""
@@ -65,12 +68,12 @@ class Settings:
     challenger_learning_rate: float = 0.0
     """Non-zero: the learner also trains a challenger, the same models with this learning rate,
     on every outcome; ``mode=learned+challenger`` logs its choice with each decision."""
-    mode: str = "learned"
+    mode: ServingMode = ServingMode.LEARNED
     """Who decides: ``learned`` (the models), ``learned+shadow`` (the models, and what the
     rules alone would have chosen is logged), ``apprentice`` (the rules decide with the
     offers' priors, and the learned policy's choice is logged, to be evaluated offline
     with ``nba shadow report`` before it is trusted)."""
-    learner: str = "embedded"
+    learner: LearnerMode = LearnerMode.EMBEDDED
     """``embedded``: ``nba serve`` runs a learner thread (one replica at a time learns);
     ``off``: run ``nba learner`` as its own process."""
     policy_check_seconds: float = 1.0
@@ -83,6 +86,10 @@ class Settings:
     """Share of Decide requests recorded when ``record_events`` is set."""
     log_level: str = "INFO"
     """Root log level of ``nba`` commands."""
+
+    def __post_init__(self) -> None:
+        for name, kind in _ENUMS.items():  # text from the environment or a flag: kept as the enum
+            object.__setattr__(self, name, _choice(name, kind, getattr(self, name)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -107,8 +114,6 @@ class Settings:
             raise SettingsError(f"metrics_port: {self.metrics_port} is not a TCP port (0-65535, or -1 for none)")
         if not 0.0 <= self.record_sample <= 1.0:
             raise SettingsError(f"record_sample: {self.record_sample} must be between 0 and 1")
-        if self.strategy not in ("epsilon", "softmax"):
-            raise SettingsError(f"strategy: {self.strategy!r} is neither 'epsilon' nor 'softmax'")
         if self.temperature <= 0:
             raise SettingsError("temperature: must be positive")
         if not 1 <= self.workers <= 256:
@@ -125,13 +130,21 @@ class Settings:
             raise SettingsError("model_snapshot_seconds: must be positive")
         if not 0 < self.attribution_seconds < self.decision_ttl_seconds:
             raise SettingsError("attribution_seconds: must be positive and shorter than decision_ttl_seconds")
-        if self.mode not in ("learned", "learned+shadow", "learned+challenger", "apprentice"):
-            raise SettingsError(f"mode: {self.mode!r} is not one of learned, learned+shadow, "
-                                "learned+challenger, apprentice")
         if self.challenger_learning_rate < 0:
             raise SettingsError("challenger_learning_rate: must be >= 0 (0: no challenger)")
-        if self.learner not in ("embedded", "off"):
-            raise SettingsError(f"learner: {self.learner!r} is neither 'embedded' nor 'off'")
+
+
+_ENUMS: dict[str, type[enum.StrEnum]] = {"strategy": ExplorationStrategy, "mode": ServingMode,
+                                         "learner": LearnerMode}
+"""Settings whose value is one of a closed set: given as text, kept as the enum."""
+
+
+def _choice(name: str, kind: type[enum.StrEnum], value: Any) -> enum.StrEnum:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(repr(member.value) for member in kind)
+        raise SettingsError(f"{name}: {value!r} is not one of {choices}") from None
 
 
 def _convert(name: str, annotation: Any, raw: str) -> Any:

@@ -14,7 +14,7 @@ import grpc
 import pytest
 import redis
 
-from nba_service.api.server import NbaServer
+from nba_service.app.server import NbaServer
 from nba_service.policies.schema import read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc

@@ -8,7 +8,7 @@ import math
 
 import psutil
 
-from nba_service.bench import BenchConfig, run_sweep, write_offer_policies
+from nba_service.tools.bench import BenchConfig, run_sweep, write_offer_policies
 from nba_service.cli import main
 from nba_service.observability.scrape import histogram_quantile, subtract
 from nba_service.policies.schema import load_policy_dir

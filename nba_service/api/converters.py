@@ -1,6 +1,6 @@
 """Protobuf <-> domain conversions, as ``to_*`` / ``from_*`` pairs, with request checks.
 
-Every check raises :class:`~nba_service.engine.validation.ValidationError`
+Every check raises :class:`~nba_service.domain.validation.ValidationError`
 naming the field, before anything is read or written.
 """
 
@@ -9,8 +9,16 @@ from __future__ import annotations
 import json
 import math
 
-from nba_service.engine.domain import Alternative, CustomerProfile, Decision, Event, OutcomeKind
-from nba_service.engine.validation import (
+from nba_service.domain import (
+    Alternative,
+    CustomerProfile,
+    CustomerView,
+    Decision,
+    DecisionRequest,
+    Event,
+    OutcomeKind,
+)
+from nba_service.domain.validation import (
     ValidationError,
     check_amount,
     check_attributes,
@@ -20,10 +28,9 @@ from nba_service.engine.validation import (
     check_profile,
 )
 from nba_service.proto.nba.v1 import decision_pb2 as pb
-from nba_service.store.state import CustomerView
 
 __all__ = [
-    "ValidationError", "check_id", "decide_request_fields", "event_from_proto", "outcome_from_proto", "profile_from_proto", "to_context_response",
+    "ValidationError", "check_id", "decision_request_from_proto", "event_from_proto", "outcome_from_proto", "profile_from_proto", "to_context_response",
     "to_decide_response", "to_profile", "top_k_from_proto",
 ]
 
@@ -104,13 +111,16 @@ def top_k_from_proto(request: pb.DecideRequest) -> int:
     return request.top_k
 
 
-def decide_request_fields(request: pb.DecideRequest) -> tuple[str, str, str, Event, dict[str, str], int]:
-    customer_id = check_id("customer_id", request.customer_id)
-    request_id = check_id("request_id", request.request_id, required=False)
-    origin = check_channel_name("origin_channel", request.origin_channel)
-    attributes = dict(check_attributes("attributes", request.attributes))
-    event = event_from_proto(request.event, request.HasField("event"))
-    return customer_id, request_id, origin, event, attributes, top_k_from_proto(request)
+def decision_request_from_proto(request: pb.DecideRequest) -> DecisionRequest:
+    """The request checked field by field, as a domain value (``request_id`` empty when not given)."""
+    return DecisionRequest(
+        customer_id=check_id("customer_id", request.customer_id),
+        request_id=check_id("request_id", request.request_id, required=False),
+        origin_channel=check_channel_name("origin_channel", request.origin_channel),
+        attributes=dict(check_attributes("attributes", request.attributes)),
+        event=event_from_proto(request.event, request.HasField("event")),
+        top_k=top_k_from_proto(request),
+    )
 
 
 def to_decide_response(decision_id: str, request_id: str, decision: Decision) -> pb.DecideResponse:

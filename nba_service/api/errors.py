@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from nba_service.dataplane import NoPolicyError, NotFoundError, StoreUnavailableError
-from nba_service.engine.validation import ValidationError
+from nba_service.domain import NoPolicyError, NotFoundError, StoreUnavailableError
+from nba_service.domain.validation import ValidationError
 
 __all__ = ["STATUS_BY_EXCEPTION", "handle_errors"]
 
@@ -52,7 +52,7 @@ def handle_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitabl
                 return await method(self, request, context)
             async with asyncio.timeout(max(remaining, 0.0)):
                 return await method(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status code
+        except Exception as exc:
             await abort_for(exc, context, method.__name__)
             raise  # abort raises; this line is never reached
 

@@ -10,7 +10,7 @@ Each line is a ``DecideRequest`` in protobuf's JSON mapping (field names as in
 ``event`` holds exactly one event type with its fields, as in the API; a
 field left out takes its zero value. ``timestamp`` is an ISO 8601 date-time
 (no offset means UTC) or Unix seconds. A line is read with the API's own
-checks (:func:`nba_service.api.converters.decide_request_fields`), so a file
+checks (:func:`nba_service.api.converters.decision_request_from_proto`), so a file
 refuses exactly what ``Decide`` refuses.
 
 ``nba events generate`` writes such files, the server can record live
@@ -23,15 +23,14 @@ replays them.
 >>> line
 '{"timestamp": "2026-06-10T12:00:00.000Z", "customer_id": "c1", "origin_channel": "app", "event": {"app_open": {"screen": "home"}}}'
 >>> recorded = parse_line(line)
->>> moment = to_moment(recorded)
->>> moment.customer_id, moment.event.type, dict(moment.event.fields), moment.timestamp
+>>> timed = to_timed_request(recorded)
+>>> timed.request.customer_id, timed.request.event.type, dict(timed.request.event.fields), timed.timestamp
 ('c1', 'app_open', {'screen': 'home'}, 1781092800.0)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -42,14 +41,14 @@ from typing import Any, TextIO
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
-from nba_service.api.converters import ValidationError, decide_request_fields
-from nba_service.engine.domain import Event
+from nba_service.api.converters import ValidationError, decision_request_from_proto
+from nba_service.domain import TimedRequest
+from nba_service.domain.timestamps import format_iso, parse_iso
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 
 __all__ = [
     "EVENT_TYPES",
     "EventLogError",
-    "Moment",
     "RecordedRequest",
     "append_request",
     "event_object",
@@ -57,7 +56,7 @@ __all__ = [
     "parse_record",
     "read_requests",
     "request_to_line",
-    "to_moment",
+    "to_timed_request",
 ]
 
 EVENT_TYPES = tuple(f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["kind"].fields)
@@ -77,25 +76,13 @@ class RecordedRequest:
     line: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Moment:
-    """One line as the engine sees it, after the API's checks."""
-
-    customer_id: str
-    origin_channel: str
-    event: Event
-    attributes: Mapping[str, str]
-    timestamp: float | None = None
-    line: int = 0
-
-
 # --- writing --------------------------------------------------------------------------
 
 def request_to_line(request: pb.DecideRequest, timestamp: float | None = None) -> str:
     """One request as a line of an event file (without the newline)."""
     record: dict[str, Any] = {}
     if timestamp is not None:
-        record["timestamp"] = _iso(timestamp)
+        record["timestamp"] = format_iso(timestamp)
     record.update(_tidy(json_format.MessageToDict(request, preserving_proto_field_name=True)))
     return json.dumps(record, ensure_ascii=False)
 
@@ -112,11 +99,6 @@ def append_request(file: TextIO | str | os.PathLike[str], request: pb.DecideRequ
             handle.write(line)
         return
     file.write(line)
-
-
-def _iso(timestamp: float) -> str:
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _tidy(value: Any) -> Any:
@@ -171,13 +153,13 @@ def read_requests(source: str | os.PathLike[str] | TextIO) -> Iterator[RecordedR
             yield exc
 
 
-def to_moment(recorded: RecordedRequest) -> Moment:
-    """The request checked exactly as ``Decide`` checks it, as domain objects."""
+def to_timed_request(recorded: RecordedRequest) -> TimedRequest:
+    """The request checked exactly as ``Decide`` checks it, as a domain value with its time and line."""
     try:
-        customer_id, _, origin, event, attributes, _ = decide_request_fields(recorded.request)
+        request = decision_request_from_proto(recorded.request)
     except ValidationError as exc:
         raise EventLogError(f"line {recorded.line}: {exc}" if recorded.line else str(exc)) from None
-    return Moment(customer_id, origin, event, attributes, recorded.timestamp, recorded.line)
+    return TimedRequest(request, recorded.timestamp, recorded.line)
 
 
 def _timestamp(value: Any, where: str) -> float | None:
@@ -189,12 +171,9 @@ def _timestamp(value: Any, where: str) -> float | None:
         return float(value)
     if isinstance(value, str):
         try:
-            moment = datetime.datetime.fromisoformat(value)
+            return parse_iso(value)
         except ValueError:
             raise EventLogError(f"{where}timestamp: {value!r} is not an ISO 8601 date-time") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.timezone.utc)
-        return moment.timestamp()
     raise EventLogError(f"{where}timestamp: expected an ISO 8601 date-time or Unix seconds, got {value!r}")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import TextIO
@@ -14,9 +13,9 @@ from nba_service.api import converters
 from nba_service.api.errors import abort_for, handle_errors
 from nba_service.api.event_log import append_request
 from nba_service.dataplane import DataPlane
+from nba_service.domain import OutcomeStatus
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
-from nba_service.store.state import OutcomeStatus
 
 __all__ = ["DecisionServicer"]
 
@@ -34,12 +33,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self._rng = random.Random(seed)
 
     async def _decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
-        customer_id, request_id, origin, event, attributes, top_k = converters.decide_request_fields(request)
-        request_id = request_id or os.urandom(16).hex()
-        decision_id, decision = await self.dataplane.decide(customer_id, request_id, origin, event, attributes, top_k)
+        recorded = await self.dataplane.decide(converters.decision_request_from_proto(request))
         if self.recorder is not None and self._rng.random() < self.record_sample:
             append_request(self.recorder, request, time.time())
-        return converters.to_decide_response(decision_id, request_id, decision)
+        return converters.to_decide_response(recorded.decision_id, recorded.request_id, recorded.decision)
 
     @handle_errors
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
@@ -52,7 +49,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         async for request in request_iterator:
             try:
                 yield await self._decide(request)
-            except Exception as exc:  # noqa: BLE001 - mapped to a status code
+            except Exception as exc:
                 await abort_for(exc, context, "DecideStream")
 
     @handle_errors

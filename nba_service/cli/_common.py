@@ -53,7 +53,7 @@ def print_versions(live: int | None, columns: tuple[str, str], rows: list[tuple[
     short, long = columns
     print(f"{'':2}{'version':>7}  {'published (UTC)':19}  {short:12}  {long}")
     for version, published_at, third, last in rows:
-        when = datetime.datetime.fromtimestamp(published_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.datetime.fromtimestamp(published_at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{'*' if version == live else ' ':2}{version:>7}  {when:19}  {third[:12]:12}  {last}")
 
 

@@ -4,19 +4,19 @@ policy sets, models and customer contexts from. All of it read only."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import pathlib
 
 import redis
 
-from nba_service.engine.domain import CustomerContext, CustomerProfile
+from nba_service.domain import CustomerContext, CustomerProfile
+from nba_service.domain.timestamps import parse_iso
 from nba_service.learning.models import ModelBank
-from nba_service.tools.preview import StoredContext
 from nba_service.policies.schema import PolicySet, PolicyValidationError, load_policy_dir, parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.store.context_reader import ContextReader
 from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
+from nba_service.tools.preview import StoredContext
 
 __all__ = ["PolicySource", "SourceError", "load_models", "moment_time", "policy_source", "stored_contexts"]
 
@@ -104,9 +104,6 @@ def moment_time(text: str | None, default: float) -> float:
     if not text:
         return default
     try:
-        moment = datetime.datetime.fromisoformat(text)
+        return parse_iso(text)
     except ValueError:
         raise SourceError(f"{text!r} is not an ISO 8601 date-time such as 2026-06-10T14:00:00+02:00") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()

@@ -40,7 +40,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from nba_service.bench import BenchConfig, BenchError, format_report, format_sweep, run_bench, run_sweep
+    from nba_service.tools.bench import BenchConfig, BenchError, format_report, format_sweep, run_bench, run_sweep
 
     overrides = {"customers": args.customers, "offers": args.offers, "policies": args.policies,
                  "sequential": args.sequential, "seconds": args.seconds, "concurrency": args.concurrency,

@@ -6,7 +6,7 @@ import argparse
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from nba_service.demo import run_demo
+    from nba_service.tools.demo import run_demo
 
     return run_demo(duration=args.duration, concurrency=args.concurrency, seed=args.seed,
                     policies=args.policies, customers=args.customers)

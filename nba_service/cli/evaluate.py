@@ -14,8 +14,15 @@ _KNOBS = ("strategy", "epsilon", "temperature", "learning_rate", "l2", "prior", 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from nba_service.learning.evaluation import (
-        DATASETS, LogFormatError, ReplayConfig, dataset_path, evaluate, parse_rules, plot_learning_curve, read_log,
+    from nba_service.tools.evaluation import (
+        DATASETS,
+        LogFormatError,
+        ReplayConfig,
+        dataset_path,
+        evaluate,
+        parse_rules,
+        plot_learning_curve,
+        read_log,
     )
 
     try:

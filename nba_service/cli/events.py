@@ -8,11 +8,11 @@ import random
 import sys
 import time
 
-from nba_service.cli._sources import SourceError, moment_time
 from nba_service.api.event_log import append_request
+from nba_service.cli._sources import SourceError, moment_time
 from nba_service.policies.expressions import parse_duration
-from nba_service.simulation import ScenarioMix
 from nba_service.store.customer_import import read_records
+from nba_service.tools.traffic import ScenarioMix
 
 
 def cmd_events_generate(args: argparse.Namespace) -> int:

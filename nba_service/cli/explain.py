@@ -7,14 +7,14 @@ import json
 import sys
 import time
 
+from nba_service.api.event_log import EventLogError, event_object, parse_record, to_timed_request
 from nba_service.cli._common import settings_from, state_client, state_options
 from nba_service.cli._sources import SourceError, load_models, moment_time, policy_source
-from nba_service.engine.domain import CustomerContext, Decision
+from nba_service.domain import CustomerContext, Decision, TimedRequest
+from nba_service.domain.localtime import local_time
 from nba_service.engine.explain import ArmScore, OfferExplanation, explain_decision
-from nba_service.engine.localtime import local_time
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
-from nba_service.api.event_log import EventLogError, Moment, event_object, parse_record, to_moment
 from nba_service.store.context_reader import ContextReader
 from nba_service.store.policy_store import PolicyStore
 
@@ -34,11 +34,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
             return 1
         snapshot = source.compile()
         (models,), model_text = load_models(client, [snapshot])
-        ctx = ContextReader(client).read_context(moment.customer_id, now, moment.origin_channel, moment.attributes,
-                                                 snapshot.max_limit_window, snapshot.max_suppression_window)
-    decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(snapshot, ctx, moment.event,
+        request = moment.request
+        ctx = ContextReader(client).read_context(request.customer_id, now, origin_channel=request.origin_channel,
+                                                 request_attributes=request.attributes,
+                                                 contact_window=snapshot.max_limit_window,
+                                                 suppression_window=snapshot.max_suppression_window)
+    decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(snapshot, ctx, moment.request.event,
                                                                  top_k=max(len(snapshot.offers), 1))
-    offers = explain_decision(snapshot, models, ctx, moment.event, decision)
+    offers = explain_decision(snapshot, models, ctx, moment.request.event, decision)
     for line in _header(ctx, moment, source.label, model_text):
         print(line)
     print()
@@ -50,7 +53,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _moment(args: argparse.Namespace) -> Moment:
+def _moment(args: argparse.Namespace) -> TimedRequest:
     """The request the options describe, checked as ``Decide`` checks it."""
     fields = dict(_pairs(args.field, "--field"))
     text = args.event.strip()
@@ -68,7 +71,7 @@ def _moment(args: argparse.Namespace) -> Moment:
         event = event_object(text, fields)
     record = {"customer_id": args.customer, "origin_channel": args.origin or "", "event": event,
               "attributes": dict(_pairs(args.attribute, "--attribute"))}
-    return to_moment(parse_record(record))
+    return to_timed_request(parse_record(record))
 
 
 def _pairs(items: list[str] | None, option: str) -> list[tuple[str, str]]:
@@ -83,7 +86,7 @@ def _pairs(items: list[str] | None, option: str) -> list[tuple[str, str]]:
 
 # --- output ---------------------------------------------------------------------------
 
-def _header(ctx: CustomerContext, moment: Moment, policy: str, models: str) -> list[str]:
+def _header(ctx: CustomerContext, moment: TimedRequest, policy: str, models: str) -> list[str]:
     p = ctx.profile
     local = local_time(ctx.now, p.timezone)
     when = f"{local:%a %Y-%m-%d %H:%M} in {p.timezone or 'UTC'}"
@@ -96,12 +99,12 @@ def _header(ctx: CustomerContext, moment: Moment, policy: str, models: str) -> l
         who = [f"customer {p.customer_id}: no stored profile (unknown-customer defaults), local time {when}"]
     who.append(f"  {len(ctx.journey)} recent journey events, {len(ctx.contacts)} contacts within the limit windows, "
                f"{len(ctx.open_journeys)} open journeys")
-    fields = " ".join(f"{k}={_number(v)}" for k, v in moment.event.fields.items())
-    attributes = " ".join(f"{k}={v}" for k, v in moment.event.attributes.items())
+    fields = " ".join(f"{k}={_number(v)}" for k, v in moment.request.event.fields.items())
+    attributes = " ".join(f"{k}={v}" for k, v in moment.request.event.attributes.items())
     return [
         *who,
-        f"event: {moment.event.type} {fields}{' ' + attributes if attributes else ''}"
-        f" (origin channel {moment.origin_channel or '(none)'})",
+        f"event: {moment.request.event.type} {fields}{' ' + attributes if attributes else ''}"
+        f" (origin channel {moment.request.origin_channel or '(none)'})",
         f"policy: {policy}; models: {models}",
         "read only: nothing recorded, no contact counted; exploration off",
     ]

@@ -34,7 +34,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
 
 
 def cmd_learner_bench(args: argparse.Namespace) -> int:
-    from nba_service.learning.learner_bench import run_learner_bench
+    from nba_service.tools.learner_bench import run_learner_bench
 
     result = run_learner_bench(outcomes=args.outcomes, arms=args.arms, seed=args.seed)
     print(f"learner sustained rate: {result['outcomes_per_second']:,.0f} outcomes/s "
@@ -106,7 +106,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow_report(args: argparse.Namespace) -> int:
-    from nba_service.learning.shadow_report import shadow_report
+    from nba_service.tools.shadow_report import shadow_report
 
     with state_client(settings_from(args)) as client:
         report = shadow_report(client)

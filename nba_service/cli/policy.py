@@ -7,15 +7,16 @@ import pathlib
 import sys
 import time
 
+from nba_service.api.event_log import EventLogError, read_requests, to_timed_request
 from nba_service.cli._common import print_versions, settings_from, state_client, state_options
 from nba_service.cli._sources import SourceError, load_models, moment_time, policy_source, stored_contexts
+from nba_service.domain import TimedRequest
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.policies.diff import diff_policies
-from nba_service.api.event_log import EventLogError, Moment, read_requests, to_moment
-from nba_service.tools.preview import PolicyRun, run_preview
 from nba_service.policies.schema import PolicyValidationError, load_policy_dir
 from nba_service.store.policy_store import PolicyStore
+from nba_service.tools.preview import PolicyRun, run_preview
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
@@ -107,14 +108,14 @@ def cmd_policy_preview(args: argparse.Namespace) -> int:
     except SourceError as exc:
         print(f"nba policy preview: {exc}", file=sys.stderr)
         return 1
-    moments: list[Moment] = []
+    moments: list[TimedRequest] = []
     refused: list[str] = []
     for recorded in read_requests(events):
         if isinstance(recorded, EventLogError):
             refused.append(str(recorded))
             continue
         try:
-            moments.append(to_moment(recorded))
+            moments.append(to_timed_request(recorded))
         except EventLogError as exc:
             refused.append(str(exc))
     with state_client(settings_from(args)) as client:

@@ -12,7 +12,7 @@ from nba_service.policies.schema import PolicyValidationError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from nba_service.api.server import run
+    from nba_service.app.server import run
 
     settings = settings_from(args, host=args.host, port=args.port, metrics_host=args.metrics_host,
                          metrics_port=args.metrics_port, policies=args.policies, epsilon=args.epsilon, seed=args.seed,
@@ -31,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         if settings.workers > 1:
-            from nba_service.api.workers import run_workers
+            from nba_service.app.workers import run_workers
 
             return run_workers(settings, ready)
         run(settings, ready)

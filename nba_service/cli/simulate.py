@@ -14,7 +14,7 @@ _KNOBS = ("steps", "seed", "strategy", "epsilon", "temperature", "learning_rate"
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from nba_service.learning.simulate import SimulationConfig, plot_regret, simulate
+    from nba_service.tools.simulate import SimulationConfig, plot_regret, simulate
 
     try:
         config = SimulationConfig(**{k: getattr(args, k) for k in _KNOBS if getattr(args, k) is not None})

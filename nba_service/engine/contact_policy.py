@@ -13,16 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nba_service.engine.domain import ContactRecord, CustomerProfile
-from nba_service.engine.localtime import local_minute
+from nba_service.domain import ContactRecord, CustomerProfile, LimitBlocks
+from nba_service.domain.localtime import local_minute
 
 if TYPE_CHECKING:
     from nba_service.policies.snapshot import PolicySnapshot
 
-# what a reached limit blocks (the snapshot's LimitTable.rows say it for every limit)
-BLOCKS_NOTHING, BLOCKS_EVERYTHING, BLOCKS_ARM, BLOCKS_OFFER, BLOCKS_CHANNEL, BLOCKS_CATEGORY = range(6)
-
-__all__ = ["CapHits", "ChannelVerdict", "check_caps", "check_channels", "in_quiet_hours"]
+__all__ = ["CapHits", "ChannelVerdict", "channel_verdict", "check_caps", "in_quiet_hours"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,7 +57,7 @@ def in_quiet_hours(minute_of_day: int, window: tuple[int, int]) -> bool:
     return minute_of_day >= start or minute_of_day < end
 
 
-def check_channels(snapshot: PolicySnapshot, profile: CustomerProfile, now: float,
+def channel_verdict(snapshot: PolicySnapshot, profile: CustomerProfile, now: float,
                    rule_results: tuple[Any, ...] | None, caps: CapHits) -> ChannelVerdict:
     """Which channels may carry an action to this customer right now, and why not."""
     channels = snapshot.channels
@@ -69,14 +66,14 @@ def check_channels(snapshot: PolicySnapshot, profile: CustomerProfile, now: floa
     closed: list[int] = []
     failed: set[int] = set()
     if rule_results is not None:  # an error closes the channel too
-        failed = {position for position, result in zip(snapshot.channel_rule_positions, rule_results)
+        failed = {position for position, result in zip(snapshot.channel_rule_positions, rule_results, strict=False)
                   if isinstance(result, Exception) or not result}
     local = -1
     consents = profile.consents
     reachable = profile.reachable_channels
     capped = caps.channels
     for i, (channel, default_consent, needs_reachable) in enumerate(
-            zip(channels, snapshot.channel_default_consent, snapshot.channel_needs_reachable)):
+            zip(channels, snapshot.channel_default_consent, snapshot.channel_needs_reachable, strict=False)):
         if not consents.get(channel.id, default_consent):
             reasons[i] = refusals[i][0]
         elif needs_reachable and channel.id not in reachable:
@@ -128,12 +125,12 @@ def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], no
     if not hits:
         return NO_HITS
     everything = ""
-    blocked: tuple[dict[int, str], ...] = ({}, {}, {}, {}, {}, {})  # by BLOCKS_* kind: target -> description
+    blocked: dict[LimitBlocks, dict[int, str]] = {kind: {} for kind in LimitBlocks}  # target -> description
     for h in hits:
         _, _, _, blocks, target, text = rows[h]
-        if blocks == BLOCKS_EVERYTHING:
+        if blocks is LimitBlocks.EVERYTHING:
             everything = everything or text
-        elif blocks != BLOCKS_NOTHING:
+        elif blocks is not LimitBlocks.NOTHING:
             blocked[blocks].setdefault(target, text)
-    return CapHits(everything, blocked[BLOCKS_CHANNEL], blocked[BLOCKS_OFFER], blocked[BLOCKS_ARM],
-                   blocked[BLOCKS_CATEGORY])
+    return CapHits(everything, blocked[LimitBlocks.CHANNEL], blocked[LimitBlocks.OFFER], blocked[LimitBlocks.ARM],
+                   blocked[LimitBlocks.CATEGORY])

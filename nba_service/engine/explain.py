@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from nba_service.engine.contact_policy import check_caps, check_channels
-from nba_service.engine.domain import CustomerContext, Decision, Event
+from nba_service.domain import CustomerContext, Decision, Event
+from nba_service.engine.contact_policy import channel_verdict, check_caps
 from nba_service.engine.features import request_features, vectorize
 from nba_service.engine.pipeline import Scorer, arm_factors
 from nba_service.policies.expressions import build_scope, evaluation_globals
@@ -81,10 +81,10 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
     propensities = scorer.score(plan.arms, vectorize(request_features(ctx, event)))
     scope = build_scope(ctx, event, snapshot.places)
     caps = check_caps(snapshot, ctx.contacts, ctx.now)
-    verdict = check_channels(snapshot, ctx.profile, ctx.now, _channel_rule_results(snapshot, scope), caps)
+    verdict = channel_verdict(snapshot, ctx.profile, ctx.now, _channel_rule_results(snapshot, scope), caps)
     factors = arm_factors(snapshot, plan, plan.arms, np.ones(len(plan.offers), dtype=bool), scope)
     out = []
-    for arm, p, factor in zip(plan.arms, propensities, factors):
+    for arm, p, factor in zip(plan.arms, propensities, factors, strict=False):
         offer_id, channel = snapshot.arm_keys[arm]
         offer = snapshot.offers[snapshot.offer_index[offer_id]]
         levers = offer.lever * settings.category_levers.get(offer.category, 1.0) * settings.global_lever
@@ -149,12 +149,12 @@ def _channel_rule_results(snapshot: PolicySnapshot, scope: dict[str, Any]) -> tu
     if snapshot.channel_rules_code is None:
         return None
     try:
-        return tuple(eval(snapshot.channel_rules_code, _GLOBALS, scope))  # noqa: S307 - whitelisted, precompiled
+        return tuple(eval(snapshot.channel_rules_code, _GLOBALS, scope))
     except Exception:  # one rule failed: find which, the others still count
         results: list[Any] = []
         for rule in snapshot.channel_rules:
             try:
-                results.append(eval(rule.code, _GLOBALS, scope))  # noqa: S307
-            except Exception as exc:  # noqa: BLE001 - the channel's verdict, as in the engine
+                results.append(eval(rule.code, _GLOBALS, scope))
+            except Exception as exc:
                 results.append(exc)
         return tuple(results)

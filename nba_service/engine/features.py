@@ -8,6 +8,7 @@ Features are a small dict of readable names (kept with the decision for the
 outcome join) hashed into a fixed-size vector, so River models learn on the
 same columns the numpy scorer multiplies.
 
+>>> from nba_service.domain import CustomerContext, CustomerProfile, Event
 >>> names = request_features(CustomerContext(CustomerProfile("c1", segment="mass"), now=0.0),
 ...                          Event("atm_decline", {"amount": 100.0, "balance": 20.0, "shortfall": 80.0}))
 >>> names["event=atm_decline"], names["segment=mass"]
@@ -23,8 +24,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from nba_service.engine.domain import CustomerContext, CustomerProfile, Event
-from nba_service.engine.localtime import local_minute
+from nba_service.domain import CustomerContext, Event
+from nba_service.domain.localtime import local_minute
 
 __all__ = ["FEATURE_DIM", "feature_index", "hash_features", "request_features", "vectorize"]
 

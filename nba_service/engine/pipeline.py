@@ -8,21 +8,21 @@ exploration strategy, and records the decision it gets back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import string
-from collections.abc import Mapping
-from itertools import compress
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
-from nba_service.engine.arbitration import rank_offers
-from nba_service.engine.contact_policy import check_caps, check_channels
-from nba_service.engine.domain import Alternative, CustomerContext, Decision, Event, Reason
+from nba_service.domain import Alternative, CustomerContext, Decision, Event, Reason
+from nba_service.engine.arbitration import Ranking, rank_offers
+from nba_service.engine.contact_policy import CapHits, channel_verdict, check_caps
 from nba_service.engine.features import request_features, vectorize
 from nba_service.policies.expressions import build_scope, evaluation_globals
-from nba_service.policies.snapshot import PolicySnapshot
+from nba_service.policies.snapshot import EventPlan, PolicySnapshot
 
 __all__ = ["DecisionEngine", "Explorer", "Scorer", "arm_factors", "render"]
 
@@ -51,136 +51,207 @@ def _passed(result: Any) -> bool:
     return not isinstance(result, Exception) and bool(result)
 
 
+@dataclasses.dataclass(slots=True)
+class _Candidates:
+    """The working set of one decision: which candidates of the plan are still in, and why the others left."""
+
+    plan: EventPlan
+    offer_ok: np.ndarray
+    """One bool per candidate of ``plan.offers``."""
+    reasons: list[Reason]
+
+    def rule_out(self, positions: Iterable[int], reason: Callable[[int], Reason]) -> None:
+        """Take the candidates at ``positions`` out, each with its reason."""
+        for p in positions:
+            self.offer_ok[p] = False
+            self.reasons.append(reason(p))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Scored:
+    """The allowed arms of a decision with their propensity, value factor and priority, in one order."""
+
+    arms: np.ndarray
+    """Arm indices of the snapshot."""
+    propensities: np.ndarray
+    factors: np.ndarray
+    """(V - costs) x L x B of each arm."""
+    priorities: np.ndarray
+    """P x (V - costs) x L x B, times the preferred-channel boost."""
+
+
 class DecisionEngine:
-    """Decides one customer moment against one policy snapshot."""
+    """Decides one customer moment against one policy snapshot.
+
+    :meth:`decide` runs the pipeline, one method a stage: :meth:`_eligibility`,
+    :meth:`_suppression`, :meth:`_contact_policy`, :meth:`_score`,
+    :meth:`_arbitrate`, :meth:`_pick`. Each stage narrows the candidates and
+    says why it left an offer out; a stage that leaves nothing ends the
+    decision with "no action" and its reason.
+    """
 
     def __init__(self, scorer: Scorer, explorer: Explorer) -> None:
         self.scorer = scorer
         self.explorer = explorer
 
-    def decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int = 3,
+    def decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, *, top_k: int = 3,
                exhausted: frozenset[str] = frozenset()) -> Decision:
         """Decide one moment; ``exhausted`` offers have used up their global budget."""
         features = request_features(ctx, event)
         plan = snapshot.plans.get(event.type)
         if plan is None:
-            return self._no_action(snapshot, features, (Reason("", "no_candidates", f"no offer answers {event.type} events"),))
+            return self._no_action(snapshot, features, [], "no_candidates", f"no offer answers {event.type} events")
         scope = build_scope(ctx, event, snapshot.places)
-        reasons: list[Reason] = []
-        offers = snapshot.offers
-        now = ctx.now
+        candidates = _Candidates(plan, plan.all_candidates.copy(), [])
+        self._eligibility(candidates, ctx.now, scope)
+        self._suppression(snapshot, candidates, ctx, exhausted)
+        caps = check_caps(snapshot, ctx.contacts, ctx.now)
+        if caps.everything:
+            return self._no_action(snapshot, features, candidates.reasons, "frequency_cap", caps.everything)
+        allowed = self._contact_policy(snapshot, candidates, ctx, scope, caps)
+        if not len(allowed):
+            return self._no_action(snapshot, features, candidates.reasons, "nothing_allowed",
+                                   "no offer passed eligibility and contact policy")
+        scored = self._score(snapshot, plan, allowed, features, ctx, scope, candidates.offer_ok)
+        ranking, options = self._arbitrate(snapshot, scored, candidates.reasons)
+        if not len(options):
+            return self._no_action(snapshot, features, candidates.reasons, "below_threshold",
+                                   "no offer is worth sending")
+        return self._pick(snapshot, scored, ranking, options, candidates.reasons, ctx, event, scope, features, top_k)
 
-        # eligibility: validity window, then every rule of the event type in one eval
-        n = len(plan.offers)
+    # --- the stages -------------------------------------------------------------------
+
+    def _eligibility(self, candidates: _Candidates, now: float, scope: dict[str, Any]) -> None:
+        """Validity windows, then every eligibility rule of the event type in one evaluation.
+
+        A rule that raises fails its offer with a ``rule_error`` reason; a rule of an
+        offer already out of its window is not reported.
+        """
+        plan = candidates.plan
         first_live, last_live = plan.live_between
-        if first_live <= now < last_live:  # the usual case: every candidate is live
-            offer_ok = plan.all_candidates.copy()
-        else:
-            offer_ok = (plan.valid_from <= now) & (now < plan.valid_until)
-            reasons.extend(compress(plan.not_live_reasons, (~offer_ok).tolist()))
-        if plan.rules_code is not None:
-            results = self._evaluate(plan.rules_code, plan.rules, scope)
-            passed = np.fromiter(map(bool, results) if type(results) is tuple else map(_passed, results),
-                                 dtype=bool, count=len(results))
-            failed = ~passed & offer_ok[plan.rule_positions]  # a rule out of its window is not reported
-            failed_rules = failed.nonzero()[0]
-            if len(failed_rules):
-                offer_ok[plan.rule_positions[failed_rules]] = False
-                for k in failed_rules.tolist():
-                    result = results[k]
-                    reasons.append(plan.rule_reasons[k] if not isinstance(result, Exception) else
-                                   Reason(plan.rule_reasons[k].offer_id, "rule_error", f"{plan.rules[k].source}: {result}"))
+        if not first_live <= now < last_live:  # usually every candidate is live: nothing to check
+            live = (plan.valid_from <= now) & (now < plan.valid_until)
+            candidates.rule_out((~live).nonzero()[0].tolist(), plan.not_live_reasons.__getitem__)
+        if plan.rules_code is None:
+            return
+        results = self._evaluate(plan.rules_code, plan.rules, scope)
+        passed = np.fromiter(map(bool, results) if type(results) is tuple else map(_passed, results),
+                             dtype=bool, count=len(results))
+        failed = (~passed & candidates.offer_ok[plan.rule_positions]).nonzero()[0].tolist()
+        if failed:
+            def reason(p: int) -> Reason:
+                k = int(np.searchsorted(plan.rule_positions, p))
+                result = results[k]
+                if isinstance(result, Exception):
+                    return Reason(plan.rule_reasons[k].offer_id, "rule_error", f"{plan.rules[k].source}: {result}")
+                return plan.rule_reasons[k]
+            candidates.rule_out(plan.rule_positions[failed].tolist(), reason)
 
-        # budgets used up across all customers, and offers this customer keeps declining
+    def _suppression(self, snapshot: PolicySnapshot, candidates: _Candidates, ctx: CustomerContext,
+                     exhausted: frozenset[str]) -> None:
+        """Offers whose global budget is used up, and offers this customer keeps declining."""
+        plan, offers, offer_ok = candidates.plan, snapshot.offers, candidates.offer_ok
         if exhausted:
             gone = [snapshot.offer_index[o] for o in exhausted if o in snapshot.offer_index]
-            for p in (np.isin(plan.offers, gone) & offer_ok).nonzero()[0].tolist():
-                offer = offers[plan.offers[p]]
-                offer_ok[p] = False
-                reasons.append(Reason(offer.id, "budget_exhausted", f"at most {offer.budget.max} per {offer.budget.per}"
-                                      if offer.budget else "budget used up"))
-        if ctx.declines and len(plan.suppress_after):
-            declined = _recent_declines(snapshot, ctx.declines, now)[plan.offers]
-            for p in (offer_ok & (declined >= plan.suppress_after)).nonzero()[0].tolist():
-                offer = offers[plan.offers[p]]
-                offer_ok[p] = False
-                reasons.append(Reason(offer.id, "suppressed", f"declined {declined[p]} times in "
-                                                               f"{offer.suppress_after.per}"))  # type: ignore[union-attr]
 
-        # contact policy: caps over the history, then consent, reach, conditions, quiet hours
-        caps = check_caps(snapshot, ctx.contacts, now)
-        if caps.everything:
-            return self._no_action(snapshot, features, (*reasons, Reason("", "frequency_cap", caps.everything)))
+            def spent(p: int) -> Reason:
+                offer = offers[plan.offers[p]]
+                return Reason(offer.id, "budget_exhausted",
+                              f"at most {offer.budget.max} per {offer.budget.per}" if offer.budget else "budget used up")
+            candidates.rule_out((np.isin(plan.offers, gone) & offer_ok).nonzero()[0].tolist(), spent)
+        if ctx.declines and len(plan.suppress_after):
+            declined = _recent_declines(snapshot, ctx.declines, ctx.now)[plan.offers]
+
+            def suppressed(p: int) -> Reason:
+                offer = offers[plan.offers[p]]
+                per = offer.suppress_after.per if offer.suppress_after else ""
+                return Reason(offer.id, "suppressed", f"declined {declined[p]} times in {per}")
+            candidates.rule_out((offer_ok & (declined >= plan.suppress_after)).nonzero()[0].tolist(), suppressed)
+
+    def _contact_policy(self, snapshot: PolicySnapshot, candidates: _Candidates, ctx: CustomerContext,
+                        scope: dict[str, Any], caps: CapHits) -> np.ndarray:
+        """Caps over the contact history, then consent, reach, channel conditions and quiet hours.
+
+        Returns the positions in ``plan.arms`` of the arms still allowed; an offer left
+        with no allowed arm gets a ``no_channel`` reason naming each channel's refusal.
+        """
+        plan, offers, offer_ok = candidates.plan, snapshot.offers, candidates.offer_ok
         if caps.offers or caps.categories:
             capped_offers = np.zeros(len(offers), dtype=bool)
             capped_offers[list(caps.offers)] = True
             capped_categories = np.zeros(len(snapshot.category_index), dtype=bool)
             capped_categories[list(caps.categories)] = True
             capped = offer_ok & (capped_offers[plan.offers] | capped_categories[plan.offer_category])
-            for p in capped.nonzero()[0].tolist():
+
+            def cap_reason(p: int) -> Reason:
                 index = plan.offers[p]
-                offer_ok[p] = False
-                reasons.append(Reason(offers[index].id, "frequency_cap",
-                                      caps.offers.get(index) or caps.categories[snapshot.offer_category[index]]))
+                return Reason(offers[index].id, "frequency_cap",
+                              caps.offers.get(index) or caps.categories[snapshot.offer_category[index]])
+            candidates.rule_out(capped.nonzero()[0].tolist(), cap_reason)
         channel_results = (self._evaluate(snapshot.channel_rules_code, snapshot.channel_rules, scope)
                            if snapshot.channel_rules_code is not None else None)
-        verdict = check_channels(snapshot, ctx.profile, ctx.now, channel_results, caps)
-        arms = plan.arms
+        verdict = channel_verdict(snapshot, ctx.profile, ctx.now, channel_results, caps)
         arm_ok = offer_ok[plan.arm_position] & verdict.allowed[plan.arm_channel]
         if caps.arms:
             capped_arms = np.zeros(len(snapshot.arm_keys), dtype=bool)
             capped_arms[list(caps.arms)] = True
-            arm_ok &= ~capped_arms[arms]
+            arm_ok &= ~capped_arms[plan.arms]
         reachable = np.logical_or.reduceat(arm_ok, plan.arm_start)  # per offer: any of its arms allowed
-        for p in (offer_ok & ~reachable).nonzero()[0].tolist():
+
+        def no_channel(p: int) -> Reason:
             offer = offers[plan.offers[p]]
             why = "; ".join(
                 verdict.reasons[snapshot.channel_index[c]][1]
                 or f"{c}: {caps.arms.get(snapshot.arm_index[(offer.id, c)], 'not allowed')}"
                 for c in offer.channels
             )
-            reasons.append(Reason(offer.id, "no_channel", why))
-        allowed = arm_ok.nonzero()[0]
-        if not len(allowed):
-            return self._no_action(snapshot, features, (*reasons, Reason("", "nothing_allowed", "no offer passed eligibility and contact policy")))
+            return Reason(offer.id, "no_channel", why)
+        candidates.rule_out((offer_ok & ~reachable).nonzero()[0].tolist(), no_channel)
+        return arm_ok.nonzero()[0]
 
-        # scoring and arbitration: P x V x L x B (x preferred-channel boost)
-        chosen_arms = arms[allowed]
-        x = vectorize(features)
-        propensities = self.scorer.score(chosen_arms, x)
-        factors = arm_factors(snapshot, plan, chosen_arms, offer_ok, scope)
+    def _score(self, snapshot: PolicySnapshot, plan: EventPlan, allowed: np.ndarray, features: Mapping[str, float],
+               ctx: CustomerContext, scope: dict[str, Any], offer_ok: np.ndarray) -> _Scored:
+        """P (the model's propensity) x V x L x B of every allowed arm, with the preferred-channel boost."""
+        arms = plan.arms[allowed]
+        propensities = self.scorer.score(arms, vectorize(features))
+        factors = arm_factors(snapshot, plan, arms, offer_ok, scope)
         priorities = propensities * factors
         preferred = snapshot.channel_index.get(ctx.profile.preferred_channel)
         if preferred is not None and snapshot.settings.preferred_channel_boost != 1.0:
             priorities[plan.arm_channel[allowed] == preferred] *= snapshot.settings.preferred_channel_boost
-        ranking = rank_offers(priorities, plan.arm_position[allowed])
-        # worth sending: at or above the threshold, and never a zero priority (a lever or weight of 0 pauses)
-        above = (ranking.priorities >= snapshot.settings.no_action_threshold) & (ranking.priorities > 0)
-        for r in (~above).nonzero()[0].tolist():
-            arm = chosen_arms[ranking.arms[r]]
-            reasons.append(Reason(snapshot.arm_keys[arm][0], "below_threshold",
-                                  f"priority {ranking.priorities[r]:.4g} < {snapshot.settings.no_action_threshold:g}"))
-        options = ranking.arms[above]
-        if not len(options):
-            return self._no_action(snapshot, features, (*reasons, Reason("", "below_threshold", "no offer is worth sending")))
+        return _Scored(arms, propensities, factors, priorities)
 
-        # exploration: pick among the options, logging the probability of the pick
-        pick, propensity = self.explorer.choose(ranking.priorities[above])
-        winner_arm = chosen_arms[options[pick]]
-        offer_id, channel = snapshot.arm_keys[winner_arm]
-        offer = offers[snapshot.offer_index[offer_id]]
-        score = float(ranking.priorities[pick])
-        p_model = float(propensities[options[pick]])
-        why = "best priority" if pick == 0 else f"exploration (best was {snapshot.arm_keys[chosen_arms[options[0]]][0]})"
-        vlb = float(factors[options[pick]])
-        reasons.insert(0, Reason(offer_id, "chosen", f"{why}: P={p_model:.4f} x VLB={vlb:.4g} on {channel}"))
-        runners_up = [r for r in range(min(len(options), top_k + 1)) if r != pick][:top_k]
-        alternatives = tuple(Alternative(*snapshot.arm_keys[chosen_arms[options[r]]], float(ranking.priorities[r]))
-                             for r in runners_up)
+    def _arbitrate(self, snapshot: PolicySnapshot, scored: _Scored, reasons: list[Reason]) -> tuple[Ranking, np.ndarray]:
+        """Rank offers by their best arm; keep those worth sending (at or above the threshold, never at 0:
+        a lever or weight of 0 pauses an offer). Returns the ranking and the positions in it of the options."""
+        ranking = rank_offers(scored.priorities, snapshot.arm_offer[scored.arms])
+        threshold = snapshot.settings.no_action_threshold
+        above = (ranking.priorities >= threshold) & (ranking.priorities > 0)
+        for r in (~above).nonzero()[0].tolist():
+            arm = scored.arms[ranking.arms[r]]
+            reasons.append(Reason(snapshot.arm_keys[arm][0], "below_threshold",
+                                  f"priority {ranking.priorities[r]:.4g} < {threshold:g}"))
+        return ranking, above.nonzero()[0]
+
+    def _pick(self, snapshot: PolicySnapshot, scored: _Scored, ranking: Ranking, options: np.ndarray,
+              reasons: list[Reason], ctx: CustomerContext, event: Event, scope: dict[str, Any],
+              features: Mapping[str, float], top_k: int) -> Decision:
+        """Exploration picks among the options (logging the probability of the pick); the content is rendered."""
+        pick, propensity = self.explorer.choose(ranking.priorities[options])
+        chosen = ranking.arms[options[pick]]
+        offer_id, channel = snapshot.arm_keys[scored.arms[chosen]]
+        offer = snapshot.offers[snapshot.offer_index[offer_id]]
+        best = snapshot.arm_keys[scored.arms[ranking.arms[options[0]]]][0]
+        why = "best priority" if pick == 0 else f"exploration (best was {best})"
+        reasons.insert(0, Reason(offer_id, "chosen", f"{why}: P={float(scored.propensities[chosen]):.4f} x "
+                                                     f"VLB={float(scored.factors[chosen]):.4g} on {channel}"))
+        runners_up = [options[r] for r in range(min(len(options), top_k + 1)) if r != pick][:top_k]
+        alternatives = tuple(Alternative(*snapshot.arm_keys[scored.arms[ranking.arms[r]]],
+                                         float(ranking.priorities[r])) for r in runners_up)
         return Decision(
             offer_id=offer_id,
             channel=channel,
-            score=score,
+            score=float(ranking.priorities[options[pick]]),
             propensity=propensity,
             offer_name=offer.name,
             category=offer.category,
@@ -192,8 +263,10 @@ class DecisionEngine:
             features=features,
         )
 
-    def _no_action(self, snapshot: PolicySnapshot, features: Mapping[str, float], reasons: tuple[Reason, ...]) -> Decision:
-        return Decision(offer_id=None, channel="", score=0.0, propensity=1.0, reasons=reasons,
+    def _no_action(self, snapshot: PolicySnapshot, features: Mapping[str, float], reasons: list[Reason],
+                   code: str, detail: str) -> Decision:
+        return Decision(offer_id=None, channel="", score=0.0, propensity=1.0,
+                        reasons=(*reasons, Reason("", code, detail)),
                         policy_version=snapshot.version, model_version=self.scorer.version, features=features)
 
     @staticmethod
@@ -202,18 +275,18 @@ class DecisionEngine:
         if code is None:
             return ()
         try:
-            return eval(code, _GLOBALS, scope)  # noqa: S307 - a whitelisted, precompiled expression
+            return eval(code, _GLOBALS, scope)
         except Exception:  # one rule failed: find which, the others still count
             results = []
             for rule in rules:
                 try:
-                    results.append(eval(rule.code, _GLOBALS, scope))  # noqa: S307
-                except Exception as exc:  # noqa: BLE001 - reported as the rule's reason
+                    results.append(eval(rule.code, _GLOBALS, scope))
+                except Exception as exc:
                     results.append(exc)
             return results
 
 
-def arm_factors(snapshot: PolicySnapshot, plan: Any, arms: np.ndarray, offer_ok: np.ndarray,
+def arm_factors(snapshot: PolicySnapshot, plan: EventPlan, arms: np.ndarray, offer_ok: np.ndarray,
                 scope: dict[str, Any]) -> np.ndarray:
     """(V - costs) x L x B of each of ``arms``; value expressions are computed for this request.
 
@@ -229,8 +302,8 @@ def arm_factors(snapshot: PolicySnapshot, plan: Any, arms: np.ndarray, offer_ok:
             for position, index, expression in plan.value_expressions:
                 if offer_ok[position]:
                     try:
-                        value = float(eval(expression.code, _GLOBALS, scope))  # noqa: S307
-                    except Exception as exc:  # noqa: BLE001
+                        value = float(eval(expression.code, _GLOBALS, scope))
+                    except Exception as exc:
                         log.warning("value of %s (%s) failed: %s", snapshot.offers[index].id, expression.source, exc)
                         value = 0.0
                     values[index] = value if math.isfinite(value) else 0.0
@@ -238,13 +311,13 @@ def arm_factors(snapshot: PolicySnapshot, plan: Any, arms: np.ndarray, offer_ok:
     return np.maximum(values[offers] - snapshot.arm_cost[arms], 0.0) * snapshot.offer_levers[offers]
 
 
-def _values_at_once(plan: Any, scope: dict[str, Any]) -> np.ndarray | None:
+def _values_at_once(plan: EventPlan, scope: dict[str, Any]) -> np.ndarray | None:
     """Every value expression of the plan in one evaluation; None when one fails or is not a number."""
     try:
         # float() of each, as the one-by-one path: a list or a text that is no number fails
-        computed = np.fromiter(map(float, eval(plan.value_code, _GLOBALS, scope)),  # noqa: S307
+        computed = np.fromiter(map(float, eval(plan.value_code, _GLOBALS, scope)),
                                dtype=float, count=len(plan.value_offers))
-    except Exception:  # noqa: BLE001 - evaluated again one by one, and the failure logged
+    except Exception:
         return None
     computed[~np.isfinite(computed)] = 0.0
     return computed
@@ -268,8 +341,8 @@ def render(template: str, variables: Mapping[str, Any], scope: dict[str, Any], c
     values.update(event.fields)
     for name, expression in variables.items():
         try:
-            value = eval(expression.code, _GLOBALS, scope)  # noqa: S307
-        except Exception as exc:  # noqa: BLE001
+            value = eval(expression.code, _GLOBALS, scope)
+        except Exception as exc:
             log.warning("variable %s (%s) failed: %s", name, expression.source, exc)
             value = ""
         values[name] = "" if value is None else value

@@ -175,7 +175,7 @@ class Learner:
                 log.warning("learner %s: %s; retrying", self.name, exc)
                 self._active = False
                 stop.wait(idle_seconds)
-            except Exception:  # noqa: BLE001 - e.g. an unreadable live snapshot: give the lock up, retry later
+            except Exception:
                 log.exception("learner %s failed; releasing the lock and retrying", self.name)
                 self._active = False
                 with contextlib.suppress(redis.RedisError):

@@ -120,7 +120,7 @@ class ModelBank:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelBank:
-        state = pickle.loads(data)  # noqa: S301 - written by this service into its own Redis
+        state = pickle.loads(data)
         if state.get("format") != _FORMAT:
             raise ValueError(f"unsupported model snapshot format {state.get('format')!r}")
         bank = cls(state["learning_rate"], state["l2"])

@@ -8,6 +8,8 @@ customer id or free text).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
@@ -60,7 +62,10 @@ class Metrics:
         self._decided_children: dict[tuple[str, str], Counter] = {}
         self._filtered_children: dict[str, Counter] = {}
 
-    def observe_decision(self, event_type: str, seconds: float, offer: str, channel: str) -> None:
+    def observe_decision(self, event_type: str, seconds: float, offer: str, channel: str,
+                         filtered: Iterable[str] = ()) -> None:
+        """One decision: its time, its choice (offer and channel, "none" for no action) and the
+        reason code of every candidate offer it left out."""
         child = self._decision_children.get(event_type)
         if child is None:
             child = self._decision_children[event_type] = self.decision_seconds.labels(event_type)
@@ -70,6 +75,8 @@ class Metrics:
         if counter is None:
             counter = self._decided_children[key] = self.decisions.labels(offer, channel)
         counter.inc()
+        for reason in filtered:
+            self.count_filtered(reason)
 
     def count_filtered(self, reason: str) -> None:
         counter = self._filtered_children.get(reason)

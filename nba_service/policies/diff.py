@@ -163,7 +163,7 @@ def _show_limit(limit: Limit) -> str:
 def _show_time(seconds: float | None) -> str:
     if seconds is None:
         return "(none)"
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.strftime("%Y-%m-%d" if moment.time() == datetime.time(0) else "%Y-%m-%dT%H:%M:%SZ")
 
 

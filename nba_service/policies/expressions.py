@@ -25,20 +25,20 @@ from collections.abc import Iterable, Mapping
 from types import CodeType
 from typing import Any
 
-from nba_service.engine.domain import EVENT_FIELDS, CustomerContext, Event
-from nba_service.engine.localtime import local_minute
+from nba_service.domain import EVENT_FIELDS, CustomerContext, Event
+from nba_service.domain.localtime import local_minute
 
 __all__ = [
+    "FUNCTIONS",
+    "PROFILE_FIELDS",
+    "SCOPE_NAMES",
     "CompiledExpression",
     "Definitions",
     "ExpressionError",
-    "FUNCTIONS",
-    "compile_expression",
-    "compile_batch",
-    "evaluation_globals",
-    "PROFILE_FIELDS",
-    "SCOPE_NAMES",
     "build_scope",
+    "compile_batch",
+    "compile_expression",
+    "evaluation_globals",
     "parse_condition",
     "parse_duration",
 ]
@@ -430,7 +430,7 @@ def _check_types(tree: ast.expr) -> None:
         if not isinstance(node, ast.Compare) or hasattr(node, "_nba_condition"):
             continue
         operands = [node.left, *node.comparators]
-        for op, left, right in zip(node.ops, operands, operands[1:]):
+        for op, left, right in zip(node.ops, operands, operands[1:], strict=False):
             if not isinstance(op, _VALUE_COMPARISONS):
                 continue
             kinds = {_kind(left), _kind(right)}

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from nba_service.engine.domain import EVENT_FIELDS
+from nba_service.domain import EVENT_FIELDS
+from nba_service.domain.timestamps import parse_iso, to_unix
 from nba_service.policies.expressions import (
     FUNCTIONS,
     SCOPE_NAMES,
@@ -40,9 +41,9 @@ __all__ = [
     "GlobalSettings",
     "Limit",
     "OfferSpec",
+    "Place",
     "PolicyIssue",
     "PolicySet",
-    "Place",
     "PolicyValidationError",
     "Suppression",
     "load_policy_dir",
@@ -209,7 +210,7 @@ class PolicySet:
 class _Node:
     """A parsed YAML value with the position it came from."""
 
-    __slots__ = ("value", "line", "column", "quoted")
+    __slots__ = ("column", "line", "quoted", "value")
 
     def __init__(self, value: Any, line: int, column: int, quoted: bool = False) -> None:
         self.value = value
@@ -385,22 +386,15 @@ class _Collector:
         if node is None:
             return None
         value = node.value
-        if isinstance(value, datetime.datetime):
-            moment = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
-        elif isinstance(value, datetime.date):
-            moment = datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
-        elif isinstance(value, str):
+        if isinstance(value, (datetime.datetime, datetime.date)):
+            return to_unix(value)
+        if isinstance(value, str):
             try:
-                moment = datetime.datetime.fromisoformat(value)
+                return parse_iso(value)
             except ValueError:
-                self.add(node, f"{where}: {value!r} is not an ISO date or date-time")
-                return None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=datetime.timezone.utc)
-        else:
-            self.add(node, f"{where}: {value!r} is not an ISO date or date-time")
-            return None
-        return moment.timestamp()
+                pass
+        self.add(node, f"{where}: {value!r} is not an ISO date or date-time")
+        return None
 
 
 # --- parsing --------------------------------------------------------------------------

@@ -16,15 +16,7 @@ from types import CodeType
 
 import numpy as np
 
-from nba_service.engine.contact_policy import (
-    BLOCKS_ARM,
-    BLOCKS_CATEGORY,
-    BLOCKS_CHANNEL,
-    BLOCKS_EVERYTHING,
-    BLOCKS_NOTHING,
-    BLOCKS_OFFER,
-)
-from nba_service.engine.domain import EVENT_FIELDS, Reason
+from nba_service.domain import EVENT_FIELDS, LimitBlocks, Reason
 from nba_service.policies.expressions import CompiledExpression, compile_batch
 from nba_service.policies.schema import ChannelSpec, GlobalSettings, Limit, OfferSpec, PolicySet
 
@@ -83,9 +75,9 @@ class LimitTable:
     """Contact limits, indexed by what a contact can match, each with its per-request row."""
 
     limits: tuple[Limit, ...]
-    rows: tuple[tuple[float, int, str | None, int, int, str], ...]
+    rows: tuple[tuple[float, int, str | None, LimitBlocks, int, str], ...]
     """Per limit, as plain Python values for the per-request loop: (window seconds, max,
-    channel it narrows to or None, what a hit blocks (``contact_policy.BLOCKS_*``), the index of
+    channel it narrows to or None, what a hit blocks, the index of
     the blocked arm, offer, channel or category, its description)."""
     by_offer: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     """Limits that count a contact of this offer (offer limits, with or without a channel)."""
@@ -109,21 +101,21 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 def _limit_row(limit: Limit, offer: int, offers: tuple[OfferSpec, ...], channel_index: Mapping[str, int],
                category_index: Mapping[str, int],
-               arm_index: Mapping[tuple[str, str], int]) -> tuple[float, int, str | None, int, int, str]:
+               arm_index: Mapping[tuple[str, str], int]) -> tuple[float, int, str | None, LimitBlocks, int, str]:
     """The per-request row of ``limit`` (``offer``: the index of its offer, -1 for a settings limit)."""
     channel = channel_index.get(limit.channel, _NO) if limit.channel else _NO
     category = category_index.get(limit.category, -3) if limit.category else _NO
     if offer >= 0:
         arm = arm_index.get((offers[offer].id, limit.channel), _NO) if limit.channel else _NO
-        blocks, target = (BLOCKS_ARM, arm) if arm >= 0 else (BLOCKS_OFFER, offer)
+        blocks, target = (LimitBlocks.ARM, arm) if arm >= 0 else (LimitBlocks.OFFER, offer)
     elif channel >= 0:
-        blocks, target = BLOCKS_CHANNEL, channel
+        blocks, target = LimitBlocks.CHANNEL, channel
     elif category >= 0:
-        blocks, target = BLOCKS_CATEGORY, category
+        blocks, target = LimitBlocks.CATEGORY, category
     elif category == _NO:  # any category: every contact counts; other negatives match no contact
-        blocks, target = BLOCKS_EVERYTHING, _NO
+        blocks, target = LimitBlocks.EVERYTHING, _NO
     else:
-        blocks, target = BLOCKS_NOTHING, _NO
+        blocks, target = LimitBlocks.NOTHING, _NO
     return limit.per_seconds, limit.max, limit.channel, blocks, target, limit.describe()
 
 
@@ -249,7 +241,7 @@ class PolicySnapshot:
                 value_expressions=tuple((p, i, offers[i].value_expression) for p, i in enumerate(candidates)
                                         if offers[i].value_expression is not None),
                 rule_reasons=tuple(Reason(offers[candidates[p]].id, "not_eligible", rule.source)
-                                   for p, rule in zip(positions, rules)),
+                                   for p, rule in zip(positions, rules, strict=False)),
                 live_between=(float(plan_from.max()), float(plan_until.min())),
                 valid_from=plan_from,
                 valid_until=plan_until,

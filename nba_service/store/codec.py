@@ -6,16 +6,26 @@ on the small objects of a decision), compact and UTF-8.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from nba_service.engine.domain import ContactRecord, CustomerProfile, JourneyEntry, OpenJourney
+from nba_service.domain import ContactRecord, CustomerContext, CustomerProfile, JourneyEntry, OpenJourney
 
 __all__ = [
-    "contact_member", "decode_contact", "decode_journey", "decode_open_journey", "decode_profile", "dumps",
-    "encode_journey", "encode_open_journey", "encode_profile", "loads",
+    "contact_member",
+    "decode_contact",
+    "decode_context",
+    "decode_journey",
+    "decode_open_journey",
+    "decode_profile",
+    "dumps",
+    "encode_journey",
+    "encode_open_journey",
+    "encode_profile",
+    "loads",
+    "pairs",
 ]
 
 loads = orjson.loads
@@ -80,3 +90,29 @@ def decode_open_journey(field: bytes, raw: bytes) -> OpenJourney:
     kind, _, ident = field.decode().partition(":")
     data = loads(raw)
     return OpenJourney(kind, ident, float(data["opened"]), data.get("fields", {}))
+
+
+def pairs(flat: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
+    """(member, score) or (field, value) pairs of a flat Redis reply."""
+    items = iter(flat)
+    return zip(items, items, strict=False)
+
+
+def decode_context(customer_id: str, now: float, origin_channel: str, request_attributes: Mapping[str, str],
+                   raw_profile: bytes | None, raw_journey: Iterable[bytes],
+                   raw_contacts: Iterable[tuple[bytes, Any]], raw_open: Iterable[tuple[bytes, bytes]],
+                   raw_declines: Iterable[tuple[bytes, Any]]) -> CustomerContext:
+    """A decision's context from the five reads of one customer (see ``StateStore.read_context``).
+
+    Contacts and declines are (member, score) pairs, open journeys (field, value) pairs.
+    """
+    return CustomerContext(
+        profile=decode_profile(customer_id, raw_profile),
+        now=now,
+        origin_channel=origin_channel,
+        journey=tuple(map(decode_journey, raw_journey)),
+        contacts=tuple(decode_contact(member, float(score)) for member, score in raw_contacts),
+        open_journeys=tuple(decode_open_journey(field, value) for field, value in raw_open),
+        request_attributes=request_attributes,
+        declines=tuple((float(score), member.split(b"|", 1)[0].decode()) for member, score in raw_declines),
+    )

@@ -1,6 +1,7 @@
 """Read-only access to customer contexts, for tools (``nba policy preview``, ``nba explain``).
 
 Issues the same reads as :meth:`nba_service.store.state.StateStore.read_context`
+and decodes them with the same function (:func:`nba_service.store.codec.decode_context`)
 (profile, recent journey, contacts within the longest limit window, open
 journeys, declines within the longest suppression window) with a synchronous client, in one round trip, and never writes: no
 script is loaded, no key is touched.
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 
 import redis
 
-from nba_service.engine.domain import CustomerContext
+from nba_service.domain import CustomerContext
 from nba_service.store import codec, keys
 
 __all__ = ["ContextReader"]
@@ -25,7 +26,7 @@ class ContextReader:
         self._redis = client
         self.context_events = context_events
 
-    def read_context(self, customer_id: str, now: float, origin_channel: str = "",
+    def read_context(self, customer_id: str, now: float, *, origin_channel: str = "",
                      request_attributes: Mapping[str, str] | None = None,
                      contact_window: float = 0.0, suppression_window: float = 0.0) -> CustomerContext:
         """The customer's context at ``now``; an unknown customer gets the defaults (``profile.known`` false)."""
@@ -38,13 +39,5 @@ class ContextReader:
                                f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf", "+inf",
                                withscores=True)
             raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = pipe.execute()
-        return CustomerContext(
-            profile=codec.decode_profile(customer_id, raw_profile),
-            now=now,
-            origin_channel=origin_channel,
-            journey=tuple(codec.decode_journey(r) for r in raw_journey),
-            contacts=tuple(codec.decode_contact(m, float(s)) for m, s in raw_contacts),
-            open_journeys=tuple(codec.decode_open_journey(f, v) for f, v in raw_open.items()),
-            request_attributes=dict(request_attributes or {}),
-            declines=tuple((float(score), member.split(b"|", 1)[0].decode()) for member, score in raw_declines),
-        )
+        return codec.decode_context(customer_id, now, origin_channel, dict(request_attributes or {}), raw_profile,
+                                    raw_journey, raw_contacts, raw_open.items(), raw_declines)

@@ -25,8 +25,8 @@ from typing import Any
 import redis
 from tqdm import tqdm
 
-from nba_service.engine.domain import CustomerProfile
-from nba_service.engine.validation import ValidationError, check_profile
+from nba_service.domain import CustomerProfile
+from nba_service.domain.validation import ValidationError, check_profile
 from nba_service.store import codec, keys
 
 __all__ = ["ImportReport", "import_customers", "profile_from_record", "read_records"]

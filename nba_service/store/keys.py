@@ -6,7 +6,7 @@ from __future__ import annotations
 __all__ = [
     "LEARNER_GROUP", "LEARNER_LOCK", "MODEL_CHANNEL", "MODEL_LIVE", "MODEL_SEQ", "MODEL_SNAPSHOT", "MODEL_VERSIONS",
     "OUTCOME_STREAM", "PENDING_OUTCOMES", "POLICY_CHANNEL", "POLICY_LIVE", "POLICY_SEQ", "POLICY_VERSIONS",
-    "budget", "contacts", "decision", "decisions", "declines", "journey", "model_version", "open_journeys", "policy_version", "profile",
+    "budget", "contacts", "decision", "decisions", "declines", "journey", "model_version", "no_budget", "open_journeys", "policy_version", "profile",
 ]
 
 PREFIX = "nba:"
@@ -59,6 +59,12 @@ def declines(customer_id: str) -> str:
 
 def budget(offer_id: str, window: int) -> str:
     return f"{PREFIX}budget:{offer_id}:{window}"
+
+
+def no_budget(customer_id: str) -> str:
+    """The budget key a write script gets when the chosen offer has no budget: in the customer's
+    slot, and never read or written."""
+    return _customer(customer_id, "no-budget")
 
 
 def decisions(customer_id: str) -> str:

@@ -84,7 +84,7 @@ class PolicyStore:
             for version in versions:
                 pipe.hgetall(keys.policy_version(version))
             records = pipe.execute()
-        return [_published(v, r) for v, r in zip(versions, records) if r]
+        return [_published(v, r) for v, r in zip(versions, records, strict=False) if r]
 
     def rollback(self, version: int | None = None) -> int:
         """Make ``version`` (default: the one published before the live one) live again."""

@@ -25,7 +25,7 @@ import collections
 import hashlib
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -36,11 +36,39 @@ __all__ = ["LuaScript", "ScriptConnection"]
 
 
 class LuaScript:
-    """A script's source and SHA1, loaded into Redis on first use (and again after a restart)."""
+    """A script's source and SHA1, loaded into Redis on first use (and again after a restart).
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest().encode()
+    A script names its keys and arguments: ``keys`` and ``args`` list the names
+    in the order they are sent, and a prelude generated from the same lists
+    gives the script a table of each (``K.journey``, ``A.now``), so neither side
+    counts positions. Every key a script touches is passed in KEYS; no script
+    builds a key name.
+
+    >>> script = LuaScript("return {K.profile, A.limit}", keys=("profile",), args=("limit",))
+    >>> script.bind({"profile": "nba:c:{c1}:profile"}, {"limit": 5})
+    (['nba:c:{c1}:profile'], [5])
+    >>> script.bind({"profile": "p"}, {})
+    Traceback (most recent call last):
+    ...
+    KeyError: "script arguments missing: ['limit']"
+    """
+
+    def __init__(self, body: str, *, keys: Sequence[str] = (), args: Sequence[str] = ()) -> None:
+        self.key_names = tuple(keys)
+        self.arg_names = tuple(args)
+        prelude = [f"local K = {{{', '.join(f'{n} = KEYS[{i}]' for i, n in enumerate(keys, 1))}}}"] if keys else []
+        if args:
+            prelude.append(f"local A = {{{', '.join(f'{n} = ARGV[{i}]' for i, n in enumerate(args, 1))}}}")
+        self.source = "\n".join([*prelude, body])
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest().encode()
+
+    def bind(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV in the script's order, from values by name; every name must be given, no other."""
+        if len(keys) != len(self.key_names) or len(args) != len(self.arg_names):
+            missing = [n for n in self.key_names if n not in keys] + [n for n in self.arg_names if n not in args]
+            unknown = [n for n in keys if n not in self.key_names] + [n for n in args if n not in self.arg_names]
+            raise KeyError(f"script arguments missing: {missing}" if missing else f"unknown script arguments: {unknown}")
+        return [keys[n] for n in self.key_names], [args[n] for n in self.arg_names]
 
 
 def _encode(value: Any) -> bytes:
@@ -209,6 +237,12 @@ class ScriptConnection:
         if isinstance(reply, hiredis.ReplyError):
             raise redis.ResponseError(str(reply))
         return reply
+
+    async def run(self, script: LuaScript, keys: Mapping[str, Any], args: Mapping[str, Any],
+                  retry: bool = False) -> Any:
+        """Run a script with its keys and arguments by name (see :class:`LuaScript`)."""
+        key_values, arg_values = script.bind(keys, args)
+        return await self.evalsha(script, key_values, arg_values, retry)
 
     async def aclose(self) -> None:
         protocol, self._protocol = self._protocol, None

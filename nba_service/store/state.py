@@ -2,169 +2,155 @@
 atomic script to record it, one script to join an outcome.
 
 Key layout in :mod:`nba_service.store.keys`; value formats in
-:mod:`nba_service.store.codec`.
+:mod:`nba_service.store.codec`. Every script names its keys and arguments
+(:class:`~nba_service.store.script_connection.LuaScript`) and receives every
+key it touches in KEYS.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Mapping
-from typing import Any
 
 import redis.asyncio as aioredis
 
-from nba_service.engine.domain import (
+from nba_service.domain import (
     CustomerContext,
     CustomerProfile,
+    CustomerView,
     Decision,
     Event,
-    JourneyEntry,
-    OpenJourney,
+    OutcomeStatus,
+    PastDecision,
+    RecordedOutcome,
+    WriteResult,
 )
+from nba_service.domain.journeys import journey_fields, open_journey_change
 from nba_service.store import codec, keys
 from nba_service.store.script_connection import LuaScript, ScriptConnection
 
-__all__ = ["budget_key", "BUDGET_USED_UP", "CONTACTS_CHANGED", "WRITTEN", "CustomerView", "OutcomeStatus", "PastDecision", "RecordedOutcome", "StateStore"]
+__all__ = ["Budget", "StateStore", "budget_key"]
 
 JOURNEY_TTL_SECONDS = 90 * 86400
 RECENT_DECISIONS = 20
-WRITTEN, BUDGET_USED_UP, CONTACTS_CHANGED = 1, 0, -1
 DECLINES_KEPT_SECONDS = 365 * 86400
 """Declines older than this are dropped; ``suppress_after`` windows are at most this long."""
 OUTCOME_STREAM_MAXLEN = 1_000_000
 """The outcome stream is trimmed (approximately) to this many entries."""
-CLOSING_EVENTS = frozenset({"purchase", "checkout"})
-"""Custom events that close the customer's open cart (``cart_id`` attribute, or every cart)."""
 
-# Joins an outcome to its decision atomically: unknown -> 0, duplicate -> 2,
-# recorded -> 1 with "learn" set only for the first outcome that settles a reward;
-# that one leaves the pending set and goes on the outcome stream for the learner.
-_OUTCOME_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-if redis.call('HSETNX', KEYS[1], 'o:' .. ARGV[1], ARGV[2]) == 0 then return {2} end
-local offer = redis.call('HGET', KEYS[1], 'offer_id')
-local channel = redis.call('HGET', KEYS[1], 'channel')
+# Joins an outcome to its decision atomically: unknown -> {0}, duplicate -> {2, ...},
+# recorded -> {1, ...} with "learn" set only for the first outcome that settles a reward;
+# that one leaves the pending set and goes on the outcome stream for the learner. The
+# decision's offer and customer come back, so a decline can be counted for the customer.
+_OUTCOME_SCRIPT = LuaScript("""
+if redis.call('EXISTS', K.decision) == 0 then return {0} end
+local offer = redis.call('HGET', K.decision, 'offer_id')
+local channel = redis.call('HGET', K.decision, 'channel')
+local customer = redis.call('HGET', K.decision, 'customer_id')
+if redis.call('HSETNX', K.decision, 'o:' .. A.outcome, A.entry) == 0 then
+  return {2, 0, offer, channel, customer}
+end
 local learn = 0
 -- the offer's reward: "accepted" (default) settles on accepted or converted, "converted" only on
 -- a conversion; declined or dismissed settle either with 0
-local reward_on = redis.call('HGET', KEYS[1], 'reward_on') or 'accepted'
+local reward_on = redis.call('HGET', K.decision, 'reward_on') or 'accepted'
 local reward = nil
-if ARGV[1] == 'converted' or (ARGV[1] == 'accepted' and reward_on ~= 'converted') then reward = '1'
-elseif ARGV[1] == 'declined' or ARGV[1] == 'dismissed' then reward = '0' end
+if A.outcome == 'converted' or (A.outcome == 'accepted' and reward_on ~= 'converted') then reward = '1'
+elseif A.outcome == 'declined' or A.outcome == 'dismissed' then reward = '0' end
 if reward and offer and offer ~= '' then
-  learn = redis.call('HSETNX', KEYS[1], 'learned', ARGV[1])
+  learn = redis.call('HSETNX', K.decision, 'learned', A.outcome)
   if learn == 1 then
-    redis.call('ZREM', KEYS[2], ARGV[4])
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'decision_id', ARGV[4], 'offer_id', offer,
-               'channel', channel, 'features', redis.call('HGET', KEYS[1], 'features'), 'reward', reward,
-               'prior', redis.call('HGET', KEYS[1], 'prior') or '0.05', 'outcome', ARGV[1])
+    redis.call('ZREM', K.pending, A.decision_id)
+    redis.call('XADD', K.stream, 'MAXLEN', '~', A.stream_maxlen, '*', 'decision_id', A.decision_id,
+               'offer_id', offer, 'channel', channel, 'features', redis.call('HGET', K.decision, 'features'),
+               'reward', reward, 'prior', redis.call('HGET', K.decision, 'prior') or '0.05', 'outcome', A.outcome)
   end
 end
-local customer = redis.call('HGET', KEYS[1], 'customer_id')
-if (ARGV[1] == 'declined' or ARGV[1] == 'dismissed') and offer and offer ~= '' and customer then
-  -- the customer's declines, for "suppress after N declines"; keyed by customer like the rest of
-  -- their state (a key named in the script, so this script needs a single Redis, not a cluster)
-  local key = 'nba:c:{' .. customer .. '}:declines'
-  redis.call('ZADD', key, ARGV[7], offer .. '|' .. ARGV[4])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(ARGV[7]) - tonumber(ARGV[8]))
-  redis.call('EXPIRE', key, ARGV[8])
-end
 return {1, learn, offer, channel, customer}
-"""
+""", keys=("decision", "pending", "stream"),
+     args=("outcome", "entry", "decision_id", "stream_maxlen"))
 
+# The customer's declines, for "suppress after N declines": one member per declined decision
+# (idempotent, so a retried report adds nothing), older ones trimmed.
+_DECLINE_SCRIPT = LuaScript("""
+redis.call('ZADD', K.declines, A.now, A.member)
+redis.call('ZREMRANGEBYSCORE', K.declines, '-inf', tonumber(A.now) - tonumber(A.keep_seconds))
+redis.call('EXPIRE', K.declines, A.keep_seconds)
+return 1
+""", keys=("declines",), args=("now", "member", "keep_seconds"))
 
 # Reads a decision's whole context in one command: profile, recent journey,
 # contacts within the longest limit window (member, score pairs), open journeys,
 # declines within the longest suppression window.
-_READ_SCRIPT = """
-return {redis.call('GET', KEYS[1]) or false,
-        redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1])),
-        redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf', 'WITHSCORES'),
-        redis.call('HGETALL', KEYS[4]),
-        redis.call('ZRANGEBYSCORE', KEYS[5], ARGV[3], '+inf', 'WITHSCORES')}
-"""
+_READ_SCRIPT = LuaScript("""
+return {redis.call('GET', K.profile) or false,
+        redis.call('LRANGE', K.journey, 0, tonumber(A.last_event)),
+        redis.call('ZRANGEBYSCORE', K.contacts, A.contacts_since, '+inf', 'WITHSCORES'),
+        redis.call('HGETALL', K.open_journeys),
+        redis.call('ZRANGEBYSCORE', K.declines, A.declines_since, '+inf', 'WITHSCORES')}
+""", keys=("profile", "journey", "contacts", "open_journeys", "declines"),
+     args=("last_event", "contacts_since", "declines_since"))
 
 # Records one decision atomically (a script runs whole or not at all): the decision
 # hash with its TTL, the journey entry, the recent-decisions list, the contact
 # (when an action was sent), the open-journey change and, for an action, its place in
-# the pending set until its attribution window ends.
-_WRITE_SCRIPT = """
-local now = tonumber(ARGV[8])
-if ARGV[7] ~= '' and ARGV[23] ~= '' and redis.call('ZCOUNT', KEYS[4], ARGV[23], '+inf') > tonumber(ARGV[24]) then
+# the pending set until its attribution window ends. Replies with a WriteResult.
+_WRITE_SCRIPT = LuaScript("""
+local now = tonumber(A.now)
+if A.contact ~= '' and A.contacts_since ~= '' and
+   redis.call('ZCOUNT', K.contacts, A.contacts_since, '+inf') > tonumber(A.contacts_read) then
   -- another request sent this customer something since the context was read: the caps
   -- were checked against a stale history, so refuse and let the caller decide again
   return -1
 end
-if ARGV[20] ~= '' then
+if A.budget_max ~= '' then
   -- the offer's global budget: take one unit, or refuse the whole write when none is left
-  local used = tonumber(redis.call('GET', ARGV[20]) or '0')
-  if used >= tonumber(ARGV[21]) then return 0 end
-  redis.call('INCR', ARGV[20])
-  redis.call('EXPIRE', ARGV[20], ARGV[22])
+  local used = tonumber(redis.call('GET', K.budget) or '0')
+  if used >= tonumber(A.budget_max) then return 0 end
+  redis.call('INCR', K.budget)
+  redis.call('EXPIRE', K.budget, A.budget_ttl)
 end
-redis.call('HSET', KEYS[1], 'customer_id', ARGV[14], 'offer_id', ARGV[15], 'channel', ARGV[16], 'prior', ARGV[17],
-           'features', ARGV[18], 'meta', ARGV[19], 'reward_on', ARGV[25])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('LPUSH', KEYS[3], ARGV[5])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-if ARGV[7] ~= '' then
-  redis.call('ZADD', KEYS[4], now, ARGV[7])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[9]))
-  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[9]) + 60)
+redis.call('HSET', K.decision, 'customer_id', A.customer_id, 'offer_id', A.offer_id, 'channel', A.channel,
+           'prior', A.prior, 'features', A.features, 'meta', A.meta, 'reward_on', A.reward_on)
+redis.call('EXPIRE', K.decision, A.decision_ttl)
+redis.call('LPUSH', K.journey, A.journey_entry)
+redis.call('LTRIM', K.journey, 0, tonumber(A.journey_max) - 1)
+redis.call('EXPIRE', K.journey, A.journey_ttl)
+redis.call('LPUSH', K.decisions, A.decision_id)
+redis.call('LTRIM', K.decisions, 0, tonumber(A.decisions_max) - 1)
+redis.call('EXPIRE', K.decisions, A.decision_ttl)
+if A.contact ~= '' then
+  redis.call('ZADD', K.contacts, now, A.contact)
+  redis.call('ZREMRANGEBYSCORE', K.contacts, '-inf', now - tonumber(A.contact_window))
+  redis.call('EXPIRE', K.contacts, tonumber(A.contact_window) + 60)
 end
-if ARGV[10] == 'set' then
-  redis.call('HSET', KEYS[5], ARGV[11], ARGV[12])
-  redis.call('EXPIRE', KEYS[5], ARGV[4])
-elseif ARGV[10] == 'del' then
-  redis.call('HDEL', KEYS[5], ARGV[11])
-elseif ARGV[10] == 'clear' then
-  redis.call('DEL', KEYS[5])
+if A.open_op == 'set' then
+  redis.call('HSET', K.open_journeys, A.open_field, A.open_value)
+  redis.call('EXPIRE', K.open_journeys, A.journey_ttl)
+elseif A.open_op == 'del' then
+  redis.call('HDEL', K.open_journeys, A.open_field)
+elseif A.open_op == 'clear' then
+  redis.call('DEL', K.open_journeys)
 end
-if ARGV[13] ~= '' then
-  redis.call('ZADD', KEYS[6], ARGV[13], ARGV[5])
+if A.pending_until ~= '' then
+  redis.call('ZADD', K.pending, A.pending_until, A.decision_id)
 end
 return 1
-"""
+""", keys=("decision", "journey", "decisions", "contacts", "open_journeys", "pending", "budget"),
+     args=("decision_ttl", "journey_entry", "journey_max", "journey_ttl", "decision_id", "decisions_max",
+           "contact", "now", "contact_window", "open_op", "open_field", "open_value", "pending_until",
+           "customer_id", "offer_id", "channel", "prior", "features", "meta", "budget_max", "budget_ttl",
+           "contacts_since", "contacts_read", "reward_on"))
 
-
-class OutcomeStatus(enum.Enum):
-    NOT_FOUND = 0
-    RECORDED = 1
-    DUPLICATE = 2
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RecordedOutcome:
-    status: OutcomeStatus
-    learn: bool = False
-    offer_id: str = ""
-    channel: str = ""
-    customer_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class PastDecision:
-    decision_id: str
-    timestamp: float
-    event_type: str
-    offer_id: str
-    channel: str
-    outcomes: tuple[str, ...]
+class Budget:
+    """The chosen offer's global budget for the current window: its counter, its maximum, how long it lives."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CustomerView:
-    """What the agent desktop shows."""
-
-    profile: CustomerProfile
-    journey: tuple[JourneyEntry, ...]
-    open_journeys: tuple[OpenJourney, ...]
-    recent_decisions: tuple[PastDecision, ...]
+    key: str
+    max: int
+    ttl_seconds: int
 
 
 class StateStore:
@@ -178,104 +164,104 @@ class StateStore:
         self.context_events = min(context_events, journey_max_events)
         self._scripts = scripts or ScriptConnection(url or _url_of(client))
         """The decision path's scripts go through one pipelined connection (see script_connection)."""
-        self._outcome_script = LuaScript(_OUTCOME_SCRIPT)
-        self._write_script = LuaScript(_WRITE_SCRIPT)
-        self._read_script = LuaScript(_READ_SCRIPT)
 
     async def aclose(self) -> None:
         """Close the scripts' connection (the client passed in belongs to the caller)."""
         await self._scripts.aclose()
 
-    async def read_context(self, customer_id: str, now: float, origin_channel: str,
-                           request_attributes: Mapping[str, str], contact_window: float,
+    async def read_context(self, customer_id: str, now: float, *, origin_channel: str = "",
+                           request_attributes: Mapping[str, str] | None = None, contact_window: float = 0.0,
                            suppression_window: float = 0.0) -> CustomerContext:
         """Profile, recent journey, contact history and open journeys in one round trip."""
-        raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = await self._scripts.evalsha(
-            self._read_script,
-            keys=[keys.profile(customer_id), keys.journey(customer_id), keys.contacts(customer_id),
-                  keys.open_journeys(customer_id), keys.declines(customer_id)],
-            args=[self.context_events - 1, f"{now - contact_window:.3f}",
-                  f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf"],
+        raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = await self._scripts.run(
+            _READ_SCRIPT,
+            keys={"profile": keys.profile(customer_id), "journey": keys.journey(customer_id),
+                  "contacts": keys.contacts(customer_id), "open_journeys": keys.open_journeys(customer_id),
+                  "declines": keys.declines(customer_id)},
+            args={"last_event": self.context_events - 1, "contacts_since": f"{now - contact_window:.3f}",
+                  "declines_since": f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf"},
             retry=True)  # a read: safe to run again after a dropped connection
-        declines = iter(raw_declines)
-        opened = iter(raw_open)
-        return CustomerContext(
-            profile=codec.decode_profile(customer_id, raw_profile),
-            now=now,
-            origin_channel=origin_channel,
-            journey=tuple(map(codec.decode_journey, raw_journey)),
-            contacts=tuple(map(codec.decode_contact, raw_contacts[::2], map(float, raw_contacts[1::2]))),  # member, score
-            open_journeys=tuple(codec.decode_open_journey(f, v) for f, v in zip(opened, opened)),
-            request_attributes=request_attributes,
-            declines=tuple((float(score), member.split(b"|", 1)[0].decode()) for member, score in zip(declines, declines)),
-        )
+        return codec.decode_context(customer_id, now, origin_channel, request_attributes or {}, raw_profile,
+                                    raw_journey, codec.pairs(raw_contacts), codec.pairs(raw_open),
+                                    codec.pairs(raw_declines))
 
     async def write_decision(self, decision_id: str, request_id: str, ctx: CustomerContext, event: Event,
-                             decision: Decision, contact_window: float, prior: float = 0.0,
+                             decision: Decision, *, contact_window: float, prior: float = 0.0,
                              attribution_seconds: float = 0.0, shadow: Mapping[str, object] | None = None,
-                             budget: tuple[str, int, int] | None = None, reward_on: str = "accepted") -> int:
+                             budget: Budget | None = None, reward_on: str = "accepted") -> WriteResult:
         """Record the decision, append the event to the journey and count the contact: one atomic script.
 
-        ``budget`` is (key, max, ttl) of the chosen offer's global budget. Returns
-        :data:`WRITTEN`, :data:`BUDGET_USED_UP` (nothing written) or :data:`CONTACTS_CHANGED`
-        (nothing written: another request contacted the customer since ``ctx`` was read).
+        ``budget`` is the chosen offer's global budget. Nothing is written unless the
+        result is :attr:`~WriteResult.WRITTEN`.
         """
         customer_id = ctx.profile.customer_id
         now = ctx.now
-        fields = _journey_fields(event)
+        fields = journey_fields(event)
         contact = ("" if decision.offer_id is None else
                    codec.contact_member(decision_id, decision.offer_id, decision.channel, decision.category))
         open_op, open_field, open_value = "", "", ""
-        if event.type == "cart_abandon":
-            open_op, open_field = "set", f"cart:{event.fields.get('cart_id') or 'cart'}"
-            open_value = codec.encode_open_journey(now, fields)
-        elif event.type == "custom" and event.fields.get("name") in CLOSING_EVENTS:
-            cart_id = event.attributes.get("cart_id")
-            open_op, open_field = ("del", f"cart:{cart_id}") if cart_id else ("clear", "")
-        window = max(contact_window, 1.0)
-        budget_key, budget_max, budget_ttl = budget or ("", 0, 0)
-        written = await self._scripts.evalsha(
-            self._write_script,
-            keys=[keys.decision(decision_id), keys.journey(customer_id), keys.decisions(customer_id),
-                  keys.contacts(customer_id), keys.open_journeys(customer_id), keys.PENDING_OUTCOMES],
-            args=[self.decision_ttl_seconds, codec.encode_journey(now, event.type, ctx.origin_channel, fields),
-                  self.journey_max_events, JOURNEY_TTL_SECONDS, decision_id, RECENT_DECISIONS, contact,
-                  f"{now:.3f}", f"{window:.0f}", open_op, open_field, open_value,
-                  f"{now + attribution_seconds:.3f}" if contact and attribution_seconds > 0 else "",
-                  customer_id, decision.offer_id or "", decision.channel, repr(prior),
-                  codec.dumps(decision.features),
-                  codec.dumps({"request_id": request_id, "ts": round(now, 3), "event_type": event.type,
-                          "origin_channel": ctx.origin_channel, "category": decision.category,
-                          "score": decision.score, "propensity": decision.propensity,
-                          "policy_version": decision.policy_version, "model_version": decision.model_version,
-                          **({"shadow": shadow} if shadow else {})}),
-                  budget_key, budget_max, budget_ttl,
-                  f"{ctx.now - contact_window:.3f}" if contact_window > 0 else "", len(ctx.contacts), reward_on],
+        change = open_journey_change(event)
+        if change is not None:
+            open_op, open_field = change.op, ":".join(change.key) if change.op != "clear" else ""
+            open_value = codec.encode_open_journey(now, fields) if change.op == "set" else ""
+        meta = {"request_id": request_id, "ts": round(now, 3), "event_type": event.type,
+                "origin_channel": ctx.origin_channel, "category": decision.category, "score": decision.score,
+                "propensity": decision.propensity, "policy_version": decision.policy_version,
+                "model_version": decision.model_version}
+        if shadow:
+            meta["shadow"] = shadow
+        written = await self._scripts.run(
+            _WRITE_SCRIPT,
+            keys={"decision": keys.decision(decision_id), "journey": keys.journey(customer_id),
+                  "decisions": keys.decisions(customer_id), "contacts": keys.contacts(customer_id),
+                  "open_journeys": keys.open_journeys(customer_id), "pending": keys.PENDING_OUTCOMES,
+                  "budget": budget.key if budget else keys.no_budget(customer_id)},
+            args={"decision_ttl": self.decision_ttl_seconds,
+                  "journey_entry": codec.encode_journey(now, event.type, ctx.origin_channel, fields),
+                  "journey_max": self.journey_max_events, "journey_ttl": JOURNEY_TTL_SECONDS,
+                  "decision_id": decision_id, "decisions_max": RECENT_DECISIONS, "contact": contact,
+                  "now": f"{now:.3f}", "contact_window": f"{max(contact_window, 1.0):.0f}",
+                  "open_op": open_op, "open_field": open_field, "open_value": open_value,
+                  "pending_until": f"{now + attribution_seconds:.3f}" if contact and attribution_seconds > 0 else "",
+                  "customer_id": customer_id, "offer_id": decision.offer_id or "", "channel": decision.channel,
+                  "prior": repr(prior), "features": codec.dumps(decision.features), "meta": codec.dumps(meta),
+                  "budget_max": budget.max if budget else "", "budget_ttl": budget.ttl_seconds if budget else 0,
+                  "contacts_since": f"{now - contact_window:.3f}" if contact_window > 0 else "",
+                  "contacts_read": len(ctx.contacts), "reward_on": reward_on},
         )
-        return int(written)
+        return WriteResult(int(written))
 
     async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float) -> RecordedOutcome:
         """Join an outcome to its decision; idempotent per (decision, outcome).
 
         The first outcome that settles the offer's reward (see ``reward`` in the policy) is
-        appended to the outcome stream, in the same script, for the learner.
+        appended to the outcome stream, in the same script, for the learner. A decline or
+        dismissal is then counted among the customer's declines (again when the report is
+        repeated, so a retry after a lost reply completes it).
         """
-        result = await self._scripts.evalsha(
-            self._outcome_script,
-            keys=[keys.decision(decision_id), keys.PENDING_OUTCOMES, keys.OUTCOME_STREAM],
-            args=[outcome, f"{now:.3f}|{value!r}", "", decision_id, "", OUTCOME_STREAM_MAXLEN, f"{now:.3f}",
-                  DECLINES_KEPT_SECONDS])
+        result = await self._scripts.run(
+            _OUTCOME_SCRIPT,
+            keys={"decision": keys.decision(decision_id), "pending": keys.PENDING_OUTCOMES,
+                  "stream": keys.OUTCOME_STREAM},
+            args={"outcome": outcome, "entry": f"{now:.3f}|{value!r}", "decision_id": decision_id,
+                  "stream_maxlen": OUTCOME_STREAM_MAXLEN})
         status = OutcomeStatus(int(result[0]))
-        if status is not OutcomeStatus.RECORDED:
+        if status is OutcomeStatus.NOT_FOUND:
             return RecordedOutcome(status)
         _, learn, offer, channel, customer = result
-        return RecordedOutcome(
+        recorded = RecordedOutcome(
             status=status,
             learn=bool(learn),
             offer_id=(offer or b"").decode(),
             channel=(channel or b"").decode(),
             customer_id=(customer or b"").decode(),
         )
+        if outcome in ("declined", "dismissed") and recorded.offer_id and recorded.customer_id:
+            await self._scripts.run(
+                _DECLINE_SCRIPT, keys={"declines": keys.declines(recorded.customer_id)},
+                args={"now": f"{now:.3f}", "member": f"{recorded.offer_id}|{decision_id}",
+                      "keep_seconds": DECLINES_KEPT_SECONDS})
+        return recorded
 
     async def upsert_profile(self, profile: CustomerProfile) -> bool:
         """Store (replace) a profile; True when the customer is new."""
@@ -295,7 +281,7 @@ class StateStore:
                 for decision_id in decision_ids:
                     pipe.hgetall(keys.decision(decision_id.decode()))
                 records = await pipe.execute()
-            for decision_id, record in zip(decision_ids, records):
+            for decision_id, record in zip(decision_ids, records, strict=False):
                 if record:  # expired decisions drop out of the view
                     past.append(_past_decision(decision_id.decode(), record))
         return CustomerView(
@@ -320,13 +306,6 @@ def _url_of(client: aioredis.Redis) -> str:
 def budget_key(offer_id: str, per_seconds: float, now: float) -> str:
     """The counter of an offer's budget for the fixed window (aligned on the Unix epoch) holding ``now``."""
     return keys.budget(offer_id, int(now // per_seconds))
-
-
-def _journey_fields(event: Event) -> dict[str, Any]:
-    fields = dict(event.fields)
-    if event.attributes:
-        fields["attributes"] = dict(event.attributes)
-    return fields
 
 
 def _past_decision(decision_id: str, record: Mapping[bytes, bytes]) -> PastDecision:

@@ -18,20 +18,21 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterable
 
-from nba_service.engine.contact_policy import check_caps
-from nba_service.engine.domain import (
+from nba_service.domain import (
     ContactRecord,
     CustomerContext,
     CustomerProfile,
     Decision,
+    DecisionRequest,
     Event,
     JourneyEntry,
     OpenJourney,
+    TimedRequest,
 )
+from nba_service.domain.journeys import journey_fields, open_journey_change
+from nba_service.engine.contact_policy import check_caps
 from nba_service.engine.pipeline import DecisionEngine
-from nba_service.api.event_log import Moment
 from nba_service.policies.snapshot import PolicySnapshot
-from nba_service.store.state import CLOSING_EVENTS
 
 __all__ = ["ChangedDecision", "PolicyRun", "PreviewReport", "SideReport", "run_preview"]
 
@@ -89,7 +90,7 @@ class SideReport:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChangedDecision:
-    moment: Moment
+    moment: TimedRequest
     live: Decision
     candidate: Decision
     live_why_not: str
@@ -167,7 +168,7 @@ class PreviewReport:
         for change in self.samples:
             m = change.moment
             where = f" (line {m.line})" if m.line else ""
-            rows.append(f"  {m.customer_id} {m.event.type}{where}")
+            rows.append(f"  {m.request.customer_id} {m.request.event.type}{where}")
             rows.append(f"    {live.label}: {_decision(change.live)}")
             if change.live_why_not:
                 rows.append(f"      {change.live_why_not}")
@@ -177,7 +178,7 @@ class PreviewReport:
         return _table(rows)
 
 
-def run_preview(moments: Iterable[Moment], live: PolicyRun, candidate: PolicyRun, stored: StoredContext,
+def run_preview(moments: Iterable[TimedRequest], live: PolicyRun, candidate: PolicyRun, stored: StoredContext,
                 *, now: float, sample_size: int = 10) -> PreviewReport:
     """Decide every moment with both policy sets; ``now`` is the time of moments without a timestamp."""
     report = PreviewReport(SideReport(live.label), SideReport(candidate.label))
@@ -185,18 +186,19 @@ def run_preview(moments: Iterable[Moment], live: PolicyRun, candidate: PolicyRun
     customers: dict[str, _CustomerState] = {}
     for moment in moments:
         at = moment.timestamp if moment.timestamp is not None else now
-        state = customers.get(moment.customer_id)
+        request = moment.request
+        state = customers.get(request.customer_id)
         if state is None:
-            state = customers[moment.customer_id] = _CustomerState.start(stored(moment.customer_id, at, window))
+            state = customers[request.customer_id] = _CustomerState.start(stored(request.customer_id, at, window))
             report.known_customers += state.profile.known
         decisions = []
         for key, side, run in (("live", report.live, live), ("candidate", report.candidate, candidate)):
-            ctx = state.context(key, at, moment)
-            decision = run.engine.decide(run.snapshot, ctx, moment.event, top_k=len(run.snapshot.offers))
-            _tally(side, run.snapshot, ctx, moment.event, decision)
+            ctx = state.context(key, at, request)
+            decision = run.engine.decide(run.snapshot, ctx, request.event, top_k=len(run.snapshot.offers))
+            _tally(side, run.snapshot, ctx, request.event, decision)
             state.record_contact(key, at, decision, window)
             decisions.append(decision)
-        state.record_event(at, moment)
+        state.record_event(at, request)
         old, new = decisions
         if (old.offer_id, old.channel) != (new.offer_id, new.channel):
             report.changed += 1
@@ -212,24 +214,34 @@ def run_preview(moments: Iterable[Moment], live: PolicyRun, candidate: PolicyRun
 
 @dataclasses.dataclass(slots=True)
 class _CustomerState:
+    """One customer's state as the preview changes it: the server's record step, in memory.
+
+    The journey and open journeys change with every request (the same rule as the
+    store's write script, :func:`nba_service.domain.journeys.open_journey_change`);
+    contacts are kept per side. Stored declines are kept as read, so an offer's
+    ``suppress_after`` applies exactly as it does in the server.
+    """
+
     profile: CustomerProfile
     journey: list[JourneyEntry]
     """Newest first."""
     open_journeys: dict[tuple[str, str], OpenJourney]
     stored_contacts: tuple[ContactRecord, ...]
+    declines: tuple[tuple[float, str], ...]
     contacts: dict[str, list[ContactRecord]]
 
     @classmethod
     def start(cls, ctx: CustomerContext) -> _CustomerState:
         return cls(ctx.profile, list(ctx.journey), {(j.kind, j.id): j for j in ctx.open_journeys},
-                   ctx.contacts, {})
+                   ctx.contacts, ctx.declines, {})
 
-    def context(self, side: str, now: float, moment: Moment) -> CustomerContext:
+    def context(self, side: str, now: float, request: DecisionRequest) -> CustomerContext:
         contacts = self.contacts.setdefault(side, list(self.stored_contacts))
         return CustomerContext(
-            profile=self.profile, now=now, origin_channel=moment.origin_channel,
+            profile=self.profile, now=now, origin_channel=request.origin_channel,
             journey=tuple(self.journey[:_JOURNEY_EVENTS]), contacts=tuple(contacts),
-            open_journeys=tuple(self.open_journeys.values()), request_attributes=moment.attributes,
+            open_journeys=tuple(self.open_journeys.values()), request_attributes=request.attributes,
+            declines=self.declines,
         )
 
     def record_contact(self, side: str, now: float, decision: Decision, window: float) -> None:
@@ -239,23 +251,21 @@ class _CustomerState:
         contacts.append(ContactRecord(now, decision.offer_id, decision.channel, decision.category))
         contacts[:] = [c for c in contacts if now - c.timestamp < window]
 
-    def record_event(self, now: float, moment: Moment) -> None:
+    def record_event(self, now: float, request: DecisionRequest) -> None:
         """The journey and open-journey changes the server's record step makes."""
-        event = moment.event
-        fields = dict(event.fields)
-        if event.attributes:
-            fields["attributes"] = dict(event.attributes)
-        self.journey.insert(0, JourneyEntry(now, event.type, moment.origin_channel, json.dumps(fields)))
+        event = request.event
+        fields = journey_fields(event)
+        self.journey.insert(0, JourneyEntry(now, event.type, request.origin_channel, json.dumps(fields)))
         del self.journey[_JOURNEY_EVENTS:]
-        if event.type == "cart_abandon":
-            cart = str(event.fields.get("cart_id") or "cart")
-            self.open_journeys[("cart", cart)] = OpenJourney("cart", cart, now, fields)
-        elif event.type == "custom" and event.fields.get("name") in CLOSING_EVENTS:
-            cart_id = event.attributes.get("cart_id")
-            if cart_id:
-                self.open_journeys.pop(("cart", cart_id), None)
-            else:
-                self.open_journeys = {k: v for k, v in self.open_journeys.items() if k[0] != "cart"}
+        change = open_journey_change(event)
+        if change is None:
+            return
+        if change.op == "set":
+            self.open_journeys[change.key] = OpenJourney(*change.key, now, fields)
+        elif change.op == "del":
+            self.open_journeys.pop(change.key, None)
+        else:
+            self.open_journeys = {k: v for k, v in self.open_journeys.items() if k[0] != change.key[0]}
 
 
 # --- tallies and text -----------------------------------------------------------------

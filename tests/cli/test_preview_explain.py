@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from nba_service.cli import main
-from nba_service.engine.domain import CustomerProfile
-from nba_service.api.event_log import read_requests, to_moment
+from nba_service.domain import CustomerProfile
+from nba_service.api.event_log import read_requests, to_timed_request
 from nba_service.store import codec, keys
 from tests.conftest import SAMPLE_POLICIES
 
@@ -85,12 +85,12 @@ def test_generated_events_are_seeded_valid_and_spread(capsys, events):
                       "--span", "7d", "--customers", str(SAMPLE_POLICIES / "customers.jsonl"))
     assert other != again
 
-    moments = [to_moment(r) for r in read_requests(events)]  # every line passes the API's checks
+    moments = [to_timed_request(r) for r in read_requests(events)]  # every line passes the API's checks
     assert len(moments) == EVENTS
     times = [m.timestamp for m in moments]
     start = 1780876800.0  # 2026-06-08T00:00:00Z
     assert times == sorted(times) and start <= times[0] and times[-1] < start + 7 * 86400
-    assert {m.event.type for m in moments} == {"atm_decline", "location", "cart_abandon", "app_open", "page_view",
+    assert {m.request.event.type for m in moments} == {"atm_decline", "location", "cart_abandon", "app_open", "page_view",
                                                "agent_contact", "custom"}
 
 

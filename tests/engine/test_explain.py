@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from nba_service.engine.domain import ContactRecord, CustomerContext, Event
+from nba_service.domain import ContactRecord, CustomerContext, Event
 from nba_service.engine.explain import explain_decision, score_arms
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy

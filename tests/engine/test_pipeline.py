@@ -9,7 +9,7 @@ import zoneinfo
 import numpy as np
 import pytest
 
-from nba_service.engine.domain import ContactRecord, CustomerContext, CustomerProfile, Event
+from nba_service.domain import ContactRecord, CustomerContext, CustomerProfile, Event
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.learning.models import ModelBank

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nba_service.cli import main
-from nba_service.learning.evaluation import (
+from nba_service.tools.evaluation import (
     LogFormatError,
     ReplayConfig,
     dataset_path,

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from nba_service.engine.domain import CustomerContext, CustomerProfile, Event
+from nba_service.domain import CustomerContext, CustomerProfile, Event
 from nba_service.engine.pipeline import DecisionEngine
-from nba_service.learning.evaluation import replay_policy
+from nba_service.tools.evaluation import replay_policy
 from nba_service.learning.exploration import EpsilonGreedy, Softmax, make_explorer
 from nba_service.learning.models import ModelBank
 from nba_service.policies.snapshot import PolicySnapshot

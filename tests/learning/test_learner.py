@@ -105,7 +105,7 @@ def test_model_history_and_export(redis_client, tmp_path, capsys, redis_url):
 
 
 def test_learner_bench_reports_a_rate():
-    from nba_service.learning.learner_bench import run_learner_bench
+    from nba_service.tools.learner_bench import run_learner_bench
 
     result = run_learner_bench(outcomes=2000, arms=10, snapshot_every=500)
     assert result["outcomes"] == 2000 and result["outcomes_per_second"] > 0

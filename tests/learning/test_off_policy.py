@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nba_service.learning.off_policy import doubly_robust, ips, mean_estimate, snips
+from nba_service.tools.off_policy import doubly_robust, ips, mean_estimate, snips
 
 # Three contexts, three actions. The logging policy favours different actions per
 # context (so a naive average of the matching rows is biased); the target policy

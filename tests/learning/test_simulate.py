@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from nba_service.cli import main
-from nba_service.engine.domain import Event
-from nba_service.learning.simulate import OFFERS, ContextualResponse, SimulationConfig, simulate
+from nba_service.domain import Event
+from nba_service.tools.simulate import OFFERS, ContextualResponse, SimulationConfig, simulate
 
 
 def test_the_learned_policy_reaches_80_percent_of_the_oracle(capsys, tmp_path):

@@ -13,7 +13,7 @@ from nba_service.api.event_log import (
     event_object,
     parse_line,
     read_requests,
-    to_moment,
+    to_timed_request,
 )
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from tests.conftest import atm_decline
@@ -37,11 +37,12 @@ def test_append_and_read_back(tmp_path):
         "event": {"atm_decline": {"amount": 100, "balance": -12.5, "currency": "EUR", "atm_id": "atm-7",
                                   "latitude": 40.4168, "longitude": -3.7038}},
         "attributes": {"campaign": "spring"}}
-    first, second = [to_moment(r) for r in read_requests(path)]
-    assert (first.customer_id, first.origin_channel, first.timestamp, first.line) == ("c1", "atm", NOON, 1)
-    assert first.event.fields["shortfall"] == 112.5 and first.attributes == {"campaign": "spring"}
+    first, second = [to_timed_request(r) for r in read_requests(path)]
+    assert (first.request.customer_id, first.request.origin_channel, first.timestamp, first.line) == (
+        "c1", "atm", NOON, 1)
+    assert first.request.event.fields["shortfall"] == 112.5 and first.request.attributes == {"campaign": "spring"}
     assert second.timestamp is None
-    assert (second.event.type, dict(second.event.attributes)) == ("custom", {"product": "shoes"})
+    assert (second.request.event.type, dict(second.request.event.attributes)) == ("custom", {"product": "shoes"})
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -62,7 +63,7 @@ def test_refused_lines_say_why_with_their_number(line, message):
         for result in results:
             if isinstance(result, EventLogError):
                 raise result
-            to_moment(result)
+            to_timed_request(result)
     assert message in str(refused.value)
 
 

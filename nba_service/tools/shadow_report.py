@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from nba_service.learning.off_policy import doubly_robust, ips, mean_estimate, snips
 from nba_service.store import keys
+from nba_service.tools.off_policy import doubly_robust, ips, mean_estimate, snips
 
 __all__ = ["REWARDING", "shadow_report"]
 

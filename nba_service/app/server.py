@@ -1,5 +1,6 @@
-"""The running service: gRPC server (with health and reflection), the metrics
-endpoint, the embedded Redis when no URL is given, and the policy watcher."""
+"""The composition root of one nba process: Redis clients (and the embedded Redis when no URL
+is given), the data plane, the gRPC server (with health and reflection), the metrics
+endpoint, the embedded learner thread and the policy and model watcher."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import contextlib
 import logging
 import signal
 import threading
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -18,22 +18,25 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
-from redis.backoff import ExponentialBackoff
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from nba_service.api.interceptors import MetricsInterceptor
 from nba_service.api.servicer import DecisionServicer
 from nba_service.dataplane import DataPlane
+from nba_service.domain import LearnerMode
 from nba_service.learning.learner import Learner
 from nba_service.observability.metrics import Metrics
 from nba_service.policies.schema import load_policy_dir
-from nba_service.proto.nba.v1 import decision_pb2, decision_pb2_grpc
+from nba_service.proto.nba.v1 import decision_pb2
+from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.settings import Settings
 from nba_service.store import keys
 from nba_service.store.embedded import EmbeddedRedis
 from nba_service.store.policy_store import PolicyStore, content_digest
 
-__all__ = ["MetricsInterceptor", "NbaServer", "redis_clients", "run"]
+__all__ = ["SERVICE_NAME", "NbaServer", "grpc_server", "publish_if_changed", "redis_clients", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -59,66 +62,17 @@ def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
     return async_client, sync_client
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every RPC by method and status code and times it.
-
-    The wrapped handler of each method is built once and reused: the interceptor
-    runs on every call, so it must cost next to nothing.
-    """
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self._handlers: dict[str, Any] = {}
-        self._counters: dict[tuple[str, str], Any] = {}
-
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
-        wrapped = self._handlers.get(details.method)
-        if wrapped is None:
-            handler = await continuation(details)
-            if handler is None:
-                return None
-            wrapped = self._handlers[details.method] = self._wrap(details.method.rsplit("/", 1)[-1], handler)
-        return wrapped
-
-    def _wrap(self, method: str, handler: Any) -> Any:
-        seconds = self.metrics.rpc_seconds.labels(method)
-        count = self._count
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                try:
-                    return await inner(request, context)
-                finally:
-                    seconds.observe(time.perf_counter() - started)
-                    count(method, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-        if handler.stream_stream is not None:
-            inner_stream = handler.stream_stream
-
-            async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                try:
-                    async for response in inner_stream(request_iterator, context):
-                        yield response
-                finally:
-                    seconds.observe(time.perf_counter() - started)
-                    count(method, context)
-
-            return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer,
-                                                         handler.response_serializer)
-        return handler
-
-    def _count(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        code = context.code()
-        name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
-        key = (method, name)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.metrics.rpcs.labels(method, name)
-        counter.inc()
+def grpc_server(metrics: Metrics, *, reuse_port: bool = False,
+                servicer: pb_grpc.DecisionServiceServicer) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The gRPC server every nba process (and the bench's echo) runs: the metrics interceptor,
+    ``servicer`` as ``nba.v1.DecisionService``, the standard health service and reflection."""
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)],
+                             options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+    pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server, health_servicer
 
 
 class NbaServer:
@@ -133,7 +87,7 @@ class NbaServer:
         self.redis_url = settings.redis_url
         self._embedded: EmbeddedRedis | None = None
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_http: Any = None
         self._learner_thread: threading.Thread | None = None
@@ -152,16 +106,11 @@ class NbaServer:
         self.dataplane = DataPlane(settings, self._async_redis, self._sync_redis, self.metrics, self.redis_url)
         await self.dataplane.start()
 
-        server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)],
-                                 options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
         if settings.record_events:
             # line-buffered: every recorded request reaches the file whole, at once
             self._recorder = open(settings.record_events, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         servicer = DecisionServicer(self.dataplane, self._recorder, settings.record_sample, settings.seed)
-        decision_pb2_grpc.add_DecisionServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        server, self._health = grpc_server(self.metrics, reuse_port=bool(settings.reuse_port), servicer=servicer)
         self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}")
@@ -172,13 +121,14 @@ class NbaServer:
             self._metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_host, self.registry)
             self.metrics_port = self._metrics_http.server_port
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_policies()))
-        if settings.learner == "embedded":
+        if settings.learner is LearnerMode.EMBEDDED:
             self._start_learner()
         log.info("nba serving on %s:%d (metrics on %s:%d/metrics, redis %s)", settings.host, self.port,
                  settings.metrics_host, self.metrics_port, self.redis_url)
         return self.port
 
     async def _set_health(self) -> None:
+        assert self._health is not None
         serving = self.dataplane is not None and self.dataplane.snapshot is not None
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", status)
@@ -229,7 +179,7 @@ class NbaServer:
                     with contextlib.suppress(redis.RedisError):
                         await pubsub.aclose()
                     await asyncio.sleep(interval)
-                except Exception:  # noqa: BLE001 - the watcher must outlive any one bad version
+                except Exception:
                     log.exception("policy/model watcher failed; retrying in %.1fs", interval)
                     await asyncio.sleep(interval)
         finally:
@@ -237,7 +187,8 @@ class NbaServer:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.grace_seconds if grace is None else grace
-        await self._health.enter_graceful_shutdown()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
         if self._learner_thread is not None:

@@ -28,7 +28,7 @@ import redis
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from nba_service.api.server import publish_if_changed
+from nba_service.app.server import publish_if_changed
 from nba_service.settings import Settings
 from nba_service.store.embedded import EmbeddedRedis
 

@@ -2,7 +2,7 @@
 
 Built like ``NbaServer``: grpc.aio with the same server options, the same
 metrics interceptor (on a registry of its own), health and reflection. Run it
-as ``python -m nba_service.bench echo --port 0 --ready-file F``.
+as ``python -m nba_service.tools.bench echo --port 0 --ready-file F``.
 
 With ``--redis-url``, each ``Decide`` first makes the two script calls a
 decision makes (one after the other, over the same kind of pipelined
@@ -21,21 +21,16 @@ import signal
 from collections.abc import Callable, Sequence
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
-from nba_service.api.server import SERVICE_NAME, MetricsInterceptor
+from nba_service.app.server import SERVICE_NAME, grpc_server
 from nba_service.observability.metrics import Metrics
-from nba_service.store.script_connection import LuaScript, ScriptConnection
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
+from nba_service.store.script_connection import LuaScript, ScriptConnection
 
-__all__ = ["SERVER_OPTIONS", "EchoServicer", "main", "serve_echo"]
-
-SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
-"""The options ``NbaServer.start`` gives ``grpc.aio.server`` for one worker."""
-
+__all__ = ["EchoServicer", "main", "serve_echo"]
 
 NOTHING = LuaScript("return 1")
 """A script that does nothing: what the two script calls of a decision cost without their work."""
@@ -52,8 +47,8 @@ class EchoServicer(pb_grpc.DecisionServiceServicer):
 
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         if self.scripts is not None:
-            await self.scripts.evalsha(NOTHING, (), (), retry=True)  # as the context read
-            await self.scripts.evalsha(NOTHING, (), ())  # as the decision write
+            await self.scripts.run(NOTHING, {}, {}, retry=True)  # as the context read
+            await self.scripts.run(NOTHING, {}, {})  # as the decision write
         return pb.DecideResponse(request_id=request.request_id, no_action=True)
 
 
@@ -62,12 +57,7 @@ async def serve_echo(host: str, port: int, ready: Callable[[int], None] | None =
     """Serve the echo until SIGINT or SIGTERM, built like ``NbaServer``: same options, interceptor,
     health and reflection; with ``redis_url``, two empty script calls per ``Decide``."""
     scripts = ScriptConnection(redis_url) if redis_url else None
-    server = grpc.aio.server(interceptors=[MetricsInterceptor(Metrics(CollectorRegistry()))],
-                             options=list(SERVER_OPTIONS))
-    pb_grpc.add_DecisionServiceServicer_to_server(EchoServicer(scripts), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    server, health_servicer = grpc_server(Metrics(CollectorRegistry()), servicer=EchoServicer(scripts))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
@@ -87,8 +77,8 @@ async def serve_echo(host: str, port: int, ready: Callable[[int], None] | None =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nba_service.bench echo --port 0 --ready-file F``: the echo server alone."""
-    parser = argparse.ArgumentParser(prog="python -m nba_service.bench")
+    """``python -m nba_service.tools.bench echo --port 0 --ready-file F``: the echo server alone."""
+    parser = argparse.ArgumentParser(prog="python -m nba_service.tools.bench")
     sub = parser.add_subparsers(dest="command", required=True)
     echo = sub.add_parser("echo", help="serve nba.v1.DecisionService/Decide as an echo")
     echo.add_argument("--host", default="127.0.0.1")

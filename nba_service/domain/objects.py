@@ -7,10 +7,11 @@ reads and writes them; the engine decides over them.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
+
+from nba_service.domain.enums import OutcomeStatus
 
 __all__ = [
     "EVENT_FIELDS",
@@ -18,12 +19,16 @@ __all__ = [
     "ContactRecord",
     "CustomerContext",
     "CustomerProfile",
+    "CustomerView",
     "Decision",
+    "DecisionRequest",
     "Event",
     "JourneyEntry",
     "OpenJourney",
-    "OutcomeKind",
+    "PastDecision",
     "Reason",
+    "RecordedOutcome",
+    "TimedRequest",
 ]
 
 #: Fields of each event type, as rules see them (``event.<field>``).
@@ -38,18 +43,6 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-class OutcomeKind(enum.Enum):
-    """What happened to a decision. Which outcomes count as success is the offer's ``reward``
-    (accepted or converted, or converted only); declined and dismissed count as failure."""
-
-    IMPRESSED = "impressed"
-    ACCEPTED = "accepted"
-    DECLINED = "declined"
-    CONVERTED = "converted"
-    DISMISSED = "dismissed"
-
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
     """The live moment: its type, typed fields and (for custom events) attributes."""
@@ -57,6 +50,32 @@ class Event:
     type: str
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    """One checked ``Decide`` request, from any entry point (gRPC, an event file, a campaign)."""
+
+    customer_id: str
+    event: Event
+    origin_channel: str = ""
+    request_id: str = ""
+    """The caller's id for the request (idempotency and tracing); empty: the server makes one."""
+    attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Free attributes of the request (features ``req:<name>``)."""
+    top_k: int = 3
+    """Alternatives to return besides the chosen action."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimedRequest:
+    """A request at a known time, as the offline tools replay it (one line of an event file)."""
+
+    request: DecisionRequest
+    timestamp: float | None = None
+    """Unix seconds; None: the line has no time (the tool's "now" applies)."""
+    line: int = 0
+    """The line of the event file it came from (0: not from a file)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,3 +186,37 @@ class Decision:
     @property
     def no_action(self) -> bool:
         return self.offer_id is None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordedOutcome:
+    """An outcome joined to its decision (or why it was not)."""
+
+    status: OutcomeStatus
+    learn: bool = False
+    """True for the first outcome that settled the offer's reward: it went to the learner."""
+    offer_id: str = ""
+    channel: str = ""
+    customer_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PastDecision:
+    """A recorded decision as the agent desktop lists it."""
+
+    decision_id: str
+    timestamp: float
+    event_type: str
+    offer_id: str
+    channel: str
+    outcomes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CustomerView:
+    """What the agent desktop shows."""
+
+    profile: CustomerProfile
+    journey: tuple[JourneyEntry, ...]
+    open_journeys: tuple[OpenJourney, ...]
+    recent_decisions: tuple[PastDecision, ...]

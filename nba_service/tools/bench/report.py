@@ -1,10 +1,10 @@
-"""The tables ``nba bench`` prints, from the results of :mod:`nba_service.bench.run`."""
+"""The tables ``nba bench`` prints, from the results of :mod:`nba_service.tools.bench.run`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from nba_service.bench.client import DECISION_HISTOGRAM
+from nba_service.tools.bench.client import DECISION_HISTOGRAM
 
 __all__ = ["format_report", "format_sweep"]
 
@@ -58,7 +58,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"{'calls in flight':>16}{'Echo calls/s':>14}{'p99 µs':>9}{'Echo+Redis':>12}{'p99 µs':>9}"
         f"{'Decide calls/s':>16}{'p99 µs':>9}",
     ]
-    for e, f, d in zip(echo["ladder"], floor["ladder"], decide["ladder"]):
+    for e, f, d in zip(echo["ladder"], floor["ladder"], decide["ladder"], strict=False):
         lines.append(f"{e['concurrency']:>16}{_n(e['rps']):>14}{_n(e['p99_us']):>9}{_n(f['rps']):>12}"
                      f"{_n(f['p99_us']):>9}{_n(d['rps']):>16}{_n(d['p99_us']):>9}")
     errors = {"echo": echo["errors"], "echo+redis": floor["errors"], "decide": decide["errors"]}

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import redis
 
-from nba_service.bench.config import BenchError, Progress
+from nba_service.tools.bench.config import BenchError, Progress
 
 __all__ = ["ServerProcess", "Servers", "spawn", "start_servers", "stop", "stop_orphan", "wait_ready"]
 
@@ -123,7 +123,7 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
     client: redis.Redis | None = None
     redis_pid: int | None = None
     try:
-        echo = spawn("echo", ["nba_service.bench", "echo", "--port", "0", "--ready-file", str(work / "echo.json")],
+        echo = spawn("echo", ["nba_service.tools.bench", "echo", "--port", "0", "--ready-file", str(work / "echo.json")],
                      work)
         started.append(echo)
         nba = spawn("nba-serve", ["nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
@@ -137,7 +137,7 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
         redis_pid = int(client.info("server")["process_id"])
         floor = None
         if echo_redis:
-            floor = spawn("echo-redis", ["nba_service.bench", "echo", "--port", "0", "--ready-file",
+            floor = spawn("echo-redis", ["nba_service.tools.bench", "echo", "--port", "0", "--ready-file",
                                          str(work / "echo-redis.json"), "--redis-url", str(info["redis_url"])], work)
             started.append(floor)
             wait_ready(floor, work / "echo-redis.json")

@@ -12,7 +12,7 @@ import re
 import zoneinfo
 from collections.abc import Iterable, Mapping
 
-from nba_service.engine.domain import CustomerProfile
+from nba_service.domain.objects import CustomerProfile
 
 __all__ = [
     "MAX_ATTRIBUTES",
@@ -21,6 +21,7 @@ __all__ = [
     "ValidationError",
     "check_amount",
     "check_attributes",
+    "check_channel_ids",
     "check_channel_name",
     "check_id",
     "check_profile",
@@ -89,7 +90,7 @@ def check_attributes(field: str, attributes: Mapping[str, str]) -> Mapping[str, 
     return attributes
 
 
-def check_channels(field: str, channels: Iterable[str]) -> None:
+def check_channel_ids(field: str, channels: Iterable[str]) -> None:
     for channel in channels:
         if not _CHANNEL.match(channel):
             raise ValidationError(field, f"{channel!r} is not a channel id (lower case letters, digits and _)")
@@ -98,10 +99,10 @@ def check_channels(field: str, channels: Iterable[str]) -> None:
 def check_profile(profile: CustomerProfile) -> CustomerProfile:
     """Refuse a profile that would be stored wrong; return it unchanged otherwise."""
     check_id("profile.customer_id", profile.customer_id)
-    check_channels("profile.reachable_channels", profile.reachable_channels)
-    check_channels("profile.consents", profile.consents)
+    check_channel_ids("profile.reachable_channels", profile.reachable_channels)
+    check_channel_ids("profile.consents", profile.consents)
     if profile.preferred_channel:
-        check_channels("profile.preferred_channel", [profile.preferred_channel])
+        check_channel_ids("profile.preferred_channel", [profile.preferred_channel])
     if profile.timezone:
         try:
             zoneinfo.ZoneInfo(profile.timezone)

@@ -6,7 +6,7 @@ Starts two servers as processes of their own:
   profiles and journeys loaded;
 - an echo server built the same way (grpc.aio, the same server options, the
   same metrics interceptor, health and reflection) whose ``Decide`` answers
-  at once (:mod:`~nba_service.bench.echo`, run as ``python -m nba_service.bench echo``).
+  at once (:mod:`~nba_service.tools.bench.echo`, run as ``python -m nba_service.tools.bench echo``).
 
 Both are driven by the same grpc.aio client with the same requests: sequential
 latency (one call at a time), then a ladder of calls in flight for the highest
@@ -18,17 +18,17 @@ Sweeps repeat the sequential measure for several candidate-offer counts (the
 cost of one more offer) or customer counts (latency and server memory should be
 flat; Redis bytes per customer). Every process started is stopped in the end.
 
-Modules: :mod:`~nba_service.bench.config` (what a run measures),
-:mod:`~nba_service.bench.workload` (customers, journeys, requests, offer sets),
-:mod:`~nba_service.bench.processes` (the two servers),
-:mod:`~nba_service.bench.client` (the measures), :mod:`~nba_service.bench.run`
-and :mod:`~nba_service.bench.report` (the tables).
+Modules: :mod:`~nba_service.tools.bench.config` (what a run measures),
+:mod:`~nba_service.tools.bench.workload` (customers, journeys, requests, offer sets),
+:mod:`~nba_service.tools.bench.processes` (the two servers),
+:mod:`~nba_service.tools.bench.client` (the measures), :mod:`~nba_service.tools.bench.run`
+and :mod:`~nba_service.tools.bench.report` (the tables).
 """
 
-from nba_service.bench.config import BenchConfig, BenchError
-from nba_service.bench.report import format_report, format_sweep
-from nba_service.bench.run import run_bench, run_sweep
-from nba_service.bench.workload import write_offer_policies
+from nba_service.tools.bench.config import BenchConfig, BenchError
+from nba_service.tools.bench.report import format_report, format_sweep
+from nba_service.tools.bench.run import run_bench, run_sweep
+from nba_service.tools.bench.workload import write_offer_policies
 
 __all__ = ["BenchConfig", "BenchError", "format_report", "format_sweep", "run_bench", "run_sweep",
            "write_offer_policies"]

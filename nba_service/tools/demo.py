@@ -27,8 +27,8 @@ from nba_service.observability.scrape import histogram_quantile, scrape_histogra
 from nba_service.policies.schema import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
-from nba_service.simulation import CustomerResponse, ScenarioMix, generate_customers
 from nba_service.store.customer_import import import_customers
+from nba_service.tools.traffic import CustomerResponse, ScenarioMix, generate_customers
 
 __all__ = ["run_demo"]
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 
-__all__ = ["CustomerResponse", "Moment", "ScenarioMix", "generate_customers"]
+__all__ = ["CustomerResponse", "ScenarioMix", "SimulatedCall", "generate_customers"]
 
 SEGMENTS = ("mass", "young", "affluent", "student", "family", "vip", "")
 CHANNEL_EFFECT = {"agent_desktop": 1.2, "atm_screen": 0.6, "app_inbox": 0.2, "push": 0.3, "web_banner": 0.0,
@@ -26,7 +26,7 @@ CHANNEL_EFFECT = {"agent_desktop": 1.2, "atm_screen": 0.6, "app_inbox": 0.2, "pu
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Moment:
+class SimulatedCall:
     """One simulated request: which RPC flow and the Decide request to send."""
 
     scenario: str
@@ -65,7 +65,7 @@ class ScenarioMix:
             return f"walk-in-{rng.randrange(10_000)}"
         return self._order[min(bisect.bisect_left(self._cumulative, rng.random()), len(self._order) - 1)]
 
-    def next(self) -> Moment:
+    def next(self) -> SimulatedCall:
         rng = self._rng
         scenario = rng.choices(self._scenarios, self._scenario_weights)[0]
         customer_id = self.customer()
@@ -103,7 +103,7 @@ class ScenarioMix:
             event = pb.Event(custom=pb.CustomEvent(name="purchase"))
             origin = rng.choice(("web", "app", "store"))
         request = pb.DecideRequest(customer_id=customer_id, origin_channel=origin, event=event)
-        return Moment(scenario, request, agent_lookup=scenario == "agent_contact")
+        return SimulatedCall(scenario, request, agent_lookup=scenario == "agent_contact")
 
 
 class CustomerResponse:

@@ -12,13 +12,13 @@ import redis
 import yaml
 
 from nba_service.api.converters import event_from_proto
-from nba_service.bench.config import BenchError
 from nba_service.policies.schema import load_policy_dir, read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
-from nba_service.simulation import ScenarioMix, generate_customers
 from nba_service.store import codec, keys
 from nba_service.store.customer_import import import_customers
 from nba_service.store.state import JOURNEY_TTL_SECONDS
+from nba_service.tools.bench.config import BenchError
+from nba_service.tools.traffic import ScenarioMix, generate_customers
 
 __all__ = ["customer_id", "decide_requests", "load_customers", "write_journeys", "write_offer_policies"]
 

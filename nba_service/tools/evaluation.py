@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from nba_service.engine.domain import CustomerContext, CustomerProfile, Event
+from nba_service.domain import CustomerContext, CustomerProfile, Event
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import make_explorer
 from nba_service.learning.models import ModelBank
-from nba_service.learning.off_policy import Estimate, ips, mean_estimate, snips
 from nba_service.policies.schema import PolicySet, parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
+from nba_service.tools.off_policy import Estimate, ips, mean_estimate, snips
 
 __all__ = [
     "DATASETS",
@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 CHANNEL = "replay"
-_NOW = datetime.datetime(2026, 1, 7, 12, 0, tzinfo=datetime.timezone.utc).timestamp()
+_NOW = datetime.datetime(2026, 1, 7, 12, 0, tzinfo=datetime.UTC).timestamp()
 """Every replayed decision happens at the same moment: time of day is not a feature of the log."""
 
 DATASETS: dict[str, dict[str, Any]] = {
@@ -113,7 +113,7 @@ class LoggedData:
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed by the caller's with
+    return open(path, encoding="utf-8", newline="")
 
 
 def read_log(path: str | Path, *, action_col: str, reward_col: str, feature_cols: Sequence[str],
@@ -301,7 +301,7 @@ def replay_policy(actions: Sequence[str], prior: float) -> PolicySet:
         "offers": [
             {"id": offer_id, "name": name, "category": "replay", "events": ["custom"], "value": 1.0,
              "prior": prior, "channels": [CHANNEL], "content": {"default": "replayed action"}}
-            for offer_id, name in zip(offer_ids(actions), actions)
+            for offer_id, name in zip(offer_ids(actions), actions, strict=False)
         ],
     }
     return parse_policy_files({"replay.yaml": yaml.safe_dump(policy, sort_keys=False)})

@@ -15,10 +15,10 @@ import grpc
 import numpy as np
 import psutil
 
-from nba_service.bench.config import BenchConfig, BenchError, Progress
 from nba_service.observability import scrape
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
+from nba_service.tools.bench.config import BenchConfig, BenchError, Progress
 
 __all__ = ["Sampler", "Step", "Target", "measure_ladder", "measure_sequential"]
 
@@ -173,7 +173,7 @@ async def measure_sequential(targets: Sequence[Target], requests: Sequence[pb.De
         for channel in channels:
             await channel.close()
     results = []
-    for target, sampler, seconds, errs, size, lat in zip(targets, samplers, elapsed, errors, sizes, latencies):
+    for target, sampler, seconds, errs, size, lat in zip(targets, samplers, elapsed, errors, sizes, latencies, strict=False):
         if not lat:
             raise BenchError(f"every sequential call to {target.name} failed: {dict(errs)}")
         step = Step(1, len(lat), dict(errs), seconds, _us(lat, 50), _us(lat, 99), len(lat) / seconds, 0.0)
@@ -197,7 +197,7 @@ async def measure_ladder(targets: Sequence[Target], requests: Sequence[pb.Decide
     try:
         calls = [[pb_grpc.DecisionServiceStub(channel).Decide for channel in own] for own in channels]
         for concurrency in config.concurrency:
-            for target, call, done in zip(targets, calls, steps):
+            for target, call, done in zip(targets, calls, steps, strict=False):
                 await _load(call, requests, concurrency, min(0.3, config.seconds), MAX_CALLS_PER_STEP)  # ramp up
                 sampler = Sampler(target)
                 latencies, errors, elapsed = await _load(call, requests, concurrency, config.seconds,

@@ -18,14 +18,14 @@ import grpc
 import numpy as np
 import psutil
 
-from nba_service.bench.client import CALL_TIMEOUT_SECONDS, Step, Target, measure_ladder, measure_sequential
-from nba_service.bench.config import BenchConfig, BenchError, Progress
-from nba_service.bench.processes import Servers, start_servers
-from nba_service.bench.workload import decide_requests, load_customers, write_journeys, write_offer_policies
 from nba_service.policies.schema import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.store.policy_store import PolicyStore
+from nba_service.tools.bench.client import CALL_TIMEOUT_SECONDS, Step, Target, measure_ladder, measure_sequential
+from nba_service.tools.bench.config import BenchConfig, BenchError, Progress
+from nba_service.tools.bench.processes import Servers, start_servers
+from nba_service.tools.bench.workload import decide_requests, load_customers, write_journeys, write_offer_policies
 
 __all__ = ["machine", "run_bench", "run_sweep"]
 

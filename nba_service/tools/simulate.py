@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from nba_service.engine.domain import CustomerContext, CustomerProfile, Event
+from nba_service.domain import CustomerContext, CustomerProfile, Event
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import make_explorer
 from nba_service.learning.models import ModelBank
@@ -53,7 +53,7 @@ CHANNEL = "app"
 SEGMENTS = ("mass", "young", "affluent", "student", "family", "vip")
 MOMENTS = {"atm_decline": 0.3, "location": 0.25, "cart_abandon": 0.3, "agent_contact": 0.15}
 """The moments and how often they happen."""
-_NOW = datetime.datetime(2026, 3, 4, 15, 0, tzinfo=datetime.timezone.utc).timestamp()
+_NOW = datetime.datetime(2026, 3, 4, 15, 0, tzinfo=datetime.UTC).timestamp()
 _BASE = -3.4
 """Logit of accepting an offer that does not fit the moment (about 3%)."""
 

@@ -1,0 +1,51 @@
+"""How a moment changes what the customer has open: one rule, kept by the store and by the preview.
+
+An abandoned cart opens a cart journey (keyed by its ``cart_id``); a purchase
+or checkout (custom events) closes the cart named by its ``cart_id``
+attribute, or every open cart when it names none.
+
+>>> open_journey_change(Event("cart_abandon", {"cart_id": "k1", "cart_value": 80.0}))
+OpenJourneyChange(op='set', key=('cart', 'k1'))
+>>> open_journey_change(Event("custom", {"name": "purchase"}, {"cart_id": "k1"}))
+OpenJourneyChange(op='del', key=('cart', 'k1'))
+>>> open_journey_change(Event("custom", {"name": "purchase"})).op
+'clear'
+>>> open_journey_change(Event("app_open", {"screen": "home"})) is None
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
+
+from nba_service.domain.objects import Event
+
+__all__ = ["CLOSING_EVENTS", "OpenJourneyChange", "journey_fields", "open_journey_change"]
+
+CLOSING_EVENTS = frozenset({"purchase", "checkout"})
+"""Custom events that close the customer's open cart (``cart_id`` attribute, or every cart)."""
+
+
+class OpenJourneyChange(NamedTuple):
+    op: Literal["set", "del", "clear"]
+    """``set``: open (or refresh) ``key``; ``del``: close it; ``clear``: close every journey of its kind."""
+    key: tuple[str, str]
+    """(kind, id); the id is empty for ``clear``."""
+
+
+def open_journey_change(event: Event) -> OpenJourneyChange | None:
+    """What ``event`` opens or closes; None when it changes nothing."""
+    if event.type == "cart_abandon":
+        return OpenJourneyChange("set", ("cart", str(event.fields.get("cart_id") or "cart")))
+    if event.type == "custom" and event.fields.get("name") in CLOSING_EVENTS:
+        cart_id = event.attributes.get("cart_id")
+        return OpenJourneyChange("del", ("cart", cart_id)) if cart_id else OpenJourneyChange("clear", ("cart", ""))
+    return None
+
+
+def journey_fields(event: Event) -> Mapping[str, Any]:
+    """The fields a journey entry keeps of ``event``: its fields, and its attributes under ``attributes``."""
+    if not event.attributes:
+        return event.fields
+    return {**event.fields, "attributes": dict(event.attributes)}
