@@ -10,8 +10,9 @@ import time
 
 import redis
 import yaml
+from google.protobuf import json_format
 
-from nba_service.api.converters import event_from_proto
+from nba_service.domain import Event
 from nba_service.policies.schema import load_policy_dir, read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.store import codec, keys
@@ -68,8 +69,9 @@ def write_journeys(client: redis.Redis, start: int, stop: int, share: float, see
             journey, opened = keys.journey(cid), keys.open_journeys(cid)
             for ts in sorted(now - rng.uniform(0, JOURNEY_WINDOW_SECONDS) for _ in range(rng.randint(3, 10))):
                 request = moments.next().request
-                event = event_from_proto(request.event, True)
-                fields = {**event.fields, **({"attributes": dict(event.attributes)} if event.attributes else {})}
+                kind = request.event.WhichOneof("kind")
+                fields = json_format.MessageToDict(getattr(request.event, kind), preserving_proto_field_name=True)
+                event = Event(kind, fields)
                 pipe.lpush(journey, codec.encode_journey(ts, event.type, request.origin_channel, fields))
                 if event.type == "cart_abandon":
                     pipe.hset(opened, f"cart:{event.fields['cart_id']}", codec.encode_open_journey(ts, fields))
