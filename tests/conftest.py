@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from nba_service.app.server import NbaServer
-from nba_service.policies.schema import read_policy_dir
+from nba_service.policies.parser import read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.settings import Settings

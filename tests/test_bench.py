@@ -11,7 +11,7 @@ import psutil
 from nba_service.tools.bench import BenchConfig, run_sweep, write_offer_policies
 from nba_service.cli import main
 from nba_service.observability.scrape import histogram_quantile, subtract
-from nba_service.policies.schema import load_policy_dir
+from nba_service.policies.parser import load_policy_dir
 from tests.conftest import SAMPLE_POLICIES
 
 TINY = ["--customers", "2000", "--sequential", "200", "--seconds", "0.5", "--concurrency", "1,4"]

@@ -28,7 +28,7 @@ from nba_service.dataplane import DataPlane
 from nba_service.domain import LearnerMode
 from nba_service.learning.learner import Learner
 from nba_service.observability.metrics import Metrics
-from nba_service.policies.schema import load_policy_dir
+from nba_service.policies.parser import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.settings import Settings

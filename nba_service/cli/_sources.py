@@ -11,7 +11,8 @@ import redis
 from nba_service.domain import CustomerContext, CustomerProfile
 from nba_service.domain.timestamps import parse_iso
 from nba_service.learning.models import ModelBank
-from nba_service.policies.schema import PolicySet, PolicyValidationError, load_policy_dir, parse_policy_files
+from nba_service.policies.model import PolicySet, PolicyValidationError
+from nba_service.policies.parser import load_policy_dir, parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.store.context_reader import ContextReader
 from nba_service.store.model_store import ModelStore

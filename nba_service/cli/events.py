@@ -10,7 +10,7 @@ import time
 
 from nba_service.api.event_log import append_request
 from nba_service.cli._sources import SourceError, moment_time
-from nba_service.policies.expressions import parse_duration
+from nba_service.policies.rule_functions import parse_duration
 from nba_service.store.customer_import import read_records
 from nba_service.tools.traffic import ScenarioMix
 

@@ -8,7 +8,7 @@ import pathlib
 import sys
 
 from nba_service.cli._common import settings_from, state_options
-from nba_service.policies.schema import PolicyValidationError
+from nba_service.policies.model import PolicyValidationError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from nba_service.domain import CustomerContext, Decision, Event
 from nba_service.engine.contact_policy import channel_verdict, check_caps
 from nba_service.engine.features import request_features, vectorize
 from nba_service.engine.pipeline import Scorer, arm_factors
-from nba_service.policies.expressions import build_scope, evaluation_globals
+from nba_service.policies.scope import build_scope, evaluation_globals
 from nba_service.policies.snapshot import PolicySnapshot
 
 __all__ = ["ArmScore", "OfferExplanation", "explain_decision", "score_arms"]

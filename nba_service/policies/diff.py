@@ -1,6 +1,6 @@
 """What changed between two policy sets, field by field.
 
-Compares the parsed sets (:class:`~nba_service.policies.schema.PolicySet`),
+Compares the parsed sets (:class:`~nba_service.policies.model.PolicySet`),
 not their YAML text: moving an offer to another file, reordering keys or
 editing comments is no change; rules and variables compare by their source
 text. Each difference is one :class:`Change`, written the way a marketer
@@ -12,7 +12,7 @@ reads it::
     + offer spring_savings: Spring savings boost (savings; events app_open; channels push, email)
 
 >>> import textwrap
->>> from nba_service.policies.schema import parse_policy_files
+>>> from nba_service.policies.parser import parse_policy_files
 >>> def policy(prior):
 ...     return parse_policy_files({"p.yaml": textwrap.dedent(f'''
 ...         channels: [{{id: push}}]
@@ -32,8 +32,8 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from nba_service.policies.expressions import CompiledExpression
-from nba_service.policies.schema import ChannelSpec, Limit, OfferSpec, PolicySet
+from nba_service.policies.compiler import CompiledExpression
+from nba_service.policies.model import ChannelSpec, Limit, OfferSpec, PolicySet
 
 __all__ = ["Change", "PolicyDiff", "diff_policies", "show_value"]
 

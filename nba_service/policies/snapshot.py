@@ -17,8 +17,8 @@ from types import CodeType
 import numpy as np
 
 from nba_service.domain import EVENT_FIELDS, LimitBlocks, Reason
-from nba_service.policies.expressions import CompiledExpression, compile_batch
-from nba_service.policies.schema import ChannelSpec, GlobalSettings, Limit, OfferSpec, PolicySet
+from nba_service.policies.compiler import CompiledExpression, compile_batch
+from nba_service.policies.model import ChannelSpec, GlobalSettings, Limit, OfferSpec, PolicySet
 
 __all__ = ["EventPlan", "LimitTable", "PolicySnapshot"]
 
@@ -99,26 +99,6 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _limit_row(limit: Limit, offer: int, offers: tuple[OfferSpec, ...], channel_index: Mapping[str, int],
-               category_index: Mapping[str, int],
-               arm_index: Mapping[tuple[str, str], int]) -> tuple[float, int, str | None, LimitBlocks, int, str]:
-    """The per-request row of ``limit`` (``offer``: the index of its offer, -1 for a settings limit)."""
-    channel = channel_index.get(limit.channel, _NO) if limit.channel else _NO
-    category = category_index.get(limit.category, -3) if limit.category else _NO
-    if offer >= 0:
-        arm = arm_index.get((offers[offer].id, limit.channel), _NO) if limit.channel else _NO
-        blocks, target = (LimitBlocks.ARM, arm) if arm >= 0 else (LimitBlocks.OFFER, offer)
-    elif channel >= 0:
-        blocks, target = LimitBlocks.CHANNEL, channel
-    elif category >= 0:
-        blocks, target = LimitBlocks.CATEGORY, category
-    elif category == _NO:  # any category: every contact counts; other negatives match no contact
-        blocks, target = LimitBlocks.EVERYTHING, _NO
-    else:
-        blocks, target = LimitBlocks.NOTHING, _NO
-    return limit.per_seconds, limit.max, limit.channel, blocks, target, limit.describe()
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class PolicySnapshot:
     version: str
@@ -165,134 +145,256 @@ class PolicySnapshot:
 
     @classmethod
     def compile(cls, policy: PolicySet, version: str) -> PolicySnapshot:
-        offers = tuple(o for o in policy.offers if not o.paused)
-        channels = policy.channels
-        offer_index = {o.id: i for i, o in enumerate(offers)}
-        channel_index = {c.id: i for i, c in enumerate(channels)}
-        categories = sorted({o.category for o in offers} | set(policy.settings.category_levers))
-        category_index = {c: i for i, c in enumerate(categories)}
+        """Compile ``policy`` for the request path, one stage after the other:
+
+        1. number the live offers, the channels, the categories and the arms (:func:`_number`);
+        2. the per-offer and per-arm arrays: values, levers, costs, priors, validity (:func:`_offer_arrays`);
+        3. the contact-limit table (:func:`_limit_table`);
+        4. one :class:`EventPlan` per event type that has candidate offers (:func:`_event_plans`);
+        5. the channel rules and the refusal messages of each channel (:func:`_channel_rules`,
+           :func:`_channel_refusals`).
+        """
         settings = policy.settings
-
-        arm_keys = tuple((o.id, ch) for o in offers for ch in o.channels)
-        arm_index = {key: i for i, key in enumerate(arm_keys)}
-        arm_offer = np.array([offer_index[o] for o, _ in arm_keys], dtype=np.intp)
-        arm_channel = np.array([channel_index[c] for _, c in arm_keys], dtype=np.intp)
-        levers = np.array([
-            o.weight * o.lever * settings.global_lever * settings.category_levers.get(o.category, 1.0) for o in offers
-        ])
-        value = np.array([o.value for o in offers])
-        channel_cost = {c.id: c.cost for c in channels}
-        arm_cost = np.array([offers[offer_index[o]].cost + channel_cost[c] for o, c in arm_keys])
-        inf = float("inf")
-        valid_from = np.array([-inf if o.valid_from is None else o.valid_from for o in offers])
-        valid_until = np.array([inf if o.valid_until is None else o.valid_until for o in offers])
-        arm_prior = np.array([offers[offer_index[o]].prior for o, _ in arm_keys])
-
-        rows = [(lim, _NO) for lim in settings.contact_limits]  # (limit, index of its offer or -1)
-        rows += [(lim, offer_index[o.id]) for o in offers for lim in o.limits]
-        by_offer: dict[str, list[int]] = {}
-        by_channel: dict[str, list[int]] = {}
-        by_category: dict[str, list[int]] = {}
-        overall = []
-        for i, (limit, offer) in enumerate(rows):
-            if offer != _NO:
-                by_offer.setdefault(offers[offer].id, []).append(i)
-                if limit.channel:  # an offer's channel limit only counts contacts on that channel
-                    continue
-            elif limit.channel:
-                by_channel.setdefault(limit.channel, []).append(i)
-            elif limit.category:
-                by_category.setdefault(limit.category, []).append(i)
-            else:
-                overall.append(i)
-        table = LimitTable(
-            limits=tuple(limit for limit, _ in rows),
-            rows=tuple(_limit_row(limit, offer, offers, channel_index, category_index, arm_index)
-                       for limit, offer in rows),
-            by_offer={k: tuple(v) for k, v in by_offer.items()},
-            by_channel={k: tuple(v) for k, v in by_channel.items()},
-            by_category={k: tuple(v) for k, v in by_category.items()},
-            overall=tuple(overall),
-            closed=tuple(i for i, (limit, _) in enumerate(rows) if limit.max <= 0),
-        )
-        max_window = max((float(limit.per_seconds) for limit, _ in rows), default=0.0)
-
-        plans = {}
-        for event_type in EVENT_FIELDS:
-            candidates = [i for i, o in enumerate(offers) if event_type in o.events]
-            if not candidates:
-                continue
-            positions = tuple(p for p, i in enumerate(candidates) if offers[i].eligible_when is not None)
-            rules = tuple(offers[candidates[p]].eligible_when for p in positions)  # type: ignore[misc]
-            arms, arm_position = [], []
-            for p, i in enumerate(candidates):
-                for ch in offers[i].channels:
-                    arms.append(arm_index[(offers[i].id, ch)])
-                    arm_position.append(p)
-            plan_from, plan_until = valid_from[candidates], valid_until[candidates]
-            values = tuple(offers[i].value_expression for i in candidates if offers[i].value_expression is not None)
-            plans[event_type] = EventPlan(
-                offers=np.array(candidates, dtype=np.intp),
-                rule_positions=np.array(positions, dtype=np.intp),
-                rules=rules,
-                rules_code=compile_batch(rules, f"<{event_type} rules>") if rules else None,
-                arms=np.array(arms, dtype=np.intp),
-                arm_position=np.array(arm_position, dtype=np.intp),
-                value_expressions=tuple((p, i, offers[i].value_expression) for p, i in enumerate(candidates)
-                                        if offers[i].value_expression is not None),
-                rule_reasons=tuple(Reason(offers[candidates[p]].id, "not_eligible", rule.source)
-                                   for p, rule in zip(positions, rules, strict=False)),
-                live_between=(float(plan_from.max()), float(plan_until.min())),
-                valid_from=plan_from,
-                valid_until=plan_until,
-                not_live_reasons=tuple(Reason(offers[i].id, "not_live", "outside its validity window") for i in candidates),
-                suppress_after=(np.array([o.suppress_after.declines if o.suppress_after else _NEVER
-                                          for o in (offers[i] for i in candidates)], dtype=np.int64)
-                                if any(offers[i].suppress_after for i in candidates) else np.empty(0, dtype=np.int64)),
-                value_code=compile_batch(values, f"<{event_type} values>") if values else None,
-                value_offers=np.array([i for i in candidates if offers[i].value_expression is not None], dtype=np.intp),
-                offer_category=np.array([category_index[offers[i].category] for i in candidates], dtype=np.intp),
-                all_candidates=np.ones(len(candidates), dtype=bool),
-                arm_channel=np.array([channel_index[snapshot_arm[1]] for snapshot_arm in (arm_keys[a] for a in arms)],
-                                     dtype=np.intp),
-                arm_start=np.searchsorted(np.array(arm_position, dtype=np.intp), np.arange(len(candidates))),
-            )
-
-        channel_rule_positions = tuple(i for i, c in enumerate(channels) if c.available_when is not None)
-        channel_rules = tuple(channels[i].available_when for i in channel_rule_positions)
+        numbers = _number(policy)
+        arrays = _offer_arrays(numbers, settings)
+        limits = _limit_table(numbers, settings)
+        plans = _event_plans(numbers, arrays)
+        channels = numbers.channels
+        channel_rule_positions, channel_rules, channel_rules_code = _channel_rules(channels)
         return cls(
-            version=version,
-            policy=policy,
-            settings=settings,
-            offers=offers,
-            channels=channels,
-            offer_index=offer_index,
-            channel_index=channel_index,
-            category_index=category_index,
-            arm_keys=arm_keys,
-            arm_index=arm_index,
-            arm_offer=arm_offer,
-            arm_channel=arm_channel,
-            offer_value=value,
-            offer_levers=levers,
-            arm_cost=arm_cost,
-            offer_category=np.array([category_index[o.category] for o in offers], dtype=np.intp),
-            arm_prior=arm_prior,
+            version=version, policy=policy, settings=settings, offers=numbers.offers, channels=channels,
+            offer_index=numbers.offer_index, channel_index=numbers.channel_index,
+            category_index=numbers.category_index, arm_keys=numbers.arm_keys, arm_index=numbers.arm_index,
+            arm_offer=numbers.arm_offer, arm_channel=numbers.arm_channel,
+            offer_value=arrays.value, offer_levers=arrays.levers, arm_cost=arrays.arm_cost,
+            offer_category=arrays.offer_category, arm_prior=arrays.arm_prior,
+            max_suppression_window=arrays.max_suppression_window,
+            offer_suppress_seconds=arrays.suppress_seconds,
+            limits=limits,
+            max_limit_window=max((float(limit.per_seconds) for limit in limits.limits), default=0.0),
+            plans=plans,
+            places=policy.places_by_kind(),
             channel_needs_reachable=tuple(c.needs_reachable for c in channels),
             channel_default_consent=tuple(c.default_consent for c in channels),
             channel_rule_positions=channel_rule_positions,
-            channel_rules=channel_rules,  # type: ignore[arg-type]
-            channel_rules_code=compile_batch(channel_rules, "<channel rules>") if channel_rules else None,  # type: ignore[arg-type]
-            limits=table,
-            max_limit_window=max_window,
-            plans=plans,
-            places=policy.places_by_kind(),
-            max_suppression_window=max((o.suppress_after.per_seconds for o in offers if o.suppress_after), default=0.0),
-            offer_suppress_seconds=np.array([o.suppress_after.per_seconds if o.suppress_after else 0.0
-                                             for o in offers]),
+            channel_rules=channel_rules,
+            channel_rules_code=channel_rules_code,
             every_channel=_read_only(np.ones(len(channels), dtype=bool)),
-            channel_refusals=tuple(
-                (("no_consent", f"{c.id}: no consent"), ("not_reachable", f"{c.id}: customer not reachable there"),
-                 ("channel_unavailable", f"{c.id}: {c.available_when.source if c.available_when else 'unavailable'}"))
-                for c in channels),
+            channel_refusals=_channel_refusals(channels),
         )
+
+
+# --- compilation stages ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Numbering:
+    """The index of every live offer, channel, category and arm (stage 1)."""
+
+    offers: tuple[OfferSpec, ...]
+    channels: tuple[ChannelSpec, ...]
+    offer_index: dict[str, int]
+    channel_index: dict[str, int]
+    category_index: dict[str, int]
+    arm_keys: tuple[tuple[str, str], ...]
+    arm_index: dict[tuple[str, str], int]
+    arm_offer: np.ndarray
+    arm_channel: np.ndarray
+
+
+def _number(policy: PolicySet) -> _Numbering:
+    """Stage 1: number the offers that are not paused, the channels, the categories and the arms.
+
+    Categories are sorted (those of the offers and of the category levers); arms, the (offer,
+    channel) pairs, are numbered offer by offer in the order of each offer's channels.
+    """
+    offers = tuple(o for o in policy.offers if not o.paused)
+    offer_index = {o.id: i for i, o in enumerate(offers)}
+    channel_index = {c.id: i for i, c in enumerate(policy.channels)}
+    categories = sorted({o.category for o in offers} | set(policy.settings.category_levers))
+    arm_keys = tuple((o.id, ch) for o in offers for ch in o.channels)
+    return _Numbering(
+        offers=offers,
+        channels=policy.channels,
+        offer_index=offer_index,
+        channel_index=channel_index,
+        category_index={c: i for i, c in enumerate(categories)},
+        arm_keys=arm_keys,
+        arm_index={key: i for i, key in enumerate(arm_keys)},
+        arm_offer=np.array([offer_index[o] for o, _ in arm_keys], dtype=np.intp),
+        arm_channel=np.array([channel_index[c] for _, c in arm_keys], dtype=np.intp),
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _OfferArrays:
+    """What the engine multiplies and compares, one entry per offer or per arm (stage 2)."""
+
+    value: np.ndarray
+    levers: np.ndarray
+    arm_cost: np.ndarray
+    arm_prior: np.ndarray
+    offer_category: np.ndarray
+    valid_from: np.ndarray
+    """-inf for an offer without a start."""
+    valid_until: np.ndarray
+    """inf for an offer without an end."""
+    suppress_seconds: np.ndarray
+    max_suppression_window: float
+
+
+def _offer_arrays(numbers: _Numbering, settings: GlobalSettings) -> _OfferArrays:
+    """Stage 2: the value, levers, category, validity and suppression window of every offer;
+    the cost (offer's plus channel's) and prior of every arm."""
+    offers, offer_index = numbers.offers, numbers.offer_index
+    channel_cost = {c.id: c.cost for c in numbers.channels}
+    inf = float("inf")
+    return _OfferArrays(
+        value=np.array([o.value for o in offers]),
+        levers=np.array([o.weight * o.lever * settings.global_lever * settings.category_levers.get(o.category, 1.0)
+                         for o in offers]),
+        arm_cost=np.array([offers[offer_index[o]].cost + channel_cost[c] for o, c in numbers.arm_keys]),
+        arm_prior=np.array([offers[offer_index[o]].prior for o, _ in numbers.arm_keys]),
+        offer_category=np.array([numbers.category_index[o.category] for o in offers], dtype=np.intp),
+        valid_from=np.array([-inf if o.valid_from is None else o.valid_from for o in offers]),
+        valid_until=np.array([inf if o.valid_until is None else o.valid_until for o in offers]),
+        suppress_seconds=np.array([o.suppress_after.per_seconds if o.suppress_after else 0.0 for o in offers]),
+        max_suppression_window=max((o.suppress_after.per_seconds for o in offers if o.suppress_after), default=0.0),
+    )
+
+
+def _limit_table(numbers: _Numbering, settings: GlobalSettings) -> LimitTable:
+    """Stage 3: the settings' contact limits then every offer's, indexed by what a contact matches."""
+    offers = numbers.offers
+    rows = [(lim, _NO) for lim in settings.contact_limits]  # (limit, index of its offer or -1)
+    rows += [(lim, numbers.offer_index[o.id]) for o in offers for lim in o.limits]
+    by_offer: dict[str, list[int]] = {}
+    by_channel: dict[str, list[int]] = {}
+    by_category: dict[str, list[int]] = {}
+    overall = []
+    for i, (limit, offer) in enumerate(rows):
+        if offer != _NO:
+            by_offer.setdefault(offers[offer].id, []).append(i)
+            if limit.channel:  # an offer's channel limit only counts contacts on that channel
+                continue
+        elif limit.channel:
+            by_channel.setdefault(limit.channel, []).append(i)
+        elif limit.category:
+            by_category.setdefault(limit.category, []).append(i)
+        else:
+            overall.append(i)
+    return LimitTable(
+        limits=tuple(limit for limit, _ in rows),
+        rows=tuple(_limit_row(limit, offer, offers, numbers.channel_index, numbers.category_index, numbers.arm_index)
+                   for limit, offer in rows),
+        by_offer={k: tuple(v) for k, v in by_offer.items()},
+        by_channel={k: tuple(v) for k, v in by_channel.items()},
+        by_category={k: tuple(v) for k, v in by_category.items()},
+        overall=tuple(overall),
+        closed=tuple(i for i, (limit, _) in enumerate(rows) if limit.max <= 0),
+    )
+
+
+def _limit_row(limit: Limit, offer: int, offers: tuple[OfferSpec, ...], channel_index: Mapping[str, int],
+               category_index: Mapping[str, int],
+               arm_index: Mapping[tuple[str, str], int]) -> tuple[float, int, str | None, LimitBlocks, int, str]:
+    """The per-request row of ``limit`` (``offer``: the index of its offer, -1 for a settings limit)."""
+    channel = channel_index.get(limit.channel, _NO) if limit.channel else _NO
+    category = category_index.get(limit.category, -3) if limit.category else _NO
+    if offer >= 0:
+        arm = arm_index.get((offers[offer].id, limit.channel), _NO) if limit.channel else _NO
+        blocks, target = (LimitBlocks.ARM, arm) if arm >= 0 else (LimitBlocks.OFFER, offer)
+    elif channel >= 0:
+        blocks, target = LimitBlocks.CHANNEL, channel
+    elif category >= 0:
+        blocks, target = LimitBlocks.CATEGORY, category
+    elif category == _NO:  # any category: every contact counts; other negatives match no contact
+        blocks, target = LimitBlocks.EVERYTHING, _NO
+    else:
+        blocks, target = LimitBlocks.NOTHING, _NO
+    return limit.per_seconds, limit.max, limit.channel, blocks, target, limit.describe()
+
+
+def _event_plans(numbers: _Numbering, arrays: _OfferArrays) -> dict[str, EventPlan]:
+    """Stage 4: the plan of every event type some live offer lists (its candidates)."""
+    plans = {}
+    for event_type in EVENT_FIELDS:
+        candidates = [i for i, o in enumerate(numbers.offers) if event_type in o.events]
+        if candidates:
+            plans[event_type] = _event_plan(event_type, candidates, numbers, arrays)
+    return plans
+
+
+def _event_plan(event_type: str, candidates: list[int], numbers: _Numbering, arrays: _OfferArrays) -> EventPlan:
+    """The plan of one event type: its candidates, their eligibility rules and value expressions (each
+    batched into one code object), their arms, validity windows and decline suppression."""
+    offers = numbers.offers
+    positions, rules = _eligibility_rules(offers, candidates)
+    arms, arm_position = _candidate_arms(offers, candidates, numbers.arm_index)
+    values = [(p, i, e) for p, i in enumerate(candidates) if (e := offers[i].value_expression) is not None]
+    plan_from, plan_until = arrays.valid_from[candidates], arrays.valid_until[candidates]
+    return EventPlan(
+        offers=np.array(candidates, dtype=np.intp),
+        rule_positions=np.array(positions, dtype=np.intp),
+        rules=rules,
+        rules_code=compile_batch(rules, f"<{event_type} rules>") if rules else None,
+        arms=np.array(arms, dtype=np.intp),
+        arm_position=np.array(arm_position, dtype=np.intp),
+        value_expressions=tuple(values),
+        rule_reasons=tuple(Reason(offers[candidates[p]].id, "not_eligible", rule.source)
+                           for p, rule in zip(positions, rules, strict=False)),
+        live_between=(float(plan_from.max()), float(plan_until.min())),
+        valid_from=plan_from,
+        valid_until=plan_until,
+        not_live_reasons=tuple(Reason(offers[i].id, "not_live", "outside its validity window") for i in candidates),
+        suppress_after=_suppress_after(offers, candidates),
+        value_code=compile_batch([e for _, _, e in values], f"<{event_type} values>") if values else None,
+        value_offers=np.array([i for _, i, _ in values], dtype=np.intp),
+        offer_category=np.array([numbers.category_index[offers[i].category] for i in candidates], dtype=np.intp),
+        all_candidates=np.ones(len(candidates), dtype=bool),
+        arm_channel=np.array([numbers.channel_index[numbers.arm_keys[a][1]] for a in arms], dtype=np.intp),
+        arm_start=np.searchsorted(np.array(arm_position, dtype=np.intp), np.arange(len(candidates))),
+    )
+
+
+def _eligibility_rules(offers: tuple[OfferSpec, ...],
+                       candidates: list[int]) -> tuple[tuple[int, ...], tuple[CompiledExpression, ...]]:
+    """(position among ``candidates``, rule) of each candidate that has an eligibility rule."""
+    found = [(p, rule) for p, i in enumerate(candidates) if (rule := offers[i].eligible_when) is not None]
+    return tuple(p for p, _ in found), tuple(rule for _, rule in found)
+
+
+def _candidate_arms(offers: tuple[OfferSpec, ...], candidates: list[int],
+                    arm_index: Mapping[tuple[str, str], int]) -> tuple[list[int], list[int]]:
+    """The arms of the candidates, grouped by candidate, and the candidate position of each."""
+    arms, arm_position = [], []
+    for p, i in enumerate(candidates):
+        for ch in offers[i].channels:
+            arms.append(arm_index[(offers[i].id, ch)])
+            arm_position.append(p)
+    return arms, arm_position
+
+
+def _suppress_after(offers: tuple[OfferSpec, ...], candidates: list[int]) -> np.ndarray:
+    """Per candidate, the declines that suppress it (never reached without ``suppress_after``);
+    empty when no candidate has one."""
+    if not any(offers[i].suppress_after for i in candidates):
+        return np.empty(0, dtype=np.int64)
+    return np.array([o.suppress_after.declines if o.suppress_after else _NEVER
+                     for o in (offers[i] for i in candidates)], dtype=np.int64)
+
+
+def _channel_rules(channels: tuple[ChannelSpec, ...]) -> tuple[tuple[int, ...], tuple[CompiledExpression, ...],
+                                                               CodeType | None]:
+    """Stage 5: the positions and ``available_when`` rules of the channels that have one, batched."""
+    found = [(i, rule) for i, c in enumerate(channels) if (rule := c.available_when) is not None]
+    rules = tuple(rule for _, rule in found)
+    return tuple(i for i, _ in found), rules, compile_batch(rules, "<channel rules>") if rules else None
+
+
+def _channel_refusals(
+        channels: tuple[ChannelSpec, ...]) -> tuple[tuple[tuple[str, str], tuple[str, str], tuple[str, str]], ...]:
+    """Stage 5: per channel, its (code, detail) for no consent, not reachable and unavailable."""
+    return tuple(
+        (("no_consent", f"{c.id}: no consent"), ("not_reachable", f"{c.id}: customer not reachable there"),
+         ("channel_unavailable", f"{c.id}: {c.available_when.source if c.available_when else 'unavailable'}"))
+        for c in channels)

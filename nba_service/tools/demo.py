@@ -24,7 +24,7 @@ import numpy as np
 import redis
 
 from nba_service.observability.scrape import histogram_quantile, scrape_histogram
-from nba_service.policies.schema import load_policy_dir
+from nba_service.policies.parser import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.store.customer_import import import_customers

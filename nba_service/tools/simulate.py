@@ -43,7 +43,8 @@ from nba_service.domain import CustomerContext, CustomerProfile, Event
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import make_explorer
 from nba_service.learning.models import ModelBank
-from nba_service.policies.schema import PolicySet, parse_policy_files
+from nba_service.policies.model import PolicySet
+from nba_service.policies.parser import parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 
 __all__ = ["MOMENTS", "OFFERS", "ContextualResponse", "SimOffer", "SimulationConfig", "SimulationResult",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from nba_service.policies.schema import read_policy_dir
+from nba_service.policies.parser import read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.store.policy_store import PolicyStore
 from tests.conftest import SAMPLE_POLICIES, atm_decline, daytime_zone, profile

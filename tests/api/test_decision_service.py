@@ -248,7 +248,7 @@ def test_a_sample_of_live_requests_is_recorded_for_preview(start_server, publish
 
 
 def test_an_offer_rewarded_on_conversion_learns_from_the_conversion_not_the_acceptance(start_server, redis_client):
-    from nba_service.policies.schema import read_policy_dir
+    from nba_service.policies.parser import read_policy_dir
     from nba_service.store.policy_store import PolicyStore
     from tests.conftest import SAMPLE_POLICIES
 

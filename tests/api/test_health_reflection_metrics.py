@@ -22,7 +22,7 @@ def test_health_reports_serving_for_the_service_and_the_server(server):
 
 
 def test_health_is_not_serving_until_a_policy_is_published(start_server, redis_client):
-    from nba_service.policies.schema import read_policy_dir
+    from nba_service.policies.parser import read_policy_dir
     from nba_service.store.policy_store import PolicyStore
     from tests.conftest import SAMPLE_POLICIES
 

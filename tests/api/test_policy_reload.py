@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from nba_service.policies.schema import read_policy_dir
+from nba_service.policies.parser import read_policy_dir
 from nba_service.store.policy_store import PolicyStore
 from tests.conftest import SAMPLE_POLICIES, atm_decline, wait_until
 

@@ -15,7 +15,7 @@ import urllib.request
 import grpc
 import pytest
 
-from nba_service.policies.schema import read_policy_dir
+from nba_service.policies.parser import read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.store.policy_store import PolicyStore

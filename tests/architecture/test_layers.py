@@ -125,7 +125,7 @@ def test_no_two_layers_import_each_other():
 
 @pytest.mark.parametrize(("layer", "source", "reason"), [
     ("policies/snapshot.py", "from nba_service.engine.contact_policy import check_caps\n", "policies -> engine"),
-    ("policies/schema.py", "from nba_service.engine.features import vectorize\n", "policies -> engine"),
+    ("policies/parser.py", "from nba_service.engine.features import vectorize\n", "policies -> engine"),
     ("store/state.py", "from nba_service.engine.pipeline import DecisionEngine\n", "store -> engine"),
     ("api/converters.py", "from nba_service.store.state import StateStore\n", "api -> store"),
     ("api/servicer.py", "from nba_service.store import keys\n", "api -> store"),

@@ -12,7 +12,7 @@ from nba_service.engine.explain import explain_decision, score_arms
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.learning.models import ModelBank
-from nba_service.policies.schema import parse_policy_files
+from nba_service.policies.parser import parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 from tests.engine.test_pipeline import DECLINE, NOON_UTC, POLICY, customer
 

@@ -8,7 +8,7 @@ import pytest
 
 from nba_service.cli import main
 from nba_service.policies.diff import diff_policies
-from nba_service.policies.schema import parse_policy_files, read_policy_dir
+from nba_service.policies.parser import parse_policy_files, read_policy_dir
 from nba_service.store.policy_store import PolicyStore
 from tests.conftest import SAMPLE_POLICIES
 

@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from nba_service.policies.schema import PolicyValidationError, load_policy_dir, parse_policy_files
+from nba_service.policies.model import PolicyValidationError
+from nba_service.policies.parser import load_policy_dir, parse_policy_files
 from tests.conftest import SAMPLE_POLICIES
 
 CHANNELS = textwrap.dedent("""\

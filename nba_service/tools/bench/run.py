@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import psutil
 
-from nba_service.policies.schema import load_policy_dir
+from nba_service.policies.parser import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.store.policy_store import PolicyStore

@@ -13,7 +13,7 @@ import yaml
 from google.protobuf import json_format
 
 from nba_service.domain import Event
-from nba_service.policies.schema import load_policy_dir, read_policy_dir
+from nba_service.policies.parser import load_policy_dir, read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.store import codec, keys
 from nba_service.store.customer_import import import_customers

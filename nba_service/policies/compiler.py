@@ -1,11 +1,14 @@
-"""The rule expression language: a whitelisted subset of Python expressions.
+"""The rule compiler: a whitelisted subset of Python expressions, to code objects.
 
 An expression is parsed once, checked node by node against a whitelist, has
 its names rewritten to flat variables (``event.amount`` -> ``event_amount``,
-``days_since('x')`` -> ``_f_days_since(_ctx, 'x')``) and is compiled to a code
-object. Evaluating it is a plain ``eval`` of that code object over a scope
-dict built once per request: about 0.2 µs a rule, no parsing at request time,
-and no way to reach attributes, builtins or anything not listed here.
+``days_since('x')`` -> ``_f_days_since(_ctx, 'x')``), has its comparisons
+type-checked and is compiled to a code object. Evaluating it is a plain
+``eval`` of that code object over a scope dict built once per request
+(:mod:`nba_service.policies.scope`): about 0.2 µs a rule, no parsing at
+request time, and no way to reach attributes, builtins or anything not
+listed here. The functions a rule may call are in
+:mod:`nba_service.policies.rule_functions`.
 
 >>> rule = compile_expression("event.amount > event.balance and profile.segment in ['mass']",
 ...                           event_types=("atm_decline",))
@@ -18,36 +21,22 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
-import datetime
-import math
 import re
 from collections.abc import Iterable, Mapping
 from types import CodeType
-from typing import Any
 
-from nba_service.domain import EVENT_FIELDS, CustomerContext, Event
-from nba_service.domain.localtime import local_minute
+from nba_service.domain import EVENT_FIELDS
+from nba_service.policies.rule_functions import FUNCTIONS, parse_duration
+from nba_service.policies.scope import PROFILE_FIELDS, SCOPE_NAMES
 
 __all__ = [
-    "FUNCTIONS",
-    "PROFILE_FIELDS",
-    "SCOPE_NAMES",
     "CompiledExpression",
     "Definitions",
     "ExpressionError",
-    "build_scope",
     "compile_batch",
     "compile_expression",
-    "evaluation_globals",
     "parse_condition",
-    "parse_duration",
 ]
-
-PROFILE_FIELDS = ("segment", "first_name", "preferred_channel", "timezone", "known")
-SCOPE_NAMES = ("origin_channel", "local_hour", "weekday", "day_of_month", "month", "open_cart_value")
-
-_NEVER_DAYS = 9999.0
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class ExpressionError(ValueError):
@@ -60,169 +49,6 @@ class ExpressionError(ValueError):
         self.column = column
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``30m``, ``24h`` or ``7d``.
-
-    >>> parse_duration("7d")
-    604800.0
-    """
-    text = str(text).strip()
-    if len(text) < 2 or text[-1] not in _DURATION_UNITS:
-        raise ValueError(f"{text!r} is not a duration like 30m, 24h or 7d")
-    try:
-        amount = float(text[:-1])
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration like 30m, 24h or 7d") from None
-    if amount <= 0 or not math.isfinite(amount):
-        raise ValueError(f"{text!r} must be a positive duration")
-    return amount * _DURATION_UNITS[text[-1]]
-
-
-# --- functions callable from expressions ---------------------------------------------
-
-def _attr(ctx: CustomerContext, key: str) -> str | None:
-    return ctx.profile.attributes.get(key)
-
-
-def _event_attr(attributes: Mapping[str, str], key: str) -> str | None:
-    return attributes.get(key)
-
-
-def _request_attr(ctx: CustomerContext, key: str) -> str | None:
-    return ctx.request_attributes.get(key)
-
-
-def _reachable(ctx: CustomerContext, channel: str) -> bool:
-    return channel in ctx.profile.reachable_channels
-
-
-def _consent(ctx: CustomerContext, channel: str) -> bool:
-    return bool(ctx.profile.consents.get(channel, False))
-
-
-def _count_events(ctx: CustomerContext, event_type: str, window: str) -> int:
-    since = ctx.now - _cached_duration(window)
-    return sum(1 for e in ctx.journey if e.type == event_type and e.timestamp >= since)
-
-
-def _days_since(ctx: CustomerContext, event_type: str) -> float:
-    for entry in ctx.journey:  # newest first
-        if entry.type == event_type:
-            return max(0.0, (ctx.now - entry.timestamp) / 86400.0)
-    return _NEVER_DAYS
-
-
-def _num(value: Any, default: float = 0.0) -> float:
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        return float(default)
-    return result if math.isfinite(result) else float(default)
-
-
-def _round_up(value: float, step: float) -> float:
-    if step <= 0:
-        raise ValueError("round_up step must be positive")
-    return math.ceil(value / step) * step
-
-
-_DURATIONS: dict[str, float] = {}
-
-
-def _cached_duration(text: str) -> float:
-    seconds = _DURATIONS.get(text)
-    if seconds is None:
-        seconds = _DURATIONS[text] = parse_duration(text)
-    return seconds
-
-
-def _days_until(ctx: CustomerContext, date: Any) -> float:
-    """Days from the customer's local today to the next anniversary of ``date`` (YYYY-MM-DD or MM-DD)."""
-    if not isinstance(date, str):
-        return _NEVER_DAYS
-    parts = date.strip().split("-")
-    try:
-        month, day = int(parts[-2]), int(parts[-1])
-        today = local_minute(ctx.now, ctx.profile.timezone).date()
-        target = _anniversary(today.year, month, day)
-    except (ValueError, IndexError):
-        return _NEVER_DAYS
-    if target < today:
-        target = _anniversary(today.year + 1, month, day)
-    return float((target - today).days)
-
-
-def _anniversary(year: int, month: int, day: int) -> datetime.date:
-    try:
-        return datetime.date(year, month, day)
-    except ValueError:
-        if (month, day) == (2, 29):
-            return datetime.date(year, 3, 1)  # a 29 February birthday in a common year
-        raise
-
-
-def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a)))
-
-
-def _nearest(geo: Any, kind: str) -> tuple[float, str]:
-    places, latitude, longitude = geo
-    best, name = _NEVER_KM, ""
-    if latitude is None or longitude is None or (latitude == 0.0 and longitude == 0.0):
-        return best, name  # no position in this event
-    for place in places.get(kind, ()):
-        distance = _haversine_km(latitude, longitude, place.latitude, place.longitude)
-        if distance < best:
-            best, name = distance, place.name
-    return best, name
-
-
-def _nearest_km(geo: Any, kind: str) -> float:
-    return _nearest(geo, kind)[0]
-
-
-def _nearest_name(geo: Any, kind: str) -> str:
-    return _nearest(geo, kind)[1]
-
-
-_NEVER_KM = 99999.0
-
-#: name -> (implementation, hidden first argument ("_ctx": the CustomerContext,
-#: "_event_attributes": the custom event's attributes, "_geo": the policy's places and
-#: the event's position, "": none), arguments (min, max))
-FUNCTIONS: dict[str, tuple[Any, str, tuple[int, int]]] = {
-    "attr": (_attr, "_ctx", (1, 1)),
-    "event_attr": (_event_attr, "_event_attributes", (1, 1)),
-    "request_attr": (_request_attr, "_ctx", (1, 1)),
-    "reachable": (_reachable, "_ctx", (1, 1)),
-    "consent": (_consent, "_ctx", (1, 1)),
-    "count_events": (_count_events, "_ctx", (2, 2)),
-    "days_since": (_days_since, "_ctx", (1, 1)),
-    "days_until": (_days_until, "_ctx", (1, 1)),
-    "nearest_km": (_nearest_km, "_geo", (1, 1)),
-    "nearest_name": (_nearest_name, "_geo", (1, 1)),
-    "num": (_num, "", (1, 2)),
-    "round_up": (_round_up, "", (2, 2)),
-    "min": (min, "", (2, 8)),
-    "max": (max, "", (2, 8)),
-    "abs": (abs, "", (1, 1)),
-    "round": (round, "", (1, 2)),
-}
-
-
-def evaluation_globals() -> dict[str, Any]:
-    """The shared, read-only globals every compiled expression runs with."""
-    scope: dict[str, Any] = {"__builtins__": {}}
-    for name, (func, _, _) in FUNCTIONS.items():
-        scope["_f_" + name] = func
-    return scope
-
-
-# --- compilation ----------------------------------------------------------------------
-
 _ALLOWED_NODES: tuple[type[ast.AST], ...] = (
     ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
     ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod,
@@ -234,6 +60,8 @@ _DURATION_ARG_FUNCTIONS = {"count_events": 1}
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CompiledExpression:
+    """One checked rule: its source, its code object and the scope names it reads."""
+
     source: str
     code: CodeType
     tree: ast.expr
@@ -341,8 +169,8 @@ class _Rewriter(ast.NodeTransformer):
             kind = node.args[0]
             if not isinstance(kind, ast.Constant) or kind.value not in self.definitions.place_kinds:
                 declared = ", ".join(sorted(self.definitions.place_kinds)) or "none"
-                shown = kind.value if isinstance(kind, ast.Constant) else ast.unparse(kind)
-                raise self._fail(kind, f"{name}() needs a declared place kind in quotes, got {shown!r} "
+                given = kind.value if isinstance(kind, ast.Constant) else ast.unparse(kind)
+                raise self._fail(kind, f"{name}() needs a declared place kind in quotes, got {given!r} "
                                        f"(declared: {declared})")
         position = _DURATION_ARG_FUNCTIONS.get(name)
         if position is not None:
@@ -409,7 +237,9 @@ def _kind(node: ast.expr) -> str:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or node.value is None:
             return "unknown"
-        return "number" if isinstance(node.value, (int, float)) else "text" if isinstance(node.value, str) else "unknown"
+        if isinstance(node.value, (int, float)):
+            return "number"
+        return "text" if isinstance(node.value, str) else "unknown"
     if isinstance(node, ast.Name):
         return "number" if node.id in _NUMBER_NAMES else "text" if node.id in _TEXT_NAMES else "unknown"
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -475,40 +305,3 @@ def _common_event_fields(event_types: Iterable[str] | None) -> frozenset[str]:
         these = set(EVENT_FIELDS.get(event_type, ()))
         fields = these if fields is None else fields & these
     return frozenset(fields or ())
-
-
-# --- evaluation scope -----------------------------------------------------------------
-
-def build_scope(ctx: CustomerContext, event: Event, places: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The per-request variables every expression of the request reads.
-
-    ``places`` are the policy's places by kind (for ``nearest_km``/``nearest_name``).
-    """
-    profile = ctx.profile
-    local = local_minute(ctx.now, profile.timezone)
-    open_cart = 0.0
-    for journey in ctx.open_journeys:
-        if journey.kind == "cart":
-            open_cart = _num(journey.fields.get("cart_value"), 0.0)
-            break
-    fields = event.fields
-    scope: dict[str, Any] = {
-        "_ctx": ctx,
-        "_event_attributes": event.attributes,
-        "_geo": (places or {}, fields.get("latitude"), fields.get("longitude")),
-        "event_type": event.type,
-        "origin_channel": ctx.origin_channel,
-        "local_hour": local.hour,
-        "weekday": local.weekday(),
-        "day_of_month": local.day,
-        "month": local.month,
-        "open_cart_value": open_cart,
-        "profile_segment": profile.segment,
-        "profile_first_name": profile.first_name,
-        "profile_preferred_channel": profile.preferred_channel,
-        "profile_timezone": profile.timezone,
-        "profile_known": profile.known,
-    }
-    for key, value in event.fields.items():
-        scope["event_" + key] = value
-    return scope
