@@ -12,6 +12,12 @@ Every user makes exactly one gRPC call per task run, so with the default
 user: a follow-up call (an outcome, the agent's Decide after the context) is
 queued and sent on the user's next turn, a moment later, as in real life.
 
+Customers and moments come from :mod:`nba_service.tools.traffic`, the
+generator of the demo and ``nba events generate``: a skewed population
+(:class:`~nba_service.tools.traffic.SkewedPopulation`) and one scenario's
+request for a customer (:func:`~nba_service.tools.traffic.scenario_call`),
+sent from the user's own channel. Each user chooses its scenarios.
+
 Every call is reported to Locust by a client interceptor under the RPC method
 name (``Decide``, ``ReportOutcome``, ``GetCustomerContext``).
 
@@ -33,7 +39,6 @@ Environment (all optional):
 
 from __future__ import annotations
 
-import bisect
 import collections
 import itertools
 import logging
@@ -54,6 +59,7 @@ from locust import User, constant, constant_throughput, events, task  # noqa: E4
 
 from nba_service.proto.nba.v1 import decision_pb2 as pb  # noqa: E402
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
+from nba_service.tools.traffic import SkewedPopulation, scenario_call  # noqa: E402
 
 log = logging.getLogger("nba.load")
 
@@ -116,33 +122,10 @@ def _wait_time() -> Callable[[User], float]:
 
 # --- customers: a fixed population with Zipf-like activity ---------------------------
 
-class CustomerPicker:
-    """Draws ids c00001..cNNNNN; the customer of rank r is drawn with weight r^-s.
-
-    Ranks are assigned to ids by a seeded shuffle, so the busiest customers are
-    spread over the population (not c00001, c00002, ...) but are the same for
-    every user and every run with the same seed.
-    """
-
-    def __init__(self, population: int, s: float, seed: int) -> None:
-        ids = [f"c{i:05d}" for i in range(1, population + 1)]
-        random.Random(f"nba-load-ranks-{seed}").shuffle(ids)
-        self.ids = ids
-        self.cum_weights = list(itertools.accumulate((rank ** -s for rank in range(1, population + 1))))
-
-    def pick(self, rng: random.Random) -> str:
-        x = rng.random() * self.cum_weights[-1]
-        return self.ids[min(bisect.bisect_right(self.cum_weights, x), len(self.ids) - 1)]
-
-
-CUSTOMER_PICKER = CustomerPicker(CUSTOMERS, ZIPF_S, SEED)
-
-# Cities the sample customers live in: (name, latitude, longitude).
-CITIES = [
-    ("Berlin", 52.520, 13.405), ("Madrid", 40.417, -3.704), ("Paris", 48.857, 2.352),
-    ("London", 51.507, -0.128), ("Mexico City", 19.433, -99.133), ("Sydney", -33.869, 151.209),
-    ("New York", 40.713, -74.006), ("Lisbon", 38.722, -9.139), ("Rome", 41.903, 12.496),
-]
+POPULATION = SkewedPopulation([f"c{i:05d}" for i in range(1, CUSTOMERS + 1)], ZIPF_S,
+                              shuffle=random.Random(f"nba-load-ranks-{SEED}"))
+"""Ids c00001..cNNNNN, the customer of rank r drawn with weight r^-s; the ranks (a seeded shuffle)
+are the same for every user and every run with the same seed."""
 
 
 # --- reporting every call to Locust --------------------------------------------------
@@ -282,20 +265,22 @@ class GrpcUser(User):
         except grpc.RpcError:
             return None
 
-    def customer(self) -> str:
-        return CUSTOMER_PICKER.pick(self.rng)
+    def customer(self, unknown_share: float = 0.0) -> str:
+        """A customer of the population; with probability ``unknown_share`` a walk-in without a profile."""
+        return POPULATION.pick(self.rng, unknown_share)
 
     def request_id(self) -> str:
         return f"load-{self.rng.getrandbits(64):016x}"
 
-    def near(self, city: tuple[str, float, float], km: float = 5.0) -> tuple[float, float]:
-        _, lat, lon = city
-        return lat + self.rng.uniform(-km, km) / 111.0, lon + self.rng.uniform(-km, km) / 111.0
+    def moment_request(self, scenario: str, customer_id: str) -> pb.DecideRequest:
+        """A ``scenario`` moment of ``customer_id`` (nba_service.tools.traffic), from this backend's channel."""
+        request = scenario_call(scenario, customer_id, self.rng).request
+        request.request_id = self.request_id()
+        request.origin_channel = self.origin_channel
+        return request
 
-    def decide(self, customer_id: str, event: pb.Event, origin: str | None = None) -> pb.DecideResponse | None:
-        kind = event.WhichOneof("kind") or "?"
-        request = pb.DecideRequest(customer_id=customer_id, request_id=self.request_id(),
-                                   origin_channel=self.origin_channel if origin is None else origin, event=event)
+    def decide(self, request: pb.DecideRequest) -> pb.DecideResponse | None:
+        kind = request.event.WhichOneof("kind") or "?"
         response = self.call(self.stub.Decide, request)
         if response is not None:
             NOTES.decisions[kind] += 1
@@ -316,20 +301,10 @@ class GrpcUser(User):
         self.follow_ups.append(lambda: self.report(decision_id, second, value))
 
     def report(self, decision_id: str, kind: int, value: float) -> None:
-        response = self.call(self.stub.ReportOutcome, pb.OutcomeRequest(decision_id=decision_id, outcome=kind, value=value))
+        request = pb.OutcomeRequest(decision_id=decision_id, outcome=kind, value=value)
+        response = self.call(self.stub.ReportOutcome, request)
         if response is not None:
             NOTES.outcomes["duplicate" if response.duplicate else "learned" if response.learned else "recorded"] += 1
-
-    def cart_event(self, customer_id: str, big: bool = False) -> pb.Event:
-        items = self.rng.choices([1, 2, 3, 4, 5, 6, 8, 12], weights=[30, 25, 15, 10, 8, 6, 4, 2])[0]
-        value = round(self.rng.lognormvariate(4.0, 0.8) * (2 if big else 1), 2)  # median ~55
-        return pb.Event(cart_abandon=pb.CartAbandon(
-            cart_id=f"cart-{customer_id}-{self.rng.randrange(1, 6)}", cart_value=value, currency="EUR",
-            item_ids=[f"sku-{self.rng.randrange(10000, 99999)}" for _ in range(items)]))
-
-
-ATM_AMOUNTS = [20, 40, 50, 60, 80, 100, 120, 150, 200, 250, 300, 400, 500]
-ATM_AMOUNT_WEIGHTS = [8, 10, 14, 10, 8, 16, 5, 7, 10, 3, 4, 2, 3]
 
 
 class AtmBackend(GrpcUser):
@@ -340,28 +315,8 @@ class AtmBackend(GrpcUser):
     origin_channel = "atm"
 
     def moment(self) -> None:
-        amount = float(self.rng.choices(ATM_AMOUNTS, weights=ATM_AMOUNT_WEIGHTS)[0])
-        roll = self.rng.random()
-        if roll < 0.15:  # overdrawn already
-            balance = -round(self.rng.uniform(0, 300), 2)
-        elif roll < 0.95:  # some money, not enough
-            balance = round(amount * self.rng.uniform(0.0, 0.95), 2)
-        else:  # enough money, declined for another reason (daily limit, card issue)
-            balance = round(amount + self.rng.uniform(0, 2000), 2)
-        city = self.rng.choice(CITIES)
-        lat, lon = self.near(city)
-        if self.rng.random() < UNKNOWN_SHARE:  # another bank's card: no profile here
-            customer_id = f"ext-{self.rng.randrange(1, 101):03d}"
-        else:
-            customer_id = self.customer()
-        event = pb.Event(atm_decline=pb.AtmDecline(
-            amount=amount, balance=balance, currency="EUR", atm_id=f"ATM-{self.rng.randrange(1, 400):04d}",
-            latitude=lat, longitude=lon))
-        self.decide(customer_id, event)
-
-
-APP_SCREENS = ["home", "accounts", "cards", "shop", "payments", "settings"]
-APP_SCREEN_WEIGHTS = [40, 25, 8, 15, 10, 2]
+        # a share of declines are by people without a profile here (another bank's card)
+        self.decide(self.moment_request("atm_decline", self.customer(UNKNOWN_SHARE)))
 
 
 class AppBackend(GrpcUser):
@@ -374,26 +329,8 @@ class AppBackend(GrpcUser):
     def moment(self) -> None:
         customer_id = self.customer()
         roll = self.rng.random()
-        if roll < 0.55:
-            screen = self.rng.choices(APP_SCREENS, weights=APP_SCREEN_WEIGHTS)[0]
-            event = pb.Event(app_open=pb.AppOpen(screen=screen))
-        elif roll < 0.85:
-            city = self.rng.choice(CITIES)
-            lat, lon = self.near(city, km=2.0)
-            near_place = self.rng.random() < 0.6
-            place = (f"{self.rng.choice(['store', 'branch'])}-{self.rng.randrange(1, 60):03d}"
-                     if near_place else "")
-            event = pb.Event(location=pb.Location(
-                latitude=lat, longitude=lon, accuracy_m=round(self.rng.choice([8, 15, 30, 65, 150, 400, 1200])
-                                                              * self.rng.uniform(0.7, 1.3), 1),
-                place_id=place))
-        else:
-            event = self.cart_event(customer_id)
-        self.decide(customer_id, event)
-
-
-PAGE_TYPES = ["home", "product", "category", "checkout", "loans", "cards", "kids", "toys", "school", "help"]
-PAGE_TYPE_WEIGHTS = [15, 30, 15, 8, 6, 4, 5, 5, 4, 8]
+        scenario = "app_open" if roll < 0.55 else "location" if roll < 0.85 else "cart_abandon"
+        self.decide(self.moment_request(scenario, customer_id))
 
 
 class WebBackend(GrpcUser):
@@ -406,18 +343,8 @@ class WebBackend(GrpcUser):
 
     def moment(self) -> None:
         customer_id = self.customer()
-        if self.rng.random() < 0.35:
-            event = self.cart_event(customer_id, big=self.rng.random() < 0.2)
-        else:
-            page_type = self.rng.choices(PAGE_TYPES, weights=PAGE_TYPE_WEIGHTS)[0]
-            url = f"https://shop.example.com/{page_type}/{self.rng.randrange(1, 5000)}"
-            event = pb.Event(page_view=pb.PageView(url=url, page_type=page_type))
-        self.decide(customer_id, event)
-
-
-CONTACT_REASONS = ["card_declined", "billing", "fees", "delivery", "late_delivery", "return", "damaged_item",
-                   "complaint", "close_account", "cancel", "general"]
-CONTACT_REASON_WEIGHTS = [12, 12, 10, 12, 8, 10, 4, 6, 3, 3, 20]
+        scenario = "cart_abandon" if self.rng.random() < 0.35 else "page_view"
+        self.decide(self.moment_request(scenario, customer_id))
 
 
 class AgentDesktop(GrpcUser):
@@ -430,10 +357,8 @@ class AgentDesktop(GrpcUser):
 
     def moment(self) -> None:
         customer_id = self.customer()
-        request = pb.CustomerContextRequest(customer_id=customer_id, max_events=20, include_best_actions=True)
-        if self.call(self.stub.GetCustomerContext, request) is None:
+        context = pb.CustomerContextRequest(customer_id=customer_id, max_events=20, include_best_actions=True)
+        if self.call(self.stub.GetCustomerContext, context) is None:
             return
-        reason = self.rng.choices(CONTACT_REASONS, weights=CONTACT_REASON_WEIGHTS)[0]
-        agent = f"agent-{self.rng.randrange(1, 80):03d}"
-        event = pb.Event(agent_contact=pb.AgentContact(agent_id=agent, reason=reason))
-        self.follow_ups.append(lambda: self.decide(customer_id, event))
+        request = self.moment_request("agent_contact", customer_id)
+        self.follow_ups.append(lambda: self.decide(request))

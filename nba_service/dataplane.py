@@ -40,7 +40,8 @@ from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy, make_explorer
 from nba_service.learning.models import ModelBank
 from nba_service.observability.metrics import Metrics
-from nba_service.policies.schema import PolicyValidationError, parse_policy_files
+from nba_service.policies.model import PolicyValidationError
+from nba_service.policies.parser import parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.settings import Settings
 from nba_service.store.model_store import ModelStore

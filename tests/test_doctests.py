@@ -27,7 +27,8 @@ MODULES = _modules_with_examples()
 
 
 def test_the_modules_that_promise_examples_have_them():
-    for name in ("nba_service.learning.exploration", "nba_service.tools.off_policy", "nba_service.tools.evaluation",
+    for name in ("nba_service.learning.exploration", "nba_service.tools.off_policy",
+                 "nba_service.tools.evaluation.rules", "nba_service.tools.evaluation.replay",
                  "nba_service.tools.simulate", "nba_service.domain.journeys", "nba_service.store.script_connection"):
         assert name in MODULES
 

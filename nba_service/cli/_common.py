@@ -7,15 +7,15 @@ import contextlib
 import datetime
 import json
 import pathlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 import redis
 
 from nba_service.settings import Settings
 from nba_service.store.embedded import EmbeddedRedis
 
-__all__ = ["print_versions", "settings_from", "state_client", "state_options", "write_json"]
+__all__ = ["settings_from", "show_history", "state_client", "state_options", "write_json"]
 
 
 def state_options(parser: argparse.ArgumentParser) -> None:
@@ -48,13 +48,56 @@ def state_client(settings: Settings) -> Iterator[redis.Redis]:
             client.close()
 
 
-def print_versions(live: int | None, columns: tuple[str, str], rows: list[tuple[int, float, str, str]]) -> None:
-    """A version history: (version, published at, a short column, a long one) a row, * = live."""
+class _Version(Protocol):
+    """One published version of a history (a model or a policy set)."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def published_at(self) -> float: ...
+
+
+_V = TypeVar("_V", bound=_Version)
+_V_co = TypeVar("_V_co", bound=_Version, covariant=True)
+
+
+class _VersionStore(Protocol[_V_co]):
+    """A store of published versions, one of them live."""
+
+    def live(self) -> int | None: ...
+
+    def history(self) -> Sequence[_V_co]: ...
+
+
+def show_history(args: argparse.Namespace, open_store: Callable[[redis.Redis], _VersionStore[_V]],
+                 columns: tuple[str, str], cells: Callable[[_V], tuple[str, str]], *, empty: str) -> int:
+    """A ``history`` command: the store's versions, oldest first, * = live; ``empty`` when there is none.
+
+    ``columns`` names the two columns after the version and its time, ``cells`` gives their values.
+    """
+    with state_client(settings_from(args)) as client:
+        store = open_store(client)
+        live = store.live()
+        history = store.history()
+    if not history:
+        print(empty)
+        return 0
+    _print_versions(live, columns, [(v.version, v.published_at, *cells(v)) for v in history])
+    return 0
+
+
+def _print_versions(live: int | None, columns: tuple[str, str], rows: Sequence[tuple[int, float, str, str]]) -> None:
+    """A version history: (version, published at, a short column, a long one) a row, * = live.
+
+    The short column is as wide as its longest value (12 characters at least): nothing is cut.
+    """
     short, long = columns
-    print(f"{'':2}{'version':>7}  {'published (UTC)':19}  {short:12}  {long}")
+    width = max([12, len(short)] + [len(third) for _, _, third, _ in rows])
+    print(f"{'':2}{'version':>7}  {'published (UTC)':19}  {short:{width}}  {long}")
     for version, published_at, third, last in rows:
         when = datetime.datetime.fromtimestamp(published_at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{'*' if version == live else ' ':2}{version:>7}  {when:19}  {third[:12]:12}  {last}")
+        print(f"{'*' if version == live else ' ':2}{version:>7}  {when:19}  {third:{width}}  {last}")
 
 
 def write_json(path: str | None, data: Any) -> None:

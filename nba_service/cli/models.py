@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from nba_service.cli._common import print_versions, settings_from, state_client, state_options, write_json
+from nba_service.cli._common import settings_from, show_history, state_client, state_options, write_json
 from nba_service.learning.learner import Learner, default_learner_name
 from nba_service.learning.models import ModelBank
 from nba_service.store.model_store import ModelStore
@@ -46,15 +46,8 @@ def cmd_learner_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_model_history(args: argparse.Namespace) -> int:
-    with state_client(settings_from(args)) as client:
-        store = ModelStore(client)
-        live = store.live()
-        history = store.history()
-    if not history:
-        print("no model version has been published (the service scores offers by their priors)")
-        return 0
-    print_versions(live, ("outcomes", "source"), [(v.version, v.published_at, str(v.updates), v.source) for v in history])
-    return 0
+    return show_history(args, ModelStore, ("outcomes", "source"), lambda v: (str(v.updates), v.source),
+                        empty="no model version has been published (the service scores offers by their priors)")
 
 
 def cmd_model_rollback(args: argparse.Namespace) -> int:
@@ -100,7 +93,8 @@ def cmd_model_export(args: argparse.Namespace) -> int:
         path.write_bytes(data)
     else:
         bank = ModelBank.from_bytes(data)
-        path.write_text(json.dumps({"version": version, "exported_at": time.time(), **bank.describe()}, indent=1) + "\n")
+        described = {"version": version, "exported_at": time.time(), **bank.describe()}
+        path.write_text(json.dumps(described, indent=1) + "\n")
     print(f"model version {version} written to {path} ({args.format})")
     return 0
 
@@ -130,8 +124,10 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     learner = sub.add_parser("learner", help="learn from reported outcomes and publish model versions")
     learner.add_argument("--name", help="consumer name in the learners group (default: host-pid)")
-    learner.add_argument("--snapshot-every", type=int, help="outcomes between published versions (env NBA_MODEL_SNAPSHOT_EVERY)")
-    learner.add_argument("--snapshot-seconds", type=float, help="longest wait before publishing (env NBA_MODEL_SNAPSHOT_SECONDS)")
+    learner.add_argument("--snapshot-every", type=int,
+                         help="outcomes between published versions (env NBA_MODEL_SNAPSHOT_EVERY)")
+    learner.add_argument("--snapshot-seconds", type=float,
+                         help="longest wait before publishing (env NBA_MODEL_SNAPSHOT_SECONDS)")
     state_options(learner)
     learner.set_defaults(func=cmd_learner)
     learner_sub = learner.add_subparsers(dest="learner_command", metavar="ACTION")
@@ -164,7 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     shadow = sub.add_parser("shadow", help="champion and challenger: evaluate the policy that did not decide")
     shadow_sub = shadow.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
-    report = shadow_sub.add_parser("report", help="served reward vs IPS / SNIPS / doubly-robust estimates of the shadow")
+    report = shadow_sub.add_parser("report",
+                                   help="served reward vs IPS / SNIPS / doubly-robust estimates of the shadow")
     report.add_argument("--json", help="also write the figures as JSON here")
     state_options(report)
     report.set_defaults(func=cmd_shadow_report)

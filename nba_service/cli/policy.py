@@ -8,13 +8,14 @@ import sys
 import time
 
 from nba_service.api.event_log import EventLogError, read_requests, to_timed_request
-from nba_service.cli._common import print_versions, settings_from, state_client, state_options
+from nba_service.cli._common import settings_from, show_history, state_client, state_options
 from nba_service.cli._sources import SourceError, load_models, moment_time, policy_source, stored_contexts
 from nba_service.domain import TimedRequest
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.policies.diff import diff_policies
-from nba_service.policies.schema import PolicyValidationError, load_policy_dir
+from nba_service.policies.model import PolicyValidationError
+from nba_service.policies.parser import load_policy_dir
 from nba_service.store.policy_store import PolicyStore
 from nba_service.tools.preview import PolicyRun, run_preview
 
@@ -44,15 +45,8 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_history(args: argparse.Namespace) -> int:
-    with state_client(settings_from(args)) as client:
-        store = PolicyStore(client)
-        live = store.live()
-        history = store.history()
-    if not history:
-        print("no policy version has been published")
-        return 0
-    print_versions(live, ("author", "message"), [(p.version, p.published_at, p.author, p.message) for p in history])
-    return 0
+    return show_history(args, PolicyStore, ("author", "message"), lambda p: (p.author, p.message),
+                        empty="no policy version has been published")
 
 
 def cmd_policy_rollback(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from nba_service.domain import Alternative, CustomerContext, Decision, Event, Re
 from nba_service.engine.arbitration import Ranking, rank_offers
 from nba_service.engine.contact_policy import CapHits, channel_verdict, check_caps
 from nba_service.engine.features import request_features, vectorize
-from nba_service.policies.expressions import build_scope, evaluation_globals
+from nba_service.policies.scope import build_scope, evaluation_globals
 from nba_service.policies.snapshot import EventPlan, PolicySnapshot
 
 __all__ = ["DecisionEngine", "Explorer", "Scorer", "arm_factors", "render"]
@@ -44,11 +44,6 @@ class Explorer(Protocol):
     """Picks one of the ranked options and says with what probability it did."""
 
     def choose(self, priorities: np.ndarray) -> tuple[int, float]: ...
-
-
-def _passed(result: Any) -> bool:
-    """A rule passes when its result is true; an error fails it."""
-    return not isinstance(result, Exception) and bool(result)
 
 
 @dataclasses.dataclass(slots=True)
@@ -135,17 +130,17 @@ class DecisionEngine:
         if plan.rules_code is None:
             return
         results = self._evaluate(plan.rules_code, plan.rules, scope)
-        passed = np.fromiter(map(bool, results) if type(results) is tuple else map(_passed, results),
-                             dtype=bool, count=len(results))
-        failed = (~passed & candidates.offer_ok[plan.rule_positions]).nonzero()[0].tolist()
-        if failed:
-            def reason(p: int) -> Reason:
-                k = int(np.searchsorted(plan.rule_positions, p))
-                result = results[k]
-                if isinstance(result, Exception):
-                    return Reason(plan.rule_reasons[k].offer_id, "rule_error", f"{plan.rules[k].source}: {result}")
-                return plan.rule_reasons[k]
-            candidates.rule_out(plan.rule_positions[failed].tolist(), reason)
+        offer_ok, reasons = candidates.offer_ok, candidates.reasons
+        # a Python loop: a plan has tens of rules, fewer than it takes numpy to pay off
+        for k, position in enumerate(plan.rule_positions.tolist()):
+            result = results[k]
+            if result and not isinstance(result, Exception) or not offer_ok[position]:
+                continue  # passed, or already out of its window (not reported twice)
+            offer_ok[position] = False
+            if isinstance(result, Exception):
+                reasons.append(Reason(plan.rule_reasons[k].offer_id, "rule_error", f"{plan.rules[k].source}: {result}"))
+            else:
+                reasons.append(plan.rule_reasons[k])
 
     def _suppression(self, snapshot: PolicySnapshot, candidates: _Candidates, ctx: CustomerContext,
                      exhausted: frozenset[str]) -> None:

@@ -82,6 +82,18 @@ def test_history_and_rollback(capsys, redis_url, redis_client):
     assert PolicyStore(redis_client).live() == 1
 
 
+def test_history_shows_the_whole_author(capsys, redis_url, redis_client):
+    for author, message in (("marketing-analytics-team", "first"), ("maria", "second")):
+        nba(capsys, "policy", "publish", str(SAMPLE_POLICIES), "--redis-url", redis_url, "-m", message,
+            "--author", author)
+    code, out, _ = nba(capsys, "policy", "history", "--redis-url", redis_url)
+    assert code == 0
+    header, first, second = out.splitlines()
+    assert "marketing-analytics-team" in first  # not cut to "marketing-an"
+    # the author column is as wide as its longest value: the messages still line up under their header
+    assert header.index("message") == first.index("first") == second.index("second")
+
+
 def test_customers_load_counts_and_names_refused_lines(capsys, redis_url, redis_client, tmp_path):
     export = tmp_path / "crm.jsonl"
     export.write_text("\n".join([
