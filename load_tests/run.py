@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="target host:port (or grpc://host:port); default: start a local server")
     parser.add_argument("--max-p99-ms", type=float, default=10.0, help="fail above this aggregated p99 (default 10)")
     parser.add_argument("--reports-dir", default="reports", help="where the CSV/HTML reports go (default reports)")
-    parser.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for the local server (default 60)")
+    parser.add_argument("--start-timeout", type=float, default=60.0,
+                        help="seconds to wait for the local server (default 60)")
     parser.add_argument("--keep-data", action="store_true", help="keep the local server's temporary data directory")
     args = parser.parse_args(argv)
     if args.users < 1:
@@ -83,9 +84,9 @@ class LocalServer:
         self.info: dict[str, Any] = {}
 
     def start(self) -> dict[str, Any]:
-        cmd = tool("nba") + ["serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
-                             "--data-dir", str(self.tmp / "data"), "--policies", str(POLICIES),
-                             "--ready-file", str(self.ready_file)]
+        cmd = [*tool("nba"), "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
+               "--data-dir", str(self.tmp / "data"), "--policies", str(POLICIES),
+               "--ready-file", str(self.ready_file)]
         env = {k: v for k, v in os.environ.items() if k not in ("NBA_REDIS_URL", "NBA_PORT", "NBA_HOST")}
         with open(self.log_path, "wb") as log:
             # Own session: a Ctrl-C in the terminal reaches only us; we stop it ourselves.
@@ -104,7 +105,7 @@ class LocalServer:
         return self.info
 
     def load_customers(self) -> None:
-        cmd = tool("nba") + ["customers", "load", str(CUSTOMERS), "--redis-url", self.info["redis_url"]]
+        cmd = [*tool("nba"), "customers", "load", str(CUSTOMERS), "--redis-url", self.info["redis_url"]]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
         out = (done.stdout + done.stderr).strip()
         if done.returncode not in (0, 2):  # 2: some rows refused, the rest loaded
@@ -193,7 +194,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         return "n/a" if v is None else f"{v:.1f}" if v != int(v) else f"{v:.0f}"
 
     width = max([len(r["name"]) for r in rows] + [4])
-    print(f"{'name':{width}}  {'requests':>9}  {'failures':>8}  {'rps':>8}  {'p50 ms':>7}  {'p99 ms':>7}  {'max ms':>7}")
+    print(f"{'name':{width}}  {'requests':>9}  {'failures':>8}  {'rps':>8}  "
+          f"{'p50 ms':>7}  {'p99 ms':>7}  {'max ms':>7}")
     for r in rows:
         print(f"{r['name']:{width}}  {r['requests']:>9}  {r['failures']:>8}  {r['rps']:>8.1f}  "
               f"{ms(r['p50']):>7}  {ms(r['p99']):>7}  {ms(r['max']):>7}")
@@ -217,9 +219,9 @@ def run_locust(args: argparse.Namespace, host: str, reports: pathlib.Path) -> in
     prefix = reports / "load"
     for suffix in ("_stats.csv", "_failures.csv", "_exceptions.csv", "_stats_history.csv"):
         (reports / f"load{suffix}").unlink(missing_ok=True)
-    cmd = tool("locust") + ["-f", str(LOCUSTFILE), "--headless", "-u", str(args.users), "-r", f"{spawn_rate:g}",
-                            "-t", args.duration, "--host", host, "--csv", str(prefix),
-                            "--html", str(reports / "load.html"), "--only-summary"]
+    cmd = [*tool("locust"), "-f", str(LOCUSTFILE), "--headless", "-u", str(args.users), "-r", f"{spawn_rate:g}",
+           "-t", args.duration, "--host", host, "--csv", str(prefix),
+           "--html", str(reports / "load.html"), "--only-summary"]
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT).returncode
 

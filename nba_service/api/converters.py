@@ -124,22 +124,21 @@ def decision_request_from_proto(request: pb.DecideRequest) -> DecisionRequest:
 
 
 def to_decide_response(decision_id: str, request_id: str, decision: Decision) -> pb.DecideResponse:
-    response = pb.DecideResponse(
+    return pb.DecideResponse(
         decision_id=decision_id,
         request_id=request_id,
         no_action=decision.no_action,
+        action=None if decision.no_action else pb.Action(
+            offer_id=decision.offer_id, name=decision.offer_name, category=decision.category, content=decision.content),
         channel=decision.channel,
         score=decision.score,
         propensity=decision.propensity,
-        alternatives=[_alternative(a) for a in decision.alternatives],
+        alternatives=[pb.Alternative(offer_id=a.offer_id, channel=a.channel, score=a.score)
+                      for a in decision.alternatives],
         reasons=[pb.Reason(offer_id=r.offer_id, code=r.code, detail=r.detail) for r in decision.reasons],
         policy_version=decision.policy_version,
         model_version=decision.model_version,
     )
-    if not decision.no_action:
-        response.action.CopyFrom(pb.Action(offer_id=decision.offer_id, name=decision.offer_name,
-                                           category=decision.category, content=decision.content))
-    return response
 
 
 def _alternative(a: Alternative) -> pb.Alternative:

@@ -63,7 +63,8 @@ def _moment(args: argparse.Namespace) -> TimedRequest:
         except json.JSONDecodeError as exc:
             raise EventLogError(f"--event: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(event, dict) or len(event) != 1:
-            raise EventLogError('--event: a JSON event is one type and its fields, e.g. {"atm_decline": {"amount": 100}}')
+            raise EventLogError('--event: a JSON event is one type and its fields, '
+                                'e.g. {"atm_decline": {"amount": 100}}')
         if fields:
             (kind, body), = event.items()
             event = {kind: {**(body if isinstance(body, dict) else {}), **event_object(kind, fields)[kind]}}

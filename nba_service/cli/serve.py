@@ -36,7 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return run_workers(settings, ready)
         run(settings, ready)
     except PolicyValidationError as exc:
-        print(f"nba serve: the policy set in {settings.policies} is invalid, nothing published:\n{exc}", file=sys.stderr)
+        print(f"nba serve: the policy set in {settings.policies} is invalid, nothing published:\n{exc}",
+              file=sys.stderr)
         return 1
     except (OSError, RuntimeError) as exc:
         print(f"nba serve: {exc}", file=sys.stderr)
@@ -55,9 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--strategy", choices=("epsilon", "softmax"), help="exploration strategy (env NBA_STRATEGY)")
     serve.add_argument("--temperature", type=float, help="softmax temperature (env NBA_TEMPERATURE, default 0.1)")
     serve.add_argument("--seed", type=int, help="seed of the exploration random generator (env NBA_SEED)")
-    serve.add_argument("--workers", type=int, help="server processes sharing the port, one per core (env NBA_WORKERS, default 1)")
+    serve.add_argument("--workers", type=int,
+                       help="server processes sharing the port, one per core (env NBA_WORKERS, default 1)")
     serve.add_argument("--mode", choices=("learned", "learned+shadow", "learned+challenger", "apprentice"),
-                       help="who decides (env NBA_MODE, default learned; apprentice: the rules, the learned policy logged)")
+                       help="who decides (env NBA_MODE, default learned; "
+                            "apprentice: the rules, the learned policy logged)")
     serve.add_argument("--learner", choices=("embedded", "off"),
                        help="run the learner inside the server (env NBA_LEARNER, default embedded) or not")
     serve.add_argument("--record-events", metavar="FILE",

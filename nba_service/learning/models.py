@@ -51,8 +51,9 @@ class ModelBank:
         self._rows: Mapping[tuple[str, str], int] = {}
         self._weights = np.zeros((0, FEATURE_DIM))
         self._intercepts = np.zeros(0)
-        self.published_version: int | None = None
-        """Set by whoever loaded these models from a published snapshot."""
+        self._published_version: int | None = None
+        self.version = "prior"
+        """The published model version serving (``m<N>``), ``prior`` before any; follows ``published_version``."""
 
     @property
     def updates(self) -> int:
@@ -60,9 +61,14 @@ class ModelBank:
         return self._updates
 
     @property
-    def version(self) -> str:
-        """The published model version serving (``m<N>``), ``prior`` before any."""
-        return "prior" if self.published_version is None else f"m{self.published_version}"
+    def published_version(self) -> int | None:
+        """Set by whoever loaded these models from a published snapshot."""
+        return self._published_version
+
+    @published_version.setter
+    def published_version(self, published: int | None) -> None:
+        self._published_version = published
+        self.version = "prior" if published is None else f"m{published}"
 
     def bind(self, snapshot: PolicySnapshot) -> None:
         """Align the scoring matrix with the arms of a (new) policy snapshot."""

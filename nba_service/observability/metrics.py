@@ -75,11 +75,15 @@ class Metrics:
         if counter is None:
             counter = self._decided_children[key] = self.decisions.labels(offer, channel)
         counter.inc()
-        for reason in filtered:
-            self.count_filtered(reason)
+        if filtered:  # one increment per reason code, not per filtered offer
+            tally: dict[str, int] = {}
+            for reason in filtered:
+                tally[reason] = tally.get(reason, 0) + 1
+            for reason, n in tally.items():
+                self.count_filtered(reason, n)
 
-    def count_filtered(self, reason: str) -> None:
+    def count_filtered(self, reason: str, n: int = 1) -> None:
         counter = self._filtered_children.get(reason)
         if counter is None:
             counter = self._filtered_children[reason] = self.offers_filtered.labels(reason)
-        counter.inc()
+        counter.inc(n)

@@ -56,7 +56,9 @@ class Change:
     def __str__(self) -> str:
         if not self.field:
             kind = "channel" if self.section == "channels" else "offer"
-            return f"+ {kind} {self.subject}: {self.new}" if self.old is None else f"- {kind} {self.subject}: {self.old}"
+            if self.old is None:
+                return f"+ {kind} {self.subject}: {self.new}"
+            return f"- {kind} {self.subject}: {self.old}"
         where = f"{self.subject}.{self.field}"
         if self.old is None:
             return f"{where}: + {self.new}"
@@ -156,7 +158,12 @@ def _plain(value: Any) -> str:
 
 
 def _show_limit(limit: Limit) -> str:
-    scope = f"channel: {limit.channel}, " if limit.channel else f"category: {limit.category}, " if limit.category else ""
+    if limit.channel:
+        scope = f"channel: {limit.channel}, "
+    elif limit.category:
+        scope = f"category: {limit.category}, "
+    else:
+        scope = ""
     return f"{{{scope}max: {limit.max}, per: {limit.per}}}"
 
 
@@ -244,7 +251,8 @@ def _limits(section: str, subject: str, field: str, old: Sequence[Limit], new: S
 def _settings_changes(old: PolicySet, new: PolicySet) -> list[Change]:
     a, b = old.settings, new.settings
     out = _field("settings", "settings", "no_action_threshold", a.no_action_threshold, b.no_action_threshold)
-    out += _field("settings", "settings", "preferred_channel_boost", a.preferred_channel_boost, b.preferred_channel_boost)
+    out += _field("settings", "settings", "preferred_channel_boost", a.preferred_channel_boost,
+                  b.preferred_channel_boost)
     out += _field("settings", "settings", "levers.global", a.global_lever, b.global_lever)
     out += _mapping("settings", "settings", "levers.categories", a.category_levers, b.category_levers)
     out += _limits("settings", "settings", "contact_limits", a.contact_limits, b.contact_limits)
@@ -271,7 +279,8 @@ def _entity_changes(section: str, old: Sequence[Any], new: Sequence[Any],
 
 def _channel_summary(c: ChannelSpec) -> str:
     kind = "reach" if c.needs_reachable else "session"
-    return f"{c.name} ({kind} channel" + (f", available when {c.available_when.source}" if c.available_when else "") + ")"
+    available = f", available when {c.available_when.source}" if c.available_when else ""
+    return f"{c.name} ({kind} channel{available})"
 
 
 def _other_fields(section: str, subject: str, a: Any, b: Any, known: set[str]) -> list[Change]:

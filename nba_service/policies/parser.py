@@ -27,6 +27,7 @@ nba_service.policies.model.PolicyValidationError: 1 problem(s) in the policy set
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from collections.abc import Mapping
 
@@ -57,7 +58,7 @@ _Part = tuple[_Node, Collector]
 """A section of one file, with the collector of that file."""
 
 
-def read_policy_dir(path: str | pathlib.Path) -> dict[str, str]:
+def read_policy_dir(path: str | os.PathLike[str]) -> dict[str, str]:
     """The text of every ``*.yaml``/``*.yml`` file in ``path``, by file name."""
     folder = pathlib.Path(path)
     if not folder.is_dir():

@@ -136,7 +136,7 @@ class Collector:
             return default
         value = node.value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.add(node, f"{where}: expected a number, got {value!r}")
+            self.add(node, f"{where}: expected a number, got {shown(value)}")
             return default
         if low is not None and (value < low or (low_open and value == low)):
             self.add(node, f"{where}: {value} must be {'>' if low_open else '>='} {low}")
@@ -148,7 +148,7 @@ class Collector:
         if node is None:
             return default
         if not isinstance(node.value, bool):
-            self.add(node, f"{where}: expected true or false, got {node.value!r}")
+            self.add(node, f"{where}: expected true or false, got {shown(node.value)}")
             return default
         return node.value
 
@@ -182,7 +182,7 @@ class Collector:
             return None
         source = node.value
         if not isinstance(source, str):
-            self.add(node, f"{where}: expected an expression in quotes, got {source!r}")
+            self.add(node, f"{where}: expected an expression in quotes, got {shown(source)}")
             return None
         try:
             return compile_expression(source, event_types=event_types, extra_names=extra_names,
@@ -209,7 +209,7 @@ class Collector:
                 continue
             maximum = fields["max"].value
             if isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 0:
-                self.add(fields["max"], f"{here}.max: expected a whole number >= 0, got {maximum!r}")
+                self.add(fields["max"], f"{here}.max: expected a whole number >= 0, got {shown(maximum)}")
                 continue
             try:
                 seconds = parse_duration(fields["per"].value)
@@ -234,7 +234,7 @@ class Collector:
                 return parse_iso(value)
             except ValueError:
                 pass
-        self.add(node, f"{where}: {value!r} is not an ISO date or date-time")
+        self.add(node, f"{where}: {shown(value)} is not an ISO date or date-time")
         return None
 
 

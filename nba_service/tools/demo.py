@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -68,7 +69,8 @@ async def _backend(stub: pb_grpc.DecisionServiceStub, mix: ScenarioMix, truth: C
             accepted = truth.accepts(segment, response.action.category, response.channel)
             outcome = pb.OUTCOME_KIND_ACCEPTED if accepted else pb.OUTCOME_KIND_DECLINED
             await stub.ReportOutcome(pb.OutcomeRequest(decision_id=response.decision_id, outcome=outcome), timeout=2)
-            tally.accepted.append((time.monotonic(), accepted, values.get(response.action.offer_id, 0.0) if accepted else 0.0))
+            value = values.get(response.action.offer_id, 0.0) if accepted else 0.0
+            tally.accepted.append((time.monotonic(), accepted, value))
             tally.model_version = response.model_version
         except grpc.aio.AioRpcError as exc:
             tally.errors[exc.code().name] += 1
@@ -82,7 +84,8 @@ async def _drive(port: int, customers: dict[str, str], values: dict[str, float],
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
         await asyncio.gather(*(
-            _backend(stub, ScenarioMix(sorted(customers), seed=seed * 100 + i), truth, customers, values, tally, deadline)
+            _backend(stub, ScenarioMix(sorted(customers), seed=seed * 100 + i), truth, customers, values, tally,
+                     deadline)
             for i in range(concurrency)))
     return tally
 
@@ -106,7 +109,8 @@ def _summary(tally: _Tally, duration: float, server: tuple[float, float] | None)
         lines.append(f"Decide latency seen by the backends: p50 {np.percentile(latencies, 50):.2f} ms, "
                      f"p99 {np.percentile(latencies, 99):.2f} ms (client and server share this machine)")
     if server:
-        lines.append(f"Decision time inside the server:    p50 {server[0] * 1000:.2f} ms, p99 {server[1] * 1000:.2f} ms")
+        lines.append(f"Decision time inside the server:    p50 {server[0] * 1000:.2f} ms, "
+                     f"p99 {server[1] * 1000:.2f} ms")
     no_action = sum(n for (offer, _), n in tally.by_action.items() if offer == "(no action)")
     lines.append(f"No action (nothing eligible, no consent, capped or not worth it): {no_action / max(total, 1):.1%}")
     lines.append("")
@@ -130,13 +134,14 @@ def _summary(tally: _Tally, duration: float, server: tuple[float, float] | None)
                      f"last third {sum(a for _, a, _ in late) / third:.1%}")
         lines.append(f"Value accepted per action sent (what arbitration maximises): first third "
                      f"{sum(v for *_, v in early) / third:.2f}, last third {sum(v for *_, v in late) / third:.2f}; "
-                     f"serving model version {tally.model_version} at the end (the learner publishes as outcomes come in)")
+                     f"serving model version {tally.model_version} at the end "
+                     f"(the learner publishes as outcomes come in)")
     if tally.errors:
         lines.append(f"Errors: {dict(tally.errors)}")
     return "\n".join(lines)
 
 
-def _wait_ready(path: pathlib.Path, process: subprocess.Popen[bytes], log: pathlib.Path) -> dict[str, object]:
+def _wait_ready(path: pathlib.Path, process: subprocess.Popen[bytes], log: pathlib.Path) -> dict[str, Any]:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if path.exists():
@@ -174,11 +179,11 @@ def run_demo(duration: float = 30.0, concurrency: int = 8, seed: int = 7, polici
             segments: dict[str, str] = {}
             client = redis.Redis.from_url(str(info["redis_url"]))
             try:
-                for path in (pathlib.Path(customers), population):
-                    report = import_customers(client, path, progress=False)
-                    print(f"loaded {report.loaded} customer profiles from {path.name} "
+                for source in (pathlib.Path(customers), population):
+                    report = import_customers(client, source, progress=False)
+                    print(f"loaded {report.loaded} customer profiles from {source.name} "
                           f"({len(report.refused)} refused)", flush=True)
-                    for line in path.read_text().splitlines():
+                    for line in source.read_text().splitlines():
                         if line.strip():
                             record = json.loads(line)
                             segments[record["customer_id"]] = record.get("segment", "")

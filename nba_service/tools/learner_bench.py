@@ -44,7 +44,8 @@ def run_learner_bench(outcomes: int = 50_000, arms: int = 100, seed: int = 1, sn
                 for i in range(outcomes):
                     arm = rng.randrange(arms)
                     pipe.xadd(keys.OUTCOME_STREAM, {
-                        "decision_id": f"d{i}", "offer_id": f"offer_{arm // 3}", "channel": ("push", "sms", "email")[arm % 3],
+                        "decision_id": f"d{i}", "offer_id": f"offer_{arm // 3}",
+                        "channel": ("push", "sms", "email")[arm % 3],
                         "features": _features(rng), "reward": "1" if rng.random() < 0.15 else "0", "prior": "0.1",
                         "outcome": "accepted"})
                     if i % 5000 == 4999:

@@ -3,10 +3,11 @@
 With ``NBA_MODE=apprentice`` the rules decide and the learned policy's choice
 is logged with every decision; with ``learned+shadow`` it is the other way
 round; with ``learned+challenger`` the learned policy decides and a second
-learned policy (the learner's challenger models) is logged. Once outcomes have settled the logged decisions, this report compares
-the served policy's observed reward with off-policy estimates (IPS,
-self-normalised IPS, doubly robust) of the shadow policy's, each with a 95%
-confidence interval, before anyone promotes it.
+learned policy (the learner's challenger models) is logged. Once outcomes have
+settled the logged decisions, this report compares the served policy's observed
+reward with off-policy estimates (IPS, self-normalised IPS, doubly robust) of
+the shadow policy's, each with a 95% confidence interval, before anyone
+promotes it.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def shadow_report(client: redis.Redis) -> dict[str, Any]:
         pairs.setdefault(_pair(row[0]), []).append(row)
     (served_policy, shadow_policy), rows = max(pairs.items(), key=lambda item: len(item[1]))
     rewards = np.array([1.0 if learned in REWARDING else 0.0 for _, learned in rows])
-    logged = np.array([float(r["propensity"]) for r, _ in rows])
+    propensities = np.array([float(r["propensity"]) for r, _ in rows])
     same = np.array([1.0 if (r["shadow"]["offer_id"], r["shadow"]["channel"]) == (r["offer_id"], r["channel"]) else 0.0
                      for r, _ in rows])
     q_logged = np.array([float(r["shadow"].get("p_served", 0.0)) for r, _ in rows])
@@ -78,8 +79,8 @@ def shadow_report(client: redis.Redis) -> dict[str, Any]:
         "shadow": {
             "policy": shadow_policy,
             "agreement": float(same.mean()),
-            "ips": ips(rewards, logged, same).as_dict(),
-            "snips": snips(rewards, logged, same).as_dict(),
-            "doubly_robust": doubly_robust(rewards, logged, same, q_logged, v_target).as_dict(),
+            "ips": ips(rewards, propensities, same).as_dict(),
+            "snips": snips(rewards, propensities, same).as_dict(),
+            "doubly_robust": doubly_robust(rewards, propensities, same, q_logged, v_target).as_dict(),
         },
     }

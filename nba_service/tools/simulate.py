@@ -188,9 +188,10 @@ class SimulationResult:
         return self.reward[policy] / self.reward["oracle"]
 
     def to_json(self) -> dict[str, Any]:
-        policies = {p: {"reward": self.reward[p], "share_of_oracle": self.share(p), "expected_reward": self.expected[p],
-                        "expected_share_of_oracle": self.expected[p] / self.expected["oracle"],
-                        "regret": float(self.regret[p][-1])} for p in POLICIES}
+        policies: dict[str, dict[str, Any]] = {
+            p: {"reward": self.reward[p], "share_of_oracle": self.share(p), "expected_reward": self.expected[p],
+                "expected_share_of_oracle": self.expected[p] / self.expected["oracle"],
+                "regret": float(self.regret[p][-1])} for p in POLICIES}
         policies["rules"]["offer"] = self.rules_offer
         policies["learned"]["last_tenth_expected_share"] = self.last_share
         policies["best_fixed"] = {"offer": self.best_fixed_offer, "expected_reward": self.best_fixed_expected,
@@ -242,10 +243,12 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulationResult:
         accepts = rng.random() < p  # common random numbers: the same customer answer for every policy
         fixed += worth
         decision = engine.decide(snapshot, CustomerContext(profiles[segment], now=_NOW), event, top_k=0)
-        learned = index[decision.offer_id] if decision.offer_id is not None else -1
-        if learned >= 0:
+        if decision.offer_id is not None:
+            learned = index[decision.offer_id]
             bank.learn(decision.offer_id, decision.channel, decision.features, float(accepts[learned]),
                        priors[decision.offer_id])
+        else:
+            learned = -1
         choices = {"oracle": int(np.argmax(worth)), "learned": learned, "rules": rules,
                    "random": int(rng.integers(len(OFFERS)))}
         for name, a in choices.items():

@@ -7,15 +7,17 @@ import math
 import pathlib
 import re
 import shutil
+import time
 
 import pytest
 import redis
 
+from nba_service.api.event_log import read_requests, request_to_line, to_timed_request
 from nba_service.cli import main
 from nba_service.domain import CustomerProfile
-from nba_service.api.event_log import read_requests, to_timed_request
+from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.store import codec, keys
-from tests.conftest import SAMPLE_POLICIES
+from tests.conftest import SAMPLE_POLICIES, atm_decline, daytime_zone, profile
 
 START = "2026-06-08T00:00:00Z"
 EVENTS = 600
@@ -169,6 +171,50 @@ def test_preview_reports_refused_lines_and_a_missing_live_version(capsys, redis_
     assert code == 2
     assert "1 line(s) of" in out and "line 2: event.atm_decline.amount: must not be negative" in out
     assert "decisions  1  1" in re.sub(" +", "  ", out)
+
+
+MICRO_LOAN_LIMITS = "    limits:\n      - {max: 2, per: 30d}\n      - {channel: push, max: 1, per: 1d}\n"
+
+
+def test_preview_suppresses_a_declined_offer_as_the_server_does(capsys, redis_url, redis_client, start_server,
+                                                                  tmp_path):
+    # micro_loan without its own limits (and lending not capped at 2 a week), so only its declines stop it;
+    # live suppresses it after 2 declines in 30 days, the candidate only after 3
+    sets = {}
+    for name, declines in (("live", 2), ("candidate", 3)):
+        folder = sets[name] = tmp_path / name
+        shutil.copytree(SAMPLE_POLICIES, folder)
+        edit(folder / "bank.yaml", MICRO_LOAN_LIMITS, f"    suppress_after: {{declines: {declines}, per: 30d}}\n")
+        edit(folder / "settings.yaml", "{category: lending, max: 2, per: 7d}", "{category: lending, max: 9, per: 7d}")
+    code, _, err = nba(capsys, "policy", "publish", str(sets["live"]), "--redis-url", redis_url)
+    assert code == 0, err
+    server = start_server()
+    # a student with a fair score: the micro-loan is the best action for them at an ATM
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(
+        "s1", segment="student", channels=("push",), timezone=daytime_zone(), credit_score="600")), timeout=5)
+    for _ in range(2):
+        decision = server.stub.Decide(atm_decline("s1", amount=60, balance=10), timeout=5)
+        assert decision.action.offer_id == "micro_loan"
+        server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
+                                                    outcome=pb.OUTCOME_KIND_DECLINED), timeout=5)
+    events = tmp_path / "events.jsonl"
+    events.write_text(request_to_line(atm_decline("s1", amount=60, balance=10), time.time()) + "\n")
+
+    code, out, err = nba(capsys, "policy", "preview", str(sets["candidate"]), "--events", str(events),
+                         "--customers-from-redis", "--redis-url", redis_url)
+    third = server.stub.Decide(atm_decline("s1", amount=60, balance=10), timeout=5)  # from the same stored state
+
+    assert third.action.offer_id not in ("", "micro_loan")
+    reason = next(r for r in third.reasons if r.offer_id == "micro_loan")
+    assert (reason.code, reason.detail) == ("suppressed", "declined 2 times in 30d")
+    assert code == 0, err
+    assert "customers: 1 found in Redis, 0 unknown" in out
+    assert rows(out, "micro_loan") == (0, 1)  # live (as the server) never chose it; the candidate still does
+    assert rows(out, third.action.offer_id) == (1, 0)  # live chose what the server chose
+    assert "changed decisions: 1 of 1" in out
+    assert f"    v1: {third.action.offer_id} on {third.channel}, score " in out
+    assert "      micro_loan: suppressed: declined 2 times in 30d" in out  # why live did not pick it
+    assert re.search(r"^    candidate: micro_loan on \w+, score ", out, re.MULTILINE)  # channel: as the model learned
 
 
 AT = "2026-06-10T14:00:00+02:00"  # afternoon in Madrid: no quiet hours

@@ -206,3 +206,20 @@ def test_condition_and_place_mistakes(settings, offer_rule, message):
     issues = _issues({"channels.yaml": CHANNELS, "offers.yaml": offer, "places.yaml": PLACES,
                       "settings.yaml": settings_text})
     assert any(message in i for i in issues), issues
+
+
+@pytest.mark.parametrize(("file", "text", "where", "message"), [
+    ("settings.yaml", "settings:\n  levers:\n    categories:\n      lending: {boost: 2}\n", "settings.yaml:4:",
+     "settings.levers.categories.lending: expected a number, got a mapping"),
+    ("offers.yaml", OFFER.replace('loan_amount: "round_up(event.shortfall, 50)"', "loan_amount: [event.shortfall, 50]"),
+     "offers.yaml:11:", "offers[0] (micro_loan).variables.loan_amount: expected an expression in quotes, got a list"),
+    ("offers.yaml", OFFER.replace("{max: 2, per: 30d}", "{max: [2], per: 30d}"), "offers.yaml:16:",
+     "offers[0] (micro_loan).limits[0].max: expected a whole number >= 0, got a list"),
+    ("offers.yaml", OFFER.replace("    limits:", "    valid_from: {day: 1}\n    limits:"), "offers.yaml:15:",
+     "offers[0] (micro_loan).valid_from: a mapping is not an ISO date or date-time"),
+], ids=["number", "expression", "limit max", "date"])
+def test_a_mapping_or_list_where_a_value_belongs_is_named_by_its_kind(file, text, where, message):
+    files = {"channels.yaml": CHANNELS, "offers.yaml": OFFER, file: text}
+    issues = _issues(files)
+    assert any(i.startswith(where) and message in i for i in issues), issues
+    assert not any("_Node" in i or "object at 0x" in i for i in issues), issues

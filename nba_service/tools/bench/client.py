@@ -83,7 +83,8 @@ class Sampler:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self._histogram = scrape.scrape_histogram(target.metrics_url, DECISION_HISTOGRAM) if target.metrics_url else None
+        self._histogram = (scrape.scrape_histogram(target.metrics_url, DECISION_HISTOGRAM) if target.metrics_url
+                           else None)
         self._cpu = _cpu_seconds(target.pid, target.redis_pid)
         self._redis_cpu = _cpu_seconds(target.redis_pid)
 
@@ -173,7 +174,8 @@ async def measure_sequential(targets: Sequence[Target], requests: Sequence[pb.De
         for channel in channels:
             await channel.close()
     results = []
-    for target, sampler, seconds, errs, size, lat in zip(targets, samplers, elapsed, errors, sizes, latencies, strict=False):
+    for target, sampler, seconds, errs, size, lat in zip(targets, samplers, elapsed, errors, sizes, latencies,
+                                                         strict=False):
         if not lat:
             raise BenchError(f"every sequential call to {target.name} failed: {dict(errs)}")
         step = Step(1, len(lat), dict(errs), seconds, _us(lat, 50), _us(lat, 99), len(lat) / seconds, 0.0)

@@ -123,8 +123,8 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
     client: redis.Redis | None = None
     redis_pid: int | None = None
     try:
-        echo = spawn("echo", ["nba_service.tools.bench", "echo", "--port", "0", "--ready-file", str(work / "echo.json")],
-                     work)
+        echo = spawn("echo", ["nba_service.tools.bench", "echo", "--port", "0",
+                              "--ready-file", str(work / "echo.json")], work)
         started.append(echo)
         nba = spawn("nba-serve", ["nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
                                   "--data-dir", str(work / "data"), "--policies", str(policies),

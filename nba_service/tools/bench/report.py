@@ -27,7 +27,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"{', '.join(map(str, config['concurrency']))} calls in flight x {config['seconds']:g} s over "
         f"{config.get('connections', 1)} connections per server",
         f"machine: {m['cores']} cores ({m['cpu'] or 'unknown CPU'}), Python {m['python']}, grpcio {m['grpc']}; "
-        f"load average {result['load_average']['before'][0]:.2f} before, {result['load_average']['after'][0]:.2f} after",
+        f"load average {result['load_average']['before'][0]:.2f} before, "
+        f"{result['load_average']['after'][0]:.2f} after",
         "",
         f"{'':34}{'Echo':>10}{'Echo+Redis':>12}{'Decide':>10}{'Decide/Echo':>13}",
         f"{'sequential p50 (µs)':34}{_n(echo['p50_us']):>10}{_n(floor['p50_us']):>12}{_n(decide['p50_us']):>10}"
@@ -75,7 +76,8 @@ def format_sweep(result: dict[str, Any]) -> str:
         + (f", {config['customers']:,} customers" if kind == "offers" else
            f", {'policies/' if config['offers'] is None else str(config['offers']) + ' generated offers'}"),
         f"machine: {m['cores']} cores ({m['cpu'] or 'unknown CPU'}), Python {m['python']}, grpcio {m['grpc']}; "
-        f"load average {result['load_average']['before'][0]:.2f} before, {result['load_average']['after'][0]:.2f} after",
+        f"load average {result['load_average']['before'][0]:.2f} before, "
+        f"{result['load_average']['after'][0]:.2f} after",
         f"echo: p50 {_n(result['echo']['p50_us'])} µs, p99 {_n(result['echo']['p99_us'])} µs",
         "",
     ]
@@ -108,7 +110,8 @@ def format_sweep(result: dict[str, Any]) -> str:
         if "p50_change" in result:
             lines.append("")
             lines.append(f"from {points[0]['customers']:,} to {points[-1]['customers']:,} customers: p50 "
-                         f"{result['p50_change']:+.1%}, server p50 {result.get('server_p50_change', float('nan')):+.1%}, "
+                         f"{result['p50_change']:+.1%}, "
+                         f"server p50 {result.get('server_p50_change', float('nan')):+.1%}, "
                          f"server RSS {result['server_rss_change']:+.1%}")
     return "\n".join(lines)
 
