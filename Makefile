@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NBA    := $(VENV)/bin/nba
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test proto serve load bench clean
+.PHONY: install demo test lint proto serve load bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ install: $(STAMP)  ## make the venv and install nba with its dev tools
 demo: install  ## embedded Redis + server + sample policies + 30 s of simulated traffic
 	$(NBA) demo
 
-test: install  ## the whole test suite, against a real Redis and real gRPC servers
+test: lint  ## lint and types, then the whole test suite, against a real Redis and real gRPC servers
 	$(PY) -m pytest
+
+lint: install  ## ruff (lint + format check) and mypy over nba_service/, as configured in pyproject.toml
+	$(VENV)/bin/ruff check nba_service
+	$(VENV)/bin/ruff format --check nba_service
+	$(VENV)/bin/mypy
 
 proto: install  ## regenerate the committed gRPC stubs from protos/
 	$(PY) protos/generate.py

@@ -68,12 +68,22 @@ class RecordedDecision:
 class DataPlane:
     """Decisions, outcomes and customer views over Redis state and the live policy."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis, sync_client: redis.Redis, metrics: Metrics,
-                 redis_url: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        sync_client: redis.Redis,
+        metrics: Metrics,
+        redis_url: str = "",
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.state = StateStore(client, decision_ttl_seconds=settings.decision_ttl_seconds,
-                                journey_max_events=settings.journey_max_events, url=redis_url or settings.redis_url)
+        self.state = StateStore(
+            client,
+            decision_ttl_seconds=settings.decision_ttl_seconds,
+            journey_max_events=settings.journey_max_events,
+            url=redis_url or settings.redis_url,
+        )
         self._redis = client
         self._policies = PolicyStore(sync_client)
         self._model_store = ModelStore(sync_client)
@@ -82,12 +92,19 @@ class DataPlane:
         """The learner's challenger models, when it trains some (mode ``learned+challenger``)."""
         self.rules = ModelBank()
         """No learned models: every arm scores its offer's prior (what the rules alone would do)."""
-        self.engine = DecisionEngine(self.models, make_explorer(settings.strategy, epsilon=settings.epsilon,
-                                                               temperature=settings.temperature, seed=settings.seed))
+        self.engine = DecisionEngine(
+            self.models,
+            make_explorer(
+                settings.strategy, epsilon=settings.epsilon, temperature=settings.temperature, seed=settings.seed
+            ),
+        )
         self.preview_engine = DecisionEngine(self.models, EpsilonGreedy(0.0))
-        self.rules_engine = DecisionEngine(self.rules, make_explorer(settings.strategy, epsilon=settings.epsilon,
-                                                                     temperature=settings.temperature,
-                                                                     seed=settings.seed))
+        self.rules_engine = DecisionEngine(
+            self.rules,
+            make_explorer(
+                settings.strategy, epsilon=settings.epsilon, temperature=settings.temperature, seed=settings.seed
+            ),
+        )
         self.rules_preview_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
         self.challenger_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
         """Greedy over the challenger's models once they are loaded (the priors until then)."""
@@ -127,10 +144,10 @@ class DataPlane:
         if self.snapshot is not None:
             models.bind(self.snapshot)
         if self.settings.mode is ServingMode.LEARNED_CHALLENGER:
-            data = await asyncio.to_thread(self._model_store.load_challenger)
-            if data:
+            challenger_data = await asyncio.to_thread(self._model_store.load_challenger)
+            if challenger_data:
                 try:
-                    challenger = await asyncio.to_thread(ModelBank.from_bytes, data)
+                    challenger = await asyncio.to_thread(ModelBank.from_bytes, challenger_data)
                     challenger.published_version = live
                     if self.snapshot is not None:
                         challenger.bind(self.snapshot)
@@ -150,8 +167,11 @@ class DataPlane:
         A version that fails to compile is reported and the last good one kept.
         """
         live = await asyncio.to_thread(self._policies.live)
-        if live is None or live == self._refused_version or (
-                self.snapshot is not None and self.snapshot.version == str(live)):
+        if (
+            live is None
+            or live == self._refused_version
+            or (self.snapshot is not None and self.snapshot.version == str(live))
+        ):
             return False
         try:
             published = await asyncio.to_thread(self._policies.load, live)
@@ -159,8 +179,12 @@ class DataPlane:
         except (PolicyValidationError, KeyError, ValueError) as exc:
             self._refused_version = live  # reported once; tried again only when the live pointer moves
             self.metrics.policy_reloads.labels("failed").inc()
-            log.error("policy version %s refused, still serving %s: %s", live,
-                      self.snapshot.version if self.snapshot else "nothing", exc)
+            log.error(
+                "policy version %s refused, still serving %s: %s",
+                live,
+                self.snapshot.version if self.snapshot else "nothing",
+                exc,
+            )
             return False
         self.models.bind(snapshot)
         self.rules.bind(snapshot)
@@ -169,7 +193,9 @@ class DataPlane:
         self.snapshot = snapshot
         self.metrics.policy_version.set(live)
         self.metrics.policy_reloads.labels("loaded").inc()
-        log.info("serving policy version %s (%d offers, %d channels)", live, len(snapshot.offers), len(snapshot.channels))
+        log.info(
+            "serving policy version %s (%d offers, %d channels)", live, len(snapshot.offers), len(snapshot.channels)
+        )
         return True
 
     # --- requests -------------------------------------------------------------------
@@ -186,32 +212,45 @@ class DataPlane:
         request_id = request.request_id or os.urandom(16).hex()
         now = time.time()
         for _ in range(CONTENTION_RETRIES):
-            ctx = await self._read_context(snapshot, request.customer_id, now, request.origin_channel,
-                                           request.attributes)
+            ctx = await self._read_context(
+                snapshot, request.customer_id, now, request.origin_channel, request.attributes
+            )
             result, decision_id, decision = await self._decide_and_record(snapshot, ctx, request, request_id)
             if result is WriteResult.WRITTEN:
                 break
             now = time.time()  # CONTACTS_CHANGED: another request reached this customer first; read again
         else:
             self.metrics.redis_errors.labels("contention").inc()
-            raise StoreUnavailableError("too many simultaneous decisions for this customer; nothing was recorded, retry")
-        self.metrics.observe_decision(request.event.type, time.perf_counter() - started, decision.offer_id or "none",
-                                      decision.channel or "none",
-                                      [r.code for r in decision.reasons if r.offer_id and r.code != "chosen"])
+            raise StoreUnavailableError(
+                "too many simultaneous decisions for this customer; nothing was recorded, retry"
+            )
+        self.metrics.observe_decision(
+            request.event.type,
+            time.perf_counter() - started,
+            decision.offer_id or "none",
+            decision.channel or "none",
+            [r.code for r in decision.reasons if r.offer_id and r.code != "chosen"],
+        )
         return RecordedDecision(decision_id, request_id, decision)
 
-    async def _read_context(self, snapshot: PolicySnapshot, customer_id: str, now: float, origin_channel: str,
-                            attributes: Mapping[str, str]) -> CustomerContext:
+    async def _read_context(
+        self, snapshot: PolicySnapshot, customer_id: str, now: float, origin_channel: str, attributes: Mapping[str, str]
+    ) -> CustomerContext:
         try:
-            return await self.state.read_context(customer_id, now, origin_channel=origin_channel,
-                                                 request_attributes=attributes,
-                                                 contact_window=snapshot.max_limit_window,
-                                                 suppression_window=snapshot.max_suppression_window)
+            return await self.state.read_context(
+                customer_id,
+                now,
+                origin_channel=origin_channel,
+                request_attributes=attributes,
+                contact_window=snapshot.max_limit_window,
+                suppression_window=snapshot.max_suppression_window,
+            )
         except redis.RedisError as exc:
             raise self._unavailable("read_context", exc) from exc
 
-    async def _decide_and_record(self, snapshot: PolicySnapshot, ctx: CustomerContext, request: DecisionRequest,
-                                 request_id: str) -> tuple[WriteResult, str, Decision]:
+    async def _decide_and_record(
+        self, snapshot: PolicySnapshot, ctx: CustomerContext, request: DecisionRequest, request_id: str
+    ) -> tuple[WriteResult, str, Decision]:
         """Decide and record atomically; an offer whose budget is gone is ruled out and the moment decided again."""
         exhausted = self._exhausted_budgets(ctx.now)
         for _ in range(len(snapshot.offers) + 1):  # each retry rules one more offer out: bounded
@@ -220,13 +259,25 @@ class DataPlane:
             offer = snapshot.offers[snapshot.offer_index[decision.offer_id]] if decision.offer_id else None
             budget = None
             if offer is not None and offer.budget is not None:
-                budget = Budget(budget_key(offer.id, offer.budget.per_seconds, ctx.now), offer.budget.max,
-                                int(offer.budget.per_seconds) + 60)
+                budget = Budget(
+                    budget_key(offer.id, offer.budget.per_seconds, ctx.now),
+                    offer.budget.max,
+                    int(offer.budget.per_seconds) + 60,
+                )
             try:
                 result = await self.state.write_decision(
-                    decision_id, request_id, ctx, request.event, decision, contact_window=snapshot.max_limit_window,
-                    prior=offer.prior if offer else 0.0, attribution_seconds=self.settings.attribution_seconds,
-                    shadow=shadow, budget=budget, reward_on=offer.reward if offer else "accepted")
+                    decision_id,
+                    request_id,
+                    ctx,
+                    request.event,
+                    decision,
+                    contact_window=snapshot.max_limit_window,
+                    prior=offer.prior if offer else 0.0,
+                    attribution_seconds=self.settings.attribution_seconds,
+                    shadow=shadow,
+                    budget=budget,
+                    reward_on=offer.reward if offer else "accepted",
+                )
             except redis.RedisError as exc:
                 raise self._unavailable("write_decision", exc) from exc
             if result is not WriteResult.BUDGET_USED_UP or offer is None or offer.budget is None:
@@ -236,8 +287,9 @@ class DataPlane:
             exhausted = exhausted | {offer.id}
         raise AssertionError("unreachable: every budgeted offer was ruled out")
 
-    def _decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int,
-                exhausted: frozenset[str]) -> tuple[Decision, dict[str, object] | None]:
+    def _decide(
+        self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int, exhausted: frozenset[str]
+    ) -> tuple[Decision, dict[str, object] | None]:
         """The served decision, and what the mode's other policy would have chosen (None: not logged)."""
         mode = self.settings.mode
         if mode is ServingMode.APPRENTICE:
@@ -245,11 +297,11 @@ class DataPlane:
             return decision, self._shadow(self.preview_engine, "learned", snapshot, ctx, event, decision, exhausted)
         decision = self.engine.decide(snapshot, ctx, event, top_k=top_k, exhausted=exhausted)
         if mode is ServingMode.LEARNED_SHADOW:
-            return decision, self._shadow(self.rules_preview_engine, "rules", snapshot, ctx, event, decision,
-                                          exhausted)
+            return decision, self._shadow(self.rules_preview_engine, "rules", snapshot, ctx, event, decision, exhausted)
         if mode is ServingMode.LEARNED_CHALLENGER and self.challenger is not None:  # nothing to log before the first
-            return decision, self._shadow(self.challenger_engine, "challenger", snapshot, ctx, event, decision,
-                                          exhausted)
+            return decision, self._shadow(
+                self.challenger_engine, "challenger", snapshot, ctx, event, decision, exhausted
+            )
         return decision, None
 
     def _exhausted_budgets(self, now: float) -> frozenset[str]:
@@ -260,8 +312,16 @@ class DataPlane:
             del self._exhausted[offer_id]
         return frozenset(self._exhausted)
 
-    def _shadow(self, engine: DecisionEngine, policy: str, snapshot: PolicySnapshot, ctx: CustomerContext,
-                event: Event, served: Decision, exhausted: frozenset[str]) -> dict[str, object]:
+    def _shadow(
+        self,
+        engine: DecisionEngine,
+        policy: str,
+        snapshot: PolicySnapshot,
+        ctx: CustomerContext,
+        event: Event,
+        served: Decision,
+        exhausted: frozenset[str],
+    ) -> dict[str, object]:
         """What the ``policy`` engine would have chosen (greedily), logged for off-policy evaluation.
 
         Also the learned models' P(accept) of the served and of the shadow action, the reward
@@ -269,10 +329,14 @@ class DataPlane:
         """
         other = engine.decide(snapshot, ctx, event, top_k=0, exhausted=exhausted)  # the served choice's budgets
         x = vectorize(served.features)
-        return {"policy": policy, "served": "rules" if self.settings.mode is ServingMode.APPRENTICE else "learned",
-                "offer_id": other.offer_id or "", "channel": other.channel,
-                "p_served": self._learned_propensity(snapshot, served, x),
-                "p_shadow": self._learned_propensity(snapshot, other, x)}
+        return {
+            "policy": policy,
+            "served": "rules" if self.settings.mode is ServingMode.APPRENTICE else "learned",
+            "offer_id": other.offer_id or "",
+            "channel": other.channel,
+            "p_served": self._learned_propensity(snapshot, served, x),
+            "p_shadow": self._learned_propensity(snapshot, other, x),
+        }
 
     def _learned_propensity(self, snapshot: PolicySnapshot, decision: Decision, x: np.ndarray) -> float:
         """The learned models' P(accept) of a decision's arm; 0 for no action."""
@@ -293,8 +357,9 @@ class DataPlane:
         self.metrics.outcomes.labels(outcome.value).inc()
         return recorded
 
-    async def customer_context(self, customer_id: str, max_events: int, include_best_actions: bool,
-                               top_k: int = 3) -> tuple[CustomerView, tuple[Alternative, ...], str]:
+    async def customer_context(
+        self, customer_id: str, max_events: int, include_best_actions: bool, top_k: int = 3
+    ) -> tuple[CustomerView, tuple[Alternative, ...], str]:
         try:
             view = await self.state.customer_view(customer_id, max_events)
         except redis.RedisError as exc:
@@ -308,8 +373,9 @@ class DataPlane:
     async def _preview_best(self, snapshot: PolicySnapshot, customer_id: str, top_k: int) -> tuple[Alternative, ...]:
         """The best actions for an agent contact now, decided without recording anything."""
         ctx = await self._read_context(snapshot, customer_id, time.time(), "agent_desktop", {})
-        decision = self.preview_engine.decide(snapshot, ctx, Event("agent_contact", {"agent_id": "", "reason": ""}),
-                                              top_k=top_k)
+        decision = self.preview_engine.decide(
+            snapshot, ctx, Event("agent_contact", {"agent_id": "", "reason": ""}), top_k=top_k
+        )
         if decision.no_action:
             return ()
         return (Alternative(decision.offer_id or "", decision.channel, decision.score), *decision.alternatives)[:top_k]

@@ -134,8 +134,7 @@ class Settings:
             raise SettingsError("challenger_learning_rate: must be >= 0 (0: no challenger)")
 
 
-_ENUMS: dict[str, type[enum.StrEnum]] = {"strategy": ExplorationStrategy, "mode": ServingMode,
-                                         "learner": LearnerMode}
+_ENUMS: dict[str, type[enum.StrEnum]] = {"strategy": ExplorationStrategy, "mode": ServingMode, "learner": LearnerMode}
 """Settings whose value is one of a closed set: given as text, kept as the enum."""
 
 

@@ -30,8 +30,16 @@ from nba_service.domain.validation import (
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 
 __all__ = [
-    "ValidationError", "check_id", "decision_request_from_proto", "event_from_proto", "outcome_from_proto", "profile_from_proto", "to_context_response",
-    "to_decide_response", "to_profile", "top_k_from_proto",
+    "ValidationError",
+    "check_id",
+    "decision_request_from_proto",
+    "event_from_proto",
+    "outcome_from_proto",
+    "profile_from_proto",
+    "to_context_response",
+    "to_decide_response",
+    "to_profile",
+    "top_k_from_proto",
 ]
 
 MAX_TOP_K = 20
@@ -58,30 +66,42 @@ def event_from_proto(msg: pb.Event, present: bool) -> Event:
         amount = check_amount(f"{where}.amount", e.amount)
         balance = check_amount(f"{where}.balance", e.balance, allow_negative=True)  # overdrawn accounts exist
         _text(f"{where}.currency", e.currency)
-        return Event(kind, {
-            "amount": amount, "balance": balance, "currency": e.currency, "atm_id": _text(f"{where}.atm_id", e.atm_id),
-            "latitude": check_coordinate(f"{where}.latitude", e.latitude, 90),
-            "longitude": check_coordinate(f"{where}.longitude", e.longitude, 180),
-            "shortfall": max(0.0, amount - balance),
-        })
+        return Event(
+            kind,
+            {
+                "amount": amount,
+                "balance": balance,
+                "currency": e.currency,
+                "atm_id": _text(f"{where}.atm_id", e.atm_id),
+                "latitude": check_coordinate(f"{where}.latitude", e.latitude, 90),
+                "longitude": check_coordinate(f"{where}.longitude", e.longitude, 180),
+                "shortfall": max(0.0, amount - balance),
+            },
+        )
     if kind == "location":
         e = msg.location
-        return Event(kind, {
-            "latitude": check_coordinate(f"{where}.latitude", e.latitude, 90),
-            "longitude": check_coordinate(f"{where}.longitude", e.longitude, 180),
-            "accuracy_m": check_amount(f"{where}.accuracy_m", e.accuracy_m),
-            "place_id": _text(f"{where}.place_id", e.place_id),
-        })
+        return Event(
+            kind,
+            {
+                "latitude": check_coordinate(f"{where}.latitude", e.latitude, 90),
+                "longitude": check_coordinate(f"{where}.longitude", e.longitude, 180),
+                "accuracy_m": check_amount(f"{where}.accuracy_m", e.accuracy_m),
+                "place_id": _text(f"{where}.place_id", e.place_id),
+            },
+        )
     if kind == "cart_abandon":
         e = msg.cart_abandon
         if len(e.item_ids) > MAX_ITEMS:
             raise ValidationError(f"{where}.item_ids", f"has {len(e.item_ids)} items, at most {MAX_ITEMS} are allowed")
-        return Event(kind, {
-            "cart_id": _text(f"{where}.cart_id", e.cart_id),
-            "cart_value": check_amount(f"{where}.cart_value", e.cart_value),
-            "currency": _text(f"{where}.currency", e.currency),
-            "item_count": len(e.item_ids),
-        })
+        return Event(
+            kind,
+            {
+                "cart_id": _text(f"{where}.cart_id", e.cart_id),
+                "cart_value": check_amount(f"{where}.cart_value", e.cart_value),
+                "currency": _text(f"{where}.currency", e.currency),
+                "item_count": len(e.item_ids),
+            },
+        )
     if kind == "app_open":
         return Event(kind, {"screen": _text(f"{where}.screen", msg.app_open.screen)})
     if kind == "page_view":
@@ -89,12 +109,15 @@ def event_from_proto(msg: pb.Event, present: bool) -> Event:
         return Event(kind, {"url": _text(f"{where}.url", e.url), "page_type": _text(f"{where}.page_type", e.page_type)})
     if kind == "agent_contact":
         e = msg.agent_contact
-        return Event(kind, {"agent_id": _text(f"{where}.agent_id", e.agent_id), "reason": _text(f"{where}.reason", e.reason)})
+        return Event(
+            kind, {"agent_id": _text(f"{where}.agent_id", e.agent_id), "reason": _text(f"{where}.reason", e.reason)}
+        )
     e = msg.custom
     if not e.name:
         raise ValidationError(f"{where}.name", "is required")
-    return Event("custom", {"name": _text(f"{where}.name", e.name)},
-                 dict(check_attributes(f"{where}.attributes", e.attributes)))
+    return Event(
+        "custom", {"name": _text(f"{where}.name", e.name)}, dict(check_attributes(f"{where}.attributes", e.attributes))
+    )
 
 
 def _text(field: str, value: str) -> str:
@@ -128,13 +151,17 @@ def to_decide_response(decision_id: str, request_id: str, decision: Decision) ->
         decision_id=decision_id,
         request_id=request_id,
         no_action=decision.no_action,
-        action=None if decision.no_action else pb.Action(
-            offer_id=decision.offer_id, name=decision.offer_name, category=decision.category, content=decision.content),
+        action=None
+        if decision.no_action
+        else pb.Action(
+            offer_id=decision.offer_id, name=decision.offer_name, category=decision.category, content=decision.content
+        ),
         channel=decision.channel,
         score=decision.score,
         propensity=decision.propensity,
-        alternatives=[pb.Alternative(offer_id=a.offer_id, channel=a.channel, score=a.score)
-                      for a in decision.alternatives],
+        alternatives=[
+            pb.Alternative(offer_id=a.offer_id, channel=a.channel, score=a.score) for a in decision.alternatives
+        ],
         reasons=[pb.Reason(offer_id=r.offer_id, code=r.code, detail=r.detail) for r in decision.reasons],
         policy_version=decision.policy_version,
         model_version=decision.model_version,
@@ -164,16 +191,18 @@ def profile_from_proto(msg: pb.CustomerProfile) -> CustomerProfile:
         if not consent.channel:
             raise ValidationError(f"profile.consents[{i}].channel", "is required")
         consents[consent.channel] = consent.granted
-    return check_profile(CustomerProfile(
-        customer_id=msg.customer_id,
-        first_name=msg.first_name,
-        segment=msg.segment,
-        preferred_channel=msg.preferred_channel,
-        reachable_channels=frozenset(msg.reachable_channels),
-        consents=consents,
-        timezone=msg.timezone or "UTC",
-        attributes=dict(msg.attributes),
-    ))
+    return check_profile(
+        CustomerProfile(
+            customer_id=msg.customer_id,
+            first_name=msg.first_name,
+            segment=msg.segment,
+            preferred_channel=msg.preferred_channel,
+            reachable_channels=frozenset(msg.reachable_channels),
+            consents=consents,
+            timezone=msg.timezone or "UTC",
+            attributes=dict(msg.attributes),
+        )
+    )
 
 
 def to_profile(profile: CustomerProfile) -> pb.CustomerProfile:
@@ -202,17 +231,36 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def to_context_response(view: CustomerView, best: tuple[Alternative, ...], policy_version: str) -> pb.CustomerContextResponse:
+def to_context_response(
+    view: CustomerView, best: tuple[Alternative, ...], policy_version: str
+) -> pb.CustomerContextResponse:
     return pb.CustomerContextResponse(
         profile=to_profile(view.profile),
         known=view.profile.known,
-        journey=[pb.JourneyEvent(timestamp_ms=int(e.timestamp * 1000), type=e.type, origin_channel=e.origin_channel,
-                                 fields=_stringify(e.fields)) for e in view.journey],
-        open_journeys=[pb.OpenJourney(kind=j.kind, id=j.id, opened_ms=int(j.opened * 1000), fields=_stringify(dict(j.fields)))
-                       for j in view.open_journeys],
-        recent_decisions=[pb.PastDecision(decision_id=d.decision_id, timestamp_ms=int(d.timestamp * 1000),
-                                          event_type=d.event_type, offer_id=d.offer_id, channel=d.channel,
-                                          outcomes=list(d.outcomes)) for d in view.recent_decisions],
+        journey=[
+            pb.JourneyEvent(
+                timestamp_ms=int(e.timestamp * 1000),
+                type=e.type,
+                origin_channel=e.origin_channel,
+                fields=_stringify(e.fields),
+            )
+            for e in view.journey
+        ],
+        open_journeys=[
+            pb.OpenJourney(kind=j.kind, id=j.id, opened_ms=int(j.opened * 1000), fields=_stringify(dict(j.fields)))
+            for j in view.open_journeys
+        ],
+        recent_decisions=[
+            pb.PastDecision(
+                decision_id=d.decision_id,
+                timestamp_ms=int(d.timestamp * 1000),
+                event_type=d.event_type,
+                offer_id=d.offer_id,
+                channel=d.channel,
+                outcomes=list(d.outcomes),
+            )
+            for d in view.recent_decisions
+        ],
         best_actions=[_alternative(a) for a in best],
         policy_version=policy_version,
     )

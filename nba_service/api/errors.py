@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
     for kind in type(exc).__mro__:
-        code = STATUS_BY_EXCEPTION.get(kind)  # type: ignore[arg-type]
+        code = STATUS_BY_EXCEPTION.get(kind)
         if code is not None:
             return code
     return None
@@ -65,6 +65,9 @@ async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext, where
         log.exception("%s failed", where, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {where}; see the server log")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        await context.abort(code, "the deadline expired before the answer was ready (a decision may still "
-                                  "have been recorded; it will wait for no outcome)")
-    await context.abort(code, str(exc))  # type: ignore[arg-type]
+        await context.abort(
+            code,
+            "the deadline expired before the answer was ready (a decision may still "
+            "have been recorded; it will wait for no outcome)",
+        )
+    await context.abort(code, str(exc))

@@ -20,8 +20,9 @@ replays them.
 >>> from nba_service.proto.nba.v1 import decision_pb2 as pb
 >>> line = request_to_line(pb.DecideRequest(customer_id="c1", origin_channel="app",
 ...                        event=pb.Event(app_open=pb.AppOpen(screen="home"))), 1781092800.0)
->>> line
-'{"timestamp": "2026-06-10T12:00:00.000Z", "customer_id": "c1", "origin_channel": "app", "event": {"app_open": {"screen": "home"}}}'
+>>> json.loads(line) == {"timestamp": "2026-06-10T12:00:00.000Z", "customer_id": "c1", "origin_channel": "app",
+...                      "event": {"app_open": {"screen": "home"}}}
+True
 >>> recorded = parse_line(line)
 >>> timed = to_timed_request(recorded)
 >>> timed.request.customer_id, timed.request.event.type, dict(timed.request.event.fields), timed.timestamp
@@ -78,6 +79,7 @@ class RecordedRequest:
 
 # --- writing --------------------------------------------------------------------------
 
+
 def request_to_line(request: pb.DecideRequest, timestamp: float | None = None) -> str:
     """One request as a line of an event file (without the newline)."""
     record: dict[str, Any] = {}
@@ -87,8 +89,9 @@ def request_to_line(request: pb.DecideRequest, timestamp: float | None = None) -
     return json.dumps(record, ensure_ascii=False)
 
 
-def append_request(file: TextIO | str | os.PathLike[str], request: pb.DecideRequest,
-                   timestamp: float | None = None) -> None:
+def append_request(
+    file: TextIO | str | os.PathLike[str], request: pb.DecideRequest, timestamp: float | None = None
+) -> None:
     """Append one request to an event file (an open text file, or a path opened in append mode).
 
     The line is written with a single ``write``, so lines from several writers do not interleave.
@@ -113,6 +116,7 @@ def _tidy(value: Any) -> Any:
 
 
 # --- reading --------------------------------------------------------------------------
+
 
 def parse_line(text: str, line: int = 0) -> RecordedRequest:
     """Parse one line into the request it records; :class:`EventLogError` if it is not one."""
@@ -178,6 +182,7 @@ def _timestamp(value: Any, where: str) -> float | None:
 
 
 # --- one event from the command line --------------------------------------------------
+
 
 def event_object(event_type: str, fields: Mapping[str, str]) -> dict[str, Any]:
     """The ``event`` object of a line from an event type and ``name=text`` fields.

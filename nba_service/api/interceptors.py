@@ -61,8 +61,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     seconds.observe(time.perf_counter() - started)
                     count(method, context)
 
-            return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer,
-                                                         handler.response_serializer)
+            return grpc.stream_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
         return handler
 
     def _count(self, method: str, context: grpc.aio.ServicerContext) -> None:

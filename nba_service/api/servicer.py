@@ -24,8 +24,9 @@ MAX_CONTEXT_EVENTS = 100
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
-    def __init__(self, dataplane: DataPlane, recorder: TextIO | None = None, record_sample: float = 0.0,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, dataplane: DataPlane, recorder: TextIO | None = None, record_sample: float = 0.0, seed: int | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.recorder = recorder
         """An open event file that receives a sample of valid Decide requests (``nba policy preview`` input)."""
@@ -42,8 +43,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         return await self._decide(request)
 
-    async def DecideStream(self, request_iterator: AsyncIterator[pb.DecideRequest],
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DecideResponse]:
+    async def DecideStream(
+        self, request_iterator: AsyncIterator[pb.DecideRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DecideResponse]:
         # One response per request, in order. A bad request ends the stream with
         # its status code, as a unary call would have failed.
         async for request in request_iterator:
@@ -56,22 +58,29 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     async def ReportOutcome(self, request: pb.OutcomeRequest, context: grpc.aio.ServicerContext) -> pb.OutcomeResponse:
         decision_id, kind, value = converters.outcome_from_proto(request)
         recorded = await self.dataplane.report_outcome(decision_id, kind, value)
-        return pb.OutcomeResponse(decision_id=decision_id, duplicate=recorded.status is OutcomeStatus.DUPLICATE,
-                                  learned=recorded.learn)
+        return pb.OutcomeResponse(
+            decision_id=decision_id, duplicate=recorded.status is OutcomeStatus.DUPLICATE, learned=recorded.learn
+        )
 
     @handle_errors
-    async def GetCustomerContext(self, request: pb.CustomerContextRequest,
-                                 context: grpc.aio.ServicerContext) -> pb.CustomerContextResponse:
+    async def GetCustomerContext(
+        self, request: pb.CustomerContextRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CustomerContextResponse:
         customer_id = converters.check_id("customer_id", request.customer_id)
         max_events = request.max_events if request.HasField("max_events") else DEFAULT_CONTEXT_EVENTS
         if not 1 <= max_events <= MAX_CONTEXT_EVENTS:
-            raise converters.ValidationError("max_events", f"must be between 1 and {MAX_CONTEXT_EVENTS}, got {max_events}")
-        view, best, version = await self.dataplane.customer_context(customer_id, max_events, request.include_best_actions)
+            raise converters.ValidationError(
+                "max_events", f"must be between 1 and {MAX_CONTEXT_EVENTS}, got {max_events}"
+            )
+        view, best, version = await self.dataplane.customer_context(
+            customer_id, max_events, request.include_best_actions
+        )
         return converters.to_context_response(view, best, version)
 
     @handle_errors
-    async def UpsertCustomer(self, request: pb.UpsertCustomerRequest,
-                             context: grpc.aio.ServicerContext) -> pb.UpsertCustomerResponse:
+    async def UpsertCustomer(
+        self, request: pb.UpsertCustomerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertCustomerResponse:
         if not request.HasField("profile"):
             raise converters.ValidationError("profile", "is required")
         profile = converters.profile_from_proto(request.profile)

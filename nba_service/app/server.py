@@ -56,18 +56,19 @@ def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         "health_check_interval": 30,
     }
-    async_client = aioredis.Redis.from_url(url, retry=AsyncRetry(ExponentialBackoff(cap=0.25, base=0.01), 3),
-                                           **options)
+    async_client = aioredis.Redis.from_url(url, retry=AsyncRetry(ExponentialBackoff(cap=0.25, base=0.01), 3), **options)
     sync_client = redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 3), **options)
     return async_client, sync_client
 
 
-def grpc_server(metrics: Metrics, *, reuse_port: bool = False,
-                servicer: pb_grpc.DecisionServiceServicer) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def grpc_server(
+    metrics: Metrics, *, reuse_port: bool = False, servicer: pb_grpc.DecisionServiceServicer
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The gRPC server every nba process (and the bench's echo) runs: the metrics interceptor,
     ``servicer`` as ``nba.v1.DecisionService``, the standard health service and reflection."""
-    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)],
-                             options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(metrics)], options=[("grpc.so_reuseport", 1 if reuse_port else 0)]
+    )
     pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -123,8 +124,14 @@ class NbaServer:
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_policies()))
         if settings.learner is LearnerMode.EMBEDDED:
             self._start_learner()
-        log.info("nba serving on %s:%d (metrics on %s:%d/metrics, redis %s)", settings.host, self.port,
-                 settings.metrics_host, self.metrics_port, self.redis_url)
+        log.info(
+            "nba serving on %s:%d (metrics on %s:%d/metrics, redis %s)",
+            settings.host,
+            self.port,
+            settings.metrics_host,
+            self.metrics_port,
+            self.redis_url,
+        )
         return self.port
 
     async def _set_health(self) -> None:
@@ -137,14 +144,22 @@ class NbaServer:
     def _start_learner(self) -> None:
         """The embedded learner: a thread with its own Redis client; one replica at a time learns."""
         metrics = self.metrics
-        learner_client = redis.Redis.from_url(self.redis_url, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 3),
-                                              socket_timeout=5.0, socket_connect_timeout=2.0)
-        learner = Learner(learner_client, snapshot_every=self.settings.model_snapshot_every, block_ms=100,
-                          challenger_learning_rate=self.settings.challenger_learning_rate,
-                          snapshot_seconds=self.settings.model_snapshot_seconds,
-                          on_update=lambda version: metrics.model_publications.inc(),
-                          on_learned=metrics.model_updates.inc,
-                          on_redis_error=metrics.redis_errors.labels("learner").inc)
+        learner_client = redis.Redis.from_url(
+            self.redis_url,
+            retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 3),
+            socket_timeout=5.0,
+            socket_connect_timeout=2.0,
+        )
+        learner = Learner(
+            learner_client,
+            snapshot_every=self.settings.model_snapshot_every,
+            block_ms=100,
+            challenger_learning_rate=self.settings.challenger_learning_rate,
+            snapshot_seconds=self.settings.model_snapshot_seconds,
+            on_update=lambda version: metrics.model_publications.inc(),
+            on_learned=metrics.model_updates.inc,
+            on_redis_error=metrics.redis_errors.labels("learner").inc,
+        )
         self._learner_stop = threading.Event()
 
         def run() -> None:

@@ -60,10 +60,16 @@ def _worker_env(settings: Settings, index: int, redis_url: str, multiproc_dir: s
         value = getattr(settings, field.name)
         if value is not None:
             env["NBA_" + field.name.upper()] = str(value)
-    env.update({
-        "NBA_REDIS_URL": redis_url, "NBA_METRICS_PORT": "-1", "NBA_WORKERS": "1", "NBA_REUSE_PORT": "1",
-        "NBA_POLICIES": "", "PROMETHEUS_MULTIPROC_DIR": multiproc_dir,
-    })
+    env.update(
+        {
+            "NBA_REDIS_URL": redis_url,
+            "NBA_METRICS_PORT": "-1",
+            "NBA_WORKERS": "1",
+            "NBA_REUSE_PORT": "1",
+            "NBA_POLICIES": "",
+            "PROMETHEUS_MULTIPROC_DIR": multiproc_dir,
+        }
+    )
     if settings.seed is not None:
         env["NBA_SEED"] = str(settings.seed + index)  # each worker explores with its own stream
     return env
@@ -100,8 +106,11 @@ def run_workers(settings: Settings, ready: Callable[[WorkerInfo], None] | None =
         for index in range(settings.workers):
             env = _worker_env(dataclasses.replace(settings, port=port), index, url, str(multiproc))
             ready_file = workdir / f"worker-{index}.json"
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "nba_service.cli", "serve", "--ready-file", str(ready_file)], env=env))
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "nba_service.cli", "serve", "--ready-file", str(ready_file)], env=env
+                )
+            )
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         for index, process in enumerate(processes):
             ready_file = workdir / f"worker-{index}.json"
@@ -141,5 +150,3 @@ def run_workers(settings: Settings, ready: Callable[[WorkerInfo], None] | None =
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-
-

@@ -70,8 +70,14 @@ class _VersionStore(Protocol[_V_co]):
     def history(self) -> Sequence[_V_co]: ...
 
 
-def show_history(args: argparse.Namespace, open_store: Callable[[redis.Redis], _VersionStore[_V]],
-                 columns: tuple[str, str], cells: Callable[[_V], tuple[str, str]], *, empty: str) -> int:
+def show_history(
+    args: argparse.Namespace,
+    open_store: Callable[[redis.Redis], _VersionStore[_V]],
+    columns: tuple[str, str],
+    cells: Callable[[_V], tuple[str, str]],
+    *,
+    empty: str,
+) -> int:
     """A ``history`` command: the store's versions, oldest first, * = live; ``empty`` when there is none.
 
     ``columns`` names the two columns after the version and its time, ``cells`` gives their values.

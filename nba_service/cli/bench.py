@@ -42,20 +42,33 @@ def _ints(text: str) -> tuple[int, ...]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from nba_service.tools.bench import BenchConfig, BenchError, format_report, format_sweep, run_bench, run_sweep
 
-    overrides = {"customers": args.customers, "offers": args.offers, "policies": args.policies,
-                 "sequential": args.sequential, "seconds": args.seconds, "concurrency": args.concurrency,
-                 "workers": args.workers, "connections": args.connections, "seed": args.seed}
+    overrides = {
+        "customers": args.customers,
+        "offers": args.offers,
+        "policies": args.policies,
+        "sequential": args.sequential,
+        "seconds": args.seconds,
+        "concurrency": args.concurrency,
+        "workers": args.workers,
+        "connections": args.connections,
+        "seed": args.seed,
+    }
     if args.quick:
         config = BenchConfig.quick(**overrides)
     else:
         config = BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
     if config.connections < config.workers:
-        print(f"nba bench: --connections {config.connections} would leave some of the {config.workers} workers idle "
-              "(each connection is served by one): give at least --workers", file=sys.stderr)
+        print(
+            f"nba bench: --connections {config.connections} would leave some of the {config.workers} workers idle "
+            "(each connection is served by one): give at least --workers",
+            file=sys.stderr,
+        )
         return 1
     if not pathlib.Path(config.policies).is_dir():
-        print(f"nba bench: {config.policies} not found (run it from the project folder or give --policies)",
-              file=sys.stderr)
+        print(
+            f"nba bench: {config.policies} not found (run it from the project folder or give --policies)",
+            file=sys.stderr,
+        )
         return 1
 
     def progress(message: str) -> None:
@@ -79,29 +92,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
-        "bench", help="benchmark Decide against an echo gRPC server on this machine",
+        "bench",
+        help="benchmark Decide against an echo gRPC server on this machine",
         description="Starts nba serve (embedded Redis, customers and journeys loaded) and an echo server built "
-                    "the same way, drives both with the same client, and prints sequential latency, the highest "
-                    "throughput and the ratios Decide/Echo.")
-    bench.add_argument("--quick", action="store_true",
-                       help="a short run (under a minute): 20,000 customers, 500 sequential calls, 1 s steps")
+        "the same way, drives both with the same client, and prints sequential latency, the highest "
+        "throughput and the ratios Decide/Echo.",
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run (under a minute): 20,000 customers, 500 sequential calls, 1 s steps",
+    )
     bench.add_argument("--customers", type=_positive_int, help="customer profiles loaded (default 100000)")
-    bench.add_argument("--offers", type=_positive_int,
-                       help="candidate offers per request: a generated policy set, every offer eligible for ATM "
-                            "declines (default: the policy directory and the scenario mix)")
+    bench.add_argument(
+        "--offers",
+        type=_positive_int,
+        help="candidate offers per request: a generated policy set, every offer eligible for ATM "
+        "declines (default: the policy directory and the scenario mix)",
+    )
     bench.add_argument("--policies", help="policy directory (default policies/)")
     bench.add_argument("--sequential", type=_positive_int, help="calls measured one at a time (default 2000)")
     bench.add_argument("--seconds", type=_positive_float, help="length of each throughput step (default 3)")
     bench.add_argument("--concurrency", type=_ints, help="calls in flight per throughput step (default 1,4,16,64)")
-    bench.add_argument("--sweep", choices=("offers", "customers"),
-                       help="sequential latency for several offer or customer counts, and how it grows")
-    bench.add_argument("--values", type=_ints,
-                       help="values of the sweep (default offers 10,50,200,1000; customers 10000,100000,1000000)")
-    bench.add_argument("--workers", type=_positive_int,
-                       help="nba serve --workers: server processes sharing the port (default 1; the echo stays one)")
-    bench.add_argument("--connections", type=_positive_int,
-                       help="connections to each server for the throughput ladder (default 4): each one is served "
-                            "by one worker, so give at least --workers")
+    bench.add_argument(
+        "--sweep",
+        choices=("offers", "customers"),
+        help="sequential latency for several offer or customer counts, and how it grows",
+    )
+    bench.add_argument(
+        "--values",
+        type=_ints,
+        help="values of the sweep (default offers 10,50,200,1000; customers 10000,100000,1000000)",
+    )
+    bench.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="nba serve --workers: server processes sharing the port (default 1; the echo stays one)",
+    )
+    bench.add_argument(
+        "--connections",
+        type=_positive_int,
+        help="connections to each server for the throughput ladder (default 4): each one is served "
+        "by one worker, so give at least --workers",
+    )
     bench.add_argument("--seed", type=int, help="seed of the generated customers and requests (default 1)")
     bench.add_argument("--json", help="also write the results as JSON here")
     bench.set_defaults(func=cmd_bench)

@@ -8,8 +8,13 @@ import argparse
 def cmd_demo(args: argparse.Namespace) -> int:
     from nba_service.tools.demo import run_demo
 
-    return run_demo(duration=args.duration, concurrency=args.concurrency, seed=args.seed,
-                    policies=args.policies, customers=args.customers)
+    return run_demo(
+        duration=args.duration,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        policies=args.policies,
+        customers=args.customers,
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -40,16 +40,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             if not args.file:
                 raise LogFormatError("name the log: FILE.csv[.gz] or --dataset NAME")
-            missing = [flag for flag, value in (("--action-col", args.action_col), ("--reward-col", args.reward_col),
-                                                ("--feature-cols", args.feature_cols)) if not value]
+            missing = [
+                flag
+                for flag, value in (
+                    ("--action-col", args.action_col),
+                    ("--reward-col", args.reward_col),
+                    ("--feature-cols", args.feature_cols),
+                )
+                if not value
+            ]
             if missing:
                 raise LogFormatError(f"{', '.join(missing)} required with a FILE")
             path, action_col, reward_col = args.file, args.action_col, args.reward_col
             feature_cols, propensity = args.feature_cols.split(","), args.propensity
         config = ReplayConfig(**{k: getattr(args, k) for k in _KNOBS if getattr(args, k) is not None})
         started = time.perf_counter()
-        data = read_log(path, action_col=action_col, reward_col=reward_col, feature_cols=feature_cols,
-                        propensity_col=args.propensity_col, propensity=propensity)
+        data = read_log(
+            path,
+            action_col=action_col,
+            reward_col=reward_col,
+            feature_cols=feature_cols,
+            propensity_col=args.propensity_col,
+            propensity=propensity,
+        )
         rules = parse_rules(args.rule or (), data)
         result = evaluate(data, config, progress=sys.stderr.isatty(), rules=rules)
     except (LogFormatError, ValueError) as exc:
@@ -57,8 +70,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     elapsed = time.perf_counter() - started
     name = args.dataset or str(args.file)
-    print(f"{name}: reward {reward_col}, {len(data):,} rows, {len(data.actions)} actions, "
-          f"features {','.join(data.feature_cols)}")
+    print(
+        f"{name}: reward {reward_col}, {len(data):,} rows, {len(data.actions)} actions, "
+        f"features {','.join(data.feature_cols)}"
+    )
     print(f"learned policy: {config.describe()}; replayed in {elapsed:.1f} s")
     print(result.table())
     if result.rule is not None:
@@ -71,37 +86,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
-        "evaluate", help="replay a logged randomised experiment through the engine and learner",
+        "evaluate",
+        help="replay a logged randomised experiment through the engine and learner",
         description="Replay a logged, randomised experiment (CSV, optionally gzipped) through the real decision "
-                    "engine and learner, online, with the replay method; report the learned policy's reward "
-                    "with a 95% CI next to uniform random, each fixed action and the best fixed action.")
+        "engine and learner, online, with the replay method; report the learned policy's reward "
+        "with a 95% CI next to uniform random, each fixed action and the best fixed action.",
+    )
     ev.add_argument("file", nargs="?", metavar="FILE.csv[.gz]", help="the log (or use --dataset)")
-    ev.add_argument("--dataset", choices=("hillstrom",),
-                    help="a shipped data set with its default columns (hillstrom: action segment, reward visit, "
-                         "features recency,history,mens,womens,zip_code,newbie,channel, propensity 1/3)")
+    ev.add_argument(
+        "--dataset",
+        choices=("hillstrom",),
+        help="a shipped data set with its default columns (hillstrom: action segment, reward visit, "
+        "features recency,history,mens,womens,zip_code,newbie,channel, propensity 1/3)",
+    )
     ev.add_argument("--action-col", help="column of the logged action")
     ev.add_argument("--reward-col", help="column of the reward (acceptance, conversion or value)")
-    ev.add_argument("--feature-cols", help="comma-separated columns the policy may use; no other column is read "
-                                           "as a feature (required with FILE)")
+    ev.add_argument(
+        "--feature-cols",
+        help="comma-separated columns the policy may use; no other column is read as a feature (required with FILE)",
+    )
     logged = ev.add_mutually_exclusive_group()
     logged.add_argument("--propensity-col", help="column of the logging probability of the logged action")
-    logged.add_argument("--propensity", type=float,
-                        help="the same logging probability for every row (default: each action's share of the log)")
-    ev.add_argument("--strategy", choices=STRATEGIES,
-                    help="exploration strategy of the learned policy (default epsilon)")
+    logged.add_argument(
+        "--propensity",
+        type=float,
+        help="the same logging probability for every row (default: each action's share of the log)",
+    )
+    ev.add_argument(
+        "--strategy", choices=STRATEGIES, help="exploration strategy of the learned policy (default epsilon)"
+    )
     ev.add_argument("--epsilon", type=float, help="epsilon-greedy rate (default 0.05)")
-    ev.add_argument("--temperature", type=float,
-                    help="softmax temperature over log-priorities (default 0.1)")
-    ev.add_argument("--learning-rate", type=float,
-                    help="SGD learning rate of the models (default 0.001)")
+    ev.add_argument("--temperature", type=float, help="softmax temperature over log-priorities (default 0.1)")
+    ev.add_argument("--learning-rate", type=float, help="SGD learning rate of the models (default 0.001)")
     ev.add_argument("--l2", type=float, help="L2 penalty of the models (default 0)")
-    ev.add_argument("--prior", type=float,
-                    help="every action's cold-start reward guess (default 0.1)")
+    ev.add_argument("--prior", type=float, help="every action's cold-start reward guess (default 0.1)")
     ev.add_argument("--seed", type=int, help="seed of the exploration (default 0)")
-    ev.add_argument("--rule", action="append", metavar="COLUMN=VALUE[,...]:ACTION",
-                    help="a targeting rule to compare with, one line per option, first match wins, the last "
-                         "one *:ACTION (e.g. --rule 'mens=1:Mens E-Mail' --rule '*:Womens E-Mail'); it reads "
-                         "only the feature columns")
+    ev.add_argument(
+        "--rule",
+        action="append",
+        metavar="COLUMN=VALUE[,...]:ACTION",
+        help="a targeting rule to compare with, one line per option, first match wins, the last "
+        "one *:ACTION (e.g. --rule 'mens=1:Mens E-Mail' --rule '*:Womens E-Mail'); it reads "
+        "only the feature columns",
+    )
     ev.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     ev.add_argument("--plot", metavar="FILE.png", help="draw the learning curve")
     ev.set_defaults(func=cmd_evaluate)

@@ -35,12 +35,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         snapshot = source.compile()
         (models,), model_text = load_models(client, [snapshot])
         request = moment.request
-        ctx = ContextReader(client).read_context(request.customer_id, now, origin_channel=request.origin_channel,
-                                                 request_attributes=request.attributes,
-                                                 contact_window=snapshot.max_limit_window,
-                                                 suppression_window=snapshot.max_suppression_window)
-    decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(snapshot, ctx, moment.request.event,
-                                                                 top_k=max(len(snapshot.offers), 1))
+        ctx = ContextReader(client).read_context(
+            request.customer_id,
+            now,
+            origin_channel=request.origin_channel,
+            request_attributes=request.attributes,
+            contact_window=snapshot.max_limit_window,
+            suppression_window=snapshot.max_suppression_window,
+        )
+    decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(
+        snapshot, ctx, moment.request.event, top_k=max(len(snapshot.offers), 1)
+    )
     offers = explain_decision(snapshot, models, ctx, moment.request.event, decision)
     for line in _header(ctx, moment, source.label, model_text):
         print(line)
@@ -63,15 +68,20 @@ def _moment(args: argparse.Namespace) -> TimedRequest:
         except json.JSONDecodeError as exc:
             raise EventLogError(f"--event: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(event, dict) or len(event) != 1:
-            raise EventLogError('--event: a JSON event is one type and its fields, '
-                                'e.g. {"atm_decline": {"amount": 100}}')
+            raise EventLogError(
+                '--event: a JSON event is one type and its fields, e.g. {"atm_decline": {"amount": 100}}'
+            )
         if fields:
-            (kind, body), = event.items()
+            ((kind, body),) = event.items()
             event = {kind: {**(body if isinstance(body, dict) else {}), **event_object(kind, fields)[kind]}}
     else:
         event = event_object(text, fields)
-    record = {"customer_id": args.customer, "origin_channel": args.origin or "", "event": event,
-              "attributes": dict(_pairs(args.attribute, "--attribute"))}
+    record = {
+        "customer_id": args.customer,
+        "origin_channel": args.origin or "",
+        "event": event,
+        "attributes": dict(_pairs(args.attribute, "--attribute")),
+    }
     return to_timed_request(parse_record(record))
 
 
@@ -87,19 +97,24 @@ def _pairs(items: list[str] | None, option: str) -> list[tuple[str, str]]:
 
 # --- output ---------------------------------------------------------------------------
 
+
 def _header(ctx: CustomerContext, moment: TimedRequest, policy: str, models: str) -> list[str]:
     p = ctx.profile
     local = local_time(ctx.now, p.timezone)
     when = f"{local:%a %Y-%m-%d %H:%M} in {p.timezone or 'UTC'}"
     if p.known:
         consents = ", ".join(f"{c} {'yes' if g else 'no'}" for c, g in sorted(p.consents.items())) or "none recorded"
-        who = [f"customer {p.customer_id}: {p.first_name or '(no name)'}, segment {p.segment or '(none)'}, "
-               f"preferred channel {p.preferred_channel or '(none)'}, local time {when}",
-               f"  reachable on {', '.join(sorted(p.reachable_channels)) or 'nothing'}; consents: {consents}"]
+        who = [
+            f"customer {p.customer_id}: {p.first_name or '(no name)'}, segment {p.segment or '(none)'}, "
+            f"preferred channel {p.preferred_channel or '(none)'}, local time {when}",
+            f"  reachable on {', '.join(sorted(p.reachable_channels)) or 'nothing'}; consents: {consents}",
+        ]
     else:
         who = [f"customer {p.customer_id}: no stored profile (unknown-customer defaults), local time {when}"]
-    who.append(f"  {len(ctx.journey)} recent journey events, {len(ctx.contacts)} contacts within the limit windows, "
-               f"{len(ctx.open_journeys)} open journeys")
+    who.append(
+        f"  {len(ctx.journey)} recent journey events, {len(ctx.contacts)} contacts within the limit windows, "
+        f"{len(ctx.open_journeys)} open journeys"
+    )
     fields = " ".join(f"{k}={_number(v)}" for k, v in moment.request.event.fields.items())
     attributes = " ".join(f"{k}={v}" for k, v in moment.request.event.attributes.items())
     return [
@@ -116,8 +131,10 @@ def _decision_lines(decision: Decision, boost: float) -> list[str]:
         overall = next((r for r in decision.reasons if not r.offer_id), None)
         lines = ["decision: no action" + (f" ({overall.code}: {overall.detail})" if overall else "")]
     else:
-        lines = [f"decision: {decision.offer_id} on {decision.channel}, score {decision.score:.4g}",
-                 f"  content: {decision.content}"]
+        lines = [
+            f"decision: {decision.offer_id} on {decision.channel}, score {decision.score:.4g}",
+            f"  content: {decision.content}",
+        ]
     boost_text = f" x {boost:g} on the preferred channel" if boost != 1.0 else ""
     lines.append(f"priority = P x V x L x B{boost_text}; L = offer x category x global lever")
     return lines
@@ -139,7 +156,7 @@ def _arm(arm: ArmScore) -> str:
     if arm.closed:
         return f"closed: {arm.closed}"
     boost = f" x {arm.boost:g}" if arm.boost != 1.0 else ""
-    return (f"P {arm.p:.4f} x V {arm.v:g} x L {arm.l:.4g} x B {arm.b:g}{boost} = {arm.priority:.4g}")
+    return f"P {arm.p:.4f} x V {arm.v:g} x L {arm.l:.4g} x B {arm.b:g}{boost} = {arm.priority:.4g}"
 
 
 def _number(value: object) -> str:
@@ -150,23 +167,37 @@ def _number(value: object) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     explain = sub.add_parser(
-        "explain", help="every candidate offer of one would-be decision: what filtered it, P, V, L and B",
+        "explain",
+        help="every candidate offer of one would-be decision: what filtered it, P, V, L and B",
         description="Decides one moment for one customer as Decide would (exploration off), reading the "
-                    "customer's state but recording nothing, and shows every offer that answers the event: "
-                    "the rule or contact limit that filtered it, or the P x V x L x B of each of its channels.",
-        epilog="example: nba explain --customer c00042 --event atm_decline --field amount=100 --field balance=20")
+        "customer's state but recording nothing, and shows every offer that answers the event: "
+        "the rule or contact limit that filtered it, or the P x V x L x B of each of its channels.",
+        epilog="example: nba explain --customer c00042 --event atm_decline --field amount=100 --field balance=20",
+    )
     explain.add_argument("--customer", required=True, metavar="ID")
-    explain.add_argument("--event", required=True, metavar="TYPE_OR_JSON",
-                         help='an event type (atm_decline, location, cart_abandon, app_open, page_view, '
-                              'agent_contact, custom) or the event as JSON: {"atm_decline": {"amount": 100}}')
+    explain.add_argument(
+        "--event",
+        required=True,
+        metavar="TYPE_OR_JSON",
+        help="an event type (atm_decline, location, cart_abandon, app_open, page_view, "
+        'agent_contact, custom) or the event as JSON: {"atm_decline": {"amount": 100}}',
+    )
     explain.add_argument("--field", action="append", metavar="NAME=VALUE", help="an event field (repeatable)")
     explain.add_argument("--origin", metavar="CHANNEL", help="where the moment happened: atm, app, web...")
-    explain.add_argument("--attribute", action="append", metavar="NAME=VALUE",
-                         help="a request attribute, as request_attr() reads it (repeatable)")
+    explain.add_argument(
+        "--attribute",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a request attribute, as request_attr() reads it (repeatable)",
+    )
     which = explain.add_mutually_exclusive_group()
     which.add_argument("--policies", metavar="DIR", help="explain with this policy directory instead of the live one")
-    which.add_argument("--policy-version", default="live", metavar="VERSION",
-                       help="explain with this published version (default: live)")
+    which.add_argument(
+        "--policy-version",
+        default="live",
+        metavar="VERSION",
+        help="explain with this published version (default: live)",
+    )
     explain.add_argument("--at", metavar="TIME", help="decide as at this time (ISO 8601; default: now)")
     state_options(explain)
     explain.set_defaults(func=cmd_explain)

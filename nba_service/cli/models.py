@@ -22,14 +22,16 @@ def cmd_learner(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with state_client(settings) as client:
-        learner = Learner(client, name=args.name or default_learner_name(),
-                          challenger_learning_rate=settings.challenger_learning_rate,
-                          snapshot_every=args.snapshot_every or settings.model_snapshot_every,
-                          snapshot_seconds=args.snapshot_seconds or settings.model_snapshot_seconds)
+        learner = Learner(
+            client,
+            name=args.name or default_learner_name(),
+            challenger_learning_rate=settings.challenger_learning_rate,
+            snapshot_every=args.snapshot_every or settings.model_snapshot_every,
+            snapshot_seconds=args.snapshot_seconds or settings.model_snapshot_seconds,
+        )
         print(f"learner {learner.name} running (one learner is active at a time; Ctrl-C to stop)", flush=True)
         learner.run(stop)
-    print(f"learner {learner.name} stopped after learning {learner.learned} outcomes; "
-          f"model version {learner.version}")
+    print(f"learner {learner.name} stopped after learning {learner.learned} outcomes; model version {learner.version}")
     return 0
 
 
@@ -37,17 +39,24 @@ def cmd_learner_bench(args: argparse.Namespace) -> int:
     from nba_service.tools.learner_bench import run_learner_bench
 
     result = run_learner_bench(outcomes=args.outcomes, arms=args.arms, seed=args.seed)
-    print(f"learner sustained rate: {result['outcomes_per_second']:,.0f} outcomes/s "
-          f"({result['outcomes']:,} outcomes over {result['arms']} arms in {result['seconds']:.2f} s, "
-          f"{result['cpu_seconds']:.2f} s of CPU in the learner process; snapshots every "
-          f"{result['snapshot_every']} outcomes included)")
+    print(
+        f"learner sustained rate: {result['outcomes_per_second']:,.0f} outcomes/s "
+        f"({result['outcomes']:,} outcomes over {result['arms']} arms in {result['seconds']:.2f} s, "
+        f"{result['cpu_seconds']:.2f} s of CPU in the learner process; snapshots every "
+        f"{result['snapshot_every']} outcomes included)"
+    )
     write_json(args.json, result)
     return 0
 
 
 def cmd_model_history(args: argparse.Namespace) -> int:
-    return show_history(args, ModelStore, ("outcomes", "source"), lambda v: (str(v.updates), v.source),
-                        empty="no model version has been published (the service scores offers by their priors)")
+    return show_history(
+        args,
+        ModelStore,
+        ("outcomes", "source"),
+        lambda v: (str(v.updates), v.source),
+        empty="no model version has been published (the service scores offers by their priors)",
+    )
 
 
 def cmd_model_rollback(args: argparse.Namespace) -> int:
@@ -66,13 +75,18 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
         store = ModelStore(client)
         data = store.load_challenger()
         if data is None:
-            print("nba model promote: the live model version has no challenger (set NBA_CHALLENGER_LEARNING_RATE "
-                  "for the learner)", file=sys.stderr)
+            print(
+                "nba model promote: the live model version has no challenger (set NBA_CHALLENGER_LEARNING_RATE "
+                "for the learner)",
+                file=sys.stderr,
+            )
             return 1
         updates = ModelBank.from_bytes(data).updates
         version = store.promote(data, updates)
-    print(f"the challenger ({updates} outcomes learned) is live as model version {version}; "
-          f"the learner continues from it and starts a new challenger")
+    print(
+        f"the challenger ({updates} outcomes learned) is live as model version {version}; "
+        f"the learner continues from it and starts a new challenger"
+    )
     return 0
 
 
@@ -109,8 +123,10 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
         print("no settled decision logged a shadow choice yet (serve with NBA_MODE=apprentice or learned+shadow)")
         return 0
     served, shadow = report["served"], report["shadow"]
-    print(f"{report['rows']} settled decisions; the {shadow['policy']} policy agreed with the served one on "
-          f"{shadow['agreement']:.1%} of them")
+    print(
+        f"{report['rows']} settled decisions; the {shadow['policy']} policy agreed with the served one on "
+        f"{shadow['agreement']:.1%} of them"
+    )
     rows = [(served["policy"] + " (served, observed)", served)]
     rows += [(f"{shadow['policy']} (shadow, {name})", shadow[name]) for name in ("ips", "snips", "doubly_robust")]
     width = max(len(label) for label, _ in rows) + 2
@@ -124,10 +140,12 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     learner = sub.add_parser("learner", help="learn from reported outcomes and publish model versions")
     learner.add_argument("--name", help="consumer name in the learners group (default: host-pid)")
-    learner.add_argument("--snapshot-every", type=int,
-                         help="outcomes between published versions (env NBA_MODEL_SNAPSHOT_EVERY)")
-    learner.add_argument("--snapshot-seconds", type=float,
-                         help="longest wait before publishing (env NBA_MODEL_SNAPSHOT_SECONDS)")
+    learner.add_argument(
+        "--snapshot-every", type=int, help="outcomes between published versions (env NBA_MODEL_SNAPSHOT_EVERY)"
+    )
+    learner.add_argument(
+        "--snapshot-seconds", type=float, help="longest wait before publishing (env NBA_MODEL_SNAPSHOT_SECONDS)"
+    )
     state_options(learner)
     learner.set_defaults(func=cmd_learner)
     learner_sub = learner.add_subparsers(dest="learner_command", metavar="ACTION")
@@ -153,15 +171,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     export = model_sub.add_parser("export", help="write a model version to a file")
     export.add_argument("file")
     export.add_argument("--version", type=int, help="default: the live version")
-    export.add_argument("--format", choices=("json", "pickle"), default="json",
-                        help="json: weights per arm, readable anywhere; pickle: the River models themselves")
+    export.add_argument(
+        "--format",
+        choices=("json", "pickle"),
+        default="json",
+        help="json: weights per arm, readable anywhere; pickle: the River models themselves",
+    )
     state_options(export)
     export.set_defaults(func=cmd_model_export)
 
     shadow = sub.add_parser("shadow", help="champion and challenger: evaluate the policy that did not decide")
     shadow_sub = shadow.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
-    report = shadow_sub.add_parser("report",
-                                   help="served reward vs IPS / SNIPS / doubly-robust estimates of the shadow")
+    report = shadow_sub.add_parser(
+        "report", help="served reward vs IPS / SNIPS / doubly-robust estimates of the shadow"
+    )
     report.add_argument("--json", help="also write the figures as JSON here")
     state_options(report)
     report.set_defaults(func=cmd_shadow_report)

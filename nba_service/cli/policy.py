@@ -26,8 +26,10 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
     except PolicyValidationError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"{args.directory}: valid ({len(policy.offers)} offers, {len(policy.channels)} channels, "
-          f"{len(policy.files)} files)")
+    print(
+        f"{args.directory}: valid ({len(policy.offers)} offers, {len(policy.channels)} channels, "
+        f"{len(policy.files)} files)"
+    )
     return 0
 
 
@@ -39,14 +41,21 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
         return 1
     with state_client(settings_from(args)) as client:
         version = PolicyStore(client).publish(policy.files, author=args.author or "", message=args.message or "")
-    print(f"published {args.directory} as policy version {version} "
-          f"({len(policy.offers)} offers, {len(policy.channels)} channels)")
+    print(
+        f"published {args.directory} as policy version {version} "
+        f"({len(policy.offers)} offers, {len(policy.channels)} channels)"
+    )
     return 0
 
 
 def cmd_policy_history(args: argparse.Namespace) -> int:
-    return show_history(args, PolicyStore, ("author", "message"), lambda p: (p.author, p.message),
-                        empty="no policy version has been published")
+    return show_history(
+        args,
+        PolicyStore,
+        ("author", "message"),
+        lambda p: (p.author, p.message),
+        empty="no policy version has been published",
+    )
 
 
 def cmd_policy_rollback(args: argparse.Namespace) -> int:
@@ -127,13 +136,16 @@ def cmd_policy_preview(args: argparse.Namespace) -> int:
             PolicyRun(live.short, snapshots[0], DecisionEngine(banks[0], EpsilonGreedy(0.0))),
             PolicyRun(candidate.short, snapshots[1], DecisionEngine(banks[1], EpsilonGreedy(0.0))),
             stored_contexts(client if args.customers_from_redis else None),
-            now=now, sample_size=args.sample,
+            now=now,
+            sample_size=args.sample,
         )
     print(f"preview of {candidate.label} against {live.label}")
     print(f"  events:    {report.events} from {events}, {report.customers} customers")
     if args.customers_from_redis:
-        print(f"  customers: {report.known_customers} found in Redis, {report.customers - report.known_customers}"
-              " unknown (defaults)")
+        print(
+            f"  customers: {report.known_customers} found in Redis, {report.customers - report.known_customers}"
+            " unknown (defaults)"
+        )
     else:
         print("  customers: unknown-customer defaults (add --customers-from-redis to use stored profiles)")
     print(f"  models:    {models}")
@@ -163,29 +175,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     state_options(publish)
     publish.set_defaults(func=cmd_policy_publish)
     diff = policy_sub.add_parser(
-        "diff", help="what changed between two versions or directories, field by field",
+        "diff",
+        help="what changed between two versions or directories, field by field",
         description="Compare two policy sets, each a version number, 'live' or a directory. "
-                    "No argument: the previous version -> live. One: live -> DIR, or VERSION -> live.")
+        "No argument: the previous version -> live. One: live -> DIR, or VERSION -> live.",
+    )
     diff.add_argument("old", nargs="?", metavar="FROM", help="version, 'live' or directory")
     diff.add_argument("new", nargs="?", metavar="TO", help="version, 'live' or directory")
     state_options(diff)
     diff.set_defaults(func=cmd_policy_diff)
     preview = policy_sub.add_parser(
-        "preview", help="decide a file of events with a policy directory and with the live version, side by side",
+        "preview",
+        help="decide a file of events with a policy directory and with the live version, side by side",
         description="Runs the candidate policy set and the live version through the same engine (exploration "
-                    "off) over an event file, reading but never writing customer state, and compares the "
-                    "decisions.")
+        "off) over an event file, reading but never writing customer state, and compares the "
+        "decisions.",
+    )
     preview.add_argument("directory", help="the candidate policy directory")
-    preview.add_argument("--events", required=True, metavar="FILE.jsonl",
-                         help="recorded or generated events (`nba events generate`), one request a line")
-    preview.add_argument("--customers-from-redis", action="store_true",
-                         help="read customer profiles, journeys and contact history from Redis (read only); "
-                              "default: every customer is unknown")
-    preview.add_argument("--against", default="live", metavar="VERSION",
-                         help="the published version to compare with (default: live)")
+    preview.add_argument(
+        "--events",
+        required=True,
+        metavar="FILE.jsonl",
+        help="recorded or generated events (`nba events generate`), one request a line",
+    )
+    preview.add_argument(
+        "--customers-from-redis",
+        action="store_true",
+        help="read customer profiles, journeys and contact history from Redis (read only); "
+        "default: every customer is unknown",
+    )
+    preview.add_argument(
+        "--against", default="live", metavar="VERSION", help="the published version to compare with (default: live)"
+    )
     preview.add_argument("--sample", type=int, default=10, metavar="N", help="changed decisions to show (default 10)")
-    preview.add_argument("--rows", type=int, default=20, metavar="N",
-                         help="rows of each table: all that changed, then the busiest others up to N (default 20)")
+    preview.add_argument(
+        "--rows",
+        type=int,
+        default=20,
+        metavar="N",
+        help="rows of each table: all that changed, then the busiest others up to N (default 20)",
+    )
     preview.add_argument("--at", metavar="TIME", help="time of events without a timestamp (ISO 8601; default: now)")
     state_options(preview)
     preview.set_defaults(func=cmd_policy_preview)

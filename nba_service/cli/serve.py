@@ -6,24 +6,40 @@ import argparse
 import json
 import pathlib
 import sys
+from typing import TYPE_CHECKING
 
 from nba_service.cli._common import settings_from, state_options
 from nba_service.policies.model import PolicyValidationError
+
+if TYPE_CHECKING:
+    from nba_service.app.server import NbaServer
+    from nba_service.app.workers import WorkerInfo
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from nba_service.app.server import run
 
-    settings = settings_from(args, host=args.host, port=args.port, metrics_host=args.metrics_host,
-                         metrics_port=args.metrics_port, policies=args.policies, epsilon=args.epsilon, seed=args.seed,
-                         workers=args.workers, mode=args.mode, learner=args.learner, strategy=args.strategy,
-                         temperature=args.temperature, record_events=args.record_events,
-                         record_sample=args.record_sample)
+    settings = settings_from(
+        args,
+        host=args.host,
+        port=args.port,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        policies=args.policies,
+        epsilon=args.epsilon,
+        seed=args.seed,
+        workers=args.workers,
+        mode=args.mode,
+        learner=args.learner,
+        strategy=args.strategy,
+        temperature=args.temperature,
+        record_events=args.record_events,
+        record_sample=args.record_sample,
+    )
 
-    def ready(server: object) -> None:
+    def ready(server: NbaServer | WorkerInfo) -> None:
         if args.ready_file:
-            info = {"port": server.port, "metrics_port": server.metrics_port,  # type: ignore[attr-defined]
-                    "redis_url": server.redis_url}  # type: ignore[attr-defined]
+            info = {"port": server.port, "metrics_port": server.metrics_port, "redis_url": server.redis_url}
             path = pathlib.Path(args.ready_file)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(info))
@@ -36,8 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return run_workers(settings, ready)
         run(settings, ready)
     except PolicyValidationError as exc:
-        print(f"nba serve: the policy set in {settings.policies} is invalid, nothing published:\n{exc}",
-              file=sys.stderr)
+        print(
+            f"nba serve: the policy set in {settings.policies} is invalid, nothing published:\n{exc}", file=sys.stderr
+        )
         return 1
     except (OSError, RuntimeError) as exc:
         print(f"nba serve: {exc}", file=sys.stderr)
@@ -56,17 +73,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--strategy", choices=("epsilon", "softmax"), help="exploration strategy (env NBA_STRATEGY)")
     serve.add_argument("--temperature", type=float, help="softmax temperature (env NBA_TEMPERATURE, default 0.1)")
     serve.add_argument("--seed", type=int, help="seed of the exploration random generator (env NBA_SEED)")
-    serve.add_argument("--workers", type=int,
-                       help="server processes sharing the port, one per core (env NBA_WORKERS, default 1)")
-    serve.add_argument("--mode", choices=("learned", "learned+shadow", "learned+challenger", "apprentice"),
-                       help="who decides (env NBA_MODE, default learned; "
-                            "apprentice: the rules, the learned policy logged)")
-    serve.add_argument("--learner", choices=("embedded", "off"),
-                       help="run the learner inside the server (env NBA_LEARNER, default embedded) or not")
-    serve.add_argument("--record-events", metavar="FILE",
-                       help="append a sample of live Decide requests to this event file (env NBA_RECORD_EVENTS)")
-    serve.add_argument("--record-sample", type=float,
-                       help="share of requests recorded (env NBA_RECORD_SAMPLE, default 0.01)")
+    serve.add_argument(
+        "--workers", type=int, help="server processes sharing the port, one per core (env NBA_WORKERS, default 1)"
+    )
+    serve.add_argument(
+        "--mode",
+        choices=("learned", "learned+shadow", "learned+challenger", "apprentice"),
+        help="who decides (env NBA_MODE, default learned; apprentice: the rules, the learned policy logged)",
+    )
+    serve.add_argument(
+        "--learner",
+        choices=("embedded", "off"),
+        help="run the learner inside the server (env NBA_LEARNER, default embedded) or not",
+    )
+    serve.add_argument(
+        "--record-events",
+        metavar="FILE",
+        help="append a sample of live Decide requests to this event file (env NBA_RECORD_EVENTS)",
+    )
+    serve.add_argument(
+        "--record-sample", type=float, help="share of requests recorded (env NBA_RECORD_SAMPLE, default 0.01)"
+    )
     serve.add_argument("--ready-file", help="write {port, metrics_port, redis_url} as JSON here once serving")
     state_options(serve)
     serve.set_defaults(func=cmd_serve)

@@ -23,8 +23,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"nba simulate: {exc}", file=sys.stderr)
         return 2
-    print(f"{config.steps:,} customer moments; learned policy: {config.describe()}; "
-          f"ran in {time.perf_counter() - started:.1f} s")
+    print(
+        f"{config.steps:,} customer moments; learned policy: {config.describe()}; "
+        f"ran in {time.perf_counter() - started:.1f} s"
+    )
     print(result.table())
     print(f"learned, last tenth of the run: {result.last_share:.1%} of the oracle's expected reward")
     write_json(args.json, result.to_json())
@@ -35,11 +37,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     sim = sub.add_parser(
-        "simulate", help="learned policy vs oracle, random and rules in a simulated world",
+        "simulate",
+        help="learned policy vs oracle, random and rules in a simulated world",
         description="Simulated customers whose response depends on the moment (ATM decline, near a store, "
-                    "abandoned cart, agent call) and their segment. Runs the oracle, uniform random, rules-only "
-                    "(highest prior x value) and the learned policy (the real engine, models and exploration) "
-                    "over the same moments, online, and reports reward as a share of the oracle's.")
+        "abandoned cart, agent call) and their segment. Runs the oracle, uniform random, rules-only "
+        "(highest prior x value) and the learned policy (the real engine, models and exploration) "
+        "over the same moments, online, and reports reward as a share of the oracle's.",
+    )
     sim.add_argument("--steps", type=int, help="customer moments to simulate (default 20000)")
     sim.add_argument("--seed", type=int, help="seed of the world and the exploration (default 0)")
     sim.add_argument("--strategy", choices=STRATEGIES, help="exploration strategy (default epsilon)")

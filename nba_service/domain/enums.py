@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ExplorationStrategy", "LearnerMode", "LimitBlocks", "OutcomeKind", "OutcomeStatus", "ServingMode",
-           "WriteResult"]
+__all__ = [
+    "ExplorationStrategy",
+    "LearnerMode",
+    "LimitBlocks",
+    "OutcomeKind",
+    "OutcomeStatus",
+    "ServingMode",
+    "WriteResult",
+]
 
 
 class OutcomeKind(enum.Enum):

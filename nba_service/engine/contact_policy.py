@@ -8,7 +8,7 @@ the customer's contact history over rolling windows, all limits at once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,8 +57,9 @@ def in_quiet_hours(minute_of_day: int, window: tuple[int, int]) -> bool:
     return minute_of_day >= start or minute_of_day < end
 
 
-def channel_verdict(snapshot: PolicySnapshot, profile: CustomerProfile, now: float,
-                   rule_results: tuple[Any, ...] | None, caps: CapHits) -> ChannelVerdict:
+def channel_verdict(
+    snapshot: PolicySnapshot, profile: CustomerProfile, now: float, rule_results: Sequence[Any] | None, caps: CapHits
+) -> ChannelVerdict:
     """Which channels may carry an action to this customer right now, and why not."""
     channels = snapshot.channels
     refusals = snapshot.channel_refusals
@@ -66,14 +67,18 @@ def channel_verdict(snapshot: PolicySnapshot, profile: CustomerProfile, now: flo
     closed: list[int] = []
     failed: set[int] = set()
     if rule_results is not None:  # an error closes the channel too
-        failed = {position for position, result in zip(snapshot.channel_rule_positions, rule_results, strict=False)
-                  if isinstance(result, Exception) or not result}
+        failed = {
+            position
+            for position, result in zip(snapshot.channel_rule_positions, rule_results, strict=False)
+            if isinstance(result, Exception) or not result
+        }
     local = -1
     consents = profile.consents
     reachable = profile.reachable_channels
     capped = caps.channels
     for i, (channel, default_consent, needs_reachable) in enumerate(
-            zip(channels, snapshot.channel_default_consent, snapshot.channel_needs_reachable, strict=False)):
+        zip(channels, snapshot.channel_default_consent, snapshot.channel_needs_reachable, strict=False)
+    ):
         if not consents.get(channel.id, default_consent):
             reasons[i] = refusals[i][0]
         elif needs_reachable and channel.id not in reachable:
@@ -115,8 +120,12 @@ def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], no
     by_offer, by_channel, by_category, overall = table.by_offer, table.by_channel, table.by_category, table.overall
     for contact in contacts:
         age = now - contact.timestamp
-        for group in (by_offer.get(contact.offer_id, ()), by_channel.get(contact.channel, ()),
-                      by_category.get(contact.category, ()), overall):
+        for group in (
+            by_offer.get(contact.offer_id, ()),
+            by_channel.get(contact.channel, ()),
+            by_category.get(contact.category, ()),
+            overall,
+        ):
             for i in group:
                 per, _, channel, _, _, _ = rows[i]
                 if age < per and (channel is None or channel == contact.channel):
@@ -132,5 +141,10 @@ def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], no
             everything = everything or text
         elif blocks is not LimitBlocks.NOTHING:
             blocked[blocks].setdefault(target, text)
-    return CapHits(everything, blocked[LimitBlocks.CHANNEL], blocked[LimitBlocks.OFFER], blocked[LimitBlocks.ARM],
-                   blocked[LimitBlocks.CATEGORY])
+    return CapHits(
+        everything,
+        blocked[LimitBlocks.CHANNEL],
+        blocked[LimitBlocks.OFFER],
+        blocked[LimitBlocks.ARM],
+        blocked[LimitBlocks.CATEGORY],
+    )

@@ -92,17 +92,25 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
         closed = verdict.reasons[snapshot.channel_index[channel]][1]
         if not closed and int(arm) in caps.arms:
             closed = f"{channel}: {caps.arms[int(arm)]}"
-        out.append(ArmScore(
-            offer_id=offer_id, channel=channel, p=float(p),
-            v=float(factor) / (levers * offer.weight) if levers * offer.weight else 0.0,
-            l=levers, b=offer.weight, boost=settings.preferred_channel_boost if preferred else 1.0,
-            vlb=float(factor), closed=closed,
-        ))
+        out.append(
+            ArmScore(
+                offer_id=offer_id,
+                channel=channel,
+                p=float(p),
+                v=float(factor) / (levers * offer.weight) if levers * offer.weight else 0.0,
+                l=levers,
+                b=offer.weight,
+                boost=settings.preferred_channel_boost if preferred else 1.0,
+                vlb=float(factor),
+                closed=closed,
+            )
+        )
     return tuple(out)
 
 
-def explain_decision(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, event: Event,
-                     decision: Decision) -> tuple[OfferExplanation, ...]:
+def explain_decision(
+    snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, event: Event, decision: Decision
+) -> tuple[OfferExplanation, ...]:
     """Every offer that answers ``event`` (paused ones too), in the order the engine ranked them.
 
     ``decision`` is what the engine decided for exactly these inputs; ask it
@@ -117,15 +125,23 @@ def explain_decision(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerCont
     ranks = {a.offer_id: (i + 2, a) for i, a in enumerate(decision.alternatives)}
     plan = snapshot.plans.get(event.type)
     out = []
-    for index in (plan.offers if plan is not None else ()):
+    for index in plan.offers if plan is not None else ():
         offer = snapshot.offers[index]
         these = tuple(sorted(arms.get(offer.id, ()), key=lambda a: (bool(a.closed), -a.priority)))
         if offer.id == decision.offer_id:
             out.append(OfferExplanation(offer.id, offer.name, "chosen", chosen, these, 1))
         elif offer.id in ranks:
             rank, alternative = ranks[offer.id]
-            out.append(OfferExplanation(offer.id, offer.name, "ranked",
-                                        f"priority {alternative.score:.4g} on {alternative.channel}", these, rank))
+            out.append(
+                OfferExplanation(
+                    offer.id,
+                    offer.name,
+                    "ranked",
+                    f"priority {alternative.score:.4g} on {alternative.channel}",
+                    these,
+                    rank,
+                )
+            )
         elif offer.id in reasons:
             reason = reasons[offer.id]
             shown = () if reason.code in _FILTERED_BEFORE_SCORING else these
@@ -140,8 +156,15 @@ def explain_decision(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerCont
     return tuple(out)
 
 
-_ORDER = {"below_threshold": 0, "not_decided": 1, "no_channel": 2, "frequency_cap": 3, "rule_error": 4,
-          "not_eligible": 5, "not_live": 6}
+_ORDER = {
+    "below_threshold": 0,
+    "not_decided": 1,
+    "no_channel": 2,
+    "frequency_cap": 3,
+    "rule_error": 4,
+    "not_eligible": 5,
+    "not_live": 6,
+}
 
 
 def _channel_rule_results(snapshot: PolicySnapshot, scope: dict[str, Any]) -> tuple[Any, ...] | None:

@@ -32,6 +32,7 @@ __all__ = ["FEATURE_DIM", "feature_index", "hash_features", "request_features", 
 FEATURE_DIM = 128
 """Columns of the hashed feature vector."""
 
+
 @functools.lru_cache(maxsize=65_536)  # bounded: free attributes make open-ended feature names
 def feature_index(name: str) -> int:
     """The column of a feature name (crc32, stable across processes and runs)."""
@@ -101,4 +102,3 @@ def vectorize(features: Mapping[str, float]) -> np.ndarray:
     for name, value in features.items():
         vector[feature_index(name)] += value
     return vector
-

@@ -89,8 +89,15 @@ class DecisionEngine:
         self.scorer = scorer
         self.explorer = explorer
 
-    def decide(self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, *, top_k: int = 3,
-               exhausted: frozenset[str] = frozenset()) -> Decision:
+    def decide(
+        self,
+        snapshot: PolicySnapshot,
+        ctx: CustomerContext,
+        event: Event,
+        *,
+        top_k: int = 3,
+        exhausted: frozenset[str] = frozenset(),
+    ) -> Decision:
         """Decide one moment; ``exhausted`` offers have used up their global budget."""
         features = request_features(ctx, event)
         plan = snapshot.plans.get(event.type)
@@ -105,13 +112,19 @@ class DecisionEngine:
             return self._no_action(snapshot, features, candidates.reasons, "frequency_cap", caps.everything)
         allowed = self._contact_policy(snapshot, candidates, ctx, scope, caps)
         if not len(allowed):
-            return self._no_action(snapshot, features, candidates.reasons, "nothing_allowed",
-                                   "no offer passed eligibility and contact policy")
+            return self._no_action(
+                snapshot,
+                features,
+                candidates.reasons,
+                "nothing_allowed",
+                "no offer passed eligibility and contact policy",
+            )
         scored = self._score(snapshot, plan, allowed, features, ctx, scope, candidates.offer_ok)
         ranking, options = self._arbitrate(snapshot, scored, candidates.reasons)
         if not len(options):
-            return self._no_action(snapshot, features, candidates.reasons, "below_threshold",
-                                   "no offer is worth sending")
+            return self._no_action(
+                snapshot, features, candidates.reasons, "below_threshold", "no offer is worth sending"
+            )
         return self._pick(snapshot, scored, ranking, options, candidates.reasons, ctx, event, scope, features, top_k)
 
     # --- the stages -------------------------------------------------------------------
@@ -134,7 +147,7 @@ class DecisionEngine:
         # a Python loop: a plan has tens of rules, fewer than it takes numpy to pay off
         for k, position in enumerate(plan.rule_positions.tolist()):
             result = results[k]
-            if result and not isinstance(result, Exception) or not offer_ok[position]:
+            if (result and not isinstance(result, Exception)) or not offer_ok[position]:
                 continue  # passed, or already out of its window (not reported twice)
             offer_ok[position] = False
             if isinstance(result, Exception):
@@ -142,8 +155,9 @@ class DecisionEngine:
             else:
                 reasons.append(plan.rule_reasons[k])
 
-    def _suppression(self, snapshot: PolicySnapshot, candidates: _Candidates, ctx: CustomerContext,
-                     exhausted: frozenset[str]) -> None:
+    def _suppression(
+        self, snapshot: PolicySnapshot, candidates: _Candidates, ctx: CustomerContext, exhausted: frozenset[str]
+    ) -> None:
         """Offers whose global budget is used up, and offers this customer keeps declining."""
         plan, offers, offer_ok = candidates.plan, snapshot.offers, candidates.offer_ok
         if exhausted:
@@ -151,8 +165,12 @@ class DecisionEngine:
 
             def spent(p: int) -> Reason:
                 offer = offers[plan.offers[p]]
-                return Reason(offer.id, "budget_exhausted",
-                              f"at most {offer.budget.max} per {offer.budget.per}" if offer.budget else "budget used up")
+                return Reason(
+                    offer.id,
+                    "budget_exhausted",
+                    f"at most {offer.budget.max} per {offer.budget.per}" if offer.budget else "budget used up",
+                )
+
             candidates.rule_out((np.isin(plan.offers, gone) & offer_ok).nonzero()[0].tolist(), spent)
         if ctx.declines and len(plan.suppress_after):
             declined = _recent_declines(snapshot, ctx.declines, ctx.now)[plan.offers]
@@ -161,10 +179,17 @@ class DecisionEngine:
                 offer = offers[plan.offers[p]]
                 per = offer.suppress_after.per if offer.suppress_after else ""
                 return Reason(offer.id, "suppressed", f"declined {declined[p]} times in {per}")
+
             candidates.rule_out((offer_ok & (declined >= plan.suppress_after)).nonzero()[0].tolist(), suppressed)
 
-    def _contact_policy(self, snapshot: PolicySnapshot, candidates: _Candidates, ctx: CustomerContext,
-                        scope: dict[str, Any], caps: CapHits) -> np.ndarray:
+    def _contact_policy(
+        self,
+        snapshot: PolicySnapshot,
+        candidates: _Candidates,
+        ctx: CustomerContext,
+        scope: dict[str, Any],
+        caps: CapHits,
+    ) -> np.ndarray:
         """Caps over the contact history, then consent, reach, channel conditions and quiet hours.
 
         Returns the positions in ``plan.arms`` of the arms still allowed; an offer left
@@ -180,11 +205,18 @@ class DecisionEngine:
 
             def cap_reason(p: int) -> Reason:
                 index = plan.offers[p]
-                return Reason(offers[index].id, "frequency_cap",
-                              caps.offers.get(index) or caps.categories[snapshot.offer_category[index]])
+                return Reason(
+                    offers[index].id,
+                    "frequency_cap",
+                    caps.offers.get(index) or caps.categories[snapshot.offer_category[index]],
+                )
+
             candidates.rule_out(capped.nonzero()[0].tolist(), cap_reason)
-        channel_results = (self._evaluate(snapshot.channel_rules_code, snapshot.channel_rules, scope)
-                           if snapshot.channel_rules_code is not None else None)
+        channel_results = (
+            self._evaluate(snapshot.channel_rules_code, snapshot.channel_rules, scope)
+            if snapshot.channel_rules_code is not None
+            else None
+        )
         verdict = channel_verdict(snapshot, ctx.profile, ctx.now, channel_results, caps)
         arm_ok = offer_ok[plan.arm_position] & verdict.allowed[plan.arm_channel]
         if caps.arms:
@@ -201,11 +233,20 @@ class DecisionEngine:
                 for c in offer.channels
             )
             return Reason(offer.id, "no_channel", why)
+
         candidates.rule_out((offer_ok & ~reachable).nonzero()[0].tolist(), no_channel)
         return arm_ok.nonzero()[0]
 
-    def _score(self, snapshot: PolicySnapshot, plan: EventPlan, allowed: np.ndarray, features: Mapping[str, float],
-               ctx: CustomerContext, scope: dict[str, Any], offer_ok: np.ndarray) -> _Scored:
+    def _score(
+        self,
+        snapshot: PolicySnapshot,
+        plan: EventPlan,
+        allowed: np.ndarray,
+        features: Mapping[str, float],
+        ctx: CustomerContext,
+        scope: dict[str, Any],
+        offer_ok: np.ndarray,
+    ) -> _Scored:
         """P (the model's propensity) x V x L x B of every allowed arm, with the preferred-channel boost."""
         arms = plan.arms[allowed]
         propensities = self.scorer.score(arms, vectorize(features))
@@ -216,7 +257,9 @@ class DecisionEngine:
             priorities[plan.arm_channel[allowed] == preferred] *= snapshot.settings.preferred_channel_boost
         return _Scored(arms, propensities, factors, priorities)
 
-    def _arbitrate(self, snapshot: PolicySnapshot, scored: _Scored, reasons: list[Reason]) -> tuple[Ranking, np.ndarray]:
+    def _arbitrate(
+        self, snapshot: PolicySnapshot, scored: _Scored, reasons: list[Reason]
+    ) -> tuple[Ranking, np.ndarray]:
         """Rank offers by their best arm; keep those worth sending (at or above the threshold, never at 0:
         a lever or weight of 0 pauses an offer). Returns the ranking and the positions in it of the options."""
         ranking = rank_offers(scored.priorities, snapshot.arm_offer[scored.arms])
@@ -224,13 +267,28 @@ class DecisionEngine:
         above = (ranking.priorities >= threshold) & (ranking.priorities > 0)
         for r in (~above).nonzero()[0].tolist():
             arm = scored.arms[ranking.arms[r]]
-            reasons.append(Reason(snapshot.arm_keys[arm][0], "below_threshold",
-                                  f"priority {ranking.priorities[r]:.4g} < {threshold:g}"))
+            reasons.append(
+                Reason(
+                    snapshot.arm_keys[arm][0],
+                    "below_threshold",
+                    f"priority {ranking.priorities[r]:.4g} < {threshold:g}",
+                )
+            )
         return ranking, above.nonzero()[0]
 
-    def _pick(self, snapshot: PolicySnapshot, scored: _Scored, ranking: Ranking, options: np.ndarray,
-              reasons: list[Reason], ctx: CustomerContext, event: Event, scope: dict[str, Any],
-              features: Mapping[str, float], top_k: int) -> Decision:
+    def _pick(
+        self,
+        snapshot: PolicySnapshot,
+        scored: _Scored,
+        ranking: Ranking,
+        options: np.ndarray,
+        reasons: list[Reason],
+        ctx: CustomerContext,
+        event: Event,
+        scope: dict[str, Any],
+        features: Mapping[str, float],
+        top_k: int,
+    ) -> Decision:
         """Exploration picks among the options (logging the probability of the pick); the content is rendered."""
         pick, propensity = self.explorer.choose(ranking.priorities[options])
         chosen = ranking.arms[options[pick]]
@@ -238,11 +296,20 @@ class DecisionEngine:
         offer = snapshot.offers[snapshot.offer_index[offer_id]]
         best = snapshot.arm_keys[scored.arms[ranking.arms[options[0]]]][0]
         why = "best priority" if pick == 0 else f"exploration (best was {best})"
-        reasons.insert(0, Reason(offer_id, "chosen", f"{why}: P={float(scored.propensities[chosen]):.4f} x "
-                                                     f"VLB={float(scored.factors[chosen]):.4g} on {channel}"))
+        reasons.insert(
+            0,
+            Reason(
+                offer_id,
+                "chosen",
+                f"{why}: P={float(scored.propensities[chosen]):.4f} x "
+                f"VLB={float(scored.factors[chosen]):.4g} on {channel}",
+            ),
+        )
         runners_up = [options[r] for r in range(min(len(options), top_k + 1)) if r != pick][:top_k]
-        alternatives = tuple(Alternative(*snapshot.arm_keys[scored.arms[ranking.arms[r]]],
-                                         float(ranking.priorities[r])) for r in runners_up)
+        alternatives = tuple(
+            Alternative(*snapshot.arm_keys[int(scored.arms[ranking.arms[r]])], float(ranking.priorities[r]))
+            for r in runners_up
+        )
         return Decision(
             offer_id=offer_id,
             channel=channel,
@@ -258,11 +325,19 @@ class DecisionEngine:
             features=features,
         )
 
-    def _no_action(self, snapshot: PolicySnapshot, features: Mapping[str, float], reasons: list[Reason],
-                   code: str, detail: str) -> Decision:
-        return Decision(offer_id=None, channel="", score=0.0, propensity=1.0,
-                        reasons=(*reasons, Reason("", code, detail)),
-                        policy_version=snapshot.version, model_version=self.scorer.version, features=features)
+    def _no_action(
+        self, snapshot: PolicySnapshot, features: Mapping[str, float], reasons: list[Reason], code: str, detail: str
+    ) -> Decision:
+        return Decision(
+            offer_id=None,
+            channel="",
+            score=0.0,
+            propensity=1.0,
+            reasons=(*reasons, Reason("", code, detail)),
+            policy_version=snapshot.version,
+            model_version=self.scorer.version,
+            features=features,
+        )
 
     @staticmethod
     def _evaluate(code: Any, rules: tuple[Any, ...], scope: dict[str, Any]) -> tuple[Any, ...] | list[Any]:
@@ -281,8 +356,9 @@ class DecisionEngine:
             return results
 
 
-def arm_factors(snapshot: PolicySnapshot, plan: EventPlan, arms: np.ndarray, offer_ok: np.ndarray,
-                scope: dict[str, Any]) -> np.ndarray:
+def arm_factors(
+    snapshot: PolicySnapshot, plan: EventPlan, arms: np.ndarray, offer_ok: np.ndarray, scope: dict[str, Any]
+) -> np.ndarray:
     """(V - costs) x L x B of each of ``arms``; value expressions are computed for this request.
 
     A value expression that fails or is not a finite number gives the offer a value of 0.
@@ -308,10 +384,13 @@ def arm_factors(snapshot: PolicySnapshot, plan: EventPlan, arms: np.ndarray, off
 
 def _values_at_once(plan: EventPlan, scope: dict[str, Any]) -> np.ndarray | None:
     """Every value expression of the plan in one evaluation; None when one fails or is not a number."""
+    if plan.value_code is None:
+        return None
     try:
         # float() of each, as the one-by-one path: a list or a text that is no number fails
-        computed = np.fromiter(map(float, eval(plan.value_code, _GLOBALS, scope)),
-                               dtype=float, count=len(plan.value_offers))
+        computed = np.fromiter(
+            map(float, eval(plan.value_code, _GLOBALS, scope)), dtype=np.float64, count=len(plan.value_offers)
+        )
     except Exception:
         return None
     computed[~np.isfinite(computed)] = 0.0
@@ -329,8 +408,9 @@ def _recent_declines(snapshot: PolicySnapshot, declines: tuple[tuple[float, str]
     return np.bincount(offers[recent], minlength=len(snapshot.offers))
 
 
-def render(template: str, variables: Mapping[str, Any], scope: dict[str, Any], ctx: CustomerContext,
-           event: Event) -> str:
+def render(
+    template: str, variables: Mapping[str, Any], scope: dict[str, Any], ctx: CustomerContext, event: Event
+) -> str:
     """Fill a content template from the profile, the event and the offer's variables."""
     values: dict[str, Any] = {"first_name": ctx.profile.first_name, "segment": ctx.profile.segment}
     values.update(event.fields)

@@ -128,8 +128,9 @@ STRATEGIES = ("epsilon", "softmax")
 """Names :func:`make_explorer` accepts."""
 
 
-def make_explorer(strategy: str, *, epsilon: float = 0.05, temperature: float = 0.1,
-                  seed: int | None = None) -> EpsilonGreedy | Softmax:
+def make_explorer(
+    strategy: str, *, epsilon: float = 0.05, temperature: float = 0.1, seed: int | None = None
+) -> EpsilonGreedy | Softmax:
     """The exploration strategy called ``strategy``, seeded.
 
     >>> make_explorer("softmax", temperature=0.2, seed=1).temperature

@@ -39,12 +39,21 @@ def default_learner_name() -> str:
 class Learner:
     """Consume outcomes, learn, publish model versions every N outcomes or T seconds."""
 
-    def __init__(self, client: redis.Redis, *, name: str | None = None, snapshot_every: int = 200,
-                 snapshot_seconds: float = 5.0, batch: int = 500, block_ms: int = 500,
-                 attribution_check_seconds: float = 1.0, on_update: Callable[[int], None] | None = None,
-                 on_learned: Callable[[int], None] | None = None,
-                 on_redis_error: Callable[[], None] | None = None,
-                 challenger_learning_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        name: str | None = None,
+        snapshot_every: int = 200,
+        snapshot_seconds: float = 5.0,
+        batch: int = 500,
+        block_ms: int = 500,
+        attribution_check_seconds: float = 1.0,
+        on_update: Callable[[int], None] | None = None,
+        on_learned: Callable[[int], None] | None = None,
+        on_redis_error: Callable[[], None] | None = None,
+        challenger_learning_rate: float = 0.0,
+    ) -> None:
         self.name = name or default_learner_name()
         self.snapshot_every = snapshot_every
         self.snapshot_seconds = snapshot_seconds
@@ -82,8 +91,12 @@ class Learner:
         self._reload()
         self._stream.claim_pending()
         self._active = True
-        log.info("learner %s active from model version %s (%d outcomes learned)", self.name, self.version,
-                 self.models.updates)
+        log.info(
+            "learner %s active from model version %s (%d outcomes learned)",
+            self.name,
+            self.version,
+            self.models.updates,
+        )
 
     def _reload(self) -> None:
         live = self._models_store.live()
@@ -135,7 +148,8 @@ class Learner:
                 self._unacked.append(entry)  # trimmed from the stream: nothing to learn, acknowledge it
         self.learned += learned
         if len(self._unacked) >= self.snapshot_every or (
-                self._unacked and time.monotonic() - self._last_snapshot >= self.snapshot_seconds):
+            self._unacked and time.monotonic() - self._last_snapshot >= self.snapshot_seconds
+        ):
             self.publish()
         return learned
 
@@ -152,8 +166,12 @@ class Learner:
             self._reload()
             return None
         self.version = self._models_store.publish(
-            self.models.to_bytes(), self.models.updates, source=self.name, acknowledge=self._unacked,
-            challenger=self.challenger.to_bytes() if self.challenger is not None else None)
+            self.models.to_bytes(),
+            self.models.updates,
+            source=self.name,
+            acknowledge=self._unacked,
+            challenger=self.challenger.to_bytes() if self.challenger is not None else None,
+        )
         self._unacked = []
         self._last_snapshot = time.monotonic()
         if self.on_update is not None:

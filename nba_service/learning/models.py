@@ -92,8 +92,10 @@ class ModelBank:
         model = self._models.get(key)
         if model is None:
             model = self._models[key] = linear_model.LogisticRegression(
-                optimizer=optim.SGD(self.learning_rate), l2=self.l2,
-                intercept_init=logit(prior), intercept_lr=self.learning_rate,
+                optimizer=optim.SGD(self.learning_rate),
+                l2=self.l2,
+                intercept_init=logit(prior),
+                intercept_lr=self.learning_rate,
             )
         model.learn_one(hash_features(features), reward > 0)
         self._updates += 1
@@ -117,12 +119,23 @@ class ModelBank:
                 "intercept": float(model.intercept),
                 "weights": {str(column): float(w) for column, w in sorted(model.weights.items()) if w},
             }
-        return {"updates": self._updates, "feature_dim": FEATURE_DIM, "feature_hashing": "crc32(name) % feature_dim",
-                "arms": arms}
+        return {
+            "updates": self._updates,
+            "feature_dim": FEATURE_DIM,
+            "feature_hashing": "crc32(name) % feature_dim",
+            "arms": arms,
+        }
 
     def to_bytes(self) -> bytes:
-        return pickle.dumps({"format": _FORMAT, "updates": self._updates, "models": self._models,
-                             "learning_rate": self.learning_rate, "l2": self.l2})
+        return pickle.dumps(
+            {
+                "format": _FORMAT,
+                "updates": self._updates,
+                "models": self._models,
+                "learning_rate": self.learning_rate,
+                "l2": self.l2,
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelBank:

@@ -25,45 +25,75 @@ class Metrics:
         self.decision_seconds = Histogram(
             "nba_decision_duration_seconds",
             "Time to decide one request inside the server, Redis round trips included, by event type.",
-            ["event_type"], buckets=LATENCY_BUCKETS, registry=registry)
+            ["event_type"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.decisions = Counter(
-            "nba_decisions", "Decisions made, by chosen offer and channel (offer=\"none\" for no action).",
-            ["offer", "channel"], registry=registry)
+            "nba_decisions",
+            'Decisions made, by chosen offer and channel (offer="none" for no action).',
+            ["offer", "channel"],
+            registry=registry,
+        )
         self.outcomes = Counter(
-            "nba_outcomes", "Outcomes reported and joined to a decision, by kind.", ["outcome"], registry=registry)
+            "nba_outcomes", "Outcomes reported and joined to a decision, by kind.", ["outcome"], registry=registry
+        )
         self.outcomes_unmatched = Counter(
-            "nba_outcomes_unmatched", "Outcomes refused: unknown or expired decision, or a duplicate.",
-            ["reason"], registry=registry)
+            "nba_outcomes_unmatched",
+            "Outcomes refused: unknown or expired decision, or a duplicate.",
+            ["reason"],
+            registry=registry,
+        )
         self.offers_filtered = Counter(
-            "nba_offers_filtered", "Candidate offers left out of a decision, by reason.", ["reason"], registry=registry)
+            "nba_offers_filtered", "Candidate offers left out of a decision, by reason.", ["reason"], registry=registry
+        )
         self.redis_errors = Counter(
-            "nba_redis_errors", "Redis calls that failed, by operation.", ["operation"], registry=registry)
+            "nba_redis_errors", "Redis calls that failed, by operation.", ["operation"], registry=registry
+        )
         self.model_updates = Counter(
-            "nba_model_updates", "Outcomes learned by this process's learner.", registry=registry)
+            "nba_model_updates", "Outcomes learned by this process's learner.", registry=registry
+        )
         self.model_publications = Counter(
-            "nba_model_publications", "Model versions this process's learner published.", registry=registry)
+            "nba_model_publications", "Model versions this process's learner published.", registry=registry
+        )
         self.model_version = Gauge(
-            "nba_model_version", "Model version this replica serves (0: priors only).", registry=registry,
-            multiprocess_mode="max")
+            "nba_model_version",
+            "Model version this replica serves (0: priors only).",
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.model_reloads = Counter(
-            "nba_model_reloads", "Model versions loaded, by result.", ["result"], registry=registry)
+            "nba_model_reloads", "Model versions loaded, by result.", ["result"], registry=registry
+        )
         self.policy_version = Gauge(
-            "nba_policy_version", "Policy version this replica serves (0: none yet).", registry=registry,
-            multiprocess_mode="max")
+            "nba_policy_version",
+            "Policy version this replica serves (0: none yet).",
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.policy_reloads = Counter(
-            "nba_policy_reloads", "Policy versions loaded, by result.", ["result"], registry=registry)
+            "nba_policy_reloads", "Policy versions loaded, by result.", ["result"], registry=registry
+        )
         self.rpc_seconds = Histogram(
-            "nba_grpc_server_handling_seconds", "gRPC handling time by method, as seen by the server.",
-            ["grpc_method"], buckets=LATENCY_BUCKETS, registry=registry)
+            "nba_grpc_server_handling_seconds",
+            "gRPC handling time by method, as seen by the server.",
+            ["grpc_method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.rpcs = Counter(
-            "nba_grpc_server_handled", "gRPC calls completed, by method and status code.",
-            ["grpc_method", "grpc_code"], registry=registry)
+            "nba_grpc_server_handled",
+            "gRPC calls completed, by method and status code.",
+            ["grpc_method", "grpc_code"],
+            registry=registry,
+        )
         self._decision_children: dict[str, Histogram] = {}
         self._decided_children: dict[tuple[str, str], Counter] = {}
         self._filtered_children: dict[str, Counter] = {}
 
-    def observe_decision(self, event_type: str, seconds: float, offer: str, channel: str,
-                         filtered: Iterable[str] = ()) -> None:
+    def observe_decision(
+        self, event_type: str, seconds: float, offer: str, channel: str, filtered: Iterable[str] = ()
+    ) -> None:
         """One decision: its time, its choice (offer and channel, "none" for no action) and the
         reason code of every candidate offer it left out."""
         child = self._decision_children.get(event_type)

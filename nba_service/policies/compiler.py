@@ -50,10 +50,38 @@ class ExpressionError(ValueError):
 
 
 _ALLOWED_NODES: tuple[type[ast.AST], ...] = (
-    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
-    ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod,
-    ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn,
-    ast.IfExp, ast.Constant, ast.List, ast.Tuple, ast.Name, ast.Load, ast.Call, ast.Attribute,
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.BinOp,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.FloorDiv,
+    ast.Mod,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.IfExp,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+    ast.Name,
+    ast.Load,
+    ast.Call,
+    ast.Attribute,
 )
 _DURATION_ARG_FUNCTIONS = {"count_events": 1}
 
@@ -90,8 +118,9 @@ def parse_condition(source: str) -> ast.expr:
 
 
 class _Rewriter(ast.NodeTransformer):
-    def __init__(self, event_fields: frozenset[str], extra_names: frozenset[str],
-                 definitions: Definitions | None = None) -> None:
+    def __init__(
+        self, event_fields: frozenset[str], extra_names: frozenset[str], definitions: Definitions | None = None
+    ) -> None:
         self.event_fields = event_fields
         self.extra_names = extra_names
         self.definitions = definitions or Definitions()
@@ -122,8 +151,11 @@ class _Rewriter(ast.NodeTransformer):
                 known = ", ".join(sorted(self.event_fields | {"type"}))
                 raise self._fail(node, f"unknown field event.{field} (known here: {known})")
         elif field not in PROFILE_FIELDS:
-            raise self._fail(node, f"unknown field profile.{field} (known: {', '.join(PROFILE_FIELDS)};"
-                                   f" use attr('{field}') for a free attribute)")
+            raise self._fail(
+                node,
+                f"unknown field profile.{field} (known: {', '.join(PROFILE_FIELDS)};"
+                f" use attr('{field}') for a free attribute)",
+            )
         name = f"{owner}_{field}"
         self.names.add(name)
         return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
@@ -135,8 +167,9 @@ class _Rewriter(ast.NodeTransformer):
         condition = self.definitions.conditions.get(node.id)
         if condition is not None:
             if node.id in self._expanding:
-                raise self._fail(node, f"condition {node.id!r} refers to itself "
-                                       f"({' -> '.join([*self._expanding, node.id])})")
+                raise self._fail(
+                    node, f"condition {node.id!r} refers to itself ({' -> '.join([*self._expanding, node.id])})"
+                )
             self._expanding.append(node.id)
             try:
                 inlined = self.visit(copy.deepcopy(condition))
@@ -170,8 +203,9 @@ class _Rewriter(ast.NodeTransformer):
             if not isinstance(kind, ast.Constant) or kind.value not in self.definitions.place_kinds:
                 declared = ", ".join(sorted(self.definitions.place_kinds)) or "none"
                 given = kind.value if isinstance(kind, ast.Constant) else ast.unparse(kind)
-                raise self._fail(kind, f"{name}() needs a declared place kind in quotes, got {given!r} "
-                                       f"(declared: {declared})")
+                raise self._fail(
+                    kind, f"{name}() needs a declared place kind in quotes, got {given!r} (declared: {declared})"
+                )
         position = _DURATION_ARG_FUNCTIONS.get(name)
         if position is not None:
             arg = node.args[position]
@@ -216,17 +250,55 @@ def compile_expression(
 
 # --- compile-time type check ----------------------------------------------------------
 
-_NUMBER_NAMES = frozenset({
-    "event_amount", "event_balance", "event_shortfall", "event_latitude", "event_longitude", "event_accuracy_m",
-    "event_cart_value", "event_item_count", "local_hour", "weekday", "day_of_month", "month", "open_cart_value",
-})
-_TEXT_NAMES = frozenset({
-    "event_type", "event_currency", "event_atm_id", "event_place_id", "event_cart_id", "event_screen", "event_url",
-    "event_page_type", "event_agent_id", "event_reason", "event_name", "origin_channel", "profile_segment",
-    "profile_first_name", "profile_preferred_channel", "profile_timezone",
-})
-_NUMBER_FUNCTIONS = frozenset({"_f_num", "_f_count_events", "_f_days_since", "_f_days_until", "_f_nearest_km",
-                               "_f_round_up", "_f_abs", "_f_round"})
+_NUMBER_NAMES = frozenset(
+    {
+        "event_amount",
+        "event_balance",
+        "event_shortfall",
+        "event_latitude",
+        "event_longitude",
+        "event_accuracy_m",
+        "event_cart_value",
+        "event_item_count",
+        "local_hour",
+        "weekday",
+        "day_of_month",
+        "month",
+        "open_cart_value",
+    }
+)
+_TEXT_NAMES = frozenset(
+    {
+        "event_type",
+        "event_currency",
+        "event_atm_id",
+        "event_place_id",
+        "event_cart_id",
+        "event_screen",
+        "event_url",
+        "event_page_type",
+        "event_agent_id",
+        "event_reason",
+        "event_name",
+        "origin_channel",
+        "profile_segment",
+        "profile_first_name",
+        "profile_preferred_channel",
+        "profile_timezone",
+    }
+)
+_NUMBER_FUNCTIONS = frozenset(
+    {
+        "_f_num",
+        "_f_count_events",
+        "_f_days_since",
+        "_f_days_until",
+        "_f_nearest_km",
+        "_f_round_up",
+        "_f_abs",
+        "_f_round",
+    }
+)
 _TEXT_FUNCTIONS = frozenset({"_f_nearest_name"})
 _MAYBE_TEXT_FUNCTIONS = frozenset({"_f_attr", "_f_event_attr", "_f_request_attr"})
 _VALUE_COMPARISONS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
@@ -265,13 +337,19 @@ def _check_types(tree: ast.expr) -> None:
                 continue
             kinds = {_kind(left), _kind(right)}
             if kinds == {"number", "text"}:
-                raise ExpressionError(f"compares a number with text ({_source_name(left)} and {_source_name(right)}): "
-                                      "it is never true", node.lineno, node.col_offset + 1)
+                raise ExpressionError(
+                    f"compares a number with text ({_source_name(left)} and {_source_name(right)}): it is never true",
+                    node.lineno,
+                    node.col_offset + 1,
+                )
             if kinds == {"number", "maybe-text"}:
                 attribute = left if _kind(left) == "maybe-text" else right
-                raise ExpressionError(f"{_source_name(attribute)} is text (or None), not a number: compare "
-                                      f"num({_source_name(attribute)}, DEFAULT) instead", node.lineno,
-                                      node.col_offset + 1)
+                raise ExpressionError(
+                    f"{_source_name(attribute)} is text (or None), not a number: compare "
+                    f"num({_source_name(attribute)}, DEFAULT) instead",
+                    node.lineno,
+                    node.col_offset + 1,
+                )
 
 
 _HIDDEN_ARGUMENT = re.compile(r"_f_(\w+)\((?:_ctx|_geo|_event_attributes)(?:, )?")

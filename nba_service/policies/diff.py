@@ -92,8 +92,11 @@ class PolicyDiff:
         if settings:
             parts.append(f"{settings} setting{'s' if settings != 1 else ''} changed")
         for section, noun in (("channels", "channel"), ("offers", "offer")):
-            counts = [(len(self.changed(section)), "changed"), (len(self.added(section)), "added"),
-                      (len(self.removed(section)), "removed")]
+            counts = [
+                (len(self.changed(section)), "changed"),
+                (len(self.added(section)), "added"),
+                (len(self.removed(section)), "removed"),
+            ]
             shown = [f"{n} {what}" for n, what in counts if n]
             if shown:
                 total = sum(n for n, _ in counts)
@@ -123,6 +126,7 @@ def diff_policies(old: PolicySet, new: PolicySet) -> PolicyDiff:
 
 # --- how values are shown -------------------------------------------------------------
 
+
 def show_value(value: Any) -> str:
     """A value as it would be written in the YAML: ``15`` not ``15.0``, ``true``, quoted texts.
 
@@ -145,8 +149,11 @@ def show_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         # e.g. a budget {max: 5000, per: 1d}: the fields as written, not their computed seconds
-        shown = [f"{f.name}: {_plain(getattr(value, f.name))}" for f in dataclasses.fields(value)
-                 if not f.name.endswith("_seconds")]
+        shown = [
+            f"{f.name}: {_plain(getattr(value, f.name))}"
+            for f in dataclasses.fields(value)
+            if not f.name.endswith("_seconds")
+        ]
         return "{" + ", ".join(shown) + "}"
     if isinstance(value, (tuple, list)):
         return _show_list(show_value(v) for v in value)
@@ -189,8 +196,10 @@ def _same(a: Any, b: Any) -> bool:
 
 # --- comparing ------------------------------------------------------------------------
 
-def _field(section: str, subject: str, field: str, old: Any, new: Any,
-           show: Callable[[Any], str] = show_value) -> list[Change]:
+
+def _field(
+    section: str, subject: str, field: str, old: Any, new: Any, show: Callable[[Any], str] = show_value
+) -> list[Change]:
     return [] if _same(old, new) else [Change(section, subject, field, show(old), show(new))]
 
 
@@ -216,8 +225,9 @@ def _items(section: str, subject: str, field: str, old: Sequence[Any], new: Sequ
         if list(old) != list(new):
             return [Change(section, subject, field, _show_list(old), _show_list(new))]
         return []
-    return ([Change(section, subject, field, str(item), None) for item in removed]
-            + [Change(section, subject, field, None, str(item)) for item in added])
+    return [Change(section, subject, field, str(item), None) for item in removed] + [
+        Change(section, subject, field, None, str(item)) for item in added
+    ]
 
 
 def _show_list(items: Iterable[Any]) -> str:
@@ -237,8 +247,11 @@ def _limits(section: str, subject: str, field: str, old: Sequence[Limit], new: S
     added = [x for x in new if _limit_key(x) not in old_keys]
     out = []
     for limit in list(removed):
-        same_scope = [x for x in added if (x.channel, x.category, x.per_seconds)
-                      == (limit.channel, limit.category, limit.per_seconds)]
+        same_scope = [
+            x
+            for x in added
+            if (x.channel, x.category, x.per_seconds) == (limit.channel, limit.category, limit.per_seconds)
+        ]
         if len(same_scope) == 1:
             removed.remove(limit)
             added.remove(same_scope[0])
@@ -251,8 +264,9 @@ def _limits(section: str, subject: str, field: str, old: Sequence[Limit], new: S
 def _settings_changes(old: PolicySet, new: PolicySet) -> list[Change]:
     a, b = old.settings, new.settings
     out = _field("settings", "settings", "no_action_threshold", a.no_action_threshold, b.no_action_threshold)
-    out += _field("settings", "settings", "preferred_channel_boost", a.preferred_channel_boost,
-                  b.preferred_channel_boost)
+    out += _field(
+        "settings", "settings", "preferred_channel_boost", a.preferred_channel_boost, b.preferred_channel_boost
+    )
     out += _field("settings", "settings", "levers.global", a.global_lever, b.global_lever)
     out += _mapping("settings", "settings", "levers.categories", a.category_levers, b.category_levers)
     out += _limits("settings", "settings", "contact_limits", a.contact_limits, b.contact_limits)
@@ -260,8 +274,13 @@ def _settings_changes(old: PolicySet, new: PolicySet) -> list[Change]:
     return out
 
 
-def _entity_changes(section: str, old: Sequence[Any], new: Sequence[Any],
-                    fields: Callable[[str, Any, Any], list[Change]], summary: Callable[[Any], str]) -> list[Change]:
+def _entity_changes(
+    section: str,
+    old: Sequence[Any],
+    new: Sequence[Any],
+    fields: Callable[[str, Any, Any], list[Change]],
+    summary: Callable[[Any], str],
+) -> list[Change]:
     before = {x.id: x for x in old}
     after = {x.id: x for x in new}
     out = []
@@ -294,10 +313,30 @@ def _other_fields(section: str, subject: str, a: Any, b: Any, known: set[str]) -
 
 _NOT_COMPARED = {"id", "file", "line"}
 _CHANNEL_FIELDS = {"name", "needs_reachable", "default_consent", "available_when", "quiet_hours", "cost"}
-_OFFER_FIELDS = {"paused", "name", "category", "events", "eligible_when", "value", "weight", "lever", "prior",
-                 "channels", "variables", "content", "limits", "valid_from", "valid_until"}
-_SETTINGS_FIELDS = {"no_action_threshold", "preferred_channel_boost", "global_lever", "category_levers",
-                    "contact_limits"}
+_OFFER_FIELDS = {
+    "paused",
+    "name",
+    "category",
+    "events",
+    "eligible_when",
+    "value",
+    "weight",
+    "lever",
+    "prior",
+    "channels",
+    "variables",
+    "content",
+    "limits",
+    "valid_from",
+    "valid_until",
+}
+_SETTINGS_FIELDS = {
+    "no_action_threshold",
+    "preferred_channel_boost",
+    "global_lever",
+    "category_levers",
+    "contact_limits",
+}
 
 
 def _channel_fields(section: str, a: ChannelSpec, b: ChannelSpec) -> list[Change]:
@@ -313,8 +352,10 @@ def _channel_fields(section: str, a: ChannelSpec, b: ChannelSpec) -> list[Change
 
 def _offer_summary(o: OfferSpec) -> str:
     paused = ", paused" if o.paused else ""
-    return (f"{o.name} ({o.category}; events {', '.join(o.events)}; channels {', '.join(o.channels)}; "
-            f"value {show_value(o.value)}, prior {show_value(o.prior)}{paused})")
+    return (
+        f"{o.name} ({o.category}; events {', '.join(o.events)}; channels {', '.join(o.channels)}; "
+        f"value {show_value(o.value)}, prior {show_value(o.prior)}{paused})"
+    )
 
 
 def _offer_fields(section: str, a: OfferSpec, b: OfferSpec) -> list[Change]:

@@ -33,9 +33,26 @@ from nba_service.policies.yaml_source import IDENTIFIER, Collector, _Node, shown
 __all__ = ["parse_offers"]
 
 _OFFER_KEYS = {
-    "id", "name", "category", "events", "eligible_when", "value", "weight", "lever", "prior",
-    "channels", "variables", "content", "limits", "valid_from", "valid_until", "paused", "budget", "suppress_after",
-    "cost", "reward",
+    "id",
+    "name",
+    "category",
+    "events",
+    "eligible_when",
+    "value",
+    "weight",
+    "lever",
+    "prior",
+    "channels",
+    "variables",
+    "content",
+    "limits",
+    "valid_from",
+    "valid_until",
+    "paused",
+    "budget",
+    "suppress_after",
+    "cost",
+    "reward",
 }
 _REQUIRED = ("id", "name", "category", "events", "value", "prior", "channels", "content")
 _PROFILE_TEMPLATE_FIELDS = ("first_name", "segment")
@@ -96,8 +113,9 @@ def _parse_offer(i: int, item: _Node, col: Collector, channels: Mapping[str, Cha
     )
 
 
-def _events_and_channels(fields: Mapping[str, _Node], where: str, col: Collector,
-                         channels: Mapping[str, ChannelSpec]) -> tuple[list[str], list[str]]:
+def _events_and_channels(
+    fields: Mapping[str, _Node], where: str, col: Collector, channels: Mapping[str, ChannelSpec]
+) -> tuple[list[str], list[str]]:
     """The offer's event types and channels; an empty list is a problem only when nothing else is wrong."""
     before = len(col.issues)
     events = []
@@ -120,8 +138,9 @@ def _events_and_channels(fields: Mapping[str, _Node], where: str, col: Collector
     return events, offer_channels
 
 
-def _parse_variables(node: _Node | None, where: str, col: Collector,
-                     events: list[str]) -> dict[str, CompiledExpression]:
+def _parse_variables(
+    node: _Node | None, where: str, col: Collector, events: list[str]
+) -> dict[str, CompiledExpression]:
     """``variables``: name -> expression, usable in the offer's rules, value and content."""
     variables: dict[str, CompiledExpression] = {}
     if node is None:
@@ -158,8 +177,9 @@ def _parse_offer_limits(node: _Node | None, where: str, col: Collector, offer_ch
     return limits
 
 
-def _parse_value(node: _Node | None, where: str, col: Collector, events: list[str],
-                 variables: Mapping[str, CompiledExpression]) -> tuple[float, CompiledExpression | None]:
+def _parse_value(
+    node: _Node | None, where: str, col: Collector, events: list[str], variables: Mapping[str, CompiledExpression]
+) -> tuple[float, CompiledExpression | None]:
     """``value``: a positive number, or an expression computed per request (the number is then 1)."""
     if node is not None and isinstance(node.value, str):
         return 1.0, col.expression(node, f"{where}.value", events, variables)
@@ -176,8 +196,7 @@ def _parse_reward(node: _Node | None, where: str, col: Collector) -> str:
     return str(node.value)
 
 
-def _count_and_window(node: _Node | None, where: str, col: Collector,
-                      count_key: str) -> tuple[int, float, str] | None:
+def _count_and_window(node: _Node | None, where: str, col: Collector, count_key: str) -> tuple[int, float, str] | None:
     """(count, window seconds, window as written) of ``{<count_key>: N, per: 1d}``."""
     if node is None:
         return None
@@ -218,8 +237,14 @@ def _template_fields(events: Iterable[str], variables: Iterable[str]) -> set[str
     return set(fields or ()) | set(_PROFILE_TEMPLATE_FIELDS) | set(variables)
 
 
-def _parse_content(node: _Node | None, where: str, col: Collector, channels: list[str],
-                   events: list[str], variables: Mapping[str, CompiledExpression]) -> dict[str, str]:
+def _parse_content(
+    node: _Node | None,
+    where: str,
+    col: Collector,
+    channels: list[str],
+    events: list[str],
+    variables: Mapping[str, CompiledExpression],
+) -> dict[str, str]:
     """``content``: the text of each channel (or ``default``), its ``{field}`` templates checked."""
     if node is None:
         return {}
@@ -244,15 +269,21 @@ def _parse_content(node: _Node | None, where: str, col: Collector, channels: lis
 def _check_template(text: str, node: _Node, where: str, col: Collector, allowed: set[str]) -> bool:
     """Record each problem of the ``{field}`` template ``text``; False when it cannot be parsed at all."""
     try:
-        fields = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(text)
-                  if field is not None]
+        fields = [
+            (field, spec, conversion)
+            for _, field, spec, conversion in string.Formatter().parse(text)
+            if field is not None
+        ]
     except ValueError as exc:
         col.add(node, f"{where}: bad template: {exc}")
         return False
     for name, spec, conversion in fields:
         if spec or conversion:
-            col.add(node, f"{where}: {{{name}...}} has a format; write {{{name}}}: "
-                          "numbers are formatted for people automatically (100, 12.50)")
+            col.add(
+                node,
+                f"{where}: {{{name}...}} has a format; write {{{name}}}: "
+                "numbers are formatted for people automatically (100, 12.50)",
+            )
         elif name not in allowed:
             col.add(node, f"{where}: unknown template field {{{name}}} (known: {', '.join(sorted(allowed))})")
     return True

@@ -88,9 +88,14 @@ def parse_policy_files(files: Mapping[str, str], base: str = "") -> PolicySet:
     if settings_part is not None:
         _check_settings_targets(settings_part, category_lever_nodes, channels, offers)
     _raise_issues(sections.collectors, base, has_channels=bool(channels))
-    return PolicySet(settings=settings, channels=tuple(channels.values()), offers=tuple(offers.values()),
-                     places=tuple(places.values()), conditions=condition_sources,
-                     files=dict(files))
+    return PolicySet(
+        settings=settings,
+        channels=tuple(channels.values()),
+        offers=tuple(offers.values()),
+        places=tuple(places.values()),
+        conditions=condition_sources,
+        files=dict(files),
+    )
 
 
 @dataclasses.dataclass(slots=True)
@@ -168,8 +173,12 @@ def _read_offers(parts: list[_Part], channels: Mapping[str, ChannelSpec]) -> dic
     return offers
 
 
-def _check_settings_targets(settings: _Part, category_lever_nodes: Mapping[str, _Node],
-                            channels: Mapping[str, ChannelSpec], offers: Mapping[str, OfferSpec]) -> None:
+def _check_settings_targets(
+    settings: _Part,
+    category_lever_nodes: Mapping[str, _Node],
+    channels: Mapping[str, ChannelSpec],
+    offers: Mapping[str, OfferSpec],
+) -> None:
     """Stage 6: the channels and categories the settings name exist in the whole set."""
     node, col = settings
     categories = {o.category for o in offers.values()}

@@ -36,6 +36,7 @@ _CHANNEL_KEYS = {"id", "name", "needs_reachable", "default_consent", "available_
 
 # --- settings -------------------------------------------------------------------------
 
+
 def parse_settings(node: _Node, col: Collector) -> tuple[GlobalSettings, dict[str, _Node]]:
     """The settings, and the node of each category named in ``levers.categories`` (checked later)."""
     fields = col.mapping(node, "settings", _SETTINGS_KEYS)
@@ -82,8 +83,9 @@ def settings_limit_targets(node: _Node) -> list[tuple[str, str, _Node]]:
     return found
 
 
-def parse_conditions(settings: tuple[_Node, Collector] | None,
-                     places: Mapping[str, Place]) -> tuple[dict[str, str], Definitions]:
+def parse_conditions(
+    settings: tuple[_Node, Collector] | None, places: Mapping[str, Place]
+) -> tuple[dict[str, str], Definitions]:
     """Named conditions from settings, parsed, and checked once as if used by any event type."""
     kinds = frozenset(p.kind for p in places.values())
     if settings is None:
@@ -128,6 +130,7 @@ def _read_conditions(node: _Node, col: Collector) -> tuple[dict[str, str], dict[
 
 # --- places ---------------------------------------------------------------------------
 
+
 def parse_places(node: _Node, col: Collector) -> list[tuple[Place, _Node]]:
     """The places of one ``places`` section, each with its node."""
     if not isinstance(node.value, list):
@@ -140,17 +143,23 @@ def parse_places(node: _Node, col: Collector) -> list[tuple[Place, _Node]]:
         if fields is None or any(k not in fields for k in ("id", "kind", "latitude", "longitude")):
             continue
         place_id = col.ident(fields["id"], f"{where}.id")
-        out.append((Place(
-            id=place_id,
-            name=col.text(fields.get("name"), f"{where}.name", place_id),
-            kind=col.ident(fields["kind"], f"{where}.kind"),
-            latitude=col.number(fields["latitude"], f"{where}.latitude", 0.0, low=-90, high=90),
-            longitude=col.number(fields["longitude"], f"{where}.longitude", 0.0, low=-180, high=180),
-        ), item))
+        out.append(
+            (
+                Place(
+                    id=place_id,
+                    name=col.text(fields.get("name"), f"{where}.name", place_id),
+                    kind=col.ident(fields["kind"], f"{where}.kind"),
+                    latitude=col.number(fields["latitude"], f"{where}.latitude", 0.0, low=-90, high=90),
+                    longitude=col.number(fields["longitude"], f"{where}.longitude", 0.0, low=-180, high=180),
+                ),
+                item,
+            )
+        )
     return out
 
 
 # --- channels -------------------------------------------------------------------------
+
 
 def parse_channels(node: _Node, col: Collector) -> list[tuple[ChannelSpec, _Node]]:
     """The channels of one ``channels`` section, each with its node."""

@@ -162,12 +162,23 @@ class PolicySnapshot:
         channels = numbers.channels
         channel_rule_positions, channel_rules, channel_rules_code = _channel_rules(channels)
         return cls(
-            version=version, policy=policy, settings=settings, offers=numbers.offers, channels=channels,
-            offer_index=numbers.offer_index, channel_index=numbers.channel_index,
-            category_index=numbers.category_index, arm_keys=numbers.arm_keys, arm_index=numbers.arm_index,
-            arm_offer=numbers.arm_offer, arm_channel=numbers.arm_channel,
-            offer_value=arrays.value, offer_levers=arrays.levers, arm_cost=arrays.arm_cost,
-            offer_category=arrays.offer_category, arm_prior=arrays.arm_prior,
+            version=version,
+            policy=policy,
+            settings=settings,
+            offers=numbers.offers,
+            channels=channels,
+            offer_index=numbers.offer_index,
+            channel_index=numbers.channel_index,
+            category_index=numbers.category_index,
+            arm_keys=numbers.arm_keys,
+            arm_index=numbers.arm_index,
+            arm_offer=numbers.arm_offer,
+            arm_channel=numbers.arm_channel,
+            offer_value=arrays.value,
+            offer_levers=arrays.levers,
+            arm_cost=arrays.arm_cost,
+            offer_category=arrays.offer_category,
+            arm_prior=arrays.arm_prior,
             max_suppression_window=arrays.max_suppression_window,
             offer_suppress_seconds=arrays.suppress_seconds,
             limits=limits,
@@ -185,6 +196,7 @@ class PolicySnapshot:
 
 
 # --- compilation stages ---------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Numbering:
@@ -250,8 +262,9 @@ def _offer_arrays(numbers: _Numbering, settings: GlobalSettings) -> _OfferArrays
     inf = float("inf")
     return _OfferArrays(
         value=np.array([o.value for o in offers]),
-        levers=np.array([o.weight * o.lever * settings.global_lever * settings.category_levers.get(o.category, 1.0)
-                         for o in offers]),
+        levers=np.array(
+            [o.weight * o.lever * settings.global_lever * settings.category_levers.get(o.category, 1.0) for o in offers]
+        ),
         arm_cost=np.array([offers[offer_index[o]].cost + channel_cost[c] for o, c in numbers.arm_keys]),
         arm_prior=np.array([offers[offer_index[o]].prior for o, _ in numbers.arm_keys]),
         offer_category=np.array([numbers.category_index[o.category] for o in offers], dtype=np.intp),
@@ -284,8 +297,10 @@ def _limit_table(numbers: _Numbering, settings: GlobalSettings) -> LimitTable:
             overall.append(i)
     return LimitTable(
         limits=tuple(limit for limit, _ in rows),
-        rows=tuple(_limit_row(limit, offer, offers, numbers.channel_index, numbers.category_index, numbers.arm_index)
-                   for limit, offer in rows),
+        rows=tuple(
+            _limit_row(limit, offer, offers, numbers.channel_index, numbers.category_index, numbers.arm_index)
+            for limit, offer in rows
+        ),
         by_offer={k: tuple(v) for k, v in by_offer.items()},
         by_channel={k: tuple(v) for k, v in by_channel.items()},
         by_category={k: tuple(v) for k, v in by_category.items()},
@@ -294,9 +309,14 @@ def _limit_table(numbers: _Numbering, settings: GlobalSettings) -> LimitTable:
     )
 
 
-def _limit_row(limit: Limit, offer: int, offers: tuple[OfferSpec, ...], channel_index: Mapping[str, int],
-               category_index: Mapping[str, int],
-               arm_index: Mapping[tuple[str, str], int]) -> tuple[float, int, str | None, LimitBlocks, int, str]:
+def _limit_row(
+    limit: Limit,
+    offer: int,
+    offers: tuple[OfferSpec, ...],
+    channel_index: Mapping[str, int],
+    category_index: Mapping[str, int],
+    arm_index: Mapping[tuple[str, str], int],
+) -> tuple[float, int, str | None, LimitBlocks, int, str]:
     """The per-request row of ``limit`` (``offer``: the index of its offer, -1 for a settings limit)."""
     channel = channel_index.get(limit.channel, _NO) if limit.channel else _NO
     category = category_index.get(limit.category, -3) if limit.category else _NO
@@ -340,8 +360,10 @@ def _event_plan(event_type: str, candidates: list[int], numbers: _Numbering, arr
         arms=np.array(arms, dtype=np.intp),
         arm_position=np.array(arm_position, dtype=np.intp),
         value_expressions=tuple(values),
-        rule_reasons=tuple(Reason(offers[candidates[p]].id, "not_eligible", rule.source)
-                           for p, rule in zip(positions, rules, strict=False)),
+        rule_reasons=tuple(
+            Reason(offers[candidates[p]].id, "not_eligible", rule.source)
+            for p, rule in zip(positions, rules, strict=False)
+        ),
         live_between=(float(plan_from.max()), float(plan_until.min())),
         valid_from=plan_from,
         valid_until=plan_until,
@@ -356,15 +378,17 @@ def _event_plan(event_type: str, candidates: list[int], numbers: _Numbering, arr
     )
 
 
-def _eligibility_rules(offers: tuple[OfferSpec, ...],
-                       candidates: list[int]) -> tuple[tuple[int, ...], tuple[CompiledExpression, ...]]:
+def _eligibility_rules(
+    offers: tuple[OfferSpec, ...], candidates: list[int]
+) -> tuple[tuple[int, ...], tuple[CompiledExpression, ...]]:
     """(position among ``candidates``, rule) of each candidate that has an eligibility rule."""
     found = [(p, rule) for p, i in enumerate(candidates) if (rule := offers[i].eligible_when) is not None]
     return tuple(p for p, _ in found), tuple(rule for _, rule in found)
 
 
-def _candidate_arms(offers: tuple[OfferSpec, ...], candidates: list[int],
-                    arm_index: Mapping[tuple[str, str], int]) -> tuple[list[int], list[int]]:
+def _candidate_arms(
+    offers: tuple[OfferSpec, ...], candidates: list[int], arm_index: Mapping[tuple[str, str], int]
+) -> tuple[list[int], list[int]]:
     """The arms of the candidates, grouped by candidate, and the candidate position of each."""
     arms, arm_position = [], []
     for p, i in enumerate(candidates):
@@ -379,12 +403,15 @@ def _suppress_after(offers: tuple[OfferSpec, ...], candidates: list[int]) -> np.
     empty when no candidate has one."""
     if not any(offers[i].suppress_after for i in candidates):
         return np.empty(0, dtype=np.int64)
-    return np.array([o.suppress_after.declines if o.suppress_after else _NEVER
-                     for o in (offers[i] for i in candidates)], dtype=np.int64)
+    return np.array(
+        [o.suppress_after.declines if o.suppress_after else _NEVER for o in (offers[i] for i in candidates)],
+        dtype=np.int64,
+    )
 
 
-def _channel_rules(channels: tuple[ChannelSpec, ...]) -> tuple[tuple[int, ...], tuple[CompiledExpression, ...],
-                                                               CodeType | None]:
+def _channel_rules(
+    channels: tuple[ChannelSpec, ...],
+) -> tuple[tuple[int, ...], tuple[CompiledExpression, ...], CodeType | None]:
     """Stage 5: the positions and ``available_when`` rules of the channels that have one, batched."""
     found = [(i, rule) for i, c in enumerate(channels) if (rule := c.available_when) is not None]
     rules = tuple(rule for _, rule in found)
@@ -392,9 +419,14 @@ def _channel_rules(channels: tuple[ChannelSpec, ...]) -> tuple[tuple[int, ...], 
 
 
 def _channel_refusals(
-        channels: tuple[ChannelSpec, ...]) -> tuple[tuple[tuple[str, str], tuple[str, str], tuple[str, str]], ...]:
+    channels: tuple[ChannelSpec, ...],
+) -> tuple[tuple[tuple[str, str], tuple[str, str], tuple[str, str]], ...]:
     """Stage 5: per channel, its (code, detail) for no consent, not reachable and unavailable."""
     return tuple(
-        (("no_consent", f"{c.id}: no consent"), ("not_reachable", f"{c.id}: customer not reachable there"),
-         ("channel_unavailable", f"{c.id}: {c.available_when.source if c.available_when else 'unavailable'}"))
-        for c in channels)
+        (
+            ("no_consent", f"{c.id}: no consent"),
+            ("not_reachable", f"{c.id}: customer not reachable there"),
+            ("channel_unavailable", f"{c.id}: {c.available_when.source if c.available_when else 'unavailable'}"),
+        )
+        for c in channels
+    )

@@ -114,8 +114,9 @@ class Collector:
         col = column if column is not None else (node.column if node else 1)
         self.issues.append(PolicyIssue(self.file, line, col, message))
 
-    def mapping(self, node: _Node, where: str, allowed: set[str],
-                required: Iterable[str] = ()) -> dict[str, _Node] | None:
+    def mapping(
+        self, node: _Node, where: str, allowed: set[str], required: Iterable[str] = ()
+    ) -> dict[str, _Node] | None:
         if not isinstance(node.value, dict):
             self.add(node, f"{where}: expected a mapping of keys to values")
             return None
@@ -130,8 +131,16 @@ class Collector:
                 self.add(node, f"{where}: missing required field {key!r}")
         return out
 
-    def number(self, node: _Node | None, where: str, default: float, low: float | None = None,
-               high: float | None = None, low_open: bool = False, high_open: bool = False) -> float:
+    def number(
+        self,
+        node: _Node | None,
+        where: str,
+        default: float,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> float:
         if node is None:
             return default
         value = node.value
@@ -156,16 +165,20 @@ class Collector:
         if node is None:
             return default
         if not isinstance(node.value, str) or not node.value.strip():
-            self.add(node, f"{where}: expected non-empty text, got {shown(node.value)}"
-                           + (" (text starting with { must be quoted)" if isinstance(node.value, dict) else ""))
+            self.add(
+                node,
+                f"{where}: expected non-empty text, got {shown(node.value)}"
+                + (" (text starting with { must be quoted)" if isinstance(node.value, dict) else ""),
+            )
             return default
         return node.value
 
     def ident(self, node: _Node | None, where: str) -> str:
         value = self.text(node, where)
         if value and not IDENTIFIER.match(value):
-            self.add(node, f"{where}: {value!r} is not an id "
-                           "(lower case letters, digits and _, starting with a letter)")
+            self.add(
+                node, f"{where}: {value!r} is not an id (lower case letters, digits and _, starting with a letter)"
+            )
         return value
 
     def ident_list(self, node: _Node | None, where: str) -> list[tuple[str, _Node]]:
@@ -176,8 +189,9 @@ class Collector:
             return []
         return [(self.ident(item, f"{where}[{i}]"), item) for i, item in enumerate(node.value)]
 
-    def expression(self, node: _Node | None, where: str, event_types: Iterable[str] | None = (),
-                   extra_names: Iterable[str] = ()) -> CompiledExpression | None:
+    def expression(
+        self, node: _Node | None, where: str, event_types: Iterable[str] | None = (), extra_names: Iterable[str] = ()
+    ) -> CompiledExpression | None:
         if node is None:
             return None
         source = node.value
@@ -185,13 +199,22 @@ class Collector:
             self.add(node, f"{where}: expected an expression in quotes, got {shown(source)}")
             return None
         try:
-            return compile_expression(source, event_types=event_types, extra_names=extra_names,
-                                      filename=f"{self.file}:{node.line}", definitions=self.definitions)
+            return compile_expression(
+                source,
+                event_types=event_types,
+                extra_names=extra_names,
+                filename=f"{self.file}:{node.line}",
+                definitions=self.definitions,
+            )
         except ExpressionError as exc:
             # Point into the expression when it sits on one line (plain or quoted scalar).
             column = node.column + (exc.column - 1) + (1 if node.quoted else 0)
-            self.add(node, f"{where}: {exc.message}", line_offset=exc.line - 1,
-                     column=column if exc.line == 1 else exc.column)
+            self.add(
+                node,
+                f"{where}: {exc.message}",
+                line_offset=exc.line - 1,
+                column=column if exc.line == 1 else exc.column,
+            )
             return None
 
     def limits(self, node: _Node | None, where: str, allow_category: bool) -> list[tuple[Limit, _Node]]:

@@ -37,15 +37,17 @@ def dumps(value: Any) -> str:
 
 
 def encode_profile(profile: CustomerProfile) -> str:
-    return dumps({
-        "first_name": profile.first_name,
-        "segment": profile.segment,
-        "preferred_channel": profile.preferred_channel,
-        "reachable_channels": sorted(profile.reachable_channels),
-        "consents": dict(profile.consents),
-        "timezone": profile.timezone,
-        "attributes": dict(profile.attributes),
-    })
+    return dumps(
+        {
+            "first_name": profile.first_name,
+            "segment": profile.segment,
+            "preferred_channel": profile.preferred_channel,
+            "reachable_channels": sorted(profile.reachable_channels),
+            "consents": dict(profile.consents),
+            "timezone": profile.timezone,
+            "attributes": dict(profile.attributes),
+        }
+    )
 
 
 def decode_profile(customer_id: str, raw: bytes | str | None) -> CustomerProfile:
@@ -98,10 +100,17 @@ def pairs(flat: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
     return zip(items, items, strict=False)
 
 
-def decode_context(customer_id: str, now: float, origin_channel: str, request_attributes: Mapping[str, str],
-                   raw_profile: bytes | None, raw_journey: Iterable[bytes],
-                   raw_contacts: Iterable[tuple[bytes, Any]], raw_open: Iterable[tuple[bytes, bytes]],
-                   raw_declines: Iterable[tuple[bytes, Any]]) -> CustomerContext:
+def decode_context(
+    customer_id: str,
+    now: float,
+    origin_channel: str,
+    request_attributes: Mapping[str, str],
+    raw_profile: bytes | None,
+    raw_journey: Iterable[bytes],
+    raw_contacts: Iterable[tuple[bytes, Any]],
+    raw_open: Iterable[tuple[bytes, bytes]],
+    raw_declines: Iterable[tuple[bytes, Any]],
+) -> CustomerContext:
     """A decision's context from the five reads of one customer (see ``StateStore.read_context``).
 
     Contacts and declines are (member, score) pairs, open journeys (field, value) pairs.

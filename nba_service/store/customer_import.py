@@ -71,23 +71,27 @@ def profile_from_record(record: Mapping[str, Any]) -> CustomerProfile:
         reachable = [c.strip() for c in reachable.replace(",", ";").split(";") if c.strip()]
     if not isinstance(reachable, list):
         raise ValidationError("reachable_channels", "must be a list of channel ids")
-    consents = {str(k): _bool(f"consents.{k}", v) for k, v in _strings("consents", record.get("consents") or {}).items()}
+    consents = {
+        str(k): _bool(f"consents.{k}", v) for k, v in _strings("consents", record.get("consents") or {}).items()
+    }
     attributes = dict(_strings("attributes", record.get("attributes") or {}))
     for key, value in record.items():  # CSV: consent_<channel> and free columns
         if key.startswith("consent_"):
-            consents[key[len("consent_"):]] = _bool(key, value)
+            consents[key[len("consent_") :]] = _bool(key, value)
         elif key not in _CSV_FIELDS and key not in ("consents", "attributes") and value not in (None, ""):
             attributes[key] = str(value)
-    return check_profile(CustomerProfile(
-        customer_id=customer_id.strip(),
-        first_name=str(record.get("first_name") or ""),
-        segment=str(record.get("segment") or ""),
-        preferred_channel=str(record.get("preferred_channel") or ""),
-        reachable_channels=frozenset(str(c) for c in reachable),
-        consents=consents,
-        timezone=str(record.get("timezone") or "UTC"),
-        attributes=attributes,
-    ))
+    return check_profile(
+        CustomerProfile(
+            customer_id=customer_id.strip(),
+            first_name=str(record.get("first_name") or ""),
+            segment=str(record.get("segment") or ""),
+            preferred_channel=str(record.get("preferred_channel") or ""),
+            reachable_channels=frozenset(str(c) for c in reachable),
+            consents=consents,
+            timezone=str(record.get("timezone") or "UTC"),
+            attributes=attributes,
+        )
+    )
 
 
 def read_records(path: pathlib.Path) -> Iterator[tuple[int, Mapping[str, Any] | Exception]]:
@@ -115,8 +119,9 @@ def read_records(path: pathlib.Path) -> Iterator[tuple[int, Mapping[str, Any] | 
         yield number, record if isinstance(record, dict) else ValidationError("json", "each line must be an object")
 
 
-def import_customers(client: redis.Redis, path: str | pathlib.Path, batch_size: int = 1000,
-                     progress: bool = True) -> ImportReport:
+def import_customers(
+    client: redis.Redis, path: str | pathlib.Path, batch_size: int = 1000, progress: bool = True
+) -> ImportReport:
     """Load every valid row of ``path``; refused rows are counted, never half-written."""
     path = pathlib.Path(path)
     report = ImportReport()

@@ -4,9 +4,30 @@ Redis Cluster keeps them in one slot."""
 from __future__ import annotations
 
 __all__ = [
-    "LEARNER_GROUP", "LEARNER_LOCK", "MODEL_CHANNEL", "MODEL_LIVE", "MODEL_SEQ", "MODEL_SNAPSHOT", "MODEL_VERSIONS",
-    "OUTCOME_STREAM", "PENDING_OUTCOMES", "POLICY_CHANNEL", "POLICY_LIVE", "POLICY_SEQ", "POLICY_VERSIONS",
-    "budget", "contacts", "decision", "decisions", "declines", "journey", "model_version", "no_budget", "open_journeys", "policy_version", "profile",
+    "LEARNER_GROUP",
+    "LEARNER_LOCK",
+    "MODEL_CHANNEL",
+    "MODEL_LIVE",
+    "MODEL_SEQ",
+    "MODEL_SNAPSHOT",
+    "MODEL_VERSIONS",
+    "OUTCOME_STREAM",
+    "PENDING_OUTCOMES",
+    "POLICY_CHANNEL",
+    "POLICY_LIVE",
+    "POLICY_SEQ",
+    "POLICY_VERSIONS",
+    "budget",
+    "contacts",
+    "decision",
+    "decisions",
+    "declines",
+    "journey",
+    "model_version",
+    "no_budget",
+    "open_journeys",
+    "policy_version",
+    "profile",
 ]
 
 PREFIX = "nba:"

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import redis
 
@@ -41,8 +42,14 @@ class ModelStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def publish(self, data: bytes, updates: int, source: str = "learner",
-                acknowledge: Sequence[bytes | str] = (), challenger: bytes | None = None) -> int:
+    def publish(
+        self,
+        data: bytes,
+        updates: int,
+        source: str = "learner",
+        acknowledge: Sequence[bytes | str] = (),
+        challenger: bytes | None = None,
+    ) -> int:
         """Store ``data`` as a new live version; acknowledge the stream entries it contains.
 
         ``challenger``: the challenger models trained on the same outcomes, stored with it.
@@ -70,7 +77,7 @@ class ModelStore:
         return int(raw) if raw is not None else None
 
     def load_version(self, version: int) -> bytes:
-        data = self._redis.get(keys.model_version(version))
+        data = cast("bytes | None", self._redis.get(keys.model_version(version)))  # no decode_responses
         if data is None:
             raise KeyError(f"model version {version} does not exist (or is older than the last {KEEP_VERSIONS})")
         return data
@@ -78,9 +85,8 @@ class ModelStore:
     def load(self) -> bytes | None:
         """The live snapshot (or the single unversioned snapshot of an older release), if any."""
         version = self.live()
-        if version is not None:
-            return self._redis.get(keys.model_version(version))
-        return self._redis.get(keys.MODEL_SNAPSHOT)
+        key = keys.MODEL_SNAPSHOT if version is None else keys.model_version(version)
+        return cast("bytes | None", self._redis.get(key))  # the client does not decode responses
 
     def load_challenger(self) -> bytes | None:
         """The challenger models published with the live version (None if there are none, or stale ones)."""
@@ -108,6 +114,12 @@ class ModelStore:
 
         Only the last :data:`KEEP_VERSIONS` snapshots are kept: older versions cannot come back.
         """
-        return roll_back(self._redis, what="model", live_key=keys.MODEL_LIVE, channel=keys.MODEL_CHANNEL,
-                         version=version, versions=[v.version for v in self.history()[-KEEP_VERSIONS:]],
-                         key_of=keys.model_version)
+        return roll_back(
+            self._redis,
+            what="model",
+            live_key=keys.MODEL_LIVE,
+            channel=keys.MODEL_CHANNEL,
+            version=version,
+            versions=[v.version for v in self.history()[-KEEP_VERSIONS:]],
+            key_of=keys.model_version,
+        )

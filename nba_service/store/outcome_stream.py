@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import cast
 
 import redis
 
@@ -70,48 +71,64 @@ class OutcomeStream:
         """Take over every entry another (dead) learner read but never got into a snapshot."""
         start: bytes | str = "0-0"
         while True:
-            reply = self._redis.xautoclaim(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, self.consumer,
-                                           min_idle_time=0, start_id=start, count=1000)
+            reply = self._redis.xautoclaim(
+                keys.OUTCOME_STREAM, keys.LEARNER_GROUP, self.consumer, min_idle_time=0, start_id=start, count=1000
+            )
             start = reply[0]  # the next cursor; 0-0 once the whole pending list has been seen
             if start in (b"0-0", "0-0"):
                 return
 
-    def read(self, count: int, block_ms: int | None, pending_after: bytes | str | None = None) -> list[OutcomeEntry | bytes]:
+    def read(
+        self, count: int, block_ms: int | None, pending_after: bytes | str | None = None
+    ) -> list[OutcomeEntry | bytes]:
         """New entries for this consumer or, with ``pending_after``, its own pending entries after that id.
 
         An entry trimmed from the stream comes back as its bare id (to acknowledge).
         """
         position = ">" if pending_after is None else pending_after
-        response = self._redis.xreadgroup(keys.LEARNER_GROUP, self.consumer, {keys.OUTCOME_STREAM: position},
-                                          count=count, block=block_ms if pending_after is None else None)
+        response = cast(  # the client does not decode responses
+            "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None",
+            self._redis.xreadgroup(
+                keys.LEARNER_GROUP,
+                self.consumer,
+                {keys.OUTCOME_STREAM: position},
+                count=count,
+                block=block_ms if pending_after is None else None,
+            ),
+        )
         entries: list[OutcomeEntry | bytes] = []
         for _, messages in response or ():
             for entry_id, fields in messages:
                 if not fields:
                     entries.append(entry_id)
                     continue
-                entries.append(OutcomeEntry(
-                    entry_id=entry_id,
-                    decision_id=fields[b"decision_id"].decode(),
-                    offer_id=fields[b"offer_id"].decode(),
-                    channel=fields[b"channel"].decode(),
-                    features=codec.loads(fields[b"features"]),
-                    reward=float(fields[b"reward"]),
-                    prior=float(fields[b"prior"]),
-                    outcome=fields.get(b"outcome", b"").decode(),
-                ))
+                entries.append(
+                    OutcomeEntry(
+                        entry_id=entry_id,
+                        decision_id=fields[b"decision_id"].decode(),
+                        offer_id=fields[b"offer_id"].decode(),
+                        channel=fields[b"channel"].decode(),
+                        features=codec.loads(fields[b"features"]),
+                        reward=float(fields[b"reward"]),
+                        prior=float(fields[b"prior"]),
+                        outcome=fields.get(b"outcome", b"").decode(),
+                    )
+                )
         return entries
 
     def expire_due(self, now: float | None = None, limit: int = 1000) -> int:
         """Turn decisions whose attribution window has ended into "not accepted" entries."""
         now = time.time() if now is None else now
-        due = self._redis.zrangebyscore(keys.PENDING_OUTCOMES, "-inf", now, start=0, num=limit)
+        due = cast("list[bytes]", self._redis.zrangebyscore(keys.PENDING_OUTCOMES, "-inf", now, start=0, num=limit))
         if not due:
             return 0
         with self._redis.pipeline(transaction=False) as pipe:
             for decision_id in due:
-                self._expire(keys=[keys.decision(decision_id.decode()), keys.PENDING_OUTCOMES, keys.OUTCOME_STREAM],
-                             args=[decision_id, OUTCOME_STREAM_MAXLEN], client=pipe)
+                self._expire(
+                    keys=[keys.decision(decision_id.decode()), keys.PENDING_OUTCOMES, keys.OUTCOME_STREAM],
+                    args=[decision_id, OUTCOME_STREAM_MAXLEN],
+                    client=pipe,
+                )
             return sum(int(r) for r in pipe.execute())
 
     def backlog(self) -> int:

@@ -13,8 +13,10 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
+from typing import cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from nba_service.store import keys
 from nba_service.store.versions import roll_back
@@ -49,7 +51,7 @@ class PolicyStore:
     def publish(self, files: Mapping[str, str], author: str = "", message: str = "") -> int:
         """Store ``files`` (already validated) as a new version and make it live."""
         version = int(self._redis.incr(keys.POLICY_SEQ))
-        record = {
+        record: dict[FieldT, EncodableT] = {
             "files": json.dumps(dict(files), ensure_ascii=False),
             "author": author or _default_author(),
             "message": message,
@@ -72,7 +74,7 @@ class PolicyStore:
         record = self._redis.hgetall(keys.policy_version(version))
         if not record:
             raise KeyError(f"policy version {version} does not exist")
-        return _published(version, record)
+        return _published(version, cast("dict[bytes, bytes]", record))  # the client does not decode responses
 
     def load_live(self) -> PublishedPolicy | None:
         version = self.live()
@@ -89,8 +91,15 @@ class PolicyStore:
     def rollback(self, version: int | None = None) -> int:
         """Make ``version`` (default: the one published before the live one) live again."""
         versions = [int(v) for v in self._redis.lrange(keys.POLICY_VERSIONS, 0, -1)]
-        return roll_back(self._redis, what="policy", live_key=keys.POLICY_LIVE, channel=keys.POLICY_CHANNEL,
-                         version=version, versions=versions, key_of=keys.policy_version)
+        return roll_back(
+            self._redis,
+            what="policy",
+            live_key=keys.POLICY_LIVE,
+            channel=keys.POLICY_CHANNEL,
+            version=version,
+            versions=versions,
+            key_of=keys.policy_version,
+        )
 
 
 def _published(version: int, record: Mapping[bytes, bytes]) -> PublishedPolicy:

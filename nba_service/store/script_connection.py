@@ -67,7 +67,9 @@ class LuaScript:
         if len(keys) != len(self.key_names) or len(args) != len(self.arg_names):
             missing = [n for n in self.key_names if n not in keys] + [n for n in self.arg_names if n not in args]
             unknown = [n for n in keys if n not in self.key_names] + [n for n in args if n not in self.arg_names]
-            raise KeyError(f"script arguments missing: {missing}" if missing else f"unknown script arguments: {unknown}")
+            raise KeyError(
+                f"script arguments missing: {missing}" if missing else f"unknown script arguments: {unknown}"
+            )
         return [keys[n] for n in self.key_names], [args[n] for n in self.arg_names]
 
 
@@ -189,8 +191,12 @@ class ScriptConnection:
                 if options.get("path"):
                     connect = loop.create_unix_connection(lambda: _Protocol(self.timeout), options["path"])
                 else:
-                    connect = loop.create_connection(lambda: _Protocol(self.timeout), options.get("host", "localhost"),
-                                                     options.get("port", 6379), ssl=self._tls)
+                    connect = loop.create_connection(
+                        lambda: _Protocol(self.timeout),
+                        options.get("host", "localhost"),
+                        options.get("port", 6379),
+                        ssl=self._tls,
+                    )
                 _, protocol = await asyncio.wait_for(connect, self.timeout)
             except (OSError, TimeoutError) as exc:
                 raise redis.ConnectionError(f"cannot connect to Redis: {exc}") from exc
@@ -218,8 +224,7 @@ class ScriptConnection:
             protocol = await self._connect()
         return await protocol.send(payload)  # the protocol's watchdog fails it after the timeout
 
-    async def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any],
-                      retry: bool = False) -> Any:
+    async def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any], retry: bool = False) -> Any:
         """Run a script; ``retry`` runs it once more on a fresh connection after a connection error
         (only for scripts that write nothing: a write may have been applied before the loss)."""
         payload = _command(b"EVALSHA", script.sha, len(keys), *keys, *args)
@@ -238,8 +243,9 @@ class ScriptConnection:
             raise redis.ResponseError(str(reply))
         return reply
 
-    async def run(self, script: LuaScript, keys: Mapping[str, Any], args: Mapping[str, Any],
-                  retry: bool = False) -> Any:
+    async def run(
+        self, script: LuaScript, keys: Mapping[str, Any], args: Mapping[str, Any], retry: bool = False
+    ) -> Any:
         """Run a script with its keys and arguments by name (see :class:`LuaScript`)."""
         key_values, arg_values = script.bind(keys, args)
         return await self.evalsha(script, key_values, arg_values, retry)

@@ -42,7 +42,8 @@ OUTCOME_STREAM_MAXLEN = 1_000_000
 # recorded -> {1, ...} with "learn" set only for the first outcome that settles a reward;
 # that one leaves the pending set and goes on the outcome stream for the learner. The
 # decision's offer and customer come back, so a decline can be counted for the customer.
-_OUTCOME_SCRIPT = LuaScript("""
+_OUTCOME_SCRIPT = LuaScript(
+    """
 if redis.call('EXISTS', K.decision) == 0 then return {0} end
 local offer = redis.call('HGET', K.decision, 'offer_id')
 local channel = redis.call('HGET', K.decision, 'channel')
@@ -67,35 +68,45 @@ if reward and offer and offer ~= '' then
   end
 end
 return {1, learn, offer, channel, customer}
-""", keys=("decision", "pending", "stream"),
-     args=("outcome", "entry", "decision_id", "stream_maxlen"))
+""",
+    keys=("decision", "pending", "stream"),
+    args=("outcome", "entry", "decision_id", "stream_maxlen"),
+)
 
 # The customer's declines, for "suppress after N declines": one member per declined decision
 # (idempotent, so a retried report adds nothing), older ones trimmed.
-_DECLINE_SCRIPT = LuaScript("""
+_DECLINE_SCRIPT = LuaScript(
+    """
 redis.call('ZADD', K.declines, A.now, A.member)
 redis.call('ZREMRANGEBYSCORE', K.declines, '-inf', tonumber(A.now) - tonumber(A.keep_seconds))
 redis.call('EXPIRE', K.declines, A.keep_seconds)
 return 1
-""", keys=("declines",), args=("now", "member", "keep_seconds"))
+""",
+    keys=("declines",),
+    args=("now", "member", "keep_seconds"),
+)
 
 # Reads a decision's whole context in one command: profile, recent journey,
 # contacts within the longest limit window (member, score pairs), open journeys,
 # declines within the longest suppression window.
-_READ_SCRIPT = LuaScript("""
+_READ_SCRIPT = LuaScript(
+    """
 return {redis.call('GET', K.profile) or false,
         redis.call('LRANGE', K.journey, 0, tonumber(A.last_event)),
         redis.call('ZRANGEBYSCORE', K.contacts, A.contacts_since, '+inf', 'WITHSCORES'),
         redis.call('HGETALL', K.open_journeys),
         redis.call('ZRANGEBYSCORE', K.declines, A.declines_since, '+inf', 'WITHSCORES')}
-""", keys=("profile", "journey", "contacts", "open_journeys", "declines"),
-     args=("last_event", "contacts_since", "declines_since"))
+""",
+    keys=("profile", "journey", "contacts", "open_journeys", "declines"),
+    args=("last_event", "contacts_since", "declines_since"),
+)
 
 # Records one decision atomically (a script runs whole or not at all): the decision
 # hash with its TTL, the journey entry, the recent-decisions list, the contact
 # (when an action was sent), the open-journey change and, for an action, its place in
 # the pending set until its attribution window ends. Replies with a WriteResult.
-_WRITE_SCRIPT = LuaScript("""
+_WRITE_SCRIPT = LuaScript(
+    """
 local now = tonumber(A.now)
 if A.contact ~= '' and A.contacts_since ~= '' and
    redis.call('ZCOUNT', K.contacts, A.contacts_since, '+inf') > tonumber(A.contacts_read) then
@@ -136,12 +147,35 @@ if A.pending_until ~= '' then
   redis.call('ZADD', K.pending, A.pending_until, A.decision_id)
 end
 return 1
-""", keys=("decision", "journey", "decisions", "contacts", "open_journeys", "pending", "budget"),
-     args=("decision_ttl", "journey_entry", "journey_max", "journey_ttl", "decision_id", "decisions_max",
-           "contact", "now", "contact_window", "open_op", "open_field", "open_value", "pending_until",
-           "customer_id", "offer_id", "channel", "prior", "features", "meta", "budget_max", "budget_ttl",
-           "contacts_since", "contacts_read", "reward_on"))
-
+""",
+    keys=("decision", "journey", "decisions", "contacts", "open_journeys", "pending", "budget"),
+    args=(
+        "decision_ttl",
+        "journey_entry",
+        "journey_max",
+        "journey_ttl",
+        "decision_id",
+        "decisions_max",
+        "contact",
+        "now",
+        "contact_window",
+        "open_op",
+        "open_field",
+        "open_value",
+        "pending_until",
+        "customer_id",
+        "offer_id",
+        "channel",
+        "prior",
+        "features",
+        "meta",
+        "budget_max",
+        "budget_ttl",
+        "contacts_since",
+        "contacts_read",
+        "reward_on",
+    ),
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -156,8 +190,16 @@ class Budget:
 class StateStore:
     """Async access to customer state; one instance per server, shared by all requests."""
 
-    def __init__(self, client: aioredis.Redis, *, decision_ttl_seconds: int, journey_max_events: int,
-                 context_events: int = 50, scripts: ScriptConnection | None = None, url: str = "") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        decision_ttl_seconds: int,
+        journey_max_events: int,
+        context_events: int = 50,
+        scripts: ScriptConnection | None = None,
+        url: str = "",
+    ) -> None:
         self._redis = client
         self.decision_ttl_seconds = decision_ttl_seconds
         self.journey_max_events = journey_max_events
@@ -169,26 +211,60 @@ class StateStore:
         """Close the scripts' connection (the client passed in belongs to the caller)."""
         await self._scripts.aclose()
 
-    async def read_context(self, customer_id: str, now: float, *, origin_channel: str = "",
-                           request_attributes: Mapping[str, str] | None = None, contact_window: float = 0.0,
-                           suppression_window: float = 0.0) -> CustomerContext:
+    async def read_context(
+        self,
+        customer_id: str,
+        now: float,
+        *,
+        origin_channel: str = "",
+        request_attributes: Mapping[str, str] | None = None,
+        contact_window: float = 0.0,
+        suppression_window: float = 0.0,
+    ) -> CustomerContext:
         """Profile, recent journey, contact history and open journeys in one round trip."""
         raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = await self._scripts.run(
             _READ_SCRIPT,
-            keys={"profile": keys.profile(customer_id), "journey": keys.journey(customer_id),
-                  "contacts": keys.contacts(customer_id), "open_journeys": keys.open_journeys(customer_id),
-                  "declines": keys.declines(customer_id)},
-            args={"last_event": self.context_events - 1, "contacts_since": f"{now - contact_window:.3f}",
-                  "declines_since": f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf"},
-            retry=True)  # a read: safe to run again after a dropped connection
-        return codec.decode_context(customer_id, now, origin_channel, request_attributes or {}, raw_profile,
-                                    raw_journey, codec.pairs(raw_contacts), codec.pairs(raw_open),
-                                    codec.pairs(raw_declines))
+            keys={
+                "profile": keys.profile(customer_id),
+                "journey": keys.journey(customer_id),
+                "contacts": keys.contacts(customer_id),
+                "open_journeys": keys.open_journeys(customer_id),
+                "declines": keys.declines(customer_id),
+            },
+            args={
+                "last_event": self.context_events - 1,
+                "contacts_since": f"{now - contact_window:.3f}",
+                "declines_since": f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf",
+            },
+            retry=True,
+        )  # a read: safe to run again after a dropped connection
+        return codec.decode_context(
+            customer_id,
+            now,
+            origin_channel,
+            request_attributes or {},
+            raw_profile,
+            raw_journey,
+            codec.pairs(raw_contacts),
+            codec.pairs(raw_open),
+            codec.pairs(raw_declines),
+        )
 
-    async def write_decision(self, decision_id: str, request_id: str, ctx: CustomerContext, event: Event,
-                             decision: Decision, *, contact_window: float, prior: float = 0.0,
-                             attribution_seconds: float = 0.0, shadow: Mapping[str, object] | None = None,
-                             budget: Budget | None = None, reward_on: str = "accepted") -> WriteResult:
+    async def write_decision(
+        self,
+        decision_id: str,
+        request_id: str,
+        ctx: CustomerContext,
+        event: Event,
+        decision: Decision,
+        *,
+        contact_window: float,
+        prior: float = 0.0,
+        attribution_seconds: float = 0.0,
+        shadow: Mapping[str, object] | None = None,
+        budget: Budget | None = None,
+        reward_on: str = "accepted",
+    ) -> WriteResult:
         """Record the decision, append the event to the journey and count the contact: one atomic script.
 
         ``budget`` is the chosen offer's global budget. Nothing is written unless the
@@ -197,37 +273,66 @@ class StateStore:
         customer_id = ctx.profile.customer_id
         now = ctx.now
         fields = journey_fields(event)
-        contact = ("" if decision.offer_id is None else
-                   codec.contact_member(decision_id, decision.offer_id, decision.channel, decision.category))
+        contact = (
+            ""
+            if decision.offer_id is None
+            else codec.contact_member(decision_id, decision.offer_id, decision.channel, decision.category)
+        )
         open_op, open_field, open_value = "", "", ""
         change = open_journey_change(event)
         if change is not None:
             open_op, open_field = change.op, ":".join(change.key) if change.op != "clear" else ""
             open_value = codec.encode_open_journey(now, fields) if change.op == "set" else ""
-        meta = {"request_id": request_id, "ts": round(now, 3), "event_type": event.type,
-                "origin_channel": ctx.origin_channel, "category": decision.category, "score": decision.score,
-                "propensity": decision.propensity, "policy_version": decision.policy_version,
-                "model_version": decision.model_version}
+        meta = {
+            "request_id": request_id,
+            "ts": round(now, 3),
+            "event_type": event.type,
+            "origin_channel": ctx.origin_channel,
+            "category": decision.category,
+            "score": decision.score,
+            "propensity": decision.propensity,
+            "policy_version": decision.policy_version,
+            "model_version": decision.model_version,
+        }
         if shadow:
             meta["shadow"] = shadow
         written = await self._scripts.run(
             _WRITE_SCRIPT,
-            keys={"decision": keys.decision(decision_id), "journey": keys.journey(customer_id),
-                  "decisions": keys.decisions(customer_id), "contacts": keys.contacts(customer_id),
-                  "open_journeys": keys.open_journeys(customer_id), "pending": keys.PENDING_OUTCOMES,
-                  "budget": budget.key if budget else keys.no_budget(customer_id)},
-            args={"decision_ttl": self.decision_ttl_seconds,
-                  "journey_entry": codec.encode_journey(now, event.type, ctx.origin_channel, fields),
-                  "journey_max": self.journey_max_events, "journey_ttl": JOURNEY_TTL_SECONDS,
-                  "decision_id": decision_id, "decisions_max": RECENT_DECISIONS, "contact": contact,
-                  "now": f"{now:.3f}", "contact_window": f"{max(contact_window, 1.0):.0f}",
-                  "open_op": open_op, "open_field": open_field, "open_value": open_value,
-                  "pending_until": f"{now + attribution_seconds:.3f}" if contact and attribution_seconds > 0 else "",
-                  "customer_id": customer_id, "offer_id": decision.offer_id or "", "channel": decision.channel,
-                  "prior": repr(prior), "features": codec.dumps(decision.features), "meta": codec.dumps(meta),
-                  "budget_max": budget.max if budget else "", "budget_ttl": budget.ttl_seconds if budget else 0,
-                  "contacts_since": f"{now - contact_window:.3f}" if contact_window > 0 else "",
-                  "contacts_read": len(ctx.contacts), "reward_on": reward_on},
+            keys={
+                "decision": keys.decision(decision_id),
+                "journey": keys.journey(customer_id),
+                "decisions": keys.decisions(customer_id),
+                "contacts": keys.contacts(customer_id),
+                "open_journeys": keys.open_journeys(customer_id),
+                "pending": keys.PENDING_OUTCOMES,
+                "budget": budget.key if budget else keys.no_budget(customer_id),
+            },
+            args={
+                "decision_ttl": self.decision_ttl_seconds,
+                "journey_entry": codec.encode_journey(now, event.type, ctx.origin_channel, fields),
+                "journey_max": self.journey_max_events,
+                "journey_ttl": JOURNEY_TTL_SECONDS,
+                "decision_id": decision_id,
+                "decisions_max": RECENT_DECISIONS,
+                "contact": contact,
+                "now": f"{now:.3f}",
+                "contact_window": f"{max(contact_window, 1.0):.0f}",
+                "open_op": open_op,
+                "open_field": open_field,
+                "open_value": open_value,
+                "pending_until": f"{now + attribution_seconds:.3f}" if contact and attribution_seconds > 0 else "",
+                "customer_id": customer_id,
+                "offer_id": decision.offer_id or "",
+                "channel": decision.channel,
+                "prior": repr(prior),
+                "features": codec.dumps(decision.features),
+                "meta": codec.dumps(meta),
+                "budget_max": budget.max if budget else "",
+                "budget_ttl": budget.ttl_seconds if budget else 0,
+                "contacts_since": f"{now - contact_window:.3f}" if contact_window > 0 else "",
+                "contacts_read": len(ctx.contacts),
+                "reward_on": reward_on,
+            },
         )
         return WriteResult(int(written))
 
@@ -241,10 +346,18 @@ class StateStore:
         """
         result = await self._scripts.run(
             _OUTCOME_SCRIPT,
-            keys={"decision": keys.decision(decision_id), "pending": keys.PENDING_OUTCOMES,
-                  "stream": keys.OUTCOME_STREAM},
-            args={"outcome": outcome, "entry": f"{now:.3f}|{value!r}", "decision_id": decision_id,
-                  "stream_maxlen": OUTCOME_STREAM_MAXLEN})
+            keys={
+                "decision": keys.decision(decision_id),
+                "pending": keys.PENDING_OUTCOMES,
+                "stream": keys.OUTCOME_STREAM,
+            },
+            args={
+                "outcome": outcome,
+                "entry": f"{now:.3f}|{value!r}",
+                "decision_id": decision_id,
+                "stream_maxlen": OUTCOME_STREAM_MAXLEN,
+            },
+        )
         status = OutcomeStatus(int(result[0]))
         if status is OutcomeStatus.NOT_FOUND:
             return RecordedOutcome(status)
@@ -258,9 +371,14 @@ class StateStore:
         )
         if outcome in ("declined", "dismissed") and recorded.offer_id and recorded.customer_id:
             await self._scripts.run(
-                _DECLINE_SCRIPT, keys={"declines": keys.declines(recorded.customer_id)},
-                args={"now": f"{now:.3f}", "member": f"{recorded.offer_id}|{decision_id}",
-                      "keep_seconds": DECLINES_KEPT_SECONDS})
+                _DECLINE_SCRIPT,
+                keys={"declines": keys.declines(recorded.customer_id)},
+                args={
+                    "now": f"{now:.3f}",
+                    "member": f"{recorded.offer_id}|{decision_id}",
+                    "keep_seconds": DECLINES_KEPT_SECONDS,
+                },
+            )
         return recorded
 
     async def upsert_profile(self, profile: CustomerProfile) -> bool:
@@ -287,8 +405,9 @@ class StateStore:
         return CustomerView(
             profile=codec.decode_profile(customer_id, raw_profile),
             journey=tuple(codec.decode_journey(r) for r in raw_journey),
-            open_journeys=tuple(sorted((codec.decode_open_journey(f, v) for f, v in raw_open.items()),
-                                       key=lambda j: -j.opened)),
+            open_journeys=tuple(
+                sorted((codec.decode_open_journey(f, v) for f, v in raw_open.items()), key=lambda j: -j.opened)
+            ),
             recent_decisions=tuple(past),
         )
 

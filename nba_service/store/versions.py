@@ -9,8 +9,16 @@ import redis
 __all__ = ["roll_back"]
 
 
-def roll_back(client: redis.Redis, *, what: str, live_key: str, channel: str, version: int | None,
-              versions: Iterable[int], key_of: Callable[[int], str]) -> int:
+def roll_back(
+    client: redis.Redis,
+    *,
+    what: str,
+    live_key: str,
+    channel: str,
+    version: int | None,
+    versions: Iterable[int],
+    key_of: Callable[[int], str],
+) -> int:
     """Make ``version`` (default: the newest stored one before the live one) live and announce it.
 
     ``versions`` are the published versions, oldest first; ``key_of`` names a version's stored

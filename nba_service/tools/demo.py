@@ -47,14 +47,23 @@ class _Tally:
         self.context_reads = 0
 
 
-async def _backend(stub: pb_grpc.DecisionServiceStub, mix: ScenarioMix, truth: CustomerResponse,
-                   segments: dict[str, str], values: dict[str, float], tally: _Tally, deadline: float) -> None:
+async def _backend(
+    stub: pb_grpc.DecisionServiceStub,
+    mix: ScenarioMix,
+    truth: CustomerResponse,
+    segments: dict[str, str],
+    values: dict[str, float],
+    tally: _Tally,
+    deadline: float,
+) -> None:
     while time.monotonic() < deadline:
         moment = mix.next()
         try:
             if moment.agent_lookup:
-                await stub.GetCustomerContext(pb.CustomerContextRequest(customer_id=moment.request.customer_id,
-                                                                        include_best_actions=True), timeout=2)
+                await stub.GetCustomerContext(
+                    pb.CustomerContextRequest(customer_id=moment.request.customer_id, include_best_actions=True),
+                    timeout=2,
+                )
                 tally.context_reads += 1
             started = time.perf_counter()
             response = await stub.Decide(moment.request, timeout=2)
@@ -63,8 +72,9 @@ async def _backend(stub: pb_grpc.DecisionServiceStub, mix: ScenarioMix, truth: C
             tally.by_action[(response.action.offer_id or "(no action)", response.channel or "-")] += 1
             if response.no_action:
                 continue
-            await stub.ReportOutcome(pb.OutcomeRequest(decision_id=response.decision_id,
-                                                       outcome=pb.OUTCOME_KIND_IMPRESSED), timeout=2)
+            await stub.ReportOutcome(
+                pb.OutcomeRequest(decision_id=response.decision_id, outcome=pb.OUTCOME_KIND_IMPRESSED), timeout=2
+            )
             segment = segments.get(moment.request.customer_id, "")
             accepted = truth.accepts(segment, response.action.category, response.channel)
             outcome = pb.OUTCOME_KIND_ACCEPTED if accepted else pb.OUTCOME_KIND_DECLINED
@@ -76,17 +86,22 @@ async def _backend(stub: pb_grpc.DecisionServiceStub, mix: ScenarioMix, truth: C
             tally.errors[exc.code().name] += 1
 
 
-async def _drive(port: int, customers: dict[str, str], values: dict[str, float], duration: float, concurrency: int,
-                 seed: int) -> _Tally:
+async def _drive(
+    port: int, customers: dict[str, str], values: dict[str, float], duration: float, concurrency: int, seed: int
+) -> _Tally:
     tally = _Tally()
     truth = CustomerResponse(seed)
     deadline = time.monotonic() + duration
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
-        await asyncio.gather(*(
-            _backend(stub, ScenarioMix(sorted(customers), seed=seed * 100 + i), truth, customers, values, tally,
-                     deadline)
-            for i in range(concurrency)))
+        await asyncio.gather(
+            *(
+                _backend(
+                    stub, ScenarioMix(sorted(customers), seed=seed * 100 + i), truth, customers, values, tally, deadline
+                )
+                for i in range(concurrency)
+            )
+        )
     return tally
 
 
@@ -103,14 +118,19 @@ def _summary(tally: _Tally, duration: float, server: tuple[float, float] | None)
     lines = []
     total = sum(tally.by_scenario.values())
     latencies = np.array(tally.latencies) * 1000
-    lines.append(f"nba demo: {total} decisions in {duration:.0f} s ({total / duration:.0f}/s) from simulated "
-                 f"ATM, app, web and agent backends; {tally.context_reads} agent context reads")
+    lines.append(
+        f"nba demo: {total} decisions in {duration:.0f} s ({total / duration:.0f}/s) from simulated "
+        f"ATM, app, web and agent backends; {tally.context_reads} agent context reads"
+    )
     if len(latencies):
-        lines.append(f"Decide latency seen by the backends: p50 {np.percentile(latencies, 50):.2f} ms, "
-                     f"p99 {np.percentile(latencies, 99):.2f} ms (client and server share this machine)")
+        lines.append(
+            f"Decide latency seen by the backends: p50 {np.percentile(latencies, 50):.2f} ms, "
+            f"p99 {np.percentile(latencies, 99):.2f} ms (client and server share this machine)"
+        )
     if server:
-        lines.append(f"Decision time inside the server:    p50 {server[0] * 1000:.2f} ms, "
-                     f"p99 {server[1] * 1000:.2f} ms")
+        lines.append(
+            f"Decision time inside the server:    p50 {server[0] * 1000:.2f} ms, p99 {server[1] * 1000:.2f} ms"
+        )
     no_action = sum(n for (offer, _), n in tally.by_action.items() if offer == "(no action)")
     lines.append(f"No action (nothing eligible, no consent, capped or not worth it): {no_action / max(total, 1):.1%}")
     lines.append("")
@@ -129,13 +149,17 @@ def _summary(tally: _Tally, duration: float, server: tuple[float, float] | None)
         third = max(shown // 3, 1)
         early, late = tally.accepted[:third], tally.accepted[-third:]
         lines.append("")
-        lines.append(f"Acceptance: {accepted}/{shown} actions accepted ({accepted / shown:.1%}); "
-                     f"first third {sum(a for _, a, _ in early) / third:.1%}, "
-                     f"last third {sum(a for _, a, _ in late) / third:.1%}")
-        lines.append(f"Value accepted per action sent (what arbitration maximises): first third "
-                     f"{sum(v for *_, v in early) / third:.2f}, last third {sum(v for *_, v in late) / third:.2f}; "
-                     f"serving model version {tally.model_version} at the end "
-                     f"(the learner publishes as outcomes come in)")
+        lines.append(
+            f"Acceptance: {accepted}/{shown} actions accepted ({accepted / shown:.1%}); "
+            f"first third {sum(a for _, a, _ in early) / third:.1%}, "
+            f"last third {sum(a for _, a, _ in late) / third:.1%}"
+        )
+        lines.append(
+            f"Value accepted per action sent (what arbitration maximises): first third "
+            f"{sum(v for *_, v in early) / third:.2f}, last third {sum(v for *_, v in late) / third:.2f}; "
+            f"serving model version {tally.model_version} at the end "
+            f"(the learner publishes as outcomes come in)"
+        )
     if tally.errors:
         lines.append(f"Errors: {dict(tally.errors)}")
     return "\n".join(lines)
@@ -152,8 +176,14 @@ def _wait_ready(path: pathlib.Path, process: subprocess.Popen[bytes], log: pathl
     raise RuntimeError(f"nba serve was not ready after {READY_TIMEOUT_SECONDS:.0f} s:\n{log.read_text()}")
 
 
-def run_demo(duration: float = 30.0, concurrency: int = 8, seed: int = 7, policies: str = "policies",
-             customers: str = "policies/customers.jsonl", population_size: int = 20_000) -> int:
+def run_demo(
+    duration: float = 30.0,
+    concurrency: int = 8,
+    seed: int = 7,
+    policies: str = "policies",
+    customers: str = "policies/customers.jsonl",
+    population_size: int = 20_000,
+) -> int:
     for path in (policies, customers):
         if not pathlib.Path(path).exists():
             print(f"nba demo: {path} not found (run it from the project folder)", file=sys.stderr)
@@ -164,14 +194,34 @@ def run_demo(duration: float = 30.0, concurrency: int = 8, seed: int = 7, polici
         print(f"starting nba serve with an embedded Redis in {work} ...", flush=True)
         with log.open("wb") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
-                 "--data-dir", str(work / "data"), "--policies", policies, "--ready-file", str(ready),
-                 "--seed", str(seed)],
-                stdout=log_file, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "nba_service.cli",
+                    "serve",
+                    "--port",
+                    "0",
+                    "--metrics-port",
+                    "0",
+                    "--data-dir",
+                    str(work / "data"),
+                    "--policies",
+                    policies,
+                    "--ready-file",
+                    str(ready),
+                    "--seed",
+                    str(seed),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         try:
             info = _wait_ready(ready, process, log)
-            print(f"serving on 127.0.0.1:{info['port']}, metrics on http://127.0.0.1:{info['metrics_port']}/metrics, "
-                  f"policies from {policies}/ published", flush=True)
+            print(
+                f"serving on 127.0.0.1:{info['port']}, metrics on http://127.0.0.1:{info['metrics_port']}/metrics, "
+                f"policies from {policies}/ published",
+                flush=True,
+            )
             # The sample profiles, plus a larger synthetic population written as a CRM export
             # would be, so that contact caps bite as they would in real traffic, not on every call.
             population = work / "crm-export.jsonl"
@@ -181,16 +231,20 @@ def run_demo(duration: float = 30.0, concurrency: int = 8, seed: int = 7, polici
             try:
                 for source in (pathlib.Path(customers), population):
                     report = import_customers(client, source, progress=False)
-                    print(f"loaded {report.loaded} customer profiles from {source.name} "
-                          f"({len(report.refused)} refused)", flush=True)
+                    print(
+                        f"loaded {report.loaded} customer profiles from {source.name} ({len(report.refused)} refused)",
+                        flush=True,
+                    )
                     for line in source.read_text().splitlines():
                         if line.strip():
                             record = json.loads(line)
                             segments[record["customer_id"]] = record.get("segment", "")
             finally:
                 client.close()
-            print(f"playing {duration:.0f} s of ATM, app, web and agent traffic from {concurrency} backends ...",
-                  flush=True)
+            print(
+                f"playing {duration:.0f} s of ATM, app, web and agent traffic from {concurrency} backends ...",
+                flush=True,
+            )
             values = {o.id: o.value for o in load_policy_dir(policies).offers}
             tally = asyncio.run(_drive(int(info["port"]), segments, values, duration, concurrency, seed))
             print()

@@ -54,8 +54,14 @@ class Estimate:
         return {"mean": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high, "rows": self.rows}
 
 
-def mean_estimate(values: np.ndarray, *, confidence: float = 0.95, ci: str = "normal",
-                  n_bootstrap: int = 1000, seed: int | None = None) -> Estimate:
+def mean_estimate(
+    values: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    ci: str = "normal",
+    n_bootstrap: int = 1000,
+    seed: int | None = None,
+) -> Estimate:
     """The mean of on-policy (or replayed) rewards, with its confidence interval.
 
     For 0/1 rewards the normal interval is Wilson's score interval, which
@@ -74,16 +80,32 @@ def mean_estimate(values: np.ndarray, *, confidence: float = 0.95, ci: str = "no
     return _estimate(np.mean, values, (values,), confidence, ci, n_bootstrap, seed)
 
 
-def ips(rewards: np.ndarray, logged_propensities: np.ndarray, target_probabilities: np.ndarray, *,
-        clip: float | None = None, confidence: float = 0.95, ci: str = "normal", n_bootstrap: int = 1000,
-        seed: int | None = None) -> Estimate:
+def ips(
+    rewards: np.ndarray,
+    logged_propensities: np.ndarray,
+    target_probabilities: np.ndarray,
+    *,
+    clip: float | None = None,
+    confidence: float = 0.95,
+    ci: str = "normal",
+    n_bootstrap: int = 1000,
+    seed: int | None = None,
+) -> Estimate:
     """Inverse propensity scoring: mean(w r), w = target / logged (capped at ``clip`` if given)."""
     r, w = _weights(rewards, logged_propensities, target_probabilities, clip)
     return _estimate(lambda r, w: np.mean(w * r), w * r, (r, w), confidence, ci, n_bootstrap, seed)
 
 
-def snips(rewards: np.ndarray, logged_propensities: np.ndarray, target_probabilities: np.ndarray, *,
-          confidence: float = 0.95, ci: str = "normal", n_bootstrap: int = 1000, seed: int | None = None) -> Estimate:
+def snips(
+    rewards: np.ndarray,
+    logged_propensities: np.ndarray,
+    target_probabilities: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    ci: str = "normal",
+    n_bootstrap: int = 1000,
+    seed: int | None = None,
+) -> Estimate:
     """Self-normalised IPS: sum(w r) / sum(w); its normal interval is the delta method's."""
     r, w = _weights(rewards, logged_propensities, target_probabilities, None)
     total = w.sum()
@@ -93,14 +115,24 @@ def snips(rewards: np.ndarray, logged_propensities: np.ndarray, target_probabili
     if ci == "normal":
         half = _z(confidence) * math.sqrt(float(((w * (r - value)) ** 2).sum())) / total
         return Estimate(value, value - half, value + half, len(r))
-    return _estimate(lambda r, w: (w * r).sum() / max(w.sum(), 1e-300), None, (r, w),
-                     confidence, ci, n_bootstrap, seed, value=value)
+    return _estimate(
+        lambda r, w: (w * r).sum() / max(w.sum(), 1e-300), None, (r, w), confidence, ci, n_bootstrap, seed, value=value
+    )
 
 
-def doubly_robust(rewards: np.ndarray, logged_propensities: np.ndarray, target_probabilities: np.ndarray,
-                  predicted_rewards: np.ndarray, predicted_values: np.ndarray, *, clip: float | None = None,
-                  confidence: float = 0.95, ci: str = "normal", n_bootstrap: int = 1000,
-                  seed: int | None = None) -> Estimate:
+def doubly_robust(
+    rewards: np.ndarray,
+    logged_propensities: np.ndarray,
+    target_probabilities: np.ndarray,
+    predicted_rewards: np.ndarray,
+    predicted_values: np.ndarray,
+    *,
+    clip: float | None = None,
+    confidence: float = 0.95,
+    ci: str = "normal",
+    n_bootstrap: int = 1000,
+    seed: int | None = None,
+) -> Estimate:
     """Doubly robust: mean(v + w (r - q)).
 
     ``predicted_rewards`` is the reward model's q(x_i, a_i) for the logged
@@ -110,11 +142,13 @@ def doubly_robust(rewards: np.ndarray, logged_propensities: np.ndarray, target_p
     r, w = _weights(rewards, logged_propensities, target_probabilities, clip)
     q = _array(predicted_rewards, "predicted_rewards", len(r))
     v = _array(predicted_values, "predicted_values", len(r))
-    return _estimate(lambda r, w, q, v: np.mean(v + w * (r - q)), v + w * (r - q), (r, w, q, v),
-                     confidence, ci, n_bootstrap, seed)
+    return _estimate(
+        lambda r, w, q, v: np.mean(v + w * (r - q)), v + w * (r - q), (r, w, q, v), confidence, ci, n_bootstrap, seed
+    )
 
 
 # --- shared ----------------------------------------------------------------------------
+
 
 def _z(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
@@ -141,8 +175,9 @@ def _array(values: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
     return array
 
 
-def _weights(rewards: np.ndarray, logged: np.ndarray, target: np.ndarray,
-             clip: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _weights(
+    rewards: np.ndarray, logged: np.ndarray, target: np.ndarray, clip: float | None
+) -> tuple[np.ndarray, np.ndarray]:
     r = _array(rewards, "rewards")
     if not len(r):
         raise ValueError("no rows to estimate from")
@@ -158,8 +193,16 @@ def _weights(rewards: np.ndarray, logged: np.ndarray, target: np.ndarray,
     return r, w
 
 
-def _estimate(statistic: Callable[..., float], terms: np.ndarray | None, arrays: tuple[np.ndarray, ...],
-              confidence: float, ci: str, n_bootstrap: int, seed: int | None, value: float | None = None) -> Estimate:
+def _estimate(
+    statistic: Callable[..., float],
+    terms: np.ndarray | None,
+    arrays: tuple[np.ndarray, ...],
+    confidence: float,
+    ci: str,
+    n_bootstrap: int,
+    seed: int | None,
+    value: float | None = None,
+) -> Estimate:
     """The statistic over ``arrays`` with a normal interval over per-row ``terms`` or a bootstrap one."""
     n = len(arrays[0])
     if not n:

@@ -131,25 +131,46 @@ class PreviewReport:
         rows: list[str | tuple[str, object, object, str]] = [
             ("", live.label, cand.label, "change"),
             ("decisions", live.total, cand.total, ""),
-            ("with an action", live.total - live.no_action, cand.total - cand.no_action,
-             _delta(live.total - live.no_action, cand.total - cand.no_action)),
-            ("no action", _share(live.no_action, live.total), _share(cand.no_action, cand.total),
-             _points(live.no_action, cand.no_action, live.total)),
-            ("customers hitting a cap", len(live.capped_customers), len(cand.capped_customers),
-             _delta(len(live.capped_customers), len(cand.capped_customers))),
+            (
+                "with an action",
+                live.total - live.no_action,
+                cand.total - cand.no_action,
+                _delta(live.total - live.no_action, cand.total - cand.no_action),
+            ),
+            (
+                "no action",
+                _share(live.no_action, live.total),
+                _share(cand.no_action, cand.total),
+                _points(live.no_action, cand.no_action, live.total),
+            ),
+            (
+                "customers hitting a cap",
+                len(live.capped_customers),
+                len(cand.capped_customers),
+                _delta(len(live.capped_customers), len(cand.capped_customers)),
+            ),
         ]
 
         rows += ["", ("decisions per offer and channel", live.label, cand.label, "change")]
-        counts = {key: (live.decisions[key], cand.decisions[key])
-                  for key in set(live.decisions) | set(cand.decisions) if key != NO_ACTION}
+        counts = {
+            key: (live.decisions[key], cand.decisions[key])
+            for key in set(live.decisions) | set(cand.decisions)
+            if key != NO_ACTION
+        }
         rows += _changed_first({f"{offer} on {channel}": n for (offer, channel), n in counts.items()}, max_rows)
         rows.append(("  (no action)", live.no_action, cand.no_action, _delta(live.no_action, cand.no_action)))
         reasons = sorted(set(live.no_action_reasons) | set(cand.no_action_reasons))
         if reasons:
             rows += ["", ("no action, by reason", live.label, cand.label, "change")]
             for code in reasons:
-                rows.append((f"  {code}", live.no_action_reasons[code], cand.no_action_reasons[code],
-                             _delta(live.no_action_reasons[code], cand.no_action_reasons[code])))
+                rows.append(
+                    (
+                        f"  {code}",
+                        live.no_action_reasons[code],
+                        cand.no_action_reasons[code],
+                        _delta(live.no_action_reasons[code], cand.no_action_reasons[code]),
+                    )
+                )
 
         rows += ["", "offers that became unreachable (never chosen nor eligible under the candidate):"]
         rows += [f"  {offer}" for offer in self.unreachable] or ["  none"]
@@ -157,14 +178,19 @@ class PreviewReport:
             rows += ["offers that became reachable (chosen or eligible only under the candidate):"]
             rows += [f"  {offer}" for offer in self.newly_reachable]
 
-        capped = {limit: (len(live.capped.get(limit, ())), len(cand.capped.get(limit, ())))
-                  for limit in set(live.capped) | set(cand.capped)}
+        capped = {
+            limit: (len(live.capped.get(limit, ())), len(cand.capped.get(limit, ())))
+            for limit in set(live.capped) | set(cand.capped)
+        }
         if capped:
             rows += ["", ("customers hitting a cap, by limit", live.label, cand.label, "change")]
             rows += _changed_first(capped, max_rows)
 
-        rows += ["", f"changed decisions: {self.changed} of {self.events}"
-                     f" ({100 * self.changed / max(self.events, 1):.1f}%)" + (", for example:" if self.samples else "")]
+        rows += [
+            "",
+            f"changed decisions: {self.changed} of {self.events}"
+            f" ({100 * self.changed / max(self.events, 1):.1f}%)" + (", for example:" if self.samples else ""),
+        ]
         for change in self.samples:
             m = change.moment
             where = f" (line {m.line})" if m.line else ""
@@ -178,8 +204,15 @@ class PreviewReport:
         return _table(rows)
 
 
-def run_preview(moments: Iterable[TimedRequest], live: PolicyRun, candidate: PolicyRun, stored: StoredContext,
-                *, now: float, sample_size: int = 10) -> PreviewReport:
+def run_preview(
+    moments: Iterable[TimedRequest],
+    live: PolicyRun,
+    candidate: PolicyRun,
+    stored: StoredContext,
+    *,
+    now: float,
+    sample_size: int = 10,
+) -> PreviewReport:
     """Decide every moment with both policy sets; ``now`` is the time of moments without a timestamp."""
     report = PreviewReport(SideReport(live.label), SideReport(candidate.label))
     window = max(live.snapshot.max_limit_window, candidate.snapshot.max_limit_window)
@@ -203,14 +236,21 @@ def run_preview(moments: Iterable[TimedRequest], live: PolicyRun, candidate: Pol
         if (old.offer_id, old.channel) != (new.offer_id, new.channel):
             report.changed += 1
             if len(report.samples) < sample_size:
-                report.samples.append(ChangedDecision(
-                    moment, old, new, live_why_not=_why_not(old, new.offer_id, live.snapshot),
-                    candidate_why_not=_why_not(new, old.offer_id, candidate.snapshot)))
+                report.samples.append(
+                    ChangedDecision(
+                        moment,
+                        old,
+                        new,
+                        live_why_not=_why_not(old, new.offer_id, live.snapshot),
+                        candidate_why_not=_why_not(new, old.offer_id, candidate.snapshot),
+                    )
+                )
     report.customers = len(customers)
     return report
 
 
 # --- customer state kept in memory ----------------------------------------------------
+
 
 @dataclasses.dataclass(slots=True)
 class _CustomerState:
@@ -232,15 +272,25 @@ class _CustomerState:
 
     @classmethod
     def start(cls, ctx: CustomerContext) -> _CustomerState:
-        return cls(ctx.profile, list(ctx.journey), {(j.kind, j.id): j for j in ctx.open_journeys},
-                   ctx.contacts, ctx.declines, {})
+        return cls(
+            ctx.profile,
+            list(ctx.journey),
+            {(j.kind, j.id): j for j in ctx.open_journeys},
+            ctx.contacts,
+            ctx.declines,
+            {},
+        )
 
     def context(self, side: str, now: float, request: DecisionRequest) -> CustomerContext:
         contacts = self.contacts.setdefault(side, list(self.stored_contacts))
         return CustomerContext(
-            profile=self.profile, now=now, origin_channel=request.origin_channel,
-            journey=tuple(self.journey[:_JOURNEY_EVENTS]), contacts=tuple(contacts),
-            open_journeys=tuple(self.open_journeys.values()), request_attributes=request.attributes,
+            profile=self.profile,
+            now=now,
+            origin_channel=request.origin_channel,
+            journey=tuple(self.journey[:_JOURNEY_EVENTS]),
+            contacts=tuple(contacts),
+            open_journeys=tuple(self.open_journeys.values()),
+            request_attributes=request.attributes,
             declines=self.declines,
         )
 
@@ -269,6 +319,7 @@ class _CustomerState:
 
 
 # --- tallies and text -----------------------------------------------------------------
+
 
 def _tally(side: SideReport, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, decision: Decision) -> None:
     side.decisions[(decision.offer_id or "", decision.channel)] += 1
@@ -316,8 +367,9 @@ def _decision(decision: Decision) -> str:
 
 
 def _changed_first(counts: dict[str, tuple[int, int]], max_rows: int) -> list[tuple[str, object, object, str]]:
-    order = sorted(counts, key=lambda k: (counts[k][0] == counts[k][1], -abs(counts[k][1] - counts[k][0]),
-                                          -max(counts[k]), k))
+    order = sorted(
+        counts, key=lambda k: (counts[k][0] == counts[k][1], -abs(counts[k][1] - counts[k][0]), -max(counts[k]), k)
+    )
     shown = [k for i, k in enumerate(order) if counts[k][0] != counts[k][1] or i < max_rows]
     rows: list = [(f"  {k}", counts[k][0], counts[k][1], _delta(*counts[k])) for k in shown]
     if len(shown) < len(order):
@@ -331,8 +383,10 @@ def _table(rows: list[str | tuple[str, object, object, str]]) -> list[str]:
     label = max(len(r[0]) for r in cells)
     value = max(len(str(v)) for r in cells for v in r[1:3])
     change = max(len(r[3]) for r in cells)
-    return [r if isinstance(r, str) else
-            f"{r[0]:<{label}}  {r[1]!s:>{value}}  {r[2]!s:>{value}}  {r[3]:>{change}}".rstrip() for r in rows]
+    return [
+        r if isinstance(r, str) else f"{r[0]:<{label}}  {r[1]!s:>{value}}  {r[2]!s:>{value}}  {r[3]:>{change}}".rstrip()
+        for r in rows
+    ]
 
 
 def _delta(a: int, b: int) -> str:

@@ -67,15 +67,20 @@ def shadow_report(client: redis.Redis) -> dict[str, Any]:
     (served_policy, shadow_policy), rows = max(pairs.items(), key=lambda item: len(item[1]))
     rewards = np.array([1.0 if learned in REWARDING else 0.0 for _, learned in rows])
     propensities = np.array([float(r["propensity"]) for r, _ in rows])
-    same = np.array([1.0 if (r["shadow"]["offer_id"], r["shadow"]["channel"]) == (r["offer_id"], r["channel"]) else 0.0
-                     for r, _ in rows])
+    same = np.array(
+        [
+            1.0 if (r["shadow"]["offer_id"], r["shadow"]["channel"]) == (r["offer_id"], r["channel"]) else 0.0
+            for r, _ in rows
+        ]
+    )
     q_logged = np.array([float(r["shadow"].get("p_served", 0.0)) for r, _ in rows])
     v_target = np.array([float(r["shadow"].get("p_shadow", 0.0)) for r, _ in rows])
     return {
         "rows": len(rows),
         "served": {"policy": served_policy, **mean_estimate(rewards).as_dict()},
-        "other_pairs": {f"{s} served, {p} logged": len(r) for (s, p), r in pairs.items()
-                        if (s, p) != (served_policy, shadow_policy)},
+        "other_pairs": {
+            f"{s} served, {p} logged": len(r) for (s, p), r in pairs.items() if (s, p) != (served_policy, shadow_policy)
+        },
         "shadow": {
             "policy": shadow_policy,
             "agreement": float(same.mean()),

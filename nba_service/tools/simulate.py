@@ -47,8 +47,17 @@ from nba_service.policies.model import PolicySet
 from nba_service.policies.parser import parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 
-__all__ = ["MOMENTS", "OFFERS", "ContextualResponse", "SimOffer", "SimulationConfig", "SimulationResult",
-           "plot_regret", "simulate", "simulation_policy"]
+__all__ = [
+    "MOMENTS",
+    "OFFERS",
+    "ContextualResponse",
+    "SimOffer",
+    "SimulationConfig",
+    "SimulationResult",
+    "plot_regret",
+    "simulate",
+    "simulation_policy",
+]
 
 CHANNEL = "app"
 SEGMENTS = ("mass", "young", "affluent", "student", "family", "vip")
@@ -74,12 +83,24 @@ class SimOffer:
 OFFERS = (
     SimOffer("micro_loan", "Instant micro-loan", "lending", 8.0, 0.12, {"atm_decline": 2.6}),
     SimOffer("credit_line_raise", "Credit-line raise at nearby shops", "lending", 10.0, 0.10, {"atm_decline": 1.8}),
-    SimOffer("click_collect", "Click & collect in the store nearby", "retail_cart", 8.0, 0.10,
-             {"location": 2.8, "cart_abandon": 0.8}),
+    SimOffer(
+        "click_collect",
+        "Click & collect in the store nearby",
+        "retail_cart",
+        8.0,
+        0.10,
+        {"location": 2.8, "cart_abandon": 0.8},
+    ),
     SimOffer("store_coupon", "In-store coupon", "retail_promo", 5.0, 0.20, {"location": 2.6}),
     SimOffer("free_shipping", "Free shipping on the abandoned cart", "retail_cart", 7.0, 0.20, {"cart_abandon": 2.6}),
-    SimOffer("agent_help", "An agent who sees the journey", "retail_service", 8.0, 0.10,
-             {"agent_contact": 2.8, "cart_abandon": 0.4}),
+    SimOffer(
+        "agent_help",
+        "An agent who sees the journey",
+        "retail_service",
+        8.0,
+        0.10,
+        {"agent_contact": 2.8, "cart_abandon": 0.4},
+    ),
 )
 """The offer catalogue: every offer answers every moment on the one channel."""
 
@@ -127,13 +148,30 @@ def _moment(rng: np.random.Generator, names: tuple[str, ...], weights: np.ndarra
     if kind == "atm_decline":
         amount = float(rng.choice((20, 40, 60, 100, 200, 400, 800, 1500)))
         balance = round(float(rng.uniform(0.0, 0.9)) * amount, 2)
-        event = Event(kind, {"amount": amount, "balance": balance, "shortfall": amount - balance, "currency": "EUR",
-                             "atm_id": "atm-1", "latitude": 40.4, "longitude": -3.7})
+        event = Event(
+            kind,
+            {
+                "amount": amount,
+                "balance": balance,
+                "shortfall": amount - balance,
+                "currency": "EUR",
+                "atm_id": "atm-1",
+                "latitude": 40.4,
+                "longitude": -3.7,
+            },
+        )
     elif kind == "location":
         event = Event(kind, {"latitude": 40.4, "longitude": -3.7, "accuracy_m": 40.0, "place_id": "store-sol"})
     elif kind == "cart_abandon":
-        event = Event(kind, {"cart_id": "cart", "cart_value": round(float(rng.uniform(15.0, 400.0)), 2),
-                             "currency": "EUR", "item_count": int(rng.integers(1, 8))})
+        event = Event(
+            kind,
+            {
+                "cart_id": "cart",
+                "cart_value": round(float(rng.uniform(15.0, 400.0)), 2),
+                "currency": "EUR",
+                "item_count": int(rng.integers(1, 8)),
+            },
+        )
     else:
         event = Event(kind, {"agent_id": "agent-1", "reason": "delivery"})
     return event, segment
@@ -144,8 +182,19 @@ def simulation_policy() -> PolicySet:
     policy = {
         "settings": {"no_action_threshold": 0.0},
         "channels": [{"id": CHANNEL, "name": "In-app message", "needs_reachable": False, "default_consent": True}],
-        "offers": [{"id": o.id, "name": o.name, "category": o.category, "events": list(MOMENTS), "value": o.value,
-                    "prior": o.prior, "channels": [CHANNEL], "content": {"default": o.name}} for o in OFFERS],
+        "offers": [
+            {
+                "id": o.id,
+                "name": o.name,
+                "category": o.category,
+                "events": list(MOMENTS),
+                "value": o.value,
+                "prior": o.prior,
+                "channels": [CHANNEL],
+                "content": {"default": o.name},
+            }
+            for o in OFFERS
+        ],
     }
     return parse_policy_files({"simulation.yaml": yaml.safe_dump(policy, sort_keys=False)})
 
@@ -189,20 +238,42 @@ class SimulationResult:
 
     def to_json(self) -> dict[str, Any]:
         policies: dict[str, dict[str, Any]] = {
-            p: {"reward": self.reward[p], "share_of_oracle": self.share(p), "expected_reward": self.expected[p],
+            p: {
+                "reward": self.reward[p],
+                "share_of_oracle": self.share(p),
+                "expected_reward": self.expected[p],
                 "expected_share_of_oracle": self.expected[p] / self.expected["oracle"],
-                "regret": float(self.regret[p][-1])} for p in POLICIES}
+                "regret": float(self.regret[p][-1]),
+            }
+            for p in POLICIES
+        }
         policies["rules"]["offer"] = self.rules_offer
         policies["learned"]["last_tenth_expected_share"] = self.last_share
-        policies["best_fixed"] = {"offer": self.best_fixed_offer, "expected_reward": self.best_fixed_expected,
-                                  "expected_share_of_oracle": self.best_fixed_expected / self.expected["oracle"]}
+        policies["best_fixed"] = {
+            "offer": self.best_fixed_offer,
+            "expected_reward": self.best_fixed_expected,
+            "expected_share_of_oracle": self.best_fixed_expected / self.expected["oracle"],
+        }
         return {"steps": self.config.steps, "config": dataclasses.asdict(self.config), "policies": policies}
 
     def table(self) -> str:
-        rows = [(p if p != "rules" else f"rules ({self.rules_offer})", self.reward[p], self.share(p),
-                 self.expected[p] / self.expected["oracle"]) for p in POLICIES]
-        rows.append((f"best fixed ({self.best_fixed_offer})", float("nan"), float("nan"),
-                     self.best_fixed_expected / self.expected["oracle"]))
+        rows = [
+            (
+                p if p != "rules" else f"rules ({self.rules_offer})",
+                self.reward[p],
+                self.share(p),
+                self.expected[p] / self.expected["oracle"],
+            )
+            for p in POLICIES
+        ]
+        rows.append(
+            (
+                f"best fixed ({self.best_fixed_offer})",
+                float("nan"),
+                float("nan"),
+                self.best_fixed_expected / self.expected["oracle"],
+            )
+        )
         width = max(len(r[0]) for r in rows)
         out = [f"{'policy':<{width}}  {'reward':>10}  {'of oracle':>9}  {'expected, of oracle':>19}"]
         for name, reward, share, expected in rows:
@@ -222,8 +293,9 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulationResult:
     snapshot = PolicySnapshot.compile(policy, "simulation")
     bank = ModelBank(learning_rate=config.learning_rate, l2=config.l2)
     bank.bind(snapshot)
-    engine = DecisionEngine(bank, make_explorer(config.strategy, epsilon=config.epsilon,
-                                                temperature=config.temperature, seed=config.seed))
+    engine = DecisionEngine(
+        bank, make_explorer(config.strategy, epsilon=config.epsilon, temperature=config.temperature, seed=config.seed)
+    )
     index = {o.id: i for i, o in enumerate(OFFERS)}
     values = np.array([o.value for o in OFFERS])
     priors = {o.id: o.prior for o in OFFERS}
@@ -245,12 +317,21 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulationResult:
         decision = engine.decide(snapshot, CustomerContext(profiles[segment], now=_NOW), event, top_k=0)
         if decision.offer_id is not None:
             learned = index[decision.offer_id]
-            bank.learn(decision.offer_id, decision.channel, decision.features, float(accepts[learned]),
-                       priors[decision.offer_id])
+            bank.learn(
+                decision.offer_id,
+                decision.channel,
+                decision.features,
+                float(accepts[learned]),
+                priors[decision.offer_id],
+            )
         else:
             learned = -1
-        choices = {"oracle": int(np.argmax(worth)), "learned": learned, "rules": rules,
-                   "random": int(rng.integers(len(OFFERS)))}
+        choices = {
+            "oracle": int(np.argmax(worth)),
+            "learned": learned,
+            "rules": rules,
+            "random": int(rng.integers(len(OFFERS))),
+        }
         for name, a in choices.items():
             taken[name][t] = a
             expected[name][t] = worth[a] if a >= 0 else 0.0

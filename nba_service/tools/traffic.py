@@ -22,12 +22,26 @@ from typing import ClassVar
 
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 
-__all__ = ["SCENARIOS", "CustomerResponse", "ScenarioMix", "SimulatedCall", "SkewedPopulation", "generate_customers",
-           "scenario_call"]
+__all__ = [
+    "SCENARIOS",
+    "CustomerResponse",
+    "ScenarioMix",
+    "SimulatedCall",
+    "SkewedPopulation",
+    "generate_customers",
+    "scenario_call",
+]
 
 SEGMENTS = ("mass", "young", "affluent", "student", "family", "vip", "")
-CHANNEL_EFFECT = {"agent_desktop": 1.2, "atm_screen": 0.6, "app_inbox": 0.2, "push": 0.3, "web_banner": 0.0,
-                  "sms": -0.3, "email": -0.6}
+CHANNEL_EFFECT = {
+    "agent_desktop": 1.2,
+    "atm_screen": 0.6,
+    "app_inbox": 0.2,
+    "push": 0.3,
+    "web_banner": 0.0,
+    "sms": -0.3,
+    "email": -0.6,
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,11 +92,18 @@ class ScenarioMix:
     """Draws moments with the weights of a bank-and-retailer traffic mix."""
 
     WEIGHTS: ClassVar[dict[str, float]] = {
-        "atm_decline": 0.22, "location": 0.18, "cart_abandon": 0.2, "app_open": 0.15, "page_view": 0.15,
-        "agent_contact": 0.07, "purchase": 0.03}
+        "atm_decline": 0.22,
+        "location": 0.18,
+        "cart_abandon": 0.2,
+        "app_open": 0.15,
+        "page_view": 0.15,
+        "agent_contact": 0.07,
+        "purchase": 0.03,
+    }
 
-    def __init__(self, customer_ids: Sequence[str], seed: int = 0, skew: float = 0.8,
-                 unknown_share: float = 0.03) -> None:
+    def __init__(
+        self, customer_ids: Sequence[str], seed: int = 0, skew: float = 0.8, unknown_share: float = 0.03
+    ) -> None:
         self.customer_ids = list(customer_ids)
         self.unknown_share = unknown_share
         self._rng = random.Random(seed)
@@ -118,26 +139,41 @@ def scenario_call(scenario: str, customer_id: str, rng: random.Random) -> Simula
 
 def _atm_decline(rng: random.Random) -> tuple[pb.Event, str]:
     amount = float(rng.choice((20, 40, 50, 60, 100, 150, 200, 300, 400)))
-    event = pb.Event(atm_decline=pb.AtmDecline(
-        amount=amount, balance=round(rng.uniform(-50, amount * 0.9), 2), currency="EUR",
-        atm_id=f"atm-{rng.randrange(500)}", latitude=40.4 + rng.uniform(-0.1, 0.1),
-        longitude=-3.7 + rng.uniform(-0.1, 0.1)))
+    event = pb.Event(
+        atm_decline=pb.AtmDecline(
+            amount=amount,
+            balance=round(rng.uniform(-50, amount * 0.9), 2),
+            currency="EUR",
+            atm_id=f"atm-{rng.randrange(500)}",
+            latitude=40.4 + rng.uniform(-0.1, 0.1),
+            longitude=-3.7 + rng.uniform(-0.1, 0.1),
+        )
+    )
     return event, "atm"
 
 
 def _location(rng: random.Random) -> tuple[pb.Event, str]:
-    event = pb.Event(location=pb.Location(latitude=40.4 + rng.uniform(-0.1, 0.1),
-                                          longitude=-3.7 + rng.uniform(-0.1, 0.1),
-                                          accuracy_m=rng.choice((15.0, 40.0, 120.0, 600.0)),
-                                          place_id=rng.choice(("store-sol", "store-gran-via", "branch-12", ""))))
+    event = pb.Event(
+        location=pb.Location(
+            latitude=40.4 + rng.uniform(-0.1, 0.1),
+            longitude=-3.7 + rng.uniform(-0.1, 0.1),
+            accuracy_m=rng.choice((15.0, 40.0, 120.0, 600.0)),
+            place_id=rng.choice(("store-sol", "store-gran-via", "branch-12", "")),
+        )
+    )
     return event, "app"
 
 
 def _cart_abandon(rng: random.Random) -> tuple[pb.Event, str]:
     items = [f"sku-{rng.randrange(5000)}" for _ in range(rng.randint(1, 7))]
-    event = pb.Event(cart_abandon=pb.CartAbandon(cart_id=f"cart-{rng.randrange(10**6)}",
-                                                 cart_value=round(rng.uniform(15, 400), 2), currency="EUR",
-                                                 item_ids=items))
+    event = pb.Event(
+        cart_abandon=pb.CartAbandon(
+            cart_id=f"cart-{rng.randrange(10**6)}",
+            cart_value=round(rng.uniform(15, 400), 2),
+            currency="EUR",
+            item_ids=items,
+        )
+    )
     return event, rng.choice(("web", "web", "app"))
 
 
@@ -146,14 +182,21 @@ def _app_open(rng: random.Random) -> tuple[pb.Event, str]:
 
 
 def _page_view(rng: random.Random) -> tuple[pb.Event, str]:
-    event = pb.Event(page_view=pb.PageView(url="https://shop.example/p", page_type=rng.choice(
-        ("product", "checkout", "loans", "kids", "toys", "home"))))
+    event = pb.Event(
+        page_view=pb.PageView(
+            url="https://shop.example/p", page_type=rng.choice(("product", "checkout", "loans", "kids", "toys", "home"))
+        )
+    )
     return event, "web"
 
 
 def _agent_contact(rng: random.Random) -> tuple[pb.Event, str]:
-    event = pb.Event(agent_contact=pb.AgentContact(agent_id=f"agent-{rng.randrange(40)}", reason=rng.choice(
-        ("fees", "billing", "delivery", "late_delivery", "cancel", "card_declined"))))
+    event = pb.Event(
+        agent_contact=pb.AgentContact(
+            agent_id=f"agent-{rng.randrange(40)}",
+            reason=rng.choice(("fees", "billing", "delivery", "late_delivery", "cancel", "card_declined")),
+        )
+    )
     return event, "call_centre"
 
 
@@ -162,8 +205,13 @@ def _purchase(rng: random.Random) -> tuple[pb.Event, str]:
 
 
 _EVENTS: dict[str, Callable[[random.Random], tuple[pb.Event, str]]] = {
-    "atm_decline": _atm_decline, "location": _location, "cart_abandon": _cart_abandon, "app_open": _app_open,
-    "page_view": _page_view, "agent_contact": _agent_contact, "purchase": _purchase,
+    "atm_decline": _atm_decline,
+    "location": _location,
+    "cart_abandon": _cart_abandon,
+    "app_open": _app_open,
+    "page_view": _page_view,
+    "agent_contact": _agent_contact,
+    "purchase": _purchase,
 }
 """Per scenario: the event of one moment and the channel it usually comes from."""
 
@@ -202,21 +250,25 @@ def generate_customers(count: int, seed: int = 0, prefix: str = "s") -> list[dic
     segments = ("mass", "mass", "young", "affluent", "student", "family", "vip")
     records: list[dict[str, object]] = []
     for i in range(count):
-        reachable = [c for c, share in (("push", 0.7), ("sms", 0.8), ("email", 0.9), ("app_inbox", 0.6))
-                     if rng.random() < share]
+        reachable = [
+            c for c, share in (("push", 0.7), ("sms", 0.8), ("email", 0.9), ("app_inbox", 0.6)) if rng.random() < share
+        ]
         consents = {c: rng.random() < 0.85 for c in reachable}
-        records.append({
-            "customer_id": f"{prefix}{i:06d}",
-            "first_name": rng.choice(names),
-            "segment": rng.choice(segments),
-            "preferred_channel": rng.choice(reachable) if reachable else "",
-            "reachable_channels": reachable,
-            "consents": consents,
-            "timezone": rng.choice(zones),
-            "attributes": {"income": str(rng.randrange(12_000, 150_000, 500)),
-                           "credit_score": str(rng.randrange(520, 840)),
-                           "loyalty_member": rng.choice(("yes", "no")),
-                           "birthday": f"{rng.randrange(1950, 2006)}-{rng.randrange(1, 13):02d}-"
-                                       f"{rng.randrange(1, 29):02d}"},
-        })
+        records.append(
+            {
+                "customer_id": f"{prefix}{i:06d}",
+                "first_name": rng.choice(names),
+                "segment": rng.choice(segments),
+                "preferred_channel": rng.choice(reachable) if reachable else "",
+                "reachable_channels": reachable,
+                "consents": consents,
+                "timezone": rng.choice(zones),
+                "attributes": {
+                    "income": str(rng.randrange(12_000, 150_000, 500)),
+                    "credit_score": str(rng.randrange(520, 840)),
+                    "loyalty_member": rng.choice(("yes", "no")),
+                    "birthday": f"{rng.randrange(1950, 2006)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}",
+                },
+            }
+        )
     return records

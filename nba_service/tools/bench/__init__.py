@@ -30,5 +30,12 @@ from nba_service.tools.bench.report import format_report, format_sweep
 from nba_service.tools.bench.run import run_bench, run_sweep
 from nba_service.tools.bench.workload import write_offer_policies
 
-__all__ = ["BenchConfig", "BenchError", "format_report", "format_sweep", "run_bench", "run_sweep",
-           "write_offer_policies"]
+__all__ = [
+    "BenchConfig",
+    "BenchError",
+    "format_report",
+    "format_sweep",
+    "run_bench",
+    "run_sweep",
+    "write_offer_policies",
+]

@@ -83,8 +83,9 @@ class Sampler:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self._histogram = (scrape.scrape_histogram(target.metrics_url, DECISION_HISTOGRAM) if target.metrics_url
-                           else None)
+        self._histogram = (
+            scrape.scrape_histogram(target.metrics_url, DECISION_HISTOGRAM) if target.metrics_url else None
+        )
         self._cpu = _cpu_seconds(target.pid, target.redis_pid)
         self._redis_cpu = _cpu_seconds(target.redis_pid)
 
@@ -103,8 +104,9 @@ class Sampler:
         return step
 
 
-async def _sequential(call: Call, requests: Sequence[pb.DecideRequest], count: int,
-                      errors: collections.Counter[str], offset: int = 0) -> list[float]:
+async def _sequential(
+    call: Call, requests: Sequence[pb.DecideRequest], count: int, errors: collections.Counter[str], offset: int = 0
+) -> list[float]:
     """``count`` calls one at a time, from ``requests[offset]`` on: the latency of each that succeeded."""
     latencies: list[float] = []
     for i in range(offset, offset + count):
@@ -112,8 +114,9 @@ async def _sequential(call: Call, requests: Sequence[pb.DecideRequest], count: i
     return latencies
 
 
-async def _timed(call: Call, request: pb.DecideRequest, latencies: list[float],
-                 errors: collections.Counter[str]) -> None:
+async def _timed(
+    call: Call, request: pb.DecideRequest, latencies: list[float], errors: collections.Counter[str]
+) -> None:
     """One call: its latency into ``latencies`` if it succeeded, its status code into ``errors`` if not."""
     started = time.perf_counter()
     try:
@@ -124,8 +127,9 @@ async def _timed(call: Call, request: pb.DecideRequest, latencies: list[float],
     latencies.append(time.perf_counter() - started)
 
 
-async def _load(calls: Sequence[Call], requests: Sequence[pb.DecideRequest], concurrency: int, seconds: float,
-                max_calls: int) -> tuple[list[float], collections.Counter[str], float]:
+async def _load(
+    calls: Sequence[Call], requests: Sequence[pb.DecideRequest], concurrency: int, seconds: float, max_calls: int
+) -> tuple[list[float], collections.Counter[str], float]:
     """``concurrency`` calls in flight for ``seconds`` (at most ``max_calls``), spread over ``calls``
     (one per connection): latencies, errors, elapsed."""
     latencies: list[float] = []
@@ -148,8 +152,9 @@ async def _load(calls: Sequence[Call], requests: Sequence[pb.DecideRequest], con
     return latencies, errors, time.perf_counter() - started
 
 
-async def measure_sequential(targets: Sequence[Target], requests: Sequence[pb.DecideRequest], count: int,
-                             warmup: int) -> list[tuple[Step, int]]:
+async def measure_sequential(
+    targets: Sequence[Target], requests: Sequence[pb.DecideRequest], count: int, warmup: int
+) -> list[tuple[Step, int]]:
     """Warm up, then ``count`` calls one at a time to each target, in blocks taken in turn so that
     both see the same machine; per target, the step and the size of one response."""
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{t.port}") for t in targets]
@@ -174,8 +179,9 @@ async def measure_sequential(targets: Sequence[Target], requests: Sequence[pb.De
         for channel in channels:
             await channel.close()
     results = []
-    for target, sampler, seconds, errs, size, lat in zip(targets, samplers, elapsed, errors, sizes, latencies,
-                                                         strict=False):
+    for target, sampler, seconds, errs, size, lat in zip(
+        targets, samplers, elapsed, errors, sizes, latencies, strict=False
+    ):
         if not lat:
             raise BenchError(f"every sequential call to {target.name} failed: {dict(errs)}")
         step = Step(1, len(lat), dict(errs), seconds, _us(lat, 50), _us(lat, 99), len(lat) / seconds, 0.0)
@@ -186,12 +192,15 @@ async def measure_sequential(targets: Sequence[Target], requests: Sequence[pb.De
 def _channels(target: Target, count: int) -> list[grpc.aio.Channel]:
     """``count`` channels to ``target``, each with its own connection (grpc shares one between
     channels to the same address unless each keeps a local subchannel pool)."""
-    return [grpc.aio.insecure_channel(f"127.0.0.1:{target.port}", options=[("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(count)]
+    return [
+        grpc.aio.insecure_channel(f"127.0.0.1:{target.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(count)
+    ]
 
 
-async def measure_ladder(targets: Sequence[Target], requests: Sequence[pb.DecideRequest], config: BenchConfig,
-                         progress: Progress) -> list[list[Step]]:
+async def measure_ladder(
+    targets: Sequence[Target], requests: Sequence[pb.DecideRequest], config: BenchConfig, progress: Progress
+) -> list[list[Step]]:
     """Each step of the ladder on each target in turn, calls spread over ``config.connections``
     connections per target; per target, its steps."""
     steps: list[list[Step]] = [[] for _ in targets]
@@ -202,12 +211,25 @@ async def measure_ladder(targets: Sequence[Target], requests: Sequence[pb.Decide
             for target, call, done in zip(targets, calls, steps, strict=False):
                 await _load(call, requests, concurrency, min(0.3, config.seconds), MAX_CALLS_PER_STEP)  # ramp up
                 sampler = Sampler(target)
-                latencies, errors, elapsed = await _load(call, requests, concurrency, config.seconds,
-                                                         MAX_CALLS_PER_STEP)
-                step = sampler.finish(Step(concurrency, len(latencies), dict(errors), elapsed, _us(latencies, 50),
-                                           _us(latencies, 99), len(latencies) / elapsed, 0.0))
-                progress(f"  {target.name:10} {concurrency:>4} in flight: {step.rps:>8,.0f} calls/s, "
-                         f"p99 {step.p99_us:,.0f} µs{', errors ' + str(step.errors) if step.errors else ''}")
+                latencies, errors, elapsed = await _load(
+                    call, requests, concurrency, config.seconds, MAX_CALLS_PER_STEP
+                )
+                step = sampler.finish(
+                    Step(
+                        concurrency,
+                        len(latencies),
+                        dict(errors),
+                        elapsed,
+                        _us(latencies, 50),
+                        _us(latencies, 99),
+                        len(latencies) / elapsed,
+                        0.0,
+                    )
+                )
+                progress(
+                    f"  {target.name:10} {concurrency:>4} in flight: {step.rps:>8,.0f} calls/s, "
+                    f"p99 {step.p99_us:,.0f} µs{', errors ' + str(step.errors) if step.errors else ''}"
+                )
                 done.append(step)
     finally:
         for channel in (c for own in channels for c in own):

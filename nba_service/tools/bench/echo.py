@@ -52,8 +52,7 @@ class EchoServicer(pb_grpc.DecisionServiceServicer):
         return pb.DecideResponse(request_id=request.request_id, no_action=True)
 
 
-async def serve_echo(host: str, port: int, ready: Callable[[int], None] | None = None,
-                     redis_url: str = "") -> None:
+async def serve_echo(host: str, port: int, ready: Callable[[int], None] | None = None, redis_url: str = "") -> None:
     """Serve the echo until SIGINT or SIGTERM, built like ``NbaServer``: same options, interceptor,
     health and reflection; with ``redis_url``, two empty script calls per ``Decide``."""
     scripts = ScriptConnection(redis_url) if redis_url else None
@@ -99,5 +98,3 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)  # appears whole or not at all
-
-

@@ -50,8 +50,9 @@ def _child_env() -> dict[str, str]:
 def spawn(name: str, args: list[str], work: pathlib.Path) -> ServerProcess:
     log = work / f"{name}.log"
     with log.open("wb") as log_file:
-        popen = subprocess.Popen([sys.executable, "-m", *args], stdout=log_file, stderr=subprocess.STDOUT,
-                                 env=_child_env())
+        popen = subprocess.Popen(
+            [sys.executable, "-m", *args], stdout=log_file, stderr=subprocess.STDOUT, env=_child_env()
+        )
     return ServerProcess(name, popen, log)
 
 
@@ -113,8 +114,14 @@ class Servers:
 
 
 @contextlib.contextmanager
-def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progress: Progress,
-                  workers: int = 1, echo_redis: bool = False) -> Iterator[Servers]:
+def start_servers(
+    work: pathlib.Path,
+    policies: pathlib.Path,
+    seed: int,
+    progress: Progress,
+    workers: int = 1,
+    echo_redis: bool = False,
+) -> Iterator[Servers]:
     """The echo server and ``nba serve`` (its embedded Redis in ``work``, ``policies`` published,
     learner off, ``workers`` processes), and with ``echo_redis`` the echo that makes two empty
     script calls to that Redis per call; all ready, and stopped, with that Redis, on the way out."""
@@ -123,13 +130,33 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
     client: redis.Redis | None = None
     redis_pid: int | None = None
     try:
-        echo = spawn("echo", ["nba_service.tools.bench", "echo", "--port", "0",
-                              "--ready-file", str(work / "echo.json")], work)
+        echo = spawn(
+            "echo", ["nba_service.tools.bench", "echo", "--port", "0", "--ready-file", str(work / "echo.json")], work
+        )
         started.append(echo)
-        nba = spawn("nba-serve", ["nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
-                                  "--data-dir", str(work / "data"), "--policies", str(policies),
-                                  "--ready-file", str(work / "ready.json"), "--seed", str(seed), "--learner", "off",
-                                  *(["--workers", str(workers)] if workers > 1 else [])], work)
+        nba = spawn(
+            "nba-serve",
+            [
+                "nba_service.cli",
+                "serve",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--data-dir",
+                str(work / "data"),
+                "--policies",
+                str(policies),
+                "--ready-file",
+                str(work / "ready.json"),
+                "--seed",
+                str(seed),
+                "--learner",
+                "off",
+                *(["--workers", str(workers)] if workers > 1 else []),
+            ],
+            work,
+        )
         started.append(nba)
         wait_ready(echo, work / "echo.json")
         info = wait_ready(nba, work / "ready.json")
@@ -137,8 +164,20 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
         redis_pid = int(client.info("server")["process_id"])
         floor = None
         if echo_redis:
-            floor = spawn("echo-redis", ["nba_service.tools.bench", "echo", "--port", "0", "--ready-file",
-                                         str(work / "echo-redis.json"), "--redis-url", str(info["redis_url"])], work)
+            floor = spawn(
+                "echo-redis",
+                [
+                    "nba_service.tools.bench",
+                    "echo",
+                    "--port",
+                    "0",
+                    "--ready-file",
+                    str(work / "echo-redis.json"),
+                    "--redis-url",
+                    str(info["redis_url"]),
+                ],
+                work,
+            )
             started.append(floor)
             wait_ready(floor, work / "echo-redis.json")
         yield Servers(echo, nba, client, redis_pid, floor)
@@ -151,5 +190,3 @@ def start_servers(work: pathlib.Path, policies: pathlib.Path, seed: int, progres
         stop(started)
         stop_orphan(redis_pid)
         progress("stopped " + ", ".join(f"{p.name} (pid {p.popen.pid})" for p in started))
-
-

@@ -100,8 +100,9 @@ def decide_requests(population: int, count: int, seed: int, atm_only: bool) -> l
     return requests
 
 
-def write_offer_policies(folder: str | os.PathLike[str], offers: int, channels_from: str | os.PathLike[str],
-                         seed: int = 1) -> pathlib.Path:
+def write_offer_policies(
+    folder: str | os.PathLike[str], offers: int, channels_from: str | os.PathLike[str], seed: int = 1
+) -> pathlib.Path:
     """A policy set of ``offers`` offers that all answer ``atm_decline`` and are always eligible,
     over the channels of ``channels_from``; validated.
 
@@ -110,8 +111,9 @@ def write_offer_policies(folder: str | os.PathLike[str], offers: int, channels_f
     """
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    channels = [c for text in read_policy_dir(channels_from).values()
-                for c in (yaml.safe_load(text) or {}).get("channels", [])]
+    channels = [
+        c for text in read_policy_dir(channels_from).values() for c in (yaml.safe_load(text) or {}).get("channels", [])
+    ]
     ids = [c["id"] for c in channels]
     rng = random.Random(seed)
     specs = []
@@ -119,11 +121,18 @@ def write_offer_policies(folder: str | os.PathLike[str], offers: int, channels_f
         own = [ids[(i + k) % len(ids)] for k in range(2)]
         if "atm_screen" in ids and "atm_screen" not in own:
             own.append("atm_screen")
-        specs.append({
-            "id": f"bench_offer_{i:04d}", "name": f"Bench offer {i}", "category": f"bench_{i % 8}",
-            "events": ["atm_decline"], "value": round(rng.uniform(1, 50), 2), "prior": round(rng.uniform(0.01, 0.3), 3),
-            "channels": own, "content": {"default": f"{{first_name}}, offer {i}: {{amount}} {{currency}} sorted."},
-        })
+        specs.append(
+            {
+                "id": f"bench_offer_{i:04d}",
+                "name": f"Bench offer {i}",
+                "category": f"bench_{i % 8}",
+                "events": ["atm_decline"],
+                "value": round(rng.uniform(1, 50), 2),
+                "prior": round(rng.uniform(0.01, 0.3), 3),
+                "channels": own,
+                "content": {"default": f"{{first_name}}, offer {i}: {{amount}} {{currency}} sorted."},
+            }
+        )
     (folder / "channels.yaml").write_text(yaml.safe_dump({"channels": channels}, sort_keys=False))
     (folder / "settings.yaml").write_text(yaml.safe_dump({"settings": {"no_action_threshold": 0.0}}))
     (folder / "offers.yaml").write_text(yaml.safe_dump({"offers": specs}, sort_keys=False, width=1000))
@@ -131,5 +140,3 @@ def write_offer_policies(folder: str | os.PathLike[str], offers: int, channels_f
     if len(policy.offers) != offers:
         raise BenchError(f"generated {len(policy.offers)} offers instead of {offers}")
     return folder
-
-

@@ -75,8 +75,15 @@ class _Rows:
     attributes: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
-def read_log(path: str | Path, *, action_col: str, reward_col: str, feature_cols: Sequence[str],
-             propensity_col: str | None = None, propensity: float | None = None) -> LoggedData:
+def read_log(
+    path: str | Path,
+    *,
+    action_col: str,
+    reward_col: str,
+    feature_cols: Sequence[str],
+    propensity_col: str | None = None,
+    propensity: float | None = None,
+) -> LoggedData:
     """Read a CSV (or ``.csv.gz``) log: only the named columns are read.
 
     Without ``propensity_col`` or ``propensity``, each action's logging
@@ -91,12 +98,20 @@ def read_log(path: str | Path, *, action_col: str, reward_col: str, feature_cols
     index = {name: i for i, name in enumerate(names)}
     action = np.array([index[a] for a in rows.actions], dtype=np.intp)
     logged = _logged_propensities(action, len(names), rows.propensities if propensity_col else None, propensity)
-    return LoggedData(actions=names, action=action, reward=np.array(rows.rewards), propensity=logged,
-                      attributes=tuple(rows.attributes), feature_cols=feature_cols, reward_col=reward_col)
+    return LoggedData(
+        actions=names,
+        action=action,
+        reward=np.array(rows.rewards),
+        propensity=logged,
+        attributes=tuple(rows.attributes),
+        feature_cols=feature_cols,
+        reward_col=reward_col,
+    )
 
 
-def _check_columns(action_col: str, reward_col: str, feature_cols: Sequence[str], propensity_col: str | None,
-                   propensity: float | None) -> tuple[str, ...]:
+def _check_columns(
+    action_col: str, reward_col: str, feature_cols: Sequence[str], propensity_col: str | None, propensity: float | None
+) -> tuple[str, ...]:
     """The feature columns, stripped, once the column description is known to make sense."""
     features = tuple(c.strip() for c in feature_cols if c.strip())
     if not features:
@@ -119,8 +134,9 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
-def _read_rows(path: Path, action_col: str, reward_col: str, feature_cols: tuple[str, ...],
-               propensity_col: str | None) -> _Rows:
+def _read_rows(
+    path: Path, action_col: str, reward_col: str, feature_cols: tuple[str, ...], propensity_col: str | None
+) -> _Rows:
     """The named columns of every non-blank row; any read or format error is a :class:`LogFormatError`."""
     try:
         stream = _open_text(path)
@@ -148,8 +164,15 @@ def _read_header(reader: Iterator[list[str]], path: Path) -> list[str]:
         raise LogFormatError(f"cannot read {path}: {exc}") from exc
 
 
-def _parse_rows(reader: Iterator[list[str]], header: list[str], path: Path, action_col: str, reward_col: str,
-                feature_cols: tuple[str, ...], propensity_col: str | None) -> _Rows:
+def _parse_rows(
+    reader: Iterator[list[str]],
+    header: list[str],
+    path: Path,
+    action_col: str,
+    reward_col: str,
+    feature_cols: tuple[str, ...],
+    propensity_col: str | None,
+) -> _Rows:
     """Every data row (the header already read): the action, a finite reward, a propensity in (0, 1]."""
     position = {name: i for i, name in enumerate(header)}
     a_pos, r_pos = position[action_col], position[reward_col]
@@ -182,8 +205,9 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
-def _logged_propensities(action: np.ndarray, n_actions: int, column: list[float] | None,
-                         constant: float | None) -> np.ndarray:
+def _logged_propensities(
+    action: np.ndarray, n_actions: int, column: list[float] | None, constant: float | None
+) -> np.ndarray:
     """Per row, the logging propensity: from its column, the constant, else each action's share of the log."""
     if column is not None:
         return np.array(column)

@@ -74,8 +74,16 @@ def replay_policy(actions: Sequence[str], prior: float) -> PolicySet:
         "settings": {"no_action_threshold": 0.0},
         "channels": [{"id": CHANNEL, "name": "Replayed log", "needs_reachable": False, "default_consent": True}],
         "offers": [
-            {"id": offer_id, "name": name, "category": "replay", "events": ["custom"], "value": 1.0,
-             "prior": prior, "channels": [CHANNEL], "content": {"default": "replayed action"}}
+            {
+                "id": offer_id,
+                "name": name,
+                "category": "replay",
+                "events": ["custom"],
+                "value": 1.0,
+                "prior": prior,
+                "channels": [CHANNEL],
+                "content": {"default": "replayed action"},
+            }
             for offer_id, name in zip(offer_ids(actions), actions, strict=False)
         ],
     }
@@ -97,8 +105,10 @@ class ReplayConfig:
 
     def describe(self) -> str:
         knob = f"epsilon {self.epsilon:g}" if self.strategy == "epsilon" else f"temperature {self.temperature:g}"
-        return (f"{self.strategy} ({knob}), learning rate {self.learning_rate:g}, l2 {self.l2:g}, "
-                f"prior {self.prior:g}, seed {self.seed}")
+        return (
+            f"{self.strategy} ({knob}), learning rate {self.learning_rate:g}, l2 {self.l2:g}, "
+            f"prior {self.prior:g}, seed {self.seed}"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,8 +142,12 @@ class Evaluation:
 
     def to_json(self) -> dict[str, Any]:
         learned: dict[str, Any] = self.learned.as_dict()
-        learned.update(ips=self.learned_ips.as_dict(), snips=self.learned_snips.as_dict(),
-                       picks=dict(self.picks), late_picks=dict(self.late_picks))
+        learned.update(
+            ips=self.learned_ips.as_dict(),
+            snips=self.learned_snips.as_dict(),
+            picks=dict(self.picks),
+            late_picks=dict(self.late_picks),
+        )
         policies: dict[str, Any] = {
             "learned": learned,
             "random": self.random.as_dict(),
@@ -143,13 +157,17 @@ class Evaluation:
             policies[f"fixed:{action}"] = estimate.as_dict()
         if self.rule is not None:
             policies["rule"] = {**self.rule.as_dict(), "rule": self.rule_text}
-        return {"reward": self.reward_col, "rows": self.rows, "actions": list(self.actions),
-                "config": dataclasses.asdict(self.config), "policies": policies}
+        return {
+            "reward": self.reward_col,
+            "rows": self.rows,
+            "actions": list(self.actions),
+            "config": dataclasses.asdict(self.config),
+            "policies": policies,
+        }
 
     def table(self) -> str:
         """The figures as an aligned text table."""
-        lines = [("learned (replay)", self.learned), ("learned (IPS)", self.learned_ips),
-                 ("random", self.random)]
+        lines = [("learned (replay)", self.learned), ("learned (IPS)", self.learned_ips), ("random", self.random)]
         lines += [(f"fixed:{a}", e) for a, e in sorted(self.fixed.items(), key=lambda item: -item[1].value)]
         lines.append((f"best_fixed ({self.best_action})", self.best_fixed))
         if self.rule is not None:
@@ -161,8 +179,9 @@ class Evaluation:
         return "\n".join(out)
 
 
-def evaluate(data: LoggedData, config: ReplayConfig = ReplayConfig(), progress: bool = False,
-             rules: Sequence[TargetingRule] = ()) -> Evaluation:
+def evaluate(
+    data: LoggedData, config: ReplayConfig = ReplayConfig(), progress: bool = False, rules: Sequence[TargetingRule] = ()
+) -> Evaluation:
     """Replay ``data`` through the real engine and learner; compare with random, fixed actions and the rules."""
     picked = _replay(data, config, progress)
     matched = picked == data.action
@@ -177,8 +196,9 @@ def _replay(data: LoggedData, config: ReplayConfig, progress: bool) -> np.ndarra
     snapshot = PolicySnapshot.compile(policy, "replay")
     bank = ModelBank(learning_rate=config.learning_rate, l2=config.l2)
     bank.bind(snapshot)
-    engine = DecisionEngine(bank, make_explorer(config.strategy, epsilon=config.epsilon,
-                                                temperature=config.temperature, seed=config.seed))
+    engine = DecisionEngine(
+        bank, make_explorer(config.strategy, epsilon=config.epsilon, temperature=config.temperature, seed=config.seed)
+    )
     action_of_offer = {offer.id: i for i, offer in enumerate(policy.offers)}
     ctx = CustomerContext(CustomerProfile.unknown("replay"), now=_NOW)
     fields = {"name": "replay"}
@@ -203,14 +223,15 @@ def _rows(n: int, progress: bool) -> Iterable[int]:
     return tqdm(range(n), desc="replay", unit="row", mininterval=0.5, leave=False)
 
 
-def _summarise(data: LoggedData, config: ReplayConfig, picked: np.ndarray, matched: np.ndarray,
-               rules: Sequence[TargetingRule]) -> Evaluation:
+def _summarise(
+    data: LoggedData, config: ReplayConfig, picked: np.ndarray, matched: np.ndarray, rules: Sequence[TargetingRule]
+) -> Evaluation:
     """The learned policy's figures from its picks, next to random, the fixed actions and the rules."""
     n, k = len(data), len(data.actions)
     rewards = data.reward
     counted = rewards[matched]
     fixed = {a: _fixed_estimate(data, data.action == i) for i, a in enumerate(data.actions)}
-    late = picked[n - max(1, n // 10):]
+    late = picked[n - max(1, n // 10) :]
     return Evaluation(
         actions=data.actions,
         reward_col=data.reward_col,

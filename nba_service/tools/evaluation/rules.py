@@ -68,8 +68,10 @@ def _parse_conditions(where: str, condition: str, data: LoggedData) -> tuple[tup
         if not eq or not column:
             raise LogFormatError(f"{where}: {part.strip()!r} is not COLUMN=VALUE")
         if column not in data.feature_cols:
-            raise LogFormatError(f"{where}: {column!r} is not one of the feature columns "
-                                 f"({', '.join(data.feature_cols)}); a rule reads only those")
+            raise LogFormatError(
+                f"{where}: {column!r} is not one of the feature columns "
+                f"({', '.join(data.feature_cols)}); a rule reads only those"
+            )
         conditions.append((column, value))
     return tuple(conditions)
 
@@ -77,5 +79,4 @@ def _parse_conditions(where: str, condition: str, data: LoggedData) -> tuple[tup
 def rule_actions(rules: Sequence[TargetingRule], data: LoggedData) -> np.ndarray:
     """Per row, the index of the action the rule gives it."""
     index = {a: i for i, a in enumerate(data.actions)}
-    return np.array([index[next(r.action for r in rules if r.matches(row))] for row in data.attributes],
-                    dtype=np.intp)
+    return np.array([index[next(r.action for r in rules if r.matches(row))] for row in data.attributes], dtype=np.intp)
