@@ -35,7 +35,6 @@ from nba_service.domain import (
     StoreUnavailableError,
     WriteResult,
 )
-from nba_service.engine.features import vectorize
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy, make_explorer
 from nba_service.learning.models import ModelBank
@@ -95,14 +94,24 @@ class DataPlane:
         self.engine = DecisionEngine(
             self.models,
             make_explorer(
-                settings.strategy, epsilon=settings.epsilon, temperature=settings.temperature, seed=settings.seed
+                settings.strategy,
+                epsilon=settings.epsilon,
+                temperature=settings.temperature,
+                draws=settings.thompson_draws,
+                ucb_width=settings.ucb_width,
+                seed=settings.seed,
             ),
         )
         self.preview_engine = DecisionEngine(self.models, EpsilonGreedy(0.0))
         self.rules_engine = DecisionEngine(
             self.rules,
             make_explorer(
-                settings.strategy, epsilon=settings.epsilon, temperature=settings.temperature, seed=settings.seed
+                settings.strategy,
+                epsilon=settings.epsilon,
+                temperature=settings.temperature,
+                draws=settings.thompson_draws,
+                ucb_width=settings.ucb_width,
+                seed=settings.seed,
             ),
         )
         self.rules_preview_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
@@ -328,7 +337,7 @@ class DataPlane:
         model a doubly-robust estimate needs.
         """
         other = engine.decide(snapshot, ctx, event, top_k=0, exhausted=exhausted)  # the served choice's budgets
-        x = vectorize(served.features)
+        x = self.models.vectorize(served.features)
         return {
             "policy": policy,
             "served": "rules" if self.settings.mode is ServingMode.APPRENTICE else "learned",

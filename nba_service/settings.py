@@ -49,10 +49,17 @@ class Settings:
     """A policy directory to publish at start-up when it differs from the live version."""
     epsilon: float = 0.05
     """Exploration rate: share of decisions that pick uniformly among the allowed actions."""
-    strategy: ExplorationStrategy = ExplorationStrategy.EPSILON
-    """Exploration strategy: ``epsilon`` (epsilon-greedy) or ``softmax`` (Boltzmann over priorities)."""
+    strategy: ExplorationStrategy = ExplorationStrategy.THOMPSON
+    """Exploration strategy: ``thompson`` (Thompson sampling over the models' posteriors), ``ucb``
+    (optimistic: posterior mean + ``ucb_width`` sd), ``epsilon`` (epsilon-greedy) or ``softmax``
+    (Boltzmann over priorities)."""
     temperature: float = 0.1
     """Softmax temperature (higher explores more)."""
+    thompson_draws: int = 256
+    """Posterior draws per decision with Thompson sampling: the served choice is the first draw's winner and
+    the logged propensity the share of draws it wins (standard deviation at most 0.5/sqrt(draws))."""
+    ucb_width: float = 1.0
+    """UCB: standard deviations of the logit added to its posterior mean."""
     seed: int | None = None
     """Seed of the exploration random generator (None: from the OS)."""
     decision_ttl_seconds: int = 7 * 24 * 3600
@@ -116,6 +123,10 @@ class Settings:
             raise SettingsError(f"record_sample: {self.record_sample} must be between 0 and 1")
         if self.temperature <= 0:
             raise SettingsError("temperature: must be positive")
+        if not 1 <= self.thompson_draws <= 100_000:
+            raise SettingsError(f"thompson_draws: {self.thompson_draws} must be between 1 and 100000")
+        if not 0.0 <= self.ucb_width < 100.0:
+            raise SettingsError(f"ucb_width: {self.ucb_width} must be between 0 and 100")
         if not 1 <= self.workers <= 256:
             raise SettingsError(f"workers: {self.workers} must be between 1 and 256")
         if not 0.0 <= self.epsilon <= 1.0:

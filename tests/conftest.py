@@ -86,7 +86,7 @@ def start_server(redis_url: str, redis_client: redis.Redis) -> Iterator[Any]:
     servers: list[ServerThread] = []
 
     def start(**overrides: Any) -> ServerThread:
-        values: dict[str, Any] = {"redis_url": redis_url, "port": 0, "metrics_port": -1, "epsilon": 0.0, "seed": 1,
+        values: dict[str, Any] = {"redis_url": redis_url, "port": 0, "metrics_port": -1, "strategy": "epsilon", "epsilon": 0.0, "seed": 1,
                                   "policy_check_seconds": 0.2, "model_snapshot_every": 1}
         values.update(overrides)
         server = ServerThread(Settings(**values))

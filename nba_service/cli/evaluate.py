@@ -34,9 +34,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             action_col = args.action_col or preset["action_col"]
             reward_col = args.reward_col or preset["reward_col"]
             feature_cols = args.feature_cols.split(",") if args.feature_cols else list(preset["feature_cols"])
-            propensity = args.propensity
-            if propensity is None and not args.propensity_col:
-                propensity = preset["propensity"]
+            propensity, propensity_col = args.propensity, args.propensity_col
+            if propensity is None and not propensity_col:
+                propensity, propensity_col = preset["propensity"], preset["propensity_col"]
         else:
             if not args.file:
                 raise LogFormatError("name the log: FILE.csv[.gz] or --dataset NAME")
@@ -53,6 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 raise LogFormatError(f"{', '.join(missing)} required with a FILE")
             path, action_col, reward_col = args.file, args.action_col, args.reward_col
             feature_cols, propensity = args.feature_cols.split(","), args.propensity
+            propensity_col = args.propensity_col
         config = ReplayConfig(**{k: getattr(args, k) for k in _KNOBS if getattr(args, k) is not None})
         started = time.perf_counter()
         data = read_log(
@@ -60,7 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             action_col=action_col,
             reward_col=reward_col,
             feature_cols=feature_cols,
-            propensity_col=args.propensity_col,
+            propensity_col=propensity_col,
             propensity=propensity,
         )
         rules = parse_rules(args.rule or (), data)
@@ -71,7 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     name = args.dataset or str(args.file)
     print(
-        f"{name}: reward {reward_col}, {len(data):,} rows, {len(data.actions)} actions, "
+        f"{name}: reward {reward_col} ({data.describe_reward()}), {len(data):,} rows, {len(data.actions)} actions, "
         f"features {','.join(data.feature_cols)}"
     )
     print(f"learned policy: {config.describe()}; replayed in {elapsed:.1f} s")
@@ -95,9 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("file", nargs="?", metavar="FILE.csv[.gz]", help="the log (or use --dataset)")
     ev.add_argument(
         "--dataset",
-        choices=("hillstrom",),
+        choices=("hillstrom", "obd-men"),
         help="a shipped data set with its default columns (hillstrom: action segment, reward visit, "
-        "features recency,history,mens,womens,zip_code,newbie,channel, propensity 1/3)",
+        "features recency,history,mens,womens,zip_code,newbie,channel, propensity 1/3; obd-men: Open Bandit "
+        "Dataset sample, action item_id, reward click, features position,user_feature_0..3, "
+        "propensity column propensity_score)",
     )
     ev.add_argument("--action-col", help="column of the logged action")
     ev.add_argument("--reward-col", help="column of the reward (acceptance, conversion or value)")

@@ -70,6 +70,10 @@ class ServingMode(enum.StrEnum):
 
 
 class ExplorationStrategy(enum.StrEnum):
+    THOMPSON = "thompson"
+    """Thompson sampling over the models' posteriors (the default)."""
+    UCB = "ucb"
+    """Upper confidence bound: the arm of the best optimistic priority."""
     EPSILON = "epsilon"
     """Epsilon-greedy."""
     SOFTMAX = "softmax"

@@ -20,7 +20,8 @@ import numpy as np
 from nba_service.domain import Alternative, CustomerContext, Decision, Event, Reason
 from nba_service.engine.arbitration import Ranking, rank_offers
 from nba_service.engine.contact_policy import CapHits, channel_verdict, check_caps
-from nba_service.engine.features import request_features, vectorize
+from nba_service.engine.features import request_features
+from nba_service.engine.options import Options
 from nba_service.policies.scope import build_scope, evaluation_globals
 from nba_service.policies.snapshot import EventPlan, PolicySnapshot
 
@@ -33,17 +34,21 @@ _FORMATTER = string.Formatter()
 
 
 class Scorer(Protocol):
-    """Propensity of acceptance for arms of the bound policy snapshot."""
+    """The posterior of acceptance of arms of the bound policy snapshot."""
 
     version: str
 
-    def score(self, arms: np.ndarray, x: np.ndarray) -> np.ndarray: ...
+    def vectorize(self, features: Mapping[str, float]) -> np.ndarray: ...
+
+    def posterior(self, arms: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per arm: the logit's posterior mean and standard deviation, and the value multiplier."""
+        ...
 
 
 class Explorer(Protocol):
-    """Picks one of the ranked options and says with what probability it did."""
+    """Picks one arm of the options and says with what probability it did."""
 
-    def choose(self, priorities: np.ndarray) -> tuple[int, float]: ...
+    def pick(self, options: Options) -> tuple[int, float]: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,8 +74,13 @@ class _Scored:
     arms: np.ndarray
     """Arm indices of the snapshot."""
     propensities: np.ndarray
+    """P(accept) at the posterior mean."""
+    logit_mean: np.ndarray
+    logit_sd: np.ndarray
     factors: np.ndarray
-    """(V - costs) x L x B of each arm."""
+    """(V - costs) x L x B of each arm, times its learned value multiplier."""
+    scale: np.ndarray
+    """The factors times the preferred-channel boost: priority = P x scale."""
     priorities: np.ndarray
     """P x (V - costs) x L x B, times the preferred-channel boost."""
 
@@ -249,13 +259,14 @@ class DecisionEngine:
     ) -> _Scored:
         """P (the model's propensity) x V x L x B of every allowed arm, with the preferred-channel boost."""
         arms = plan.arms[allowed]
-        propensities = self.scorer.score(arms, vectorize(features))
-        factors = arm_factors(snapshot, plan, arms, offer_ok, scope)
-        priorities = propensities * factors
+        mean, sd, value = self.scorer.posterior(arms, self.scorer.vectorize(features))
+        propensities = 1.0 / (1.0 + np.exp(-mean))
+        factors = arm_factors(snapshot, plan, arms, offer_ok, scope) * value
+        scale = factors.copy()
         preferred = snapshot.channel_index.get(ctx.profile.preferred_channel)
         if preferred is not None and snapshot.settings.preferred_channel_boost != 1.0:
-            priorities[plan.arm_channel[allowed] == preferred] *= snapshot.settings.preferred_channel_boost
-        return _Scored(arms, propensities, factors, priorities)
+            scale[plan.arm_channel[allowed] == preferred] *= snapshot.settings.preferred_channel_boost
+        return _Scored(arms, propensities, mean, sd, factors, scale, propensities * scale)
 
     def _arbitrate(
         self, snapshot: PolicySnapshot, scored: _Scored, reasons: list[Reason]
@@ -289,13 +300,12 @@ class DecisionEngine:
         features: Mapping[str, float],
         top_k: int,
     ) -> Decision:
-        """Exploration picks among the options (logging the probability of the pick); the content is rendered."""
-        pick, propensity = self.explorer.choose(ranking.priorities[options])
-        chosen = ranking.arms[options[pick]]
+        """Exploration picks an arm of the options (logging the probability of the pick); the content is rendered."""
+        chosen, pick, propensity = self._explore(snapshot, scored, ranking, options)
         offer_id, channel = snapshot.arm_keys[scored.arms[chosen]]
         offer = snapshot.offers[snapshot.offer_index[offer_id]]
-        best = snapshot.arm_keys[scored.arms[ranking.arms[options[0]]]][0]
-        why = "best priority" if pick == 0 else f"exploration (best was {best})"
+        best = snapshot.arm_keys[scored.arms[ranking.arms[options[0]]]]
+        why = "best priority" if (offer_id, channel) == best else f"exploration (best was {best[0]} on {best[1]})"
         reasons.insert(
             0,
             Reason(
@@ -313,7 +323,7 @@ class DecisionEngine:
         return Decision(
             offer_id=offer_id,
             channel=channel,
-            score=float(ranking.priorities[options[pick]]),
+            score=float(scored.priorities[chosen]),
             propensity=propensity,
             offer_name=offer.name,
             category=offer.category,
@@ -324,6 +334,32 @@ class DecisionEngine:
             model_version=self.scorer.version,
             features=features,
         )
+
+    def _explore(
+        self, snapshot: PolicySnapshot, scored: _Scored, ranking: Ranking, options: np.ndarray
+    ) -> tuple[int, int, float]:
+        """The chosen arm (a position in ``scored``), the rank of its offer among the options, and its propensity.
+
+        The strategy sees every arm of the option offers that is itself worth sending (priority above the
+        threshold), so it may pick another channel of an offer than its best one."""
+        offer_of_arm = snapshot.arm_offer[scored.arms]
+        option_offers = offer_of_arm[ranking.arms[options]]
+        threshold = snapshot.settings.no_action_threshold
+        candidates = np.flatnonzero(
+            np.isin(offer_of_arm, option_offers) & (scored.priorities >= threshold) & (scored.priorities > 0)
+        )
+        position = {int(arm): i for i, arm in enumerate(candidates)}
+        choice = Options(
+            priorities=ranking.priorities[options],
+            best=np.array([position[int(a)] for a in ranking.arms[options]], dtype=np.intp),
+            logit_mean=scored.logit_mean[candidates],
+            logit_sd=scored.logit_sd[candidates],
+            scale=scored.scale[candidates],
+        )
+        picked, propensity = self.explorer.pick(choice)
+        chosen = int(candidates[picked])
+        rank = int(np.flatnonzero(option_offers == offer_of_arm[chosen])[0])
+        return chosen, rank, propensity
 
     def _no_action(
         self, snapshot: PolicySnapshot, features: Mapping[str, float], reasons: list[Reason], code: str, detail: str

@@ -5,19 +5,23 @@ probability with which it picked it; that probability is returned to the
 caller and stored with the decision, so a challenger policy can later be
 evaluated offline from the logs (inverse propensity scoring).
 
-Every strategy has the same two verbs:
+The engine calls ``pick(options) -> (arm, propensity)`` with the offers worth
+sending (:class:`Options`: their best arms' priorities P x V x L x B, best
+first, and every allowed arm's posterior); the strategy returns the position
+of the arm it chose and the probability with which it chose it.
 
-- ``choose(priorities) -> (index, propensity)``: the engine's call, with the
-  options' priorities (P x V x L x B) sorted best first;
-- ``probabilities(priorities)``: the whole distribution ``choose`` draws from,
-  for off-policy evaluation and for tests (``choose`` returns one entry of it).
-
-:class:`EpsilonGreedy` exploits the best option and explores uniformly;
-:class:`Softmax` explores in proportion to how good an option looks, so a
-close second is tried often and a hopeless option almost never. Softmax over
-log-priorities is also what Thompson-style "perturb the scores, take the
-argmax" gives with Gumbel noise, but with an exact, closed-form propensity
-(a sampled-posterior Thompson sampler has none, which IPS needs).
+- :class:`ThompsonSampling` (the default) draws every arm's acceptance from
+  its posterior and takes the best draw: arms are tried as often as they may
+  be the best, so a clearly bad arm is almost never tried and an uncertain one
+  often. Its propensity has no closed form: it is estimated from the same
+  vectorised posterior draws (see the class for the error).
+- :class:`UpperConfidence` (UCB) takes the arm whose optimistic P (posterior
+  mean plus ``width`` standard deviations of the logit) gives the best
+  priority: deterministic, propensity 1.
+- :class:`EpsilonGreedy` exploits the best offer and explores uniformly;
+  :class:`Softmax` explores in proportion to how good an offer looks. Both
+  pick among the ranked offers by ``choose(priorities)`` and have the exact
+  distribution ``probabilities(priorities)``.
 """
 
 from __future__ import annotations
@@ -26,10 +30,32 @@ import math
 
 import numpy as np
 
-__all__ = ["STRATEGIES", "EpsilonGreedy", "Softmax", "make_explorer"]
+from nba_service.engine.options import Options
+
+__all__ = [
+    "STRATEGIES",
+    "EpsilonGreedy",
+    "Options",
+    "Softmax",
+    "ThompsonSampling",
+    "UpperConfidence",
+    "make_explorer",
+]
 
 
-class EpsilonGreedy:
+class _RankedStrategy:
+    """A strategy that picks among offers by their best priority (its best arm)."""
+
+    def choose(self, priorities: np.ndarray) -> tuple[int, float]:
+        raise NotImplementedError
+
+    def pick(self, options: Options) -> tuple[int, float]:
+        """The position of the chosen arm and its probability."""
+        index, propensity = self.choose(options.priorities)
+        return int(options.best[index]), propensity
+
+
+class EpsilonGreedy(_RankedStrategy):
     """Exploit the best option with probability 1 - epsilon, else pick uniformly.
 
     >>> explorer = EpsilonGreedy(epsilon=0.0, seed=1)
@@ -64,7 +90,7 @@ class EpsilonGreedy:
         return probabilities
 
 
-class Softmax:
+class Softmax(_RankedStrategy):
     """Boltzmann exploration: option i with probability proportional to exp(s_i / temperature).
 
     With ``on="log"`` (the default) s_i is the log of the priority: priorities
@@ -124,18 +150,101 @@ class Softmax:
         return pick, float(probabilities[pick])
 
 
-STRATEGIES = ("epsilon", "softmax")
-"""Names :func:`make_explorer` accepts."""
+class ThompsonSampling:
+    """Thompson sampling: draw each arm's logit from its posterior, take the arm of the best priority.
+
+    The served choice is the winner of the first of ``draws`` vectorised
+    posterior draws; the logged propensity is the share of the ``draws`` draws
+    that the chosen arm wins. Given the draws, that share is exactly the
+    probability of the choice (the draws are exchangeable, so serving the first
+    is serving a uniformly random one), and it estimates the choice's marginal
+    Thompson probability ``p`` with a bias of at most ``(1 - p) / draws`` and a
+    standard deviation of ``sqrt((draws - 1) p (1 - p)) / draws``, at most
+    ``0.5 / sqrt(draws)``: with the default 256 draws, bias <= 0.004 and
+    standard deviation <= 0.031 (0.013 at p = 0.05). It is never 0.
+
+    >>> explorer = ThompsonSampling(seed=7)
+    >>> options = Options(np.array([0.3, 0.1]), np.array([0, 1]), np.array([-0.85, -2.2]),
+    ...                   np.array([0.0, 0.0]), np.array([1.0, 1.0]))
+    >>> explorer.pick(options)  # no uncertainty: the best arm, always
+    (0, 1.0)
+    """
+
+    def __init__(self, draws: int = 256, seed: int | None = None) -> None:
+        if draws < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}")
+        self.draws = draws
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def pick(self, options: Options) -> tuple[int, float]:
+        """The position of the chosen arm and the estimated probability of choosing it."""
+        n = len(options.logit_mean)
+        if n == 1:
+            return 0, 1.0
+        winners = self.winners(options, self.draws)
+        chosen = int(winners[0])
+        return chosen, float(np.count_nonzero(winners == chosen)) / len(winners)
+
+    def winners(self, options: Options, draws: int) -> np.ndarray:
+        """The winning arm of each of ``draws`` posterior draws."""
+        noise = self._rng.standard_normal((draws, len(options.logit_mean)))
+        z = options.logit_mean + noise * options.logit_sd
+        priority = options.scale / (1.0 + np.exp(-z))
+        return np.argmax(priority, axis=1)
+
+    def probabilities(self, options: Options, draws: int = 100_000) -> np.ndarray:
+        """Each arm's probability of being chosen, by Monte Carlo over ``draws`` draws (for tests and tools)."""
+        winners = self.winners(options, draws)
+        return np.bincount(winners, minlength=len(options.logit_mean)) / draws
+
+
+class UpperConfidence:
+    """UCB: the arm whose optimistic P (logit mean + ``width`` sd) gives the best priority; propensity 1.
+
+    >>> options = Options(np.array([0.3, 0.1]), np.array([0, 1]), np.array([-0.85, -2.2]),
+    ...                   np.array([0.0, 2.0]), np.array([1.0, 1.0]))
+    >>> UpperConfidence(width=1.0).pick(options)  # the uncertain arm's optimistic P is higher
+    (1, 1.0)
+    """
+
+    def __init__(self, width: float = 1.0) -> None:
+        if not width >= 0.0 or math.isinf(width):
+            raise ValueError(f"width must be a finite number >= 0, got {width}")
+        self.width = width
+
+    def pick(self, options: Options) -> tuple[int, float]:
+        z = options.logit_mean + self.width * options.logit_sd
+        priority = options.scale / (1.0 + np.exp(-z))
+        return int(np.argmax(priority)), 1.0
+
+
+Explorer = EpsilonGreedy | Softmax | ThompsonSampling | UpperConfidence
+
+STRATEGIES = ("thompson", "ucb", "epsilon", "softmax")
+"""Names :func:`make_explorer` accepts; the first is the default."""
 
 
 def make_explorer(
-    strategy: str, *, epsilon: float = 0.05, temperature: float = 0.1, seed: int | None = None
-) -> EpsilonGreedy | Softmax:
+    strategy: str,
+    *,
+    epsilon: float = 0.05,
+    temperature: float = 0.1,
+    draws: int = 256,
+    ucb_width: float = 1.0,
+    seed: int | None = None,
+) -> Explorer:
     """The exploration strategy called ``strategy``, seeded.
 
     >>> make_explorer("softmax", temperature=0.2, seed=1).temperature
     0.2
+    >>> make_explorer("thompson", draws=64).draws
+    64
     """
+    if strategy == "thompson":
+        return ThompsonSampling(draws, seed)
+    if strategy == "ucb":
+        return UpperConfidence(ucb_width)
     if strategy == "epsilon":
         return EpsilonGreedy(epsilon, seed)
     if strategy == "softmax":

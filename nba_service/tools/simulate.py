@@ -40,12 +40,10 @@ import numpy as np
 import yaml
 
 from nba_service.domain import CustomerContext, CustomerProfile, Event
-from nba_service.engine.pipeline import DecisionEngine
-from nba_service.learning.exploration import make_explorer
-from nba_service.learning.models import ModelBank
 from nba_service.policies.model import PolicySet
 from nba_service.policies.parser import parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
+from nba_service.tools.learned_policy import PolicyConfig
 
 __all__ = [
     "MOMENTS",
@@ -200,18 +198,8 @@ def simulation_policy() -> PolicySet:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class SimulationConfig:
+class SimulationConfig(PolicyConfig):
     steps: int = 20_000
-    seed: int = 0
-    strategy: str = "epsilon"
-    epsilon: float = 0.05
-    temperature: float = 0.1
-    learning_rate: float = 0.05
-    l2: float = 0.0
-
-    def describe(self) -> str:
-        knob = f"epsilon {self.epsilon:g}" if self.strategy == "epsilon" else f"temperature {self.temperature:g}"
-        return f"{self.strategy} ({knob}), learning rate {self.learning_rate:g}, seed {self.seed}"
 
 
 POLICIES = ("oracle", "learned", "rules", "random")
@@ -291,11 +279,7 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulationResult:
     truth = ContextualResponse(config.seed)
     policy = simulation_policy()
     snapshot = PolicySnapshot.compile(policy, "simulation")
-    bank = ModelBank(learning_rate=config.learning_rate, l2=config.l2)
-    bank.bind(snapshot)
-    engine = DecisionEngine(
-        bank, make_explorer(config.strategy, epsilon=config.epsilon, temperature=config.temperature, seed=config.seed)
-    )
+    bank, engine = config.build(snapshot)
     index = {o.id: i for i, o in enumerate(OFFERS)}
     values = np.array([o.value for o in OFFERS])
     priors = {o.id: o.prior for o in OFFERS}

@@ -82,7 +82,7 @@ def contextual_log(n: int, seed: int, leak: bool = False) -> list[dict[str, obje
 def test_a_contextual_policy_beats_every_fixed_action(tmp_path):
     data = read_log(write_log(tmp_path / "log.csv", contextual_log(9000, seed=1)), action_col="action",
                     reward_col="reward", feature_cols=["kind", "size"])
-    result = evaluate(data, ReplayConfig(learning_rate=0.05, seed=2))
+    result = evaluate(data, ReplayConfig(seed=2))
     assert result.best_fixed.value < 0.4
     assert result.learned.value > 0.5  # only reading `kind` gets there
     assert result.learned.ci_low > result.best_fixed.ci_high
@@ -94,7 +94,7 @@ def test_outcome_columns_never_leak_into_the_features(tmp_path):
     clean = write_log(tmp_path / "clean.csv", contextual_log(3000, seed=4))
     leaky = write_log(tmp_path / "leaky.csv.gz", contextual_log(3000, seed=4, leak=True))
     columns = {"action_col": "action", "reward_col": "reward", "feature_cols": ["kind", "size"]}
-    config = ReplayConfig(learning_rate=0.05, seed=5)
+    config = ReplayConfig(seed=5)
     a = evaluate(read_log(clean, **columns), config)
     b = evaluate(read_log(leaky, **columns), config)
     assert a.to_json() == b.to_json()
@@ -128,7 +128,7 @@ def test_propensities_from_a_column_a_constant_or_the_log_shares(tmp_path):
     with pytest.raises(LogFormatError, match="propensity"):
         read_log(bad, action_col="act", reward_col="r", feature_cols=["x"], propensity_col="p")
     with pytest.raises(LogFormatError, match="not a number"):
-        read_log(write_log(tmp_path / "nan.csv", [{"x": "1", "act": "u", "r": "yes"}]),
+        read_log(write_log(tmp_path / "nan.csv", [{"x": "1", "act": "u", "r": "maybe"}]),
                  action_col="act", reward_col="r", feature_cols=["x"])
 
 

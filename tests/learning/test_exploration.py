@@ -10,7 +10,8 @@ import pytest
 from nba_service.domain import CustomerContext, CustomerProfile, Event
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.tools.evaluation import replay_policy
-from nba_service.learning.exploration import EpsilonGreedy, Softmax, make_explorer
+from nba_service.engine.options import Options
+from nba_service.learning.exploration import EpsilonGreedy, Softmax, ThompsonSampling, UpperConfidence, make_explorer
 from nba_service.learning.models import ModelBank
 from nba_service.policies.snapshot import PolicySnapshot
 
@@ -95,11 +96,15 @@ def test_bad_settings_are_refused():
         Softmax(float("nan"))
     with pytest.raises(ValueError):
         Softmax(0.1, on="exp")
-    with pytest.raises(ValueError, match="known: epsilon, softmax"):
-        make_explorer("thompson")
+    with pytest.raises(ValueError):
+        ThompsonSampling(draws=0)
+    with pytest.raises(ValueError):
+        UpperConfidence(width=float("inf"))
+    with pytest.raises(ValueError, match="known: thompson, ucb, epsilon, softmax"):
+        make_explorer("greedy")
 
 
-@pytest.mark.parametrize("strategy", ["epsilon", "softmax"])
+@pytest.mark.parametrize("strategy", ["epsilon", "softmax", "thompson"])
 def test_the_engine_logs_the_propensity_its_choices_are_made_with(strategy):
     """Through the real engine: how often each offer is chosen matches the propensity it logs."""
     policy = replay_policy(["a", "b", "c"], prior=0.1)
@@ -113,12 +118,61 @@ def test_the_engine_logs_the_propensity_its_choices_are_made_with(strategy):
     event = Event("custom", {"name": "replay"})
     runs = 6000
     counts: dict[str, int] = {}
-    logged: dict[str, float] = {}
+    logged: dict[str, list[float]] = {}
     for _ in range(runs):
         decision = engine.decide(snapshot, ctx, event)
         counts[decision.offer_id] = counts.get(decision.offer_id, 0) + 1
-        assert logged.setdefault(decision.offer_id, decision.propensity) == pytest.approx(decision.propensity)
+        logged.setdefault(decision.offer_id, []).append(decision.propensity)
     assert set(counts) == {"a", "b", "c"}
-    assert sum(logged.values()) == pytest.approx(1.0)
-    for offer, p in logged.items():
-        assert abs(counts[offer] / runs - p) <= 4 * math.sqrt(p * (1 - p) / runs), (counts, logged)
+    if strategy != "thompson":  # exact propensities: one value per offer
+        assert all(max(v) == pytest.approx(min(v)) for v in logged.values())
+    mean_logged = {offer: float(np.mean(v)) for offer, v in logged.items()}
+    # Thompson's logged propensity is an estimate biased up by at most 1/draws (see ThompsonSampling)
+    slack = 1 / 256 if strategy == "thompson" else 0.0
+    assert sum(mean_logged.values()) == pytest.approx(1.0, abs=3 * slack + 1e-9)
+    for offer, p in mean_logged.items():
+        assert abs(counts[offer] / runs - p) <= 4 * math.sqrt(p * (1 - p) / runs) + slack, (counts, mean_logged)
+
+
+# --- Thompson sampling: the logged propensity against its Monte Carlo definition ----------------------
+
+UNCERTAIN = Options(
+    priorities=np.array([0.3, 0.25, 0.2]),
+    best=np.array([0, 2, 3]),
+    logit_mean=np.array([-0.85, -1.0, -1.2, -1.4]),
+    logit_sd=np.array([0.3, 0.6, 0.2, 1.2]),
+    scale=np.array([1.0, 1.0, 1.2, 1.0]),
+)
+
+
+def test_thompson_propensities_agree_with_their_monte_carlo_definition():
+    """The probability of each arm is P(it wins a posterior draw); the logged propensity estimates it
+    within the error the docs state: bias <= 1/draws, standard deviation <= sqrt(p (1 - p) / draws)."""
+    reference = ThompsonSampling(seed=123).probabilities(UNCERTAIN, draws=400_000)
+    assert reference.min() > 0.05  # every arm has a real chance: a meaningful check for all four
+    explorer = ThompsonSampling(draws=256, seed=5)
+    runs = 4000
+    chosen = np.zeros(len(reference))
+    logged: dict[int, list[float]] = {}
+    for _ in range(runs):
+        arm, propensity = explorer.pick(UNCERTAIN)
+        chosen[arm] += 1
+        logged.setdefault(arm, []).append(propensity)
+    for arm, p in enumerate(reference):
+        # the choice itself is exact Thompson sampling
+        assert abs(chosen[arm] / runs - p) <= 4 * math.sqrt(p * (1 - p) / runs)
+        values = np.array(logged[arm])
+        sd = math.sqrt(p * (1 - p) / 256)
+        # each logged propensity is within the stated error of the true probability...
+        assert np.mean(np.abs(values - p) <= 1 / 256 + 3 * sd) >= 0.99
+        # ...and on average it is p plus the stated bias, (1 - p) / draws
+        expected = p + (1 - p) / 256
+        assert abs(values.mean() - expected) <= 4 * sd / math.sqrt(len(values)) + 1e-3
+
+
+def test_thompson_without_uncertainty_is_greedy_and_ucb_is_optimistic():
+    certain = Options(np.array([0.3, 0.2]), np.array([0, 1]), np.array([-0.85, -1.4]), np.zeros(2), np.ones(2))
+    explorer = ThompsonSampling(seed=1)
+    assert {explorer.pick(certain) for _ in range(50)} == {(0, 1.0)}
+    assert UpperConfidence(1.0).pick(UNCERTAIN) == (3, 1.0)  # the widest posterior: -1.4 + 1.2 beats -1.0 + 0.6 and -0.85 + 0.3
+    assert UpperConfidence(0.0).pick(UNCERTAIN) == (0, 1.0)  # no width: the best mean priority (0.30 > 0.23 x 1.2)

@@ -34,8 +34,17 @@ def _reference(entries: list[dict[str, str]]) -> ModelBank:
     return bank
 
 
-def _weights(bank: ModelBank) -> dict:
-    return bank.describe()["arms"]
+def _weights(bank: ModelBank) -> dict[str, float]:
+    """Every posterior mean and sd of the offers' and arms' blocks, flat."""
+    described = bank.describe()
+    flat: dict[str, float] = {}
+    for kind in ("offers", "arms"):
+        for name, block in described[kind].items():  # type: ignore[attr-defined]
+            for stat in ("mean", "sd"):
+                flat[f"{kind}/{name}/intercept/{stat}"] = block["intercept"][stat]
+                for column, weight in block["weights"].items():
+                    flat[f"{kind}/{name}/{column}/{stat}"] = weight[stat]
+    return flat
 
 
 def test_a_learner_killed_mid_stream_loses_nothing_and_double_counts_nothing(redis_client):
@@ -55,9 +64,7 @@ def test_a_learner_killed_mid_stream_loses_nothing_and_double_counts_nothing(red
     published = ModelBank.from_bytes(ModelStore(redis_client).load())
     assert published.updates == 300
     reference = _weights(_reference(entries))
-    for arm, model in _weights(published).items():
-        assert model["intercept"] == pytest.approx(reference[arm]["intercept"])
-        assert model["weights"] == pytest.approx(reference[arm]["weights"])
+    assert _weights(published) == pytest.approx(reference)
     assert OutcomeStream(redis_client, "second").backlog() == 0
 
 

@@ -33,14 +33,12 @@ import numpy as np
 import yaml
 
 from nba_service.domain import CustomerContext, CustomerProfile, Event
-from nba_service.engine.pipeline import DecisionEngine
-from nba_service.learning.exploration import make_explorer
-from nba_service.learning.models import ModelBank
 from nba_service.policies.model import PolicySet
 from nba_service.policies.parser import parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.tools.evaluation.logs import LogFormatError, LoggedData
 from nba_service.tools.evaluation.rules import TargetingRule, rule_actions
+from nba_service.tools.learned_policy import PolicyConfig
 from nba_service.tools.off_policy import Estimate, ips, mean_estimate, snips
 
 __all__ = ["Evaluation", "ReplayConfig", "evaluate", "offer_ids", "replay_policy"]
@@ -91,22 +89,15 @@ def replay_policy(actions: Sequence[str], prior: float) -> PolicySet:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ReplayConfig:
-    """The learned policy under evaluation: exploration strategy and learner settings."""
+class ReplayConfig(PolicyConfig):
+    """The learned policy under evaluation: exploration strategy and model settings (the service's defaults)."""
 
-    strategy: str = "epsilon"
-    epsilon: float = 0.05
-    temperature: float = 0.1
-    learning_rate: float = 0.001
-    l2: float = 0.0
     prior: float = 0.1
     """Every offer's cold-start acceptance guess, the same for all: nothing in the log is known before it starts."""
-    seed: int = 0
 
     def describe(self) -> str:
-        knob = f"epsilon {self.epsilon:g}" if self.strategy == "epsilon" else f"temperature {self.temperature:g}"
         return (
-            f"{self.strategy} ({knob}), learning rate {self.learning_rate:g}, l2 {self.l2:g}, "
+            f"{self.strategy} ({self.knob()}), learning rate {self.learning_rate:g}, "
             f"prior {self.prior:g}, seed {self.seed}"
         )
 
@@ -194,11 +185,7 @@ def _replay(data: LoggedData, config: ReplayConfig, progress: bool) -> np.ndarra
     """Per row, the index of the action the engine picked (-1 for none); it learns every row it counts."""
     policy = replay_policy(data.actions, config.prior)
     snapshot = PolicySnapshot.compile(policy, "replay")
-    bank = ModelBank(learning_rate=config.learning_rate, l2=config.l2)
-    bank.bind(snapshot)
-    engine = DecisionEngine(
-        bank, make_explorer(config.strategy, epsilon=config.epsilon, temperature=config.temperature, seed=config.seed)
-    )
+    bank, engine = config.build(snapshot)
     action_of_offer = {offer.id: i for i, offer in enumerate(policy.offers)}
     ctx = CustomerContext(CustomerProfile.unknown("replay"), now=_NOW)
     fields = {"name": "replay"}
