@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NBA    := $(VENV)/bin/nba
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint proto serve load bench clean
+.PHONY: install demo test lint proto serve load bench suite clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ load: install  ## Locust load test against a local server (LOAD_ARGS="--host H:P
 
 bench: install  ## Decide vs an echo gRPC server: latency, throughput, ratios (BENCH_ARGS="--quick --json f")
 	$(NBA) bench $(BENCH_ARGS)
+
+suite: install  ## the learning bake-off with default settings: table, docs/learning/suite.json, a curve per problem
+	$(NBA) evaluate --suite --json docs/learning/suite.json --plot-dir docs/learning
 
 serve: install  ## run the server with an embedded Redis and the sample policies
 	$(NBA) serve --policies policies

@@ -58,6 +58,8 @@ class Settings:
     thompson_draws: int = 256
     """Posterior draws per decision with Thompson sampling: the served choice is the first draw's winner and
     the logged propensity the share of draws it wins (standard deviation at most 0.5/sqrt(draws))."""
+    thompson_scale: float = 0.25
+    """Thompson sampling: the draws' standard deviation is the posterior's times this (1: plain Thompson)."""
     ucb_width: float = 1.0
     """UCB: standard deviations of the logit added to its posterior mean."""
     seed: int | None = None
@@ -125,6 +127,8 @@ class Settings:
             raise SettingsError("temperature: must be positive")
         if not 1 <= self.thompson_draws <= 100_000:
             raise SettingsError(f"thompson_draws: {self.thompson_draws} must be between 1 and 100000")
+        if not 0.0 < self.thompson_scale <= 10.0:
+            raise SettingsError(f"thompson_scale: {self.thompson_scale} must be in (0, 10]")
         if not 0.0 <= self.ucb_width < 100.0:
             raise SettingsError(f"ucb_width: {self.ucb_width} must be between 0 and 100")
         if not 1 <= self.workers <= 256:

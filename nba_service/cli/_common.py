@@ -110,3 +110,35 @@ def write_json(path: str | None, data: Any) -> None:
     """Write a command's figures for scripts (``--json FILE``), indented, when a path was given."""
     if path:
         pathlib.Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+POLICY_KNOBS = ("strategy", "epsilon", "temperature", "draws", "thompson_scale", "ucb_width", "learning_rate", "seed")
+"""Options of :func:`policy_options`, named as :class:`~nba_service.tools.learned_policy.PolicyConfig`'s fields."""
+
+
+def policy_options(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """The learned policy's exploration and model options of the offline tools; unset ones keep the defaults."""
+    from nba_service.learning.exploration import STRATEGIES
+
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, help="exploration strategy of the learned policy (default thompson)"
+    )
+    parser.add_argument("--epsilon", type=float, help="epsilon-greedy rate (default 0.05)")
+    parser.add_argument("--temperature", type=float, help="softmax temperature over log-priorities (default 0.1)")
+    parser.add_argument("--draws", type=int, help="Thompson sampling: posterior draws per decision (default 256)")
+    parser.add_argument(
+        "--thompson-scale", type=float, help="Thompson sampling: posterior sd multiplier of the draws (default 0.25)"
+    )
+    parser.add_argument("--ucb-width", type=float, help="UCB: standard deviations of optimism (default 1)")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        help="how many observations one outcome counts as (default 1: exact Bayesian updates)",
+    )
+    parser.add_argument("--seed", type=int, help=seed_help)
+
+
+def policy_knobs(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    """The options of :func:`policy_options` (and ``extra``) that were given."""
+    names = (*POLICY_KNOBS, *extra)
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}

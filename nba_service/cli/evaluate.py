@@ -6,14 +6,49 @@ import argparse
 import sys
 import time
 
-from nba_service.cli._common import write_json
-from nba_service.learning.exploration import STRATEGIES
+from nba_service.cli._common import policy_knobs, policy_options, write_json
 
-_KNOBS = ("strategy", "epsilon", "temperature", "learning_rate", "l2", "prior", "seed")
-"""Options that configure the learned policy; unset ones keep :class:`ReplayConfig`'s defaults."""
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    """``nba evaluate --suite``: every problem of the bake-off, one table, JSON and a plot per problem."""
+    from pathlib import Path
+
+    from nba_service.tools.evaluation import ReplayConfig
+    from nba_service.tools.evaluation.suite import SUITE, plot_suite_result, run_suite, suite_table
+
+    names = tuple(n.strip() for n in args.problems.split(",") if n.strip()) if args.problems else SUITE
+    try:
+        config = ReplayConfig(**policy_knobs(args, "prior"))
+        plots = Path(args.plot_dir) if args.plot_dir else None
+        if plots is not None:
+            plots.mkdir(parents=True, exist_ok=True)
+        print(f"learned policy: {config.describe()}", flush=True)
+
+        def progress(result: object) -> None:
+            print(f"  {result.name}: {result.verdict()} ({result.seconds:.1f} s)", flush=True)  # type: ignore[attr-defined]
+
+        results = run_suite(names, config, on_result=progress)
+    except (ValueError, OSError) as exc:
+        print(f"nba evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(suite_table(results))
+    passed = sum(r.passed for r in results)
+    inconclusive = sum(r.inconclusive for r in results)
+    print(
+        f"{passed} of {len(results)} problems passed, {inconclusive} inconclusive (too few rows to separate policies)"
+    )
+    write_json(args.json, {"config": config.describe(), "problems": [r.to_json() for r in results]})
+    if plots is not None:
+        for result in results:
+            plot_suite_result(result, plots / f"{result.name}.png")
+        print(f"learning curves in {plots}/")
+    failed = len(results) - passed - inconclusive
+    return 1 if failed else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.suite:
+        return cmd_suite(args)
     from nba_service.tools.evaluation import (
         DATASETS,
         LogFormatError,
@@ -54,7 +89,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             path, action_col, reward_col = args.file, args.action_col, args.reward_col
             feature_cols, propensity = args.feature_cols.split(","), args.propensity
             propensity_col = args.propensity_col
-        config = ReplayConfig(**{k: getattr(args, k) for k in _KNOBS if getattr(args, k) is not None})
+        config = ReplayConfig(**policy_knobs(args, "prior"))
         started = time.perf_counter()
         data = read_log(
             path,
@@ -91,7 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="replay a logged randomised experiment through the engine and learner",
         description="Replay a logged, randomised experiment (CSV, optionally gzipped) through the real decision "
         "engine and learner, online, with the replay method; report the learned policy's reward "
-        "with a 95% CI next to uniform random, each fixed action and the best fixed action.",
+        "with a 95% CI next to uniform random, each fixed action and the best fixed action. "
+        "With --suite, run the whole bake-off instead.",
     )
     ev.add_argument("file", nargs="?", metavar="FILE.csv[.gz]", help="the log (or use --dataset)")
     ev.add_argument(
@@ -115,15 +151,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="the same logging probability for every row (default: each action's share of the log)",
     )
-    ev.add_argument(
-        "--strategy", choices=STRATEGIES, help="exploration strategy of the learned policy (default epsilon)"
-    )
-    ev.add_argument("--epsilon", type=float, help="epsilon-greedy rate (default 0.05)")
-    ev.add_argument("--temperature", type=float, help="softmax temperature over log-priorities (default 0.1)")
-    ev.add_argument("--learning-rate", type=float, help="SGD learning rate of the models (default 0.001)")
-    ev.add_argument("--l2", type=float, help="L2 penalty of the models (default 0)")
+    policy_options(ev, "seed of the exploration (default 0)")
     ev.add_argument("--prior", type=float, help="every action's cold-start reward guess (default 0.1)")
-    ev.add_argument("--seed", type=int, help="seed of the exploration (default 0)")
     ev.add_argument(
         "--rule",
         action="append",
@@ -134,4 +163,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     ev.add_argument("--plot", metavar="FILE.png", help="draw the learning curve")
+    suite = ev.add_argument_group("the bake-off")
+    suite.add_argument(
+        "--suite",
+        action="store_true",
+        help="run the learned policy on every problem of the suite (logged experiments, classification data "
+        "as bandits, drifting streams) next to random, the best fixed action and the oracle; exit 1 if any fails",
+    )
+    suite.add_argument("--problems", metavar="NAME,...", help="with --suite: only these problems")
+    suite.add_argument("--plot-dir", metavar="DIR", help="with --suite: a learning-curve PNG per problem")
     ev.set_defaults(func=cmd_evaluate)

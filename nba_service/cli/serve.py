@@ -33,6 +33,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         learner=args.learner,
         strategy=args.strategy,
         temperature=args.temperature,
+        thompson_draws=args.thompson_draws,
+        thompson_scale=args.thompson_scale,
+        ucb_width=args.ucb_width,
         record_events=args.record_events,
         record_sample=args.record_sample,
     )
@@ -70,8 +73,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--metrics-port", type=int, help="Prometheus port (env NBA_METRICS_PORT, default 9464; -1: off)")
     serve.add_argument("--policies", help="publish this policy directory at start-up if it differs from the live one")
     serve.add_argument("--epsilon", type=float, help="exploration rate (env NBA_EPSILON, default 0.05)")
-    serve.add_argument("--strategy", choices=("epsilon", "softmax"), help="exploration strategy (env NBA_STRATEGY)")
+    serve.add_argument(
+        "--strategy",
+        choices=("thompson", "ucb", "epsilon", "softmax"),
+        help="exploration strategy (env NBA_STRATEGY, default thompson)",
+    )
     serve.add_argument("--temperature", type=float, help="softmax temperature (env NBA_TEMPERATURE, default 0.1)")
+    serve.add_argument(
+        "--thompson-draws",
+        type=int,
+        help="Thompson sampling: posterior draws per decision (env NBA_THOMPSON_DRAWS, default 256)",
+    )
+    serve.add_argument(
+        "--thompson-scale",
+        type=float,
+        help="Thompson sampling: sd multiplier of the draws (env NBA_THOMPSON_SCALE, default 0.25)",
+    )
+    serve.add_argument("--ucb-width", type=float, help="UCB: sd of optimism (env NBA_UCB_WIDTH, default 1)")
     serve.add_argument("--seed", type=int, help="seed of the exploration random generator (env NBA_SEED)")
     serve.add_argument(
         "--workers", type=int, help="server processes sharing the port, one per core (env NBA_WORKERS, default 1)"

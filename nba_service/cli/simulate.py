@@ -6,18 +6,14 @@ import argparse
 import sys
 import time
 
-from nba_service.cli._common import write_json
-from nba_service.learning.exploration import STRATEGIES
-
-_KNOBS = ("steps", "seed", "strategy", "epsilon", "temperature", "learning_rate")
-"""Options that configure the run; unset ones keep :class:`SimulationConfig`'s defaults."""
+from nba_service.cli._common import policy_knobs, policy_options, write_json
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from nba_service.tools.simulate import SimulationConfig, plot_regret, simulate
 
     try:
-        config = SimulationConfig(**{k: getattr(args, k) for k in _KNOBS if getattr(args, k) is not None})
+        config = SimulationConfig(**policy_knobs(args, "steps"))
         started = time.perf_counter()
         result = simulate(config)
     except ValueError as exc:
@@ -45,11 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "over the same moments, online, and reports reward as a share of the oracle's.",
     )
     sim.add_argument("--steps", type=int, help="customer moments to simulate (default 20000)")
-    sim.add_argument("--seed", type=int, help="seed of the world and the exploration (default 0)")
-    sim.add_argument("--strategy", choices=STRATEGIES, help="exploration strategy (default epsilon)")
-    sim.add_argument("--epsilon", type=float, help="epsilon-greedy rate (default 0.05)")
-    sim.add_argument("--temperature", type=float, help="softmax temperature over log-priorities (default 0.1)")
-    sim.add_argument("--learning-rate", type=float, help="SGD learning rate of the models (default 0.05)")
+    policy_options(sim, "seed of the world and the exploration (default 0)")
     sim.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     sim.add_argument("--plot", metavar="FILE.png", help="draw the cumulative regret curves")
     sim.set_defaults(func=cmd_simulate)

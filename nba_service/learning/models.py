@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -115,16 +116,16 @@ class BayesConfig:
 
 
 class _Block:
-    """A diagonal Gaussian over the weights of one block: mean and precision per column."""
+    """A Gaussian over the weights of one block: the mean and the full covariance of its columns."""
 
-    __slots__ = ("mean", "precision", "prior_precision")
+    __slots__ = ("cov", "mean", "prior_var")
 
     def __init__(self, intercept: float, intercept_sd: float, weight_sd: float) -> None:
         self.mean = np.zeros(_DIM)
         self.mean[_BIAS] = intercept
-        self.prior_precision = np.full(_DIM, 1.0 / weight_sd**2)
-        self.prior_precision[_BIAS] = 1.0 / intercept_sd**2
-        self.precision = self.prior_precision.copy()
+        self.prior_var = np.full(_DIM, weight_sd**2)
+        self.prior_var[_BIAS] = intercept_sd**2
+        self.cov = np.diag(self.prior_var)
 
 
 class ModelBank:
@@ -145,7 +146,7 @@ class ModelBank:
         self._offer_rows: dict[str, list[int]] = {}
         self._row_prior: np.ndarray = np.zeros(0)
         self._mean = np.zeros((0, _DIM))
-        self._var = np.zeros((0, _DIM))
+        self._cov = np.zeros((0, _DIM, _DIM))
         self._value = np.ones(0)
         self._published_version: int | None = None
         self.version = "prior"
@@ -178,7 +179,7 @@ class ModelBank:
         self._rows = snapshot.arm_index
         self._arm_keys = list(snapshot.arm_keys)
         self._row_prior = np.asarray(snapshot.arm_prior, dtype=float)
-        self._mean, self._var, self._value = np.zeros((n, _DIM)), np.zeros((n, _DIM)), np.ones(n)
+        self._mean, self._cov, self._value = np.zeros((n, _DIM)), np.zeros((n, _DIM, _DIM)), np.ones(n)
         offer_rows: dict[str, list[int]] = {}
         for row, key in enumerate(snapshot.arm_keys):
             offer_rows.setdefault(key[0], []).append(row)
@@ -200,8 +201,11 @@ class ModelBank:
     def posterior(self, arms: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For each arm: the mean and standard deviation of its logit for ``x``, and its value multiplier."""
         mean = self._mean[arms] @ x
-        sd = np.sqrt(self._var[arms] @ (x * x))
-        return mean, sd, self._value[arms]
+        index = np.flatnonzero(x)
+        values = x[index]
+        cov = self._cov[arms[:, None, None], index[None, :, None], index[None, None, :]]
+        variance = np.einsum("aij,i,j->a", cov, values, values)
+        return mean, np.sqrt(np.maximum(variance, 0.0)), self._value[arms]
 
     def score(self, arms: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Probability of acceptance of each arm for ``x`` (from :meth:`vectorize`), at the posterior mean."""
@@ -234,13 +238,19 @@ class ModelBank:
     def _update(self, blocks: tuple[_Block, _Block], index: np.ndarray, values: np.ndarray, y: float) -> None:
         """One online Laplace step over both blocks (their weights add up)."""
         config = self.config
-        keep = 1.0 - 1.0 / config.memory
+        inflate = 1.0 / math.sqrt(1.0 - 1.0 / config.memory)
         s, v = 0.0, 0.0
+        directions, spreads = [], []
         for block in blocks:
-            prior = block.prior_precision[index]
-            block.precision[index] = prior + keep * (block.precision[index] - prior)
+            # forgetting, in the directions this outcome informs: their information decays by 1 - 1/memory
+            block.cov[index, :] *= inflate
+            block.cov[:, index] *= inflate
+            direction = block.cov[:, index] @ values  # cov . x
+            spread = float(values @ direction[index])  # x' cov x
+            directions.append(direction)
+            spreads.append(spread)
             s += float(block.mean[index] @ values)
-            v += float((values * values) @ (1.0 / block.precision[index]))
+            v += spread
         rate = config.learning_rate
         z = s
         for _ in range(20):  # Newton on f(z) = z - s - rate * v * (y - sigmoid(z)), monotone
@@ -252,9 +262,9 @@ class ModelBank:
         p = _sigmoid(z)
         gradient = rate * (y - p)
         curvature = rate * p * (1.0 - p)
-        for block in blocks:
-            block.mean[index] += gradient * values / block.precision[index]
-            block.precision[index] += curvature * values * values
+        for block, direction, spread in zip(blocks, directions, spreads, strict=True):
+            block.mean += gradient * direction
+            block.cov -= (curvature / (1.0 + curvature * spread)) * np.outer(direction, direction)  # Sherman-Morrison
 
     def _learn_scale(self, features: Mapping[str, float]) -> None:
         numeric = {name: value for name, value in features.items() if "=" not in name}
@@ -276,19 +286,24 @@ class ModelBank:
 
     def _copy(self, key: tuple[str, str], row: int) -> None:
         """Row ``row`` of the scoring matrices from the posterior of arm ``key``."""
+        config = self.config
         offer = self._offers.get(key[0])
+        arm = self._arms.get(key)
+        diagonal = np.arange(_DIM)
         if offer is None:
-            config = self.config
             self._mean[row] = 0.0
             self._mean[row, _BIAS] = logit(float(self._row_prior[row]))
-            self._var[row] = config.weight_sd**2 + config.arm_sd**2
-            self._var[row, _BIAS] = config.prior_sd**2 + config.arm_sd**2
+            self._cov[row] = 0.0
+            self._cov[row, diagonal, diagonal] = config.weight_sd**2
+            self._cov[row, _BIAS, _BIAS] = config.prior_sd**2
         else:
-            arm = self._arms.get(key)
-            self._mean[row] = offer.mean if arm is None else offer.mean + arm.mean
-            self._var[row] = 1.0 / offer.precision + (
-                self.config.arm_sd**2 if arm is None else 1.0 / arm.precision
-            )
+            self._mean[row] = offer.mean
+            self._cov[row] = offer.cov
+        if arm is None:
+            self._cov[row, diagonal, diagonal] += config.arm_sd**2
+        else:
+            self._mean[row] += arm.mean
+            self._cov[row] += arm.cov
         total, count = self._values.get(key, (0.0, 0.0))
         self._value[row] = (_VALUE_PSEUDO + total) / (_VALUE_PSEUDO + count)
 
@@ -302,13 +317,11 @@ class ModelBank:
         """Every offer's and arm's posterior (intercept and non-zero weights, mean and sd), for export."""
 
         def block(b: _Block) -> dict[str, object]:
-            sd = 1.0 / np.sqrt(b.precision)
-            moved = np.flatnonzero((b.mean != 0.0) | (b.precision != b.prior_precision))
+            sd = np.sqrt(np.diag(b.cov))
+            moved = np.flatnonzero((b.mean != 0.0) | (np.diag(b.cov) != b.prior_var))
             return {
                 "intercept": {"mean": float(b.mean[_BIAS]), "sd": float(sd[_BIAS])},
-                "weights": {
-                    str(int(c)): {"mean": float(b.mean[c]), "sd": float(sd[c])} for c in moved if c != _BIAS
-                },
+                "weights": {str(int(c)): {"mean": float(b.mean[c]), "sd": float(sd[c])} for c in moved if c != _BIAS},
             }
 
         return {
@@ -323,22 +336,29 @@ class ModelBank:
         }
 
     def to_bytes(self) -> bytes:
-        return pickle.dumps(
-            {
-                "format": _FORMAT,
-                "updates": self._updates,
-                "config": dataclasses.asdict(self.config),
-                "offers": {k: (b.mean, b.precision, b.prior_precision) for k, b in self._offers.items()},
-                "arms": {k: (b.mean, b.precision, b.prior_precision) for k, b in self._arms.items()},
-                "values": self._values,
-                "scaler": self._scaler,
-                "scale": self._scale,
-            }
+        """The models, pickled and compressed (covariances are mostly the prior's zeros)."""
+        return zlib.compress(
+            pickle.dumps(
+                {
+                    "format": _FORMAT,
+                    "updates": self._updates,
+                    "config": dataclasses.asdict(self.config),
+                    "offers": {k: (b.mean, b.cov, b.prior_var) for k, b in self._offers.items()},
+                    "arms": {k: (b.mean, b.cov, b.prior_var) for k, b in self._arms.items()},
+                    "values": self._values,
+                    "scaler": self._scaler,
+                    "scale": self._scale,
+                }
+            ),
+            1,
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelBank:
-        state = pickle.loads(data)
+        try:
+            state = pickle.loads(zlib.decompress(data))
+        except zlib.error:
+            state = pickle.loads(data)  # format 1 was not compressed
         if state.get("format") != _FORMAT:
             raise ValueError(
                 f"unsupported model snapshot format {state.get('format')!r} (this version reads {_FORMAT}); "
@@ -354,7 +374,7 @@ class ModelBank:
         return bank
 
 
-def _restore(mean: np.ndarray, precision: np.ndarray, prior_precision: np.ndarray) -> _Block:
+def _restore(mean: np.ndarray, cov: np.ndarray, prior_var: np.ndarray) -> _Block:
     block = _Block.__new__(_Block)
-    block.mean, block.precision, block.prior_precision = mean, precision, prior_precision
+    block.mean, block.cov, block.prior_var = mean, cov, prior_var
     return block

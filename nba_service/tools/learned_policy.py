@@ -17,13 +17,14 @@ class PolicyConfig:
     """Exploration strategy and model settings of a learned policy; the defaults are the service's.
 
     >>> PolicyConfig().describe()
-    'thompson (256 draws), learning rate 1, seed 0'
+    'thompson (256 draws, sd x 0.25), learning rate 1, seed 0'
     """
 
     strategy: str = "thompson"
     epsilon: float = 0.05
     temperature: float = 0.1
     draws: int = 256
+    thompson_scale: float = 0.25
     ucb_width: float = 1.0
     learning_rate: float = 1.0
     """How many observations one outcome counts as (see :class:`~nba_service.learning.models.BayesConfig`)."""
@@ -32,7 +33,7 @@ class PolicyConfig:
     def knob(self) -> str:
         """The exploration strategy's own setting, for humans."""
         return {
-            "thompson": f"{self.draws} draws",
+            "thompson": f"{self.draws} draws, sd x {self.thompson_scale:g}",
             "ucb": f"width {self.ucb_width:g}",
             "epsilon": f"epsilon {self.epsilon:g}",
             "softmax": f"temperature {self.temperature:g}",
@@ -50,6 +51,7 @@ class PolicyConfig:
             epsilon=self.epsilon,
             temperature=self.temperature,
             draws=self.draws,
+            thompson_scale=self.thompson_scale,
             ucb_width=self.ucb_width,
             seed=self.seed,
         )

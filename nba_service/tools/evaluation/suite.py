@@ -139,10 +139,11 @@ class SuiteResult:
 
 def run_suite(
     names: Sequence[str] = SUITE,
-    config: ReplayConfig = ReplayConfig(),
+    config: ReplayConfig | None = None,
     on_result: Callable[[SuiteResult], None] | None = None,
 ) -> list[SuiteResult]:
-    """Run the learned policy configured by ``config`` on each named problem, one after the other."""
+    """Run the learned policy configured by ``config`` (default: the service's) on each named problem."""
+    config = config or ReplayConfig()
     unknown = [n for n in names if n not in SUITE]
     if unknown:
         raise ValueError(f"unknown problem {', '.join(map(repr, unknown))} (suite: {', '.join(SUITE)})")
@@ -155,8 +156,9 @@ def run_suite(
     return results
 
 
-def run_problem(name: str, config: ReplayConfig = ReplayConfig()) -> SuiteResult:
+def run_problem(name: str, config: ReplayConfig | None = None) -> SuiteResult:
     """One problem of the suite, built, run and summarised."""
+    config = config or ReplayConfig()
     started = time.perf_counter()
     if name in DATASETS:
         return _logged(name, config, started)
@@ -229,7 +231,7 @@ def _online(problem: Problem, config: ReplayConfig, started: float) -> SuiteResu
         curve=earned,
         seconds=time.perf_counter() - started,
         drift_at=problem.drift_at,
-        late=late,  # type: ignore[arg-type]
+        late=late,
     )
 
 
@@ -255,8 +257,16 @@ def suite_table(results: Sequence[SuiteResult]) -> str:
     lines = [header]
     for r in results:
         lines.append(
-            (r.name, f"{r.rows:,}", str(r.arms), cell(r.learned), cell(r.random), cell(r.best_fixed), cell(r.oracle),
-             r.verdict())
+            (
+                r.name,
+                f"{r.rows:,}",
+                str(r.arms),
+                cell(r.learned),
+                cell(r.random),
+                cell(r.best_fixed),
+                cell(r.oracle),
+                r.verdict(),
+            )
         )
         if r.late is not None:
             learned, random, best, _ = r.late
@@ -286,8 +296,14 @@ def plot_suite_result(result: SuiteResult, path: str | Path, title: str = "") ->
     if result.drift_at is not None and result.late is not None:
         ax.axvline(result.drift_at, color="tab:red", lw=1.2, ls="-.", label="the world changes")
         _, _, best, action = result.late
-        ax.hlines(best.value, result.drift_at, len(result.curve), color="tab:olive", lw=1.2,
-                  label=f"best fixed after the change: {action}")
+        ax.hlines(
+            best.value,
+            result.drift_at,
+            len(result.curve),
+            color="tab:olive",
+            lw=1.2,
+            label=f"best fixed after the change: {action}",
+        )
     ax.set_xlabel("counted rows" if result.kind == "logged" else "rows")
     ax.set_ylabel("reward")
     ax.set_title(title or f"{result.name}: {result.verdict()}", fontsize=10)
