@@ -33,7 +33,9 @@ posterior widens enough to follow it.
 ``name=value`` feature is one-hot (0/1) and kept as is; any other is numeric
 and standardised online with the running mean and variance of the outcomes
 learned (River's :class:`~river.preprocessing.StandardScaler`), clipped to +-5
-standard deviations. A missing numeric feature contributes 0: its mean.
+standard deviations. A missing numeric feature contributes 0: its mean. Until a
+numeric feature has been seen in 10 outcomes its scale is unknown, and it
+counts only when it is a 0/1 flag.
 Names hash into :data:`~nba_service.engine.features.FEATURE_DIM` columns, plus
 an intercept column.
 
@@ -79,7 +81,7 @@ _BIAS = FEATURE_DIM
 """The intercept's column."""
 _CLIP = 5.0
 _MIN_SCALE_COUNT = 10
-"""Outcomes with a numeric feature before it is standardised (until then it is used as it comes)."""
+"""Outcomes with a numeric feature before it is standardised; until then it counts only as a 0/1 flag."""
 _VALUE_PSEUDO = 3.0
 
 
@@ -195,6 +197,8 @@ class ModelBank:
             s = scale.get(name)
             if s is not None:
                 value = min(max((value - s[0]) * s[1], -_CLIP), _CLIP)
+            elif value != 0.0 and value != 1.0 and "=" not in name:
+                continue  # a number on an unknown scale yet: it counts once it can be standardised
             x[feature_index(name)] += value
         return x
 
