@@ -32,6 +32,18 @@ __all__ = ["Learner", "default_learner_name"]
 log = logging.getLogger(__name__)
 
 
+def _readable(data: bytes | None, what: str) -> bytes | None:
+    """``data`` if this version of nba can read it; None (start from the priors) for an older format."""
+    if not data:
+        return None
+    try:
+        ModelBank.from_bytes(data)
+    except ValueError as exc:
+        log.warning("%s cannot be read (%s); learning starts from the offers' priors", what, exc)
+        return None
+    return data
+
+
 def default_learner_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -100,10 +112,10 @@ class Learner:
 
     def _reload(self) -> None:
         live = self._models_store.live()
-        data = self._models_store.load()
+        data = _readable(self._models_store.load(), f"model version {live}")
         self.models = ModelBank.from_bytes(data) if data else ModelBank()
         if self.challenger_learning_rate:
-            stored = self._models_store.load_challenger() if data else None
+            stored = _readable(self._models_store.load_challenger(), "the challenger") if data else None
             if stored:
                 self.challenger = ModelBank.from_bytes(stored)
             else:  # none yet, or just promoted: a new challenger, from the live models, at its own rate

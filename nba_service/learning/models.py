@@ -366,7 +366,7 @@ class ModelBank:
         if state.get("format") != _FORMAT:
             raise ValueError(
                 f"unsupported model snapshot format {state.get('format')!r} (this version reads {_FORMAT}); "
-                "roll the models back to none (nba models rollback) or let the learner start from the priors"
+                "the learner starts again from the offers' priors"
             )
         bank = cls(BayesConfig(**state["config"]))
         bank._offers = {k: _restore(*v) for k, v in state["offers"].items()}

@@ -150,3 +150,15 @@ def test_after_a_promotion_the_learner_starts_a_new_challenger(redis_client, red
     challenger = ModelBank.from_bytes(ModelStore(redis_client).load_challenger())
     live = ModelBank.from_bytes(ModelStore(redis_client).load())
     assert challenger.updates == live.updates
+
+
+def test_models_of_an_older_format_are_left_and_learning_starts_from_the_priors(redis_client):
+    import pickle
+
+    ModelStore(redis_client).publish(pickle.dumps({"format": 1, "models": {}}), 7, source="nba 0.x", acknowledge=[])
+    _fill(redis_client, 20)
+    learner = Learner(redis_client, name="l", snapshot_every=10, batch=10, block_ms=1)
+    while learner.learned < 20:
+        learner.step()
+    published = ModelBank.from_bytes(ModelStore(redis_client).load())
+    assert published.updates == 20  # the 7 outcomes of the unreadable version are not pretended
