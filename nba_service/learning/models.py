@@ -41,8 +41,9 @@ an intercept column.
 
 **Value rewards.** A reward above 1 (an offer whose goal is value) is learned
 as an acceptance, and its size feeds the arm's value multiplier: the running
-mean of its positive rewards with 3 pseudo-observations of 1.0 (so binary
-rewards keep it at exactly 1).
+mean of its positive rewards, shrunk towards every arm's mean by 3
+pseudo-observations (so binary rewards keep it at exactly 1, and an arm that
+has not converted yet is valued like the others, not at 1).
 
 The request path never loops over weights: after every update the arm's
 posterior mean and variance are copied into numpy matrices aligned with the
@@ -150,6 +151,7 @@ class ModelBank:
         self._mean = np.zeros((0, _DIM))
         self._cov = np.zeros((0, _DIM, _DIM))
         self._value = np.ones(0)
+        self._value_sums = np.zeros((0, 2))
         self._published_version: int | None = None
         self.version = "prior"
         """The published model version serving (``m<N>``), ``prior`` before any; follows ``published_version``."""
@@ -182,11 +184,13 @@ class ModelBank:
         self._arm_keys = list(snapshot.arm_keys)
         self._row_prior = np.asarray(snapshot.arm_prior, dtype=float)
         self._mean, self._cov, self._value = np.zeros((n, _DIM)), np.zeros((n, _DIM, _DIM)), np.ones(n)
+        self._value_sums = np.zeros((n, 2))
         offer_rows: dict[str, list[int]] = {}
         for row, key in enumerate(snapshot.arm_keys):
             offer_rows.setdefault(key[0], []).append(row)
             self._copy(key, row)
         self._offer_rows = offer_rows
+        self._refresh_values()
 
     def vectorize(self, features: Mapping[str, float]) -> np.ndarray:
         """The features as the models see them: hashed, numeric ones standardised, with the intercept."""
@@ -237,7 +241,18 @@ class ModelBank:
         if offer_id in self._offer_rows:
             for row in self._offer_rows[offer_id]:
                 self._copy(self._arm_keys[row], row)
+            if reward > 0:
+                self._refresh_values()
         return True
+
+    def _refresh_values(self) -> None:
+        """Each arm's value multiplier: its mean positive reward, shrunk towards every arm's mean by
+        3 pseudo-observations (so an arm that has not converted yet is valued like the others)."""
+        total = sum(t for t, _ in self._values.values())
+        count = sum(c for _, c in self._values.values())
+        pooled = total / count if count else 1.0
+        sums = self._value_sums
+        self._value = (_VALUE_PSEUDO * pooled + sums[:, 0]) / (_VALUE_PSEUDO + sums[:, 1])
 
     def _update(self, blocks: tuple[_Block, _Block], index: np.ndarray, values: np.ndarray, y: float) -> None:
         """One online Laplace step over both blocks (their weights add up)."""
@@ -308,8 +323,7 @@ class ModelBank:
         else:
             self._mean[row] += arm.mean
             self._cov[row] += arm.cov
-        total, count = self._values.get(key, (0.0, 0.0))
-        self._value[row] = (_VALUE_PSEUDO + total) / (_VALUE_PSEUDO + count)
+        self._value_sums[row] = self._values.get(key, (0.0, 0.0))
 
     # --- learning rate of a challenger, export, persistence ---------------------------
 
