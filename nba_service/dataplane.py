@@ -36,7 +36,7 @@ from nba_service.domain import (
     WriteResult,
 )
 from nba_service.engine.pipeline import DecisionEngine
-from nba_service.learning.exploration import EpsilonGreedy, make_explorer
+from nba_service.learning.exploration import EpsilonGreedy, Explorer, make_explorer
 from nba_service.learning.models import ModelBank
 from nba_service.observability.metrics import Metrics
 from nba_service.policies.model import PolicyValidationError
@@ -62,6 +62,19 @@ class RecordedDecision:
     decision_id: str
     request_id: str
     decision: Decision
+
+
+def _explorer(settings: Settings) -> Explorer:
+    """The exploration strategy the settings name, with its own random generator."""
+    return make_explorer(
+        settings.strategy,
+        epsilon=settings.epsilon,
+        temperature=settings.temperature,
+        draws=settings.thompson_draws,
+        thompson_scale=settings.thompson_scale,
+        ucb_width=settings.ucb_width,
+        seed=settings.seed,
+    )
 
 
 class DataPlane:
@@ -91,31 +104,9 @@ class DataPlane:
         """The learner's challenger models, when it trains some (mode ``learned+challenger``)."""
         self.rules = ModelBank()
         """No learned models: every arm scores its offer's prior (what the rules alone would do)."""
-        self.engine = DecisionEngine(
-            self.models,
-            make_explorer(
-                settings.strategy,
-                epsilon=settings.epsilon,
-                temperature=settings.temperature,
-                draws=settings.thompson_draws,
-                thompson_scale=settings.thompson_scale,
-                ucb_width=settings.ucb_width,
-                seed=settings.seed,
-            ),
-        )
+        self.engine = DecisionEngine(self.models, _explorer(settings))
         self.preview_engine = DecisionEngine(self.models, EpsilonGreedy(0.0))
-        self.rules_engine = DecisionEngine(
-            self.rules,
-            make_explorer(
-                settings.strategy,
-                epsilon=settings.epsilon,
-                temperature=settings.temperature,
-                draws=settings.thompson_draws,
-                thompson_scale=settings.thompson_scale,
-                ucb_width=settings.ucb_width,
-                seed=settings.seed,
-            ),
-        )
+        self.rules_engine = DecisionEngine(self.rules, _explorer(settings))
         self.rules_preview_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
         self.challenger_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
         """Greedy over the challenger's models once they are loaded (the priors until then)."""
