@@ -37,6 +37,7 @@ from nba_service.domain import (
 )
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy, Explorer, make_explorer
+from nba_service.learning.guard import ChallengerGuard, trial_weights
 from nba_service.learning.models import ModelBank
 from nba_service.observability.metrics import Metrics
 from nba_service.policies.model import PolicyValidationError
@@ -64,8 +65,8 @@ class RecordedDecision:
     decision: Decision
 
 
-def _explorer(settings: Settings) -> Explorer:
-    """The exploration strategy the settings name, with its own random generator."""
+def _explorer(settings: Settings, stream: int = 0) -> Explorer:
+    """The exploration strategy the settings name, with its own random generator (``stream``: which one)."""
     return make_explorer(
         settings.strategy,
         epsilon=settings.epsilon,
@@ -73,7 +74,7 @@ def _explorer(settings: Settings) -> Explorer:
         draws=settings.thompson_draws,
         thompson_scale=settings.thompson_scale,
         ucb_width=settings.ucb_width,
-        seed=settings.seed,
+        seed=None if settings.seed is None else settings.seed + stream,
     )
 
 
@@ -108,8 +109,12 @@ class DataPlane:
         self.preview_engine = DecisionEngine(self.models, EpsilonGreedy(0.0))
         self.rules_engine = DecisionEngine(self.rules, _explorer(settings))
         self.rules_preview_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
-        self.challenger_engine = DecisionEngine(self.rules, EpsilonGreedy(0.0))
-        """Greedy over the challenger's models once they are loaded (the priors until then)."""
+        self.challenger_engine = DecisionEngine(self.rules, _explorer(settings, stream=1))
+        """The challenger's models (once loaded) with the champion's exploration strategy."""
+        self.guard = ChallengerGuard()
+        """The challenger's guard as the learner last published it."""
+        self._split = np.random.default_rng(None if settings.seed is None else settings.seed + 2)
+        """Draws which of champion and challenger serves a decision."""
         self.snapshot: PolicySnapshot | None = None
         self._refused_version: int | None = None
         self._refused_model: int | None = None
@@ -155,6 +160,7 @@ class DataPlane:
                         challenger.bind(self.snapshot)
                     self.challenger = challenger
                     self.challenger_engine.scorer = challenger
+                    self._load_guard(ChallengerGuard.from_json(await asyncio.to_thread(self._model_store.load_guard)))
                 except Exception as exc:
                     log.error("challenger models of version %s unreadable: %s", live, exc)
         self.models = self.engine.scorer = self.preview_engine.scorer = models
@@ -162,6 +168,29 @@ class DataPlane:
         self.metrics.model_reloads.labels("loaded").inc()
         log.info("serving model version %s (%d outcomes learned)", live, models.updates)
         return True
+
+    def _load_guard(self, guard: ChallengerGuard) -> None:
+        if guard.suspended and not self.guard.suspended:
+            log.warning(
+                "challenger suspended by its guard: %s outcomes, challenger minus champion %.4g "
+                "(99%% CI high %.4g < 0); it is still logged and evaluated",
+                guard.rows,
+                *guard.difference()[0::2],
+            )
+        elif self.guard.suspended and not guard.suspended:
+            log.info(
+                "challenger's guard lifted: it serves %.0f%% of decisions again",
+                100 * self.settings.challenger_share,
+            )
+        self.guard = guard
+        self.metrics.challenger_share.set(self.challenger_share)
+
+    @property
+    def challenger_share(self) -> float:
+        """The share of decisions the challenger serves now (0 before it exists or while suspended)."""
+        if self.challenger is None or self.guard.suspended:
+            return 0.0
+        return self.settings.challenger_share
 
     async def refresh_policy(self) -> bool:
         """Load the live policy version if it differs from the one served; True when swapped.
@@ -256,7 +285,7 @@ class DataPlane:
         """Decide and record atomically; an offer whose budget is gone is ruled out and the moment decided again."""
         exhausted = self._exhausted_budgets(ctx.now)
         for _ in range(len(snapshot.offers) + 1):  # each retry rules one more offer out: bounded
-            decision, shadow = self._decide(snapshot, ctx, request.event, request.top_k, exhausted)
+            decision, shadow, trial = self._decide(snapshot, ctx, request.event, request.top_k, exhausted)
             decision_id = os.urandom(16).hex()  # 128 random bits, as uuid4 but a quarter of the cost
             offer = snapshot.offers[snapshot.offer_index[decision.offer_id]] if decision.offer_id else None
             budget = None
@@ -279,6 +308,7 @@ class DataPlane:
                     shadow=shadow,
                     budget=budget,
                     reward_on=offer.reward if offer else "accepted",
+                    trial=trial,
                 )
             except redis.RedisError as exc:
                 raise self._unavailable("write_decision", exc) from exc
@@ -291,20 +321,51 @@ class DataPlane:
 
     def _decide(
         self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int, exhausted: frozenset[str]
-    ) -> tuple[Decision, dict[str, object] | None]:
-        """The served decision, and what the mode's other policy would have chosen (None: not logged)."""
+    ) -> tuple[Decision, dict[str, object] | None, str]:
+        """The served decision, what the mode's other policy would have chosen (None: not logged) and the
+        champion/challenger trial weights ("" outside a trial)."""
         mode = self.settings.mode
         if mode is ServingMode.APPRENTICE:
             decision = self.rules_engine.decide(snapshot, ctx, event, top_k=top_k, exhausted=exhausted)
-            return decision, self._shadow(self.preview_engine, "learned", snapshot, ctx, event, decision, exhausted)
+            return decision, self._shadow(self.preview_engine, "learned", snapshot, ctx, event, decision, exhausted), ""
+        if mode is ServingMode.LEARNED_CHALLENGER and self.challenger is not None:  # nothing to try before the first
+            return self._trial(snapshot, ctx, event, top_k, exhausted)
         decision = self.engine.decide(snapshot, ctx, event, top_k=top_k, exhausted=exhausted)
         if mode is ServingMode.LEARNED_SHADOW:
-            return decision, self._shadow(self.rules_preview_engine, "rules", snapshot, ctx, event, decision, exhausted)
-        if mode is ServingMode.LEARNED_CHALLENGER and self.challenger is not None:  # nothing to log before the first
-            return decision, self._shadow(
-                self.challenger_engine, "challenger", snapshot, ctx, event, decision, exhausted
-            )
-        return decision, None
+            shadow = self._shadow(self.rules_preview_engine, "rules", snapshot, ctx, event, decision, exhausted)
+            return decision, shadow, ""
+        return decision, None, ""
+
+    def _trial(
+        self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, top_k: int, exhausted: frozenset[str]
+    ) -> tuple[Decision, dict[str, object] | None, str]:
+        """Champion or challenger serves (the challenger with probability :attr:`challenger_share`).
+
+        The logged propensity is the mixture's, ``(1 - share) pi_champion + share pi_challenger`` of the
+        served arm, so either policy's value can be estimated from every row; both probabilities are
+        logged, and their weights go with the outcome to the learner's guard.
+        """
+        share = self.challenger_share
+        by_challenger = share > 0.0 and bool(self._split.random() < share)
+        serving, other = (self.challenger_engine, self.engine)
+        if not by_challenger:
+            serving, other = other, serving
+        decision = serving.decide(snapshot, ctx, event, top_k=top_k, exhausted=exhausted)
+        if decision.offer_id is None:
+            return decision, None, ""
+        arms, probabilities = other.distribution(snapshot, ctx, event, exhausted)
+        p_other = float(probabilities[arms == snapshot.arm_index[(decision.offer_id, decision.channel)]].sum())
+        pi_champion, pi_challenger = (p_other, decision.propensity) if by_challenger else (decision.propensity, p_other)
+        mixture = (1.0 - share) * pi_champion + share * pi_challenger
+        shadow: dict[str, object] = {
+            "policy": "challenger",
+            "served": "challenger" if by_challenger else "learned",
+            "share": share,
+            "pi_champion": pi_champion,
+            "pi_challenger": pi_challenger,
+        }
+        weights = trial_weights(pi_champion / mixture, pi_challenger / mixture)
+        return dataclasses.replace(decision, propensity=mixture), shadow, weights
 
     def _exhausted_budgets(self, now: float) -> frozenset[str]:
         """Offers whose budget this replica saw used up in the current window (no Redis call)."""

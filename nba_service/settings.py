@@ -77,6 +77,9 @@ class Settings:
     challenger_learning_rate: float = 0.0
     """Non-zero: the learner also trains a challenger, the same models with this learning rate,
     on every outcome; ``mode=learned+challenger`` logs its choice with each decision."""
+    challenger_share: float = 0.0
+    """With ``mode=learned+challenger``: the share of decisions the challenger serves (at most 0.5;
+    0: its choices are only logged). Its guard stops it when it is clearly worse than the champion."""
     mode: ServingMode = ServingMode.LEARNED
     """Who decides: ``learned`` (the models), ``learned+shadow`` (the models, and what the
     rules alone would have chosen is logged), ``apprentice`` (the rules decide with the
@@ -145,6 +148,8 @@ class Settings:
             raise SettingsError("model_snapshot_seconds: must be positive")
         if not 0 < self.attribution_seconds < self.decision_ttl_seconds:
             raise SettingsError("attribution_seconds: must be positive and shorter than decision_ttl_seconds")
+        if not 0.0 <= self.challenger_share <= 0.5:
+            raise SettingsError("challenger_share: must be between 0 and 0.5 (the champion serves the rest)")
         if self.challenger_learning_rate < 0:
             raise SettingsError("challenger_learning_rate: must be >= 0 (0: no challenger)")
 

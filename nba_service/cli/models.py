@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from nba_service.cli._common import settings_from, show_history, state_client, state_options, write_json
 from nba_service.learning.learner import Learner, default_learner_name
@@ -120,7 +121,13 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
         report = shadow_report(client)
     write_json(args.json, report)
     if not report["rows"]:
-        print("no settled decision logged a shadow choice yet (serve with NBA_MODE=apprentice or learned+shadow)")
+        print(
+            "no settled decision logged a shadow choice yet "
+            "(serve with NBA_MODE=apprentice, learned+shadow or learned+challenger)"
+        )
+        return 0
+    if "trial" in report:
+        _print_trial(report)
         return 0
     served, shadow = report["served"], report["shadow"]
     print(
@@ -129,12 +136,40 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     )
     rows = [(served["policy"] + " (served, observed)", served)]
     rows += [(f"{shadow['policy']} (shadow, {name})", shadow[name]) for name in ("ips", "snips", "doubly_robust")]
+    _print_estimates(rows)
+    return 0
+
+
+def _print_estimates(rows: list[tuple[str, dict[str, float]]]) -> None:
     width = max(len(label) for label, _ in rows) + 2
     print(f"{'policy':{width}}{'reward':>9}{'95% CI':>22}")
     for label, e in rows:
         interval = "[{:.4f}, {:.4f}]".format(e["ci_low"], e["ci_high"])
         print(f"{label:{width}}{e['mean']:>9.4f}{interval:>22}")
-    return 0
+
+
+def _print_trial(report: dict[str, Any]) -> None:
+    trial = report["trial"]
+    champion, challenger, guard = trial["champion"], trial["challenger"], trial["guard"]
+    print(
+        f"{report['rows']} settled decisions of a champion/challenger trial: the challenger served "
+        f"{challenger['served_rows']} of them (share {trial['share']:.0%})"
+    )
+    rows = []
+    for name, policy in (("champion", champion), ("challenger", challenger)):
+        rows += [(f"{name} ({estimator}, all rows)", policy[estimator]) for estimator in ("ips", "snips")]
+        if policy["observed"]:
+            rows.append((f"{name} (observed, rows it served)", policy["observed"]))
+    rows.append(("challenger - champion (ips)", trial["difference"]))
+    _print_estimates(rows)
+    if guard["suspended"]:
+        state = "SUSPENDED: the challenger serves nothing (it is still logged and evaluated)"
+    elif guard["rows"] < guard["min_rows"]:
+        state = f"watching ({guard['rows']} of {guard['min_rows']} outcomes before it may suspend)"
+    else:
+        state = "open: the challenger is not clearly worse"
+    print(f"guard (learner, {guard['rows']} outcomes, 99% CI): {state}")
+    print("promote with `nba model promote` once the challenger's advantage is clear")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         mode=args.mode,
+        challenger_share=args.challenger_share,
         learner=args.learner,
         strategy=args.strategy,
         temperature=args.temperature,
@@ -98,6 +99,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--mode",
         choices=("learned", "learned+shadow", "learned+challenger", "apprentice"),
         help="who decides (env NBA_MODE, default learned; apprentice: the rules, the learned policy logged)",
+    )
+    serve.add_argument(
+        "--challenger-share",
+        type=float,
+        help="with --mode learned+challenger: share of decisions the challenger serves, at most 0.5 "
+        "(env NBA_CHALLENGER_SHARE, default 0: logged only)",
     )
     serve.add_argument(
         "--learner",

@@ -50,6 +50,10 @@ class Explorer(Protocol):
 
     def pick(self, options: Options) -> tuple[int, float]: ...
 
+    def distribution(self, options: Options) -> np.ndarray:
+        """The probability of every arm of the options (exact, or estimated as :meth:`pick`'s propensity is)."""
+        ...
+
 
 @dataclasses.dataclass(slots=True)
 class _Candidates:
@@ -109,6 +113,31 @@ class DecisionEngine:
         exhausted: frozenset[str] = frozenset(),
     ) -> Decision:
         """Decide one moment; ``exhausted`` offers have used up their global budget."""
+        staged = self._stages(snapshot, ctx, event, exhausted)
+        if isinstance(staged, Decision):
+            return staged
+        scored, ranking, options, reasons, scope, features = staged
+        return self._pick(snapshot, scored, ranking, options, reasons, ctx, event, scope, features, top_k)
+
+    def distribution(
+        self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, exhausted: frozenset[str] = frozenset()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The arms this engine could choose for the moment and the probability of each (its exploration's).
+
+        Arms are indices into ``snapshot.arm_keys``; both arrays are empty when the engine would take no
+        action.
+        """
+        staged = self._stages(snapshot, ctx, event, exhausted)
+        if isinstance(staged, Decision):
+            return np.empty(0, dtype=np.intp), np.empty(0)
+        scored, ranking, options, *_ = staged
+        candidates, choice = self._choice(snapshot, scored, ranking, options)
+        return scored.arms[candidates], self.explorer.distribution(choice)
+
+    def _stages(
+        self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, exhausted: frozenset[str]
+    ) -> Decision | tuple[_Scored, Ranking, np.ndarray, list[Reason], dict[str, Any], Mapping[str, float]]:
+        """Every stage before the pick: a no-action decision, or what the pick chooses from."""
         features = request_features(ctx, event)
         plan = snapshot.plans.get(event.type)
         if plan is None:
@@ -135,7 +164,7 @@ class DecisionEngine:
             return self._no_action(
                 snapshot, features, candidates.reasons, "below_threshold", "no offer is worth sending"
             )
-        return self._pick(snapshot, scored, ranking, options, candidates.reasons, ctx, event, scope, features, top_k)
+        return scored, ranking, options, candidates.reasons, scope, features
 
     # --- the stages -------------------------------------------------------------------
 
@@ -338,7 +367,19 @@ class DecisionEngine:
     def _explore(
         self, snapshot: PolicySnapshot, scored: _Scored, ranking: Ranking, options: np.ndarray
     ) -> tuple[int, int, float]:
-        """The chosen arm (a position in ``scored``), the rank of its offer among the options, and its propensity.
+        """The chosen arm (a position in ``scored``), the rank of its offer among the options, and its propensity."""
+        candidates, choice = self._choice(snapshot, scored, ranking, options)
+        picked, propensity = self.explorer.pick(choice)
+        chosen = int(candidates[picked])
+        offer_of_arm = snapshot.arm_offer[scored.arms]
+        rank = int(np.flatnonzero(offer_of_arm[ranking.arms[options]] == offer_of_arm[chosen])[0])
+        return chosen, rank, propensity
+
+    @staticmethod
+    def _choice(
+        snapshot: PolicySnapshot, scored: _Scored, ranking: Ranking, options: np.ndarray
+    ) -> tuple[np.ndarray, Options]:
+        """What the strategy picks from (positions in ``scored``, and their :class:`Options`).
 
         The strategy sees every arm of the option offers that is itself worth sending (priority above the
         threshold), so it may pick another channel of an offer than its best one."""
@@ -356,10 +397,7 @@ class DecisionEngine:
             logit_sd=scored.logit_sd[candidates],
             scale=scored.scale[candidates],
         )
-        picked, propensity = self.explorer.pick(choice)
-        chosen = int(candidates[picked])
-        rank = int(np.flatnonzero(option_offers == offer_of_arm[chosen])[0])
-        return chosen, rank, propensity
+        return candidates, choice
 
     def _no_action(
         self, snapshot: PolicySnapshot, features: Mapping[str, float], reasons: list[Reason], code: str, detail: str

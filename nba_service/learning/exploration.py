@@ -54,6 +54,15 @@ class _RankedStrategy:
         index, propensity = self.choose(options.priorities)
         return int(options.best[index]), propensity
 
+    def probabilities(self, priorities: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def distribution(self, options: Options) -> np.ndarray:
+        """The probability of every arm: each offer's share goes to its best arm."""
+        out = np.zeros(len(options.logit_mean))
+        out[options.best] = self.probabilities(options.priorities)
+        return out
+
 
 class EpsilonGreedy(_RankedStrategy):
     """Exploit the best option with probability 1 - epsilon, else pick uniformly.
@@ -201,6 +210,12 @@ class ThompsonSampling:
         priority = options.scale / (1.0 + np.exp(-z))
         return np.argmax(priority, axis=1)
 
+    def distribution(self, options: Options) -> np.ndarray:
+        """Every arm's probability, estimated as :meth:`pick`'s propensity is: from ``draws`` draws."""
+        if len(options.logit_mean) == 1:
+            return np.ones(1)
+        return self.probabilities(options, self.draws)
+
     def probabilities(self, options: Options, draws: int = 100_000) -> np.ndarray:
         """Each arm's probability of being chosen, by Monte Carlo over ``draws`` draws (for tests and tools)."""
         winners = self.winners(options, draws)
@@ -225,6 +240,12 @@ class UpperConfidence:
         z = options.logit_mean + self.width * options.logit_sd
         priority = options.scale / (1.0 + np.exp(-z))
         return int(np.argmax(priority)), 1.0
+
+    def distribution(self, options: Options) -> np.ndarray:
+        """All the probability on the arm :meth:`pick` takes."""
+        out = np.zeros(len(options.logit_mean))
+        out[self.pick(options)[0]] = 1.0
+        return out
 
 
 Explorer = EpsilonGreedy | Softmax | ThompsonSampling | UpperConfidence

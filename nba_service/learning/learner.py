@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import redis
 
+from nba_service.learning.guard import ChallengerGuard
 from nba_service.learning.models import ModelBank
 from nba_service.store.model_store import ModelStore
 from nba_service.store.outcome_stream import LearnerLock, OutcomeEntry, OutcomeStream
@@ -85,6 +86,8 @@ class Learner:
         self.challenger_learning_rate = challenger_learning_rate
         """Non-zero: also train a challenger (the same models with this learning rate) on every outcome."""
         self.challenger: ModelBank | None = None
+        self.guard = ChallengerGuard()
+        """The live trial's evidence (challenger minus champion), published with every version."""
         self.version: int | None = None
         self.learned = 0
         """Outcomes learned by this learner since it started (re-learned ones included)."""
@@ -118,9 +121,11 @@ class Learner:
             stored = _readable(self._models_store.load_challenger(), "the challenger") if data else None
             if stored:
                 self.challenger = ModelBank.from_bytes(stored)
+                self.guard = ChallengerGuard.from_json(self._models_store.load_guard())
             else:  # none yet, or just promoted: a new challenger, from the live models, at its own rate
                 self.challenger = ModelBank.from_bytes(data) if data else ModelBank()
                 self.challenger.set_learning_rate(self.challenger_learning_rate)
+                self.guard = ChallengerGuard()
         self.version = live
         self._unacked = []
         self._pending_cursor = b"0"
@@ -154,6 +159,7 @@ class Learner:
                 self.models.learn(entry.offer_id, entry.channel, entry.features, entry.reward, entry.prior)
                 if self.challenger is not None:
                     self.challenger.learn(entry.offer_id, entry.channel, entry.features, entry.reward, entry.prior)
+                    self.guard.add(entry.trial, entry.reward)
                 learned += 1
                 self._unacked.append(entry.entry_id)
             else:
@@ -183,6 +189,7 @@ class Learner:
             source=self.name,
             acknowledge=self._unacked,
             challenger=self.challenger.to_bytes() if self.challenger is not None else None,
+            guard=self.guard.to_json() if self.challenger is not None else None,
         )
         self._unacked = []
         self._last_snapshot = time.monotonic()

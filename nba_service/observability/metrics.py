@@ -65,6 +65,12 @@ class Metrics:
         self.model_reloads = Counter(
             "nba_model_reloads", "Model versions loaded, by result.", ["result"], registry=registry
         )
+        self.challenger_share = Gauge(
+            "nba_challenger_share",
+            "Share of decisions the challenger serves on this replica (0: none, or suspended by its guard).",
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.policy_version = Gauge(
             "nba_policy_version",
             "Policy version this replica serves (0: none yet).",

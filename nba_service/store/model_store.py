@@ -49,10 +49,12 @@ class ModelStore:
         source: str = "learner",
         acknowledge: Sequence[bytes | str] = (),
         challenger: bytes | None = None,
+        guard: str | None = None,
     ) -> int:
         """Store ``data`` as a new live version; acknowledge the stream entries it contains.
 
-        ``challenger``: the challenger models trained on the same outcomes, stored with it.
+        ``challenger``: the challenger models trained on the same outcomes, stored with it;
+        ``guard``: the challenger's guard (:class:`~nba_service.learning.guard.ChallengerGuard` as JSON).
         """
         version = int(self._redis.incr(keys.MODEL_SEQ))
         meta = json.dumps({"version": version, "updates": updates, "published_at": time.time(), "source": source})
@@ -64,6 +66,8 @@ class ModelStore:
             if challenger is not None:
                 pipe.set(keys.MODEL_CHALLENGER, challenger)
                 pipe.set(keys.MODEL_CHALLENGER_VERSION, version)
+                if guard is not None:
+                    pipe.set(keys.MODEL_CHALLENGER_GUARD, guard)
             if acknowledge:
                 pipe.xack(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, *acknowledge)
             if version > KEEP_VERSIONS:
@@ -97,13 +101,18 @@ class ModelStore:
             live, version, data = pipe.execute()
         return data if live is not None and live == version else None
 
+    def load_guard(self) -> bytes | None:
+        """The challenger's guard as the learner last published it (None: no trial yet)."""
+        return cast("bytes | None", self._redis.get(keys.MODEL_CHALLENGER_GUARD))
+
     def promote(self, challenger: bytes, updates: int) -> int:
         """Publish a challenger (from :meth:`load_challenger`) as the new live version.
 
-        The challenger is consumed: the learner starts a new one at its configured learning rate.
+        The challenger is consumed: the learner starts a new one at its configured learning rate,
+        and a new guard with it.
         """
         version = self.publish(challenger, updates, source="promoted challenger")
-        self._redis.delete(keys.MODEL_CHALLENGER, keys.MODEL_CHALLENGER_VERSION)
+        self._redis.delete(keys.MODEL_CHALLENGER, keys.MODEL_CHALLENGER_VERSION, keys.MODEL_CHALLENGER_GUARD)
         return version
 
     def history(self) -> list[ModelVersion]:

@@ -30,7 +30,8 @@ if redis.call('HSETNX', KEYS[1], 'learned', 'expired') == 0 then return 0 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'decision_id', ARGV[1],
            'offer_id', redis.call('HGET', KEYS[1], 'offer_id'), 'channel', redis.call('HGET', KEYS[1], 'channel'),
            'features', redis.call('HGET', KEYS[1], 'features'), 'reward', '0',
-           'prior', redis.call('HGET', KEYS[1], 'prior') or '0.05', 'outcome', 'expired')
+           'prior', redis.call('HGET', KEYS[1], 'prior') or '0.05', 'outcome', 'expired',
+           'trial', redis.call('HGET', KEYS[1], 'trial') or '')
 return 1
 """
 
@@ -52,6 +53,8 @@ class OutcomeEntry:
     reward: float
     prior: float
     outcome: str
+    trial: str = ""
+    """The decision's champion/challenger weights, when it was logged in a challenger trial."""
 
 
 class OutcomeStream:
@@ -112,6 +115,7 @@ class OutcomeStream:
                         reward=float(fields[b"reward"]),
                         prior=float(fields[b"prior"]),
                         outcome=fields.get(b"outcome", b"").decode(),
+                        trial=fields.get(b"trial", b"").decode(),
                     )
                 )
         return entries

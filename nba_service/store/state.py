@@ -64,7 +64,8 @@ if reward and offer and offer ~= '' then
     redis.call('ZREM', K.pending, A.decision_id)
     redis.call('XADD', K.stream, 'MAXLEN', '~', A.stream_maxlen, '*', 'decision_id', A.decision_id,
                'offer_id', offer, 'channel', channel, 'features', redis.call('HGET', K.decision, 'features'),
-               'reward', reward, 'prior', redis.call('HGET', K.decision, 'prior') or '0.05', 'outcome', A.outcome)
+               'reward', reward, 'prior', redis.call('HGET', K.decision, 'prior') or '0.05', 'outcome', A.outcome,
+               'trial', redis.call('HGET', K.decision, 'trial') or '')
   end
 end
 return {1, learn, offer, channel, customer}
@@ -123,6 +124,7 @@ if A.budget_max ~= '' then
 end
 redis.call('HSET', K.decision, 'customer_id', A.customer_id, 'offer_id', A.offer_id, 'channel', A.channel,
            'prior', A.prior, 'features', A.features, 'meta', A.meta, 'reward_on', A.reward_on)
+if A.trial ~= '' then redis.call('HSET', K.decision, 'trial', A.trial) end
 redis.call('EXPIRE', K.decision, A.decision_ttl)
 redis.call('LPUSH', K.journey, A.journey_entry)
 redis.call('LTRIM', K.journey, 0, tonumber(A.journey_max) - 1)
@@ -174,6 +176,7 @@ return 1
         "contacts_since",
         "contacts_read",
         "reward_on",
+        "trial",
     ),
 )
 
@@ -264,10 +267,13 @@ class StateStore:
         shadow: Mapping[str, object] | None = None,
         budget: Budget | None = None,
         reward_on: str = "accepted",
+        trial: str = "",
     ) -> WriteResult:
         """Record the decision, append the event to the journey and count the contact: one atomic script.
 
-        ``budget`` is the chosen offer's global budget. Nothing is written unless the
+        ``budget`` is the chosen offer's global budget; ``trial`` the champion/challenger weights
+        (:func:`~nba_service.learning.guard.trial_weights`) the outcome carries to the learner's guard.
+        Nothing is written unless the
         result is :attr:`~WriteResult.WRITTEN`.
         """
         customer_id = ctx.profile.customer_id
@@ -332,6 +338,7 @@ class StateStore:
                 "contacts_since": f"{now - contact_window:.3f}" if contact_window > 0 else "",
                 "contacts_read": len(ctx.contacts),
                 "reward_on": reward_on,
+                "trial": trial,
             },
         )
         return WriteResult(int(written))

@@ -2,12 +2,19 @@
 
 With ``NBA_MODE=apprentice`` the rules decide and the learned policy's choice
 is logged with every decision; with ``learned+shadow`` it is the other way
-round; with ``learned+challenger`` the learned policy decides and a second
-learned policy (the learner's challenger models) is logged. Once outcomes have
-settled the logged decisions, this report compares the served policy's observed
-reward with off-policy estimates (IPS, self-normalised IPS, doubly robust) of
-the shadow policy's, each with a 95% confidence interval, before anyone
-promotes it.
+round. Once outcomes have settled the logged decisions, this report compares
+the served policy's observed reward with off-policy estimates (IPS,
+self-normalised IPS, doubly robust) of the shadow policy's, each with a 95%
+confidence interval.
+
+With ``learned+challenger`` the champion (the live models) and the challenger
+(the learner's challenger models) take turns: the challenger serves a share of
+decisions and both policies' probabilities of the served action are logged
+with the mixture's propensity (see :mod:`nba_service.learning.guard`). The
+report then gives each policy's value from every row (IPS and SNIPS), the
+challenger's difference to the champion with its confidence interval, each
+policy's observed reward on the decisions it served, and the guard's state.
+Promotion stays a human command: ``nba model promote``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from typing import Any
 import numpy as np
 import redis
 
+from nba_service.learning.guard import ChallengerGuard
 from nba_service.store import keys
+from nba_service.store.model_store import ModelStore
 from nba_service.tools.off_policy import doubly_robust, ips, mean_estimate, snips
 
 __all__ = ["REWARDING", "shadow_report"]
@@ -48,8 +57,39 @@ def _logged(client: redis.Redis, batch: int = 1000) -> list[tuple[dict[str, Any]
 
 def _pair(record: dict[str, Any]) -> tuple[str, str]:
     shadow = record["shadow"]
+    if "pi_challenger" in shadow:
+        return "learned+challenger", "challenger"
     served = shadow.get("served") or ("rules" if shadow["policy"] == "learned" else "learned")
     return served, shadow["policy"]
+
+
+def _trial_report(client: redis.Redis, rows: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:
+    """Champion and challenger, each evaluated on every row of a trial in which both served."""
+    rewards = np.array([1.0 if learned in REWARDING else 0.0 for _, learned in rows])
+    mixture = np.array([float(r["propensity"]) for r, _ in rows])
+    champion = np.array([float(r["shadow"]["pi_champion"]) for r, _ in rows])
+    challenger = np.array([float(r["shadow"]["pi_challenger"]) for r, _ in rows])
+    by_challenger = np.array([r["shadow"]["served"] == "challenger" for r, _ in rows])
+
+    def policy(target: np.ndarray, served: np.ndarray) -> dict[str, Any]:
+        return {
+            "ips": ips(rewards, mixture, target).as_dict(),
+            "snips": snips(rewards, mixture, target).as_dict(),
+            "observed": mean_estimate(rewards[served]).as_dict() if served.any() else None,
+            "served_rows": int(served.sum()),
+        }
+
+    return {
+        "rows": len(rows),
+        "served": {"policy": "learned+challenger", **mean_estimate(rewards).as_dict()},
+        "trial": {
+            "share": float(rows[-1][0]["shadow"]["share"]),
+            "champion": policy(champion, ~by_challenger),
+            "challenger": policy(challenger, by_challenger),
+            "difference": mean_estimate((challenger - champion) / mixture * rewards).as_dict(),
+            "guard": ChallengerGuard.from_json(ModelStore(client).load_guard()).as_dict(),
+        },
+    }
 
 
 def shadow_report(client: redis.Redis) -> dict[str, Any]:
@@ -65,6 +105,11 @@ def shadow_report(client: redis.Redis) -> dict[str, Any]:
     for row in logged:
         pairs.setdefault(_pair(row[0]), []).append(row)
     (served_policy, shadow_policy), rows = max(pairs.items(), key=lambda item: len(item[1]))
+    other_pairs = {
+        f"{s} served, {p} logged": len(r) for (s, p), r in pairs.items() if (s, p) != (served_policy, shadow_policy)
+    }
+    if served_policy == "learned+challenger":
+        return {**_trial_report(client, rows), "other_pairs": other_pairs}
     rewards = np.array([1.0 if learned in REWARDING else 0.0 for _, learned in rows])
     propensities = np.array([float(r["propensity"]) for r, _ in rows])
     same = np.array(
@@ -78,9 +123,7 @@ def shadow_report(client: redis.Redis) -> dict[str, Any]:
     return {
         "rows": len(rows),
         "served": {"policy": served_policy, **mean_estimate(rewards).as_dict()},
-        "other_pairs": {
-            f"{s} served, {p} logged": len(r) for (s, p), r in pairs.items() if (s, p) != (served_policy, shadow_policy)
-        },
+        "other_pairs": other_pairs,
         "shadow": {
             "policy": shadow_policy,
             "agreement": float(same.mean()),
