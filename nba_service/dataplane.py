@@ -35,6 +35,7 @@ from nba_service.domain import (
     StoreUnavailableError,
     WriteResult,
 )
+from nba_service.domain.profile_update import Erasure, ProfileMask
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy, Explorer, make_explorer
 from nba_service.learning.guard import ChallengerGuard, trial_weights
@@ -443,11 +444,32 @@ class DataPlane:
             return ()
         return (Alternative(decision.offer_id or "", decision.channel, decision.score), *decision.alternatives)[:top_k]
 
-    async def upsert_customer(self, profile: CustomerProfile) -> bool:
+    async def upsert_customer(
+        self, profile: CustomerProfile, mask: ProfileMask | None = None, *, caller: str = "", request_id: str = ""
+    ) -> bool:
+        """Store the fields of ``profile`` that ``mask`` names (no mask: all but the consents not listed);
+        consent changes are audited with ``caller`` and ``request_id``. True when the customer is new."""
         try:
-            return await self.state.upsert_profile(profile)
+            return await self.state.upsert_profile(profile, mask, caller=caller, request_id=request_id, now=time.time())
         except redis.RedisError as exc:
             raise self._unavailable("upsert_customer", exc) from exc
+
+    async def delete_customer(self, customer_id: str, caller: str, request_id: str = "") -> Erasure:
+        """Erase everything stored about the customer; the erasure is audited (under a pseudonym)."""
+        try:
+            erasure = await self.state.erase_customer(
+                customer_id, caller=caller, request_id=request_id, now=time.time()
+            )
+        except redis.RedisError as exc:
+            raise self._unavailable("delete_customer", exc) from exc
+        log.info(
+            "customer erasure by %s (request %r): %s, %d decisions deleted",
+            caller,
+            request_id,
+            "erased" if erasure.erased else "nothing was stored",
+            erasure.decisions,
+        )
+        return erasure
 
     def _unavailable(self, operation: str, exc: Exception) -> StoreUnavailableError:
         self.metrics.redis_errors.labels(operation).inc()

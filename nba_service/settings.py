@@ -37,6 +37,21 @@ class Settings:
     """Server processes sharing the port (SO_REUSEPORT); one per core uses the whole machine."""
     reuse_port: int = 0
     """1: bind the gRPC port with SO_REUSEPORT (set for the processes of ``--workers``)."""
+    tls_cert: str = ""
+    """PEM certificate (chain) of the gRPC port; with ``tls_key`` the port speaks TLS only. Re-read on
+    change or SIGHUP (rotation) without dropping calls."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    tls_client_ca: str = ""
+    """PEM CA bundle: clients must present a certificate signed by it (mTLS)."""
+    auth_file: str = ""
+    """YAML file of the callers (bearer-token digests and/or certificate names) and their roles."""
+    insecure_no_auth: bool = False
+    """Serve a non-loopback address without an auth file (every caller may do everything)."""
+    reflection: bool = True
+    """Serve gRPC reflection (grpcurl, Postman) on the gRPC port."""
+    metrics_tls: bool = False
+    """Serve ``/metrics`` over HTTPS with ``tls_cert`` and ``tls_key`` (read at start)."""
     metrics_host: str = "127.0.0.1"
     """Address of the Prometheus ``/metrics`` endpoint."""
     metrics_port: int = 9464
@@ -120,6 +135,12 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("tls_cert and tls_key: give both (the certificate and its private key) or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("tls_client_ca: client certificates need TLS (tls_cert and tls_key)")
+        if self.metrics_tls and not self.tls_cert:
+            raise SettingsError("metrics_tls: needs tls_cert and tls_key")
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port: {self.port} is not a TCP port (0-65535)")
         if not -1 <= self.metrics_port <= 65535:
@@ -166,8 +187,16 @@ def _choice(name: str, kind: type[enum.StrEnum], value: Any) -> enum.StrEnum:
         raise SettingsError(f"{name}: {value!r} is not one of {choices}") from None
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
 def _convert(name: str, annotation: Any, raw: str) -> Any:
     kind = str(annotation)
+    if kind.startswith("bool"):
+        if raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise SettingsError(f"NBA_{name.upper()}: {raw!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
     try:
         if kind.startswith("int"):
             return int(raw)

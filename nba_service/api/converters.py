@@ -18,6 +18,7 @@ from nba_service.domain import (
     Event,
     OutcomeKind,
 )
+from nba_service.domain.profile_update import ProfileMask
 from nba_service.domain.validation import (
     ValidationError,
     check_amount,
@@ -36,6 +37,7 @@ __all__ = [
     "event_from_proto",
     "outcome_from_proto",
     "profile_from_proto",
+    "profile_mask_from_proto",
     "to_context_response",
     "to_decide_response",
     "to_profile",
@@ -203,6 +205,13 @@ def profile_from_proto(msg: pb.CustomerProfile) -> CustomerProfile:
             attributes=dict(msg.attributes),
         )
     )
+
+
+def profile_mask_from_proto(request: pb.UpsertCustomerRequest) -> ProfileMask | None:
+    """The request's ``update_mask`` (None without one, or with no paths: the merge of consents applies)."""
+    if not request.HasField("update_mask") or not request.update_mask.paths:
+        return None
+    return ProfileMask.parse(request.update_mask.paths, "update_mask")
 
 
 def to_profile(profile: CustomerProfile) -> pb.CustomerProfile:

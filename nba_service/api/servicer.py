@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TextIO
 
 import grpc
 
 from nba_service.api import converters
+from nba_service.api.auth import current_caller
 from nba_service.api.errors import abort_for, handle_errors
 from nba_service.api.event_log import append_request
 from nba_service.dataplane import DataPlane
-from nba_service.domain import OutcomeStatus
+from nba_service.domain import CustomerView, OutcomeStatus
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 
@@ -21,6 +23,13 @@ __all__ = ["DecisionServicer"]
 
 DEFAULT_CONTEXT_EVENTS = 20
 MAX_CONTEXT_EVENTS = 100
+
+
+def without_attributes(view: CustomerView, names: Iterable[str]) -> CustomerView:
+    """The view with the named profile attributes left out (sensitive values for callers without ``pii``)."""
+    hidden = set(names)
+    attributes = {k: v for k, v in view.profile.attributes.items() if k not in hidden}
+    return dataclasses.replace(view, profile=dataclasses.replace(view.profile, attributes=attributes))
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
@@ -75,6 +84,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         view, best, version = await self.dataplane.customer_context(
             customer_id, max_events, request.include_best_actions
         )
+        snapshot = self.dataplane.snapshot
+        if snapshot is not None and snapshot.policy.settings.sensitive and not current_caller().has("pii"):
+            view = without_attributes(view, snapshot.policy.settings.sensitive)
         return converters.to_context_response(view, best, version)
 
     @handle_errors
@@ -84,5 +96,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if not request.HasField("profile"):
             raise converters.ValidationError("profile", "is required")
         profile = converters.profile_from_proto(request.profile)
-        created = await self.dataplane.upsert_customer(profile)
+        mask = converters.profile_mask_from_proto(request)
+        request_id = converters.check_id("request_id", request.request_id, required=False)
+        created = await self.dataplane.upsert_customer(
+            profile, mask, caller=current_caller().name, request_id=request_id
+        )
         return pb.UpsertCustomerResponse(customer_id=profile.customer_id, created=created)
+
+    @handle_errors
+    async def DeleteCustomer(
+        self, request: pb.DeleteCustomerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteCustomerResponse:
+        customer_id = converters.check_id("customer_id", request.customer_id)
+        request_id = converters.check_id("request_id", request.request_id, required=False)
+        erasure = await self.dataplane.delete_customer(customer_id, current_caller().name, request_id)
+        return pb.DeleteCustomerResponse(customer_id=customer_id, erased=erasure.erased)

@@ -22,8 +22,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from nba_service.api.interceptors import MetricsInterceptor
+from nba_service.api.interceptors import AuthInterceptor, MetricsInterceptor
 from nba_service.api.servicer import DecisionServicer
+from nba_service.app.tls import ServerTls, is_loopback
 from nba_service.dataplane import DataPlane
 from nba_service.domain import LearnerMode
 from nba_service.learning.learner import Learner
@@ -31,10 +32,11 @@ from nba_service.observability.metrics import Metrics
 from nba_service.policies.parser import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
-from nba_service.settings import Settings
+from nba_service.settings import Settings, SettingsError
 from nba_service.store import keys
 from nba_service.store.embedded import EmbeddedRedis
 from nba_service.store.policy_store import PolicyStore, content_digest
+from nba_service.store.urls import redacted_url
 
 __all__ = ["SERVICE_NAME", "NbaServer", "grpc_server", "publish_if_changed", "redis_clients", "run"]
 
@@ -49,7 +51,19 @@ def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
     Both retry a failed connection a few times with backoff, so a Redis blip
     costs a retry, not an error. (The decision path's scripts use their own
     connection: reads are retried once, writes never, as they may have applied.)
+
+    ``url`` carries the credentials and TLS: an ACL user (``rediss://nba:PASSWORD@redis:6380/0``) and the
+    TLS files as query parameters (``?ssl_ca_certs=/etc/nba/redis/ca.pem``, and ``ssl_certfile`` and
+    ``ssl_keyfile`` for a client certificate), see :mod:`nba_service.store.urls`. A URL nba cannot use
+    (TLS options without ``rediss://``, a CA or certificate file that cannot be read) raises
+    :class:`SettingsError` here, naming the problem but not the password.
     """
+    from nba_service.store.urls import check_redis_url
+
+    try:
+        check_redis_url(url)
+    except ValueError as exc:
+        raise SettingsError(f"redis_url: {exc}") from None
     options: dict[str, Any] = {
         "socket_timeout": 2.0,
         "socket_connect_timeout": 2.0,
@@ -62,18 +76,53 @@ def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
 
 
 def grpc_server(
-    metrics: Metrics, *, reuse_port: bool = False, servicer: pb_grpc.DecisionServiceServicer
+    metrics: Metrics,
+    *,
+    reuse_port: bool = False,
+    servicer: pb_grpc.DecisionServiceServicer,
+    auth: AuthInterceptor | None = None,
+    reflection_on: bool = True,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """The gRPC server every nba process (and the bench's echo) runs: the metrics interceptor,
-    ``servicer`` as ``nba.v1.DecisionService``, the standard health service and reflection."""
-    server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(metrics)], options=[("grpc.so_reuseport", 1 if reuse_port else 0)]
-    )
+    """The gRPC server every nba process (and the bench's echo) runs: the metrics interceptor (and the
+    auth interceptor, after it, so refused calls are counted too), ``servicer`` as
+    ``nba.v1.DecisionService``, the standard health service and, unless turned off, reflection."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    if auth is not None:
+        interceptors.append(auth)
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if reflection_on:
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return server, health_servicer
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse a non-loopback address without callers' credentials; warn about plaintext off loopback."""
+    if is_loopback(settings.host):
+        return
+    if not settings.auth_file and not settings.insecure_no_auth:
+        raise SettingsError(
+            f"host: refusing to serve {settings.host} without an auth file: any caller could read and change "
+            "customers. Give --auth-file (NBA_AUTH_FILE), or --insecure-no-auth if something else "
+            "authenticates callers"
+        )
+    if not settings.tls_cert:
+        log.warning(
+            "serving plaintext gRPC on %s, a non-loopback address: tokens and customer data cross the network "
+            "in the clear (give --tls-cert and --tls-key)",
+            settings.host,
+        )
+
+
+def start_metrics_http(settings: Settings, registry: CollectorRegistry) -> Any:
+    """The Prometheus endpoint, over HTTPS with the gRPC port's certificate when ``metrics_tls``."""
+    tls: dict[str, Any] = {}
+    if settings.metrics_tls:
+        tls = {"certfile": settings.tls_cert, "keyfile": settings.tls_key}
+    server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry, **tls)
+    return server
 
 
 class NbaServer:
@@ -95,9 +144,16 @@ class NbaServer:
         self._recorder: Any = None
         self._learner_stop = threading.Event()
         self.dataplane: DataPlane | None = None
+        self.tls: ServerTls | None = None
+        self.auth: AuthInterceptor | None = None
 
     async def start(self) -> int:
         settings = self.settings
+        check_exposure(settings)
+        if settings.tls_cert:
+            self.tls = ServerTls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.auth_file:
+            self.auth = AuthInterceptor(settings.auth_file, self.metrics)
         if not self.redis_url:
             self._embedded = EmbeddedRedis(settings.data_dir)
             self.redis_url = await asyncio.to_thread(self._embedded.start)
@@ -111,28 +167,46 @@ class NbaServer:
             # line-buffered: every recorded request reaches the file whole, at once
             self._recorder = open(settings.record_events, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         servicer = DecisionServicer(self.dataplane, self._recorder, settings.record_sample, settings.seed)
-        server, self._health = grpc_server(self.metrics, reuse_port=bool(settings.reuse_port), servicer=servicer)
-        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        server, self._health = grpc_server(
+            self.metrics,
+            reuse_port=bool(settings.reuse_port),
+            servicer=servicer,
+            auth=self.auth,
+            reflection_on=settings.reflection,
+        )
+        address = f"{settings.host}:{settings.port}"
+        if self.tls is not None:
+            self.port = server.add_secure_port(address, self.tls.credentials())
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}")
         await server.start()
         self._server = server
         await self._set_health()
         if settings.metrics_port >= 0:
-            self._metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_host, self.registry)
+            self._metrics_http = start_metrics_http(settings, self.registry)
             self.metrics_port = self._metrics_http.server_port
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_policies()))
         if settings.learner is LearnerMode.EMBEDDED:
             self._start_learner()
         log.info(
-            "nba serving on %s:%d (metrics on %s:%d/metrics, redis %s)",
+            "nba serving on %s:%d (%s; %s; %s; redis %s)",
             settings.host,
             self.port,
-            settings.metrics_host,
-            self.metrics_port,
-            self.redis_url,
+            "mTLS" if self.tls and self.tls.mutual else "TLS" if self.tls else "plaintext",
+            f"{len(self.auth.auth.clients)} callers from {settings.auth_file}" if self.auth else "no auth",
+            f"metrics on {settings.metrics_host}:{self.metrics_port}/metrics" if self._metrics_http else "no metrics",
+            redacted_url(self.redis_url),
         )
         return self.port
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: re-read the TLS files at the next handshake and the auth file now."""
+        if self.tls is not None:
+            self.tls.reload()
+        if self.auth is not None:
+            self.auth.reload(force=True)
 
     async def _set_health(self) -> None:
         assert self._health is not None
@@ -184,6 +258,8 @@ class NbaServer:
                         await pubsub.subscribe(keys.POLICY_CHANNEL, keys.MODEL_CHANNEL)
                         subscribed = True
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=interval)
+                    if self.auth is not None:
+                        self.auth.reload()  # a changed auth file (a Secret updated in place) takes effect
                     if await self.dataplane.refresh_policy():
                         await self._set_health()
                     await self.dataplane.refresh_models()
@@ -259,6 +335,7 @@ def run(settings: Settings, ready: Callable[[NbaServer], None] | None = None) ->
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, server.reload_credentials)
         if ready is not None:
             ready(server)
         await stopping.wait()

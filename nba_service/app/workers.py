@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 
 import redis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from nba_service.app.server import publish_if_changed
+from nba_service.app.server import check_exposure, publish_if_changed, start_metrics_http
 from nba_service.settings import Settings
 from nba_service.store.embedded import EmbeddedRedis
 
@@ -85,9 +85,17 @@ def run_workers(settings: Settings, ready: Callable[[WorkerInfo], None] | None =
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def forward_hup(*_: object) -> None:  # rotation: every worker re-reads its TLS and auth files
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, forward_hup)
+    check_exposure(settings)
     embedded: EmbeddedRedis | None = None
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="nba-workers-"))
-    processes: list[subprocess.Popen[bytes]] = []
     metrics_http = None
     try:
         url = settings.redis_url
@@ -122,7 +130,7 @@ def run_workers(settings: Settings, ready: Callable[[WorkerInfo], None] | None =
         if settings.metrics_port >= 0:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(multiproc))
-            metrics_http, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+            metrics_http = start_metrics_http(settings, registry)
             metrics_port = metrics_http.server_port
         info = WorkerInfo(port, metrics_port, url, tuple(p.pid for p in processes))
         log.info("%d workers serving on %s:%d (pids %s)", len(processes), settings.host, port, info.pids)

@@ -25,7 +25,19 @@ from nba_service.settings import SettingsError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS = ("serve", "demo", "policy", "customers", "models", "events", "explain", "evaluate", "simulate", "bench")
+COMMANDS = (
+    "serve",
+    "demo",
+    "policy",
+    "customers",
+    "models",
+    "events",
+    "explain",
+    "evaluate",
+    "simulate",
+    "bench",
+    "auth",
+)
 """Modules of :mod:`nba_service.cli` that each register a command (group)."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from typing import TYPE_CHECKING
@@ -39,6 +40,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ucb_width=args.ucb_width,
         record_events=args.record_events,
         record_sample=args.record_sample,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_file=args.auth_file,
+        insecure_no_auth=args.insecure_no_auth,
+        reflection=args.reflection,
+        metrics_tls=args.metrics_tls,
     )
 
     def ready(server: NbaServer | WorkerInfo) -> None:
@@ -46,7 +54,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             info = {"port": server.port, "metrics_port": server.metrics_port, "redis_url": server.redis_url}
             path = pathlib.Path(args.ready_file)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(info))
+            # the URL may hold the Redis password: the file is readable by its owner only
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(info))
             tmp.replace(path)  # appears whole or not at all
 
     try:
@@ -118,6 +129,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--record-sample", type=float, help="share of requests recorded (env NBA_RECORD_SAMPLE, default 0.01)"
+    )
+    security = serve.add_argument_group("security (docs/security.md)")
+    security.add_argument(
+        "--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate chain (env NBA_TLS_CERT)"
+    )
+    security.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (env NBA_TLS_KEY)")
+    security.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by this CA: mTLS (env NBA_TLS_CLIENT_CA)",
+    )
+    security.add_argument(
+        "--auth-file",
+        metavar="YAML",
+        help="callers, their token digests or certificate names, and roles "
+        "(env NBA_AUTH_FILE); `nba auth token NAME --roles ...` makes an entry",
+    )
+    security.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback address without an auth file (env NBA_INSECURE_NO_AUTH)",
+    )
+    security.add_argument(
+        "--no-reflection",
+        dest="reflection",
+        action="store_false",
+        default=None,
+        help="do not serve gRPC reflection (env NBA_REFLECTION=false)",
+    )
+    security.add_argument(
+        "--metrics-tls",
+        action="store_true",
+        default=None,
+        help="serve /metrics over HTTPS with the same certificate (env NBA_METRICS_TLS)",
     )
     serve.add_argument("--ready-file", help="write {port, metrics_port, redis_url} as JSON here once serving")
     state_options(serve)

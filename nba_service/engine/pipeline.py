@@ -449,7 +449,12 @@ def arm_factors(
                     try:
                         value = float(eval(expression.code, _GLOBALS, scope))
                     except Exception as exc:
-                        log.warning("value of %s (%s) failed: %s", snapshot.offers[index].id, expression.source, exc)
+                        log.warning(  # the exception's type only: its message may quote a customer's attribute
+                            "value of %s (%s) failed: %s",
+                            snapshot.offers[index].id,
+                            expression.source,
+                            type(exc).__name__,
+                        )
                         value = 0.0
                     values[index] = value if math.isfinite(value) else 0.0
     offers = snapshot.arm_offer[arms]
@@ -492,7 +497,7 @@ def render(
         try:
             value = eval(expression.code, _GLOBALS, scope)
         except Exception as exc:
-            log.warning("variable %s (%s) failed: %s", name, expression.source, exc)
+            log.warning("variable %s (%s) failed: %s", name, expression.source, type(exc).__name__)
             value = ""
         values[name] = "" if value is None else value
     return template.format_map(_Formatted(values))

@@ -65,6 +65,12 @@ class Metrics:
         self.model_reloads = Counter(
             "nba_model_reloads", "Model versions loaded, by result.", ["result"], registry=registry
         )
+        self.auth_denied = Counter(
+            "nba_auth_denied",
+            "Calls refused by authentication or authorisation, by reason and caller name (unknown: not identified).",
+            ["reason", "caller"],
+            registry=registry,
+        )
         self.challenger_share = Gauge(
             "nba_challenger_share",
             "Share of decisions the challenger serves on this replica (0: none, or suspended by its guard).",

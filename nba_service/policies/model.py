@@ -144,6 +144,8 @@ class GlobalSettings:
     global_lever: float = 1.0
     category_levers: Mapping[str, float] = dataclasses.field(default_factory=dict)
     contact_limits: tuple[Limit, ...] = ()
+    sensitive: tuple[str, ...] = ()
+    """Profile attributes only callers with the ``pii`` role see (rules still use them)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -28,7 +28,14 @@ from nba_service.policies.yaml_source import IDENTIFIER, Collector, _Node, shown
 __all__ = ["parse_channels", "parse_conditions", "parse_places", "parse_settings", "settings_limit_targets"]
 
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
-_SETTINGS_KEYS = {"no_action_threshold", "preferred_channel_boost", "levers", "contact_limits", "conditions"}
+_SETTINGS_KEYS = {
+    "no_action_threshold",
+    "preferred_channel_boost",
+    "levers",
+    "contact_limits",
+    "conditions",
+    "sensitive",
+}
 _PLACE_KEYS = {"id", "name", "kind", "latitude", "longitude"}
 _LEVER_KEYS = {"global", "categories"}
 _CHANNEL_KEYS = {"id", "name", "needs_reachable", "default_consent", "available_when", "quiet_hours", "cost"}
@@ -46,7 +53,8 @@ def parse_settings(node: _Node, col: Collector) -> tuple[GlobalSettings, dict[st
     boost = col.number(fields.get("preferred_channel_boost"), "settings.preferred_channel_boost", 1.0, low=0)
     global_lever, category_levers, lever_nodes = _parse_levers(fields.get("levers"), col)
     limits = [limit for limit, _ in col.limits(fields.get("contact_limits"), "settings.contact_limits", True)]
-    return GlobalSettings(threshold, boost, global_lever, category_levers, tuple(limits)), lever_nodes
+    sensitive = tuple(dict.fromkeys(name for name, _ in col.ident_list(fields.get("sensitive"), "settings.sensitive")))
+    return GlobalSettings(threshold, boost, global_lever, category_levers, tuple(limits), sensitive), lever_nodes
 
 
 def _parse_levers(node: _Node | None, col: Collector) -> tuple[float, dict[str, float], dict[str, _Node]]:

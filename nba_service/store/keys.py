@@ -4,6 +4,7 @@ Redis Cluster keeps them in one slot."""
 from __future__ import annotations
 
 __all__ = [
+    "CONSENT_AUDIT",
     "LEARNER_GROUP",
     "LEARNER_LOCK",
     "MODEL_CHANNEL",
@@ -17,9 +18,11 @@ __all__ = [
     "POLICY_LIVE",
     "POLICY_SEQ",
     "POLICY_VERSIONS",
+    "PSEUDONYM_SECRET",
     "budget",
     "contacts",
     "decision",
+    "decision_index",
     "decisions",
     "declines",
     "journey",
@@ -49,6 +52,10 @@ LEARNER_GROUP = "learners"
 LEARNER_LOCK = PREFIX + "learner:lock"
 PENDING_OUTCOMES = PREFIX + "pending"
 """Decisions waiting for an outcome, scored by the time their attribution window ends."""
+CONSENT_AUDIT = PREFIX + "audit:consents"
+"""Every consent change and every erasure, oldest first, each naming the customer by pseudonym."""
+PSEUDONYM_SECRET = PREFIX + "secret:pseudonym"
+"""The deployment's key of customer pseudonyms (HMAC-SHA256), created once; never delete it."""
 
 
 def model_version(version: int | str) -> str:
@@ -89,7 +96,14 @@ def no_budget(customer_id: str) -> str:
     return _customer(customer_id, "no-budget")
 
 
+def decision_index(customer_id: str) -> str:
+    """The customer's decision ids still kept, scored by the time of the decision."""
+    return _customer(customer_id, "decision-index")
+
+
 def decisions(customer_id: str) -> str:
+    """Before the decision index: a list of the customer's 20 most recent decision ids. No longer
+    written; read (and deleted) until the last such list has expired."""
     return _customer(customer_id, "decisions")
 
 

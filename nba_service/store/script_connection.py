@@ -15,7 +15,10 @@ call fails between 1 and 1.25 times the timeout after it was sent).
 Failures surface as redis-py's exceptions (``ConnectionError``, ``TimeoutError``,
 ``ResponseError``), so callers handle them as before; a lost or timed-out
 connection is dropped at once, fails the calls in flight, and the next call
-reconnects (``rediss://`` connects with TLS; AUTH and SELECT come from the URL).
+reconnects. AUTH (an ACL user's name and password) and SELECT come from the
+URL; ``rediss://`` connects with TLS, verifying the server against the URL's
+``ssl_ca_certs`` (or the system's CAs) and presenting ``ssl_certfile`` when
+given, as redis-py's clients do with the same URL (:mod:`nba_service.store.urls`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import ssl
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,6 +33,8 @@ from typing import Any
 import hiredis
 import redis
 from redis.connection import parse_url
+
+from nba_service.store.urls import tls_context
 
 __all__ = ["LuaScript", "ScriptConnection"]
 
@@ -174,7 +178,9 @@ class ScriptConnection:
 
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         self._options = parse_url(url)
-        self._tls = ssl.create_default_context() if url.startswith("rediss://") else None
+        self._tls = url.startswith("rediss://")
+        if self._tls:
+            tls_context(self._options)  # a bad option or an unreadable file fails now, not at the first call
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
@@ -195,10 +201,11 @@ class ScriptConnection:
                         lambda: _Protocol(self.timeout),
                         options.get("host", "localhost"),
                         options.get("port", 6379),
-                        ssl=self._tls,
+                        # built at each connection: rotated certificate files are read again
+                        ssl=tls_context(options) if self._tls else None,
                     )
                 _, protocol = await asyncio.wait_for(connect, self.timeout)
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:
                 raise redis.ConnectionError(f"cannot connect to Redis: {exc}") from exc
             setup = []
             if options.get("password"):
@@ -209,7 +216,10 @@ class ScriptConnection:
                 for payload in setup:
                     reply = await protocol.send(payload)
                     if isinstance(reply, hiredis.ReplyError):
-                        raise redis.ConnectionError(f"Redis refused the connection set-up: {reply}")
+                        # a wrong user name or password: redis-py's AuthenticationError (a ConnectionError)
+                        wrong = str(reply).startswith("WRONGPASS")
+                        refused = redis.AuthenticationError if wrong else redis.ConnectionError
+                        raise refused(f"Redis refused the connection set-up: {reply}")
             except redis.TimeoutError as exc:
                 raise redis.ConnectionError("Redis did not answer the connection set-up in time") from exc
             except BaseException:  # refused, or the caller gave up: never leave the socket behind

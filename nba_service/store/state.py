@@ -1,5 +1,6 @@
 """Customer state in Redis: one round trip to read a decision's context, one
-atomic script to record it, one script to join an outcome.
+atomic script to record it, one script to join an outcome; profile updates with
+their consent audit, and erasure.
 
 Key layout in :mod:`nba_service.store.keys`; value formats in
 :mod:`nba_service.store.codec`. Every script names its keys and arguments
@@ -10,6 +11,7 @@ key it touches in KEYS.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 
 import redis.asyncio as aioredis
@@ -23,20 +25,28 @@ from nba_service.domain import (
     OutcomeStatus,
     PastDecision,
     RecordedOutcome,
+    StoreUnavailableError,
     WriteResult,
 )
 from nba_service.domain.journeys import journey_fields, open_journey_change
-from nba_service.store import codec, keys
+from nba_service.domain.profile_update import Erasure, ProfileMask, apply_update, consent_changes
+from nba_service.store import audit, codec, keys
 from nba_service.store.script_connection import LuaScript, ScriptConnection
+from nba_service.store.urls import url_from_options
 
 __all__ = ["Budget", "StateStore", "budget_key"]
 
 JOURNEY_TTL_SECONDS = 90 * 86400
-RECENT_DECISIONS = 20
 DECLINES_KEPT_SECONDS = 365 * 86400
 """Declines older than this are dropped; ``suppress_after`` windows are at most this long."""
 OUTCOME_STREAM_MAXLEN = 1_000_000
 """The outcome stream is trimmed (approximately) to this many entries."""
+UPDATE_RETRIES = 10
+"""Times a profile update (or an erasure) is read and tried again while other writes to the customer win."""
+ERASE_BATCH = 1000
+"""Decisions an erasure deletes per script call (bounding how long one call holds Redis)."""
+CUSTOMER_PLACEHOLDER = "<customer>"
+"""What replaces the customer's id in a logged feature name (a free attribute quoting it)."""
 
 # Joins an outcome to its decision atomically: unknown -> {0}, duplicate -> {2, ...},
 # recorded -> {1, ...} with "learn" set only for the first outcome that settles a reward;
@@ -103,7 +113,8 @@ return {redis.call('GET', K.profile) or false,
 )
 
 # Records one decision atomically (a script runs whole or not at all): the decision
-# hash with its TTL, the journey entry, the recent-decisions list, the contact
+# hash with its TTL, the journey entry, the decision's place in the customer's decision
+# index (scored by time, trimmed to the decisions' TTL: erasure finds them all), the contact
 # (when an action was sent), the open-journey change and, for an action, its place in
 # the pending set until its attribution window ends. Replies with a WriteResult.
 _WRITE_SCRIPT = LuaScript(
@@ -129,9 +140,9 @@ redis.call('EXPIRE', K.decision, A.decision_ttl)
 redis.call('LPUSH', K.journey, A.journey_entry)
 redis.call('LTRIM', K.journey, 0, tonumber(A.journey_max) - 1)
 redis.call('EXPIRE', K.journey, A.journey_ttl)
-redis.call('LPUSH', K.decisions, A.decision_id)
-redis.call('LTRIM', K.decisions, 0, tonumber(A.decisions_max) - 1)
-redis.call('EXPIRE', K.decisions, A.decision_ttl)
+redis.call('ZADD', K.decision_index, A.now, A.decision_id)
+redis.call('ZREMRANGEBYSCORE', K.decision_index, '-inf', now - tonumber(A.decision_ttl))
+redis.call('EXPIRE', K.decision_index, A.decision_ttl)
 if A.contact ~= '' then
   redis.call('ZADD', K.contacts, now, A.contact)
   redis.call('ZREMRANGEBYSCORE', K.contacts, '-inf', now - tonumber(A.contact_window))
@@ -150,14 +161,13 @@ if A.pending_until ~= '' then
 end
 return 1
 """,
-    keys=("decision", "journey", "decisions", "contacts", "open_journeys", "pending", "budget"),
+    keys=("decision", "journey", "decision_index", "contacts", "open_journeys", "pending", "budget"),
     args=(
         "decision_ttl",
         "journey_entry",
         "journey_max",
         "journey_ttl",
         "decision_id",
-        "decisions_max",
         "contact",
         "now",
         "contact_window",
@@ -179,6 +189,96 @@ return 1
         "trial",
     ),
 )
+
+# Stores a profile updated in Python, with its consent changes in the audit, if the stored
+# profile is still the one the update was computed from ("" when there was none): a compare
+# and set, so two updates at once never lose a consent change (the loser reads again).
+# ``changes`` is a JSON list of [channel, old, new].
+_UPSERT_SCRIPT = LuaScript(
+    """
+if (redis.call('GET', K.profile) or '') ~= A.expected then return 0 end
+redis.call('SET', K.profile, A.profile)
+for _, change in ipairs(cjson.decode(A.changes)) do
+  redis.call('XADD', K.audit, 'MAXLEN', '~', A.audit_maxlen, '*', 'customer', A.customer, 'action', 'consent',
+             'channel', change[1], 'old', change[2], 'new', change[3], 'caller', A.caller, 'ts', A.ts,
+             'request_id', A.request_id)
+end
+return 1
+""",
+    keys=("profile", "audit"),
+    args=("expected", "profile", "changes", "customer", "caller", "ts", "request_id", "audit_maxlen"),
+)
+
+# Erases a customer. The decision hashes to delete are passed after the named KEYS, their ids
+# after the named ARGV, in the same order; each leaves the pending set, the decision index and
+# the legacy list. With "final" unset that is all (a batch of a customer with many decisions).
+# With "final" set, every other key of the customer goes too and the erasure is audited, unless
+# the index or the legacy list still holds an id that was not passed (a decision recorded since
+# they were read): then nothing is done and the reply is -1, for the caller to read them again.
+# Replies {customer keys that existed (0 for a batch), decision hashes deleted}.
+_ERASE_KEYS = (
+    "profile",
+    "journey",
+    "contacts",
+    "open_journeys",
+    "declines",
+    "decision_index",
+    "decisions",
+    "pending",
+    "audit",
+)
+_ERASE_ARGS = ("final", "customer", "caller", "ts", "request_id", "audit_maxlen")
+_ERASE_SCRIPT = LuaScript(
+    """
+local first_key, first_arg = FIRST_KEY, FIRST_ARG
+if A.final == '1' then
+  local passed = {}
+  for i = first_arg, #ARGV do passed[ARGV[i]] = true end
+  for _, id in ipairs(redis.call('ZRANGE', K.decision_index, 0, -1)) do
+    if not passed[id] then return -1 end
+  end
+  for _, id in ipairs(redis.call('LRANGE', K.decisions, 0, -1)) do
+    if not passed[id] then return -1 end
+  end
+end
+local deleted = 0
+for i = first_key, #KEYS do
+  local id = ARGV[first_arg + i - first_key]
+  deleted = deleted + redis.call('DEL', KEYS[i])
+  redis.call('ZREM', K.pending, id)
+  redis.call('ZREM', K.decision_index, id)
+  redis.call('LREM', K.decisions, 0, id)
+end
+if A.final ~= '1' then return {0, deleted} end
+local stored = redis.call('EXISTS', K.profile, K.journey, K.contacts, K.open_journeys, K.declines)
+redis.call('DEL', K.profile, K.journey, K.contacts, K.open_journeys, K.declines, K.decision_index, K.decisions)
+redis.call('XADD', K.audit, 'MAXLEN', '~', A.audit_maxlen, '*', 'customer', A.customer, 'action', 'erased',
+           'channel', '', 'old', '', 'new', '', 'caller', A.caller, 'ts', A.ts, 'request_id', A.request_id)
+return {stored, deleted}
+""".replace("FIRST_KEY", str(len(_ERASE_KEYS) + 1)).replace("FIRST_ARG", str(len(_ERASE_ARGS) + 1)),
+    keys=_ERASE_KEYS,
+    args=_ERASE_ARGS,
+)
+
+
+def logged_features(features: Mapping[str, float], customer_id: str) -> Mapping[str, float]:
+    """The features as a decision logs them (for the outcome stream and the learner).
+
+    A free attribute (``req:`` or ``event:`` feature) that quotes the customer's id has it
+    replaced with :data:`CUSTOMER_PLACEHOLDER`, so no logged feature names a customer and
+    erasing the customer leaves nothing behind in what the models learn from.
+
+    >>> logged_features({"req:ref=c42": 1.0, "segment=mass": 1.0}, "c42")
+    {'req:ref=<customer>': 1.0, 'segment=mass': 1.0}
+    """
+    if not any(customer_id in name for name in features):
+        return features
+    logged: dict[str, float] = {}
+    for name, value in features.items():
+        if customer_id in name and name.startswith(("req:", "event:")):
+            name = name.replace(customer_id, CUSTOMER_PLACEHOLDER)
+        logged[name] = logged.get(name, 0.0) + value
+    return logged
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -307,7 +407,7 @@ class StateStore:
             keys={
                 "decision": keys.decision(decision_id),
                 "journey": keys.journey(customer_id),
-                "decisions": keys.decisions(customer_id),
+                "decision_index": keys.decision_index(customer_id),
                 "contacts": keys.contacts(customer_id),
                 "open_journeys": keys.open_journeys(customer_id),
                 "pending": keys.PENDING_OUTCOMES,
@@ -319,7 +419,6 @@ class StateStore:
                 "journey_max": self.journey_max_events,
                 "journey_ttl": JOURNEY_TTL_SECONDS,
                 "decision_id": decision_id,
-                "decisions_max": RECENT_DECISIONS,
                 "contact": contact,
                 "now": f"{now:.3f}",
                 "contact_window": f"{max(contact_window, 1.0):.0f}",
@@ -331,7 +430,7 @@ class StateStore:
                 "offer_id": decision.offer_id or "",
                 "channel": decision.channel,
                 "prior": repr(prior),
-                "features": codec.dumps(decision.features),
+                "features": codec.dumps(logged_features(decision.features, customer_id)),
                 "meta": codec.dumps(meta),
                 "budget_max": budget.max if budget else "",
                 "budget_ttl": budget.ttl_seconds if budget else 0,
@@ -388,18 +487,117 @@ class StateStore:
             )
         return recorded
 
-    async def upsert_profile(self, profile: CustomerProfile) -> bool:
-        """Store (replace) a profile; True when the customer is new."""
-        previous = await self._redis.set(keys.profile(profile.customer_id), codec.encode_profile(profile), get=True)
-        return previous is None
+    async def upsert_profile(
+        self,
+        update: CustomerProfile,
+        mask: ProfileMask | None = None,
+        *,
+        caller: str = "",
+        request_id: str = "",
+        now: float | None = None,
+    ) -> bool:
+        """Store the fields of ``update`` that ``mask`` names; True when the customer is new.
+
+        Without a mask every field is replaced but the consents, which are merged
+        (:meth:`ProfileMask.without_mask`). Every consent change goes to the consent audit
+        (:mod:`~nba_service.store.audit`) with ``caller`` and ``request_id``, in the script
+        that stores the profile; an update that another write to the profile overtook is
+        computed again from the new profile.
+        """
+        mask = mask if mask is not None else ProfileMask.without_mask(update)
+        key = keys.profile(update.customer_id)
+        customer = ""
+        for _ in range(UPDATE_RETRIES):
+            raw = await self._redis.get(key)
+            stored = codec.decode_profile(update.customer_id, raw) if raw is not None else None
+            merged = apply_update(stored, update, mask)
+            changes = consent_changes(stored, merged)
+            if changes and not customer:
+                customer = audit.pseudonym(await audit.pseudonym_secret_async(self._redis), update.customer_id)
+            written = await self._scripts.run(
+                _UPSERT_SCRIPT,
+                keys={"profile": key, "audit": keys.CONSENT_AUDIT},
+                args={
+                    "expected": raw if raw is not None else b"",
+                    "profile": codec.encode_profile(merged),
+                    "changes": codec.dumps([[c.channel, c.old, c.new] for c in changes]),
+                    "customer": customer,
+                    "caller": caller,
+                    "ts": f"{time.time() if now is None else now:.3f}",
+                    "request_id": request_id,
+                    "audit_maxlen": audit.AUDIT_MAXLEN,
+                },
+            )
+            if written:
+                return raw is None
+        raise StoreUnavailableError("the profile kept changing under this update; nothing was changed, retry")
+
+    async def erase_customer(
+        self, customer_id: str, *, caller: str = "", request_id: str = "", now: float | None = None
+    ) -> Erasure:
+        """Delete everything stored about a customer and audit the erasure (under its pseudonym).
+
+        Profile, journey, contacts, open journeys, declines, the decision index and every
+        decision still kept (with its place in the pending set: it will teach nothing). The
+        outcome stream keeps what the learner needs, which names no customer (decision id,
+        offer, channel, features: see :func:`logged_features`). The erasure is audited even
+        when nothing was stored.
+        """
+        customer = audit.pseudonym(await audit.pseudonym_secret_async(self._redis), customer_id)
+        customer_keys = {
+            "profile": keys.profile(customer_id),
+            "journey": keys.journey(customer_id),
+            "contacts": keys.contacts(customer_id),
+            "open_journeys": keys.open_journeys(customer_id),
+            "declines": keys.declines(customer_id),
+            "decision_index": keys.decision_index(customer_id),
+            "decisions": keys.decisions(customer_id),
+            "pending": keys.PENDING_OUTCOMES,
+            "audit": keys.CONSENT_AUDIT,
+        }
+        deleted = 0
+        overtaken = 0
+        while overtaken < UPDATE_RETRIES:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrange(keys.decision_index(customer_id), 0, -1)  # oldest first
+                pipe.lrange(keys.decisions(customer_id), 0, -1)
+                indexed, listed = await pipe.execute()
+            ids = list(dict.fromkeys(i.decode() for i in (*listed, *indexed)))
+            final = len(ids) <= ERASE_BATCH
+            batch = ids if final else ids[:ERASE_BATCH]
+            named_keys, named_args = _ERASE_SCRIPT.bind(
+                customer_keys,
+                {
+                    "final": "1" if final else "0",
+                    "customer": customer,
+                    "caller": caller,
+                    "ts": f"{time.time() if now is None else now:.3f}",
+                    "request_id": request_id,
+                    "audit_maxlen": audit.AUDIT_MAXLEN,
+                },
+            )
+            result = await self._scripts.evalsha(
+                _ERASE_SCRIPT, [*named_keys, *(keys.decision(i) for i in batch)], [*named_args, *batch]
+            )
+            if result == -1:
+                overtaken += 1  # a decision was recorded meanwhile: erase it too
+                continue
+            stored, removed = (int(n) for n in result)
+            deleted += removed
+            if final:
+                return Erasure(erased=bool(stored or deleted), decisions=deleted)
+        raise StoreUnavailableError("decisions for this customer kept being recorded; retry the erasure")
 
     async def customer_view(self, customer_id: str, max_events: int, max_decisions: int = 10) -> CustomerView:
+        """Profile, recent journey, open journeys and the ``max_decisions`` most recent decisions, newest first."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.profile(customer_id))
             pipe.lrange(keys.journey(customer_id), 0, max_events - 1)
             pipe.hgetall(keys.open_journeys(customer_id))
-            pipe.lrange(keys.decisions(customer_id), 0, max_decisions - 1)
-            raw_profile, raw_journey, raw_open, decision_ids = await pipe.execute()
+            pipe.zrevrange(keys.decision_index(customer_id), 0, max_decisions - 1)
+            pipe.lrange(keys.decisions(customer_id), 0, max_decisions - 1)  # the legacy list, older
+            raw_profile, raw_journey, raw_open, indexed, listed = await pipe.execute()
+        decision_ids = list(dict.fromkeys((*indexed, *listed)))[:max_decisions]  # newest first
         past: list[PastDecision] = []
         if decision_ids:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -420,13 +618,10 @@ class StateStore:
 
 
 def _url_of(client: aioredis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
-    auth = ""
-    if kwargs.get("password"):
-        auth = f"{kwargs.get('username') or ''}:{kwargs['password']}@"
-    return f"redis://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    """A URL for the script connection that connects as ``client`` does: same server, database, ACL user
+    and password and, for a TLS client, ``rediss://`` with its CA, client certificate and verification options."""
+    pool = client.connection_pool
+    return url_from_options(pool.connection_kwargs, tls=issubclass(pool.connection_class, aioredis.SSLConnection))
 
 
 def budget_key(offer_id: str, per_seconds: float, now: float) -> str:

@@ -1,3 +1,4 @@
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -336,10 +337,14 @@ class CustomerContextResponse(_message.Message):
     def __init__(self, profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., known: _Optional[bool] = ..., journey: _Optional[_Iterable[_Union[JourneyEvent, _Mapping]]] = ..., open_journeys: _Optional[_Iterable[_Union[OpenJourney, _Mapping]]] = ..., recent_decisions: _Optional[_Iterable[_Union[PastDecision, _Mapping]]] = ..., best_actions: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., policy_version: _Optional[str] = ...) -> None: ...
 
 class UpsertCustomerRequest(_message.Message):
-    __slots__ = ("profile",)
+    __slots__ = ("profile", "update_mask", "request_id")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     profile: CustomerProfile
-    def __init__(self, profile: _Optional[_Union[CustomerProfile, _Mapping]] = ...) -> None: ...
+    update_mask: _field_mask_pb2.FieldMask
+    request_id: str
+    def __init__(self, profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UpsertCustomerResponse(_message.Message):
     __slots__ = ("customer_id", "created")
@@ -348,3 +353,19 @@ class UpsertCustomerResponse(_message.Message):
     customer_id: str
     created: bool
     def __init__(self, customer_id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class DeleteCustomerRequest(_message.Message):
+    __slots__ = ("customer_id", "request_id")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    request_id: str
+    def __init__(self, customer_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteCustomerResponse(_message.Message):
+    __slots__ = ("customer_id", "erased")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    erased: bool
+    def __init__(self, customer_id: _Optional[str] = ..., erased: _Optional[bool] = ...) -> None: ...

@@ -61,6 +61,11 @@ class DecisionServiceStub:
                 request_serializer=nba_dot_v1_dot_decision__pb2.UpsertCustomerRequest.SerializeToString,
                 response_deserializer=nba_dot_v1_dot_decision__pb2.UpsertCustomerResponse.FromString,
                 _registered_method=True)
+        self.DeleteCustomer = channel.unary_unary(
+                '/nba.v1.DecisionService/DeleteCustomer',
+                request_serializer=nba_dot_v1_dot_decision__pb2.DeleteCustomerRequest.SerializeToString,
+                response_deserializer=nba_dot_v1_dot_decision__pb2.DeleteCustomerResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -97,7 +102,16 @@ class DecisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpsertCustomer(self, request, context):
-        """Create or replace a customer profile.
+        """Create or update a customer profile (which fields change: see UpsertCustomerRequest).
+        Every consent change is recorded in the consent audit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCustomer(self, request, context):
+        """Erase a customer: profile, journey, contacts, open journeys and decisions.
+        The erasure is recorded in the consent audit, under a pseudonym.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +144,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.UpsertCustomer,
                     request_deserializer=nba_dot_v1_dot_decision__pb2.UpsertCustomerRequest.FromString,
                     response_serializer=nba_dot_v1_dot_decision__pb2.UpsertCustomerResponse.SerializeToString,
+            ),
+            'DeleteCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCustomer,
+                    request_deserializer=nba_dot_v1_dot_decision__pb2.DeleteCustomerRequest.FromString,
+                    response_serializer=nba_dot_v1_dot_decision__pb2.DeleteCustomerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +288,33 @@ class DecisionService:
             '/nba.v1.DecisionService/UpsertCustomer',
             nba_dot_v1_dot_decision__pb2.UpsertCustomerRequest.SerializeToString,
             nba_dot_v1_dot_decision__pb2.UpsertCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nba.v1.DecisionService/DeleteCustomer',
+            nba_dot_v1_dot_decision__pb2.DeleteCustomerRequest.SerializeToString,
+            nba_dot_v1_dot_decision__pb2.DeleteCustomerResponse.FromString,
             options,
             channel_credentials,
             insecure,
