@@ -24,12 +24,19 @@ def cmd_customers_load(args: argparse.Namespace) -> int:
         print(f"nba customers load: {path}: no such file", file=sys.stderr)
         return 1
     with state_client(settings_from(args)) as client:
-        report = import_customers(client, path, progress=sys.stderr.isatty())
-    print(f"{path}: {report.loaded} rows loaded ({report.created} new customers), {len(report.refused)} refused")
+        report = import_customers(client, path, progress=sys.stderr.isatty(), caller=_operator())
+    print(
+        f"{path}: {report.loaded} rows loaded ({report.created} new customers, {report.consent_changes} consent "
+        f"changes audited), {len(report.refused)} refused, {len(report.duplicates)} duplicate ids"
+    )
     for number, reason in report.refused[:50]:
         print(f"  line {number}: {reason}")
     if len(report.refused) > 50:
         print(f"  ... and {len(report.refused) - 50} more")
+    for number, previous, customer_id in report.duplicates[:20]:
+        print(f"  line {number}: customer {customer_id!r} was already on line {previous}; this later line wins")
+    if len(report.duplicates) > 20:
+        print(f"  ... and {len(report.duplicates) - 20} more duplicate ids")
     return 0 if not report.refused else 2
 
 

@@ -30,6 +30,9 @@ __all__ = [
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_BYTES = 1024
 MAX_ID_LENGTH = 128
+MAX_PROFILE_CHANNELS = 32
+"""Channels a profile may list as reachable, and channels it may hold a consent for."""
+MAX_CHANNEL_ID_LENGTH = 64
 _CHANNEL = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -91,7 +94,12 @@ def check_attributes(field: str, attributes: Mapping[str, str]) -> Mapping[str, 
 
 
 def check_channel_ids(field: str, channels: Iterable[str]) -> None:
+    channels = list(channels)
+    if len(channels) > MAX_PROFILE_CHANNELS:
+        raise ValidationError(field, f"has {len(channels)} channels, at most {MAX_PROFILE_CHANNELS} are allowed")
     for channel in channels:
+        if len(channel) > MAX_CHANNEL_ID_LENGTH:
+            raise ValidationError(field, f"{channel[:40]!r}... is longer than {MAX_CHANNEL_ID_LENGTH} characters")
         if not _CHANNEL.match(channel):
             raise ValidationError(field, f"{channel!r} is not a channel id (lower case letters, digits and _)")
 

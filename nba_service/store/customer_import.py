@@ -1,8 +1,12 @@
 """Bulk import of customer profiles from a CRM export (JSON lines or CSV).
 
-Rows are checked one by one (a refused row is reported with its line number
-and the field at fault, and nothing of it is written) and written in pipelined
-batches.
+Rows are checked one by one (a refused row, or a line that is not UTF-8, is
+reported with its line number and the field at fault, nothing of it is
+written, and the rest is loaded) and written in pipelined batches. An id given
+twice is reported; the later line wins. Consents are merged as
+``UpsertCustomer`` merges them without a mask (the channels a row lists are
+set, the others keep their stored consent), and every consent change goes to
+the consent audit with the caller, in the same script as the profile.
 
 CSV columns: ``customer_id`` (required), ``first_name``, ``segment``,
 ``preferred_channel``, ``reachable_channels`` (ids separated by ``;``),
@@ -19,6 +23,7 @@ import dataclasses
 import io
 import json
 import pathlib
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -26,8 +31,10 @@ import redis
 from tqdm import tqdm
 
 from nba_service.domain import CustomerProfile
+from nba_service.domain.profile_update import ProfileMask, apply_update, consent_changes
 from nba_service.domain.validation import ValidationError, check_profile
-from nba_service.store import codec, keys
+from nba_service.store import audit, codec, keys
+from nba_service.store.state import _UPSERT_SCRIPT, UPDATE_RETRIES
 
 __all__ = ["ImportReport", "import_customers", "profile_from_record", "read_records"]
 
@@ -42,6 +49,10 @@ class ImportReport:
     created: int = 0
     refused: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     """(line number, reason) of every refused row."""
+    duplicates: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)
+    """(line number, line of the same id's previous row, customer id): the later row was loaded."""
+    consent_changes: int = 0
+    """Consent changes written to the audit."""
 
 
 def _bool(field: str, value: Any) -> bool:
@@ -94,22 +105,48 @@ def profile_from_record(record: Mapping[str, Any]) -> CustomerProfile:
     )
 
 
+def _not_utf8(raw: bytes) -> ValidationError:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return ValidationError("encoding", f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+    return ValidationError("encoding", "not UTF-8")
+
+
+def _has_undecodable(text: str) -> bool:
+    """True when ``text`` (decoded with ``surrogateescape``) held bytes that are not UTF-8."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
 def read_records(path: pathlib.Path) -> Iterator[tuple[int, Mapping[str, Any] | Exception]]:
     """(line number, record or the parse error) for every data row of ``path``."""
-    text = path.read_text(encoding="utf-8-sig")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     if path.suffix.lower() == ".csv":
+        text = data.decode("utf-8", errors="surrogateescape")
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames or "customer_id" not in reader.fieldnames:
             yield 1, ValidationError("header", "a CSV export needs a customer_id column")
             return
+        if any(_has_undecodable(name) for name in reader.fieldnames):
+            yield 1, ValidationError("header", "not UTF-8")
+            return
         for row in reader:
             if None in row:
                 yield reader.line_num, ValidationError("row", "has more values than the header has columns")
+            elif any(isinstance(v, str) and _has_undecodable(v) for v in row.values()):
+                yield reader.line_num, ValidationError("encoding", "not UTF-8")
             else:
                 yield reader.line_num, row
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield number, _not_utf8(raw)
             continue
         try:
             record = json.loads(line)
@@ -119,21 +156,79 @@ def read_records(path: pathlib.Path) -> Iterator[tuple[int, Mapping[str, Any] | 
         yield number, record if isinstance(record, dict) else ValidationError("json", "each line must be an object")
 
 
+def _write(client: redis.Redis, rows: list[tuple[int, CustomerProfile]], caller: str, report: ImportReport) -> None:
+    """Store a batch, merging consents and auditing their changes; a row overtaken by another write is redone."""
+    sha = client.script_load(_UPSERT_SCRIPT.source)
+    secret: bytes | None = None
+    pending = rows
+    for _ in range(UPDATE_RETRIES):
+        with client.pipeline(transaction=False) as pipe:
+            for _, update in pending:
+                pipe.get(keys.profile(update.customer_id))
+            stored_raw = pipe.execute()
+        planned: list[tuple[int, CustomerProfile, bool, int]] = []
+        with client.pipeline(transaction=False) as pipe:
+            for (line, update), raw in zip(pending, stored_raw, strict=True):
+                stored = codec.decode_profile(update.customer_id, raw) if raw is not None else None
+                try:
+                    merged = apply_update(stored, update, ProfileMask.without_mask(update))
+                except ValidationError as exc:
+                    report.refused.append((line, str(exc)))
+                    continue
+                changes = consent_changes(stored, merged)
+                customer = ""
+                if changes:
+                    secret = secret or audit.pseudonym_secret(client)
+                    assert secret is not None
+                    customer = audit.pseudonym(secret, update.customer_id)
+                script_keys, script_args = _UPSERT_SCRIPT.bind(
+                    {"profile": keys.profile(update.customer_id), "audit": keys.CONSENT_AUDIT},
+                    {
+                        "expected": raw if raw is not None else b"",
+                        "profile": codec.encode_profile(merged),
+                        "changes": codec.dumps([[c.channel, c.old, c.new] for c in changes]),
+                        "customer": customer,
+                        "caller": caller,
+                        "ts": f"{time.time():.3f}",
+                        "request_id": "",
+                        "audit_maxlen": audit.AUDIT_MAXLEN,
+                    },
+                )
+                pipe.evalsha(sha, len(script_keys), *script_keys, *script_args)
+                planned.append((line, update, raw is None, len(changes)))
+            written = pipe.execute()
+        pending = []
+        for (line, update, new, changed), ok in zip(planned, written, strict=True):
+            if int(ok):
+                report.loaded += 1
+                report.created += int(new)
+                report.consent_changes += changed
+            else:
+                pending.append((line, update))
+        if not pending:
+            return
+    for line, _ in pending:
+        report.refused.append((line, "the profile kept changing during the import: not loaded, load it again"))
+
+
 def import_customers(
-    client: redis.Redis, path: str | pathlib.Path, batch_size: int = 1000, progress: bool = True
+    client: redis.Redis,
+    path: str | pathlib.Path,
+    batch_size: int = 1000,
+    progress: bool = True,
+    caller: str = "cli",
 ) -> ImportReport:
-    """Load every valid row of ``path``; refused rows are counted, never half-written."""
+    """Load every valid row of ``path``; refused rows are counted, never half-written.
+
+    ``caller`` names who loaded the file in the consent audit.
+    """
     path = pathlib.Path(path)
     report = ImportReport()
-    batch: list[CustomerProfile] = []
+    batch: list[tuple[int, CustomerProfile]] = []
+    first_line: dict[str, int] = {}
 
     def flush() -> None:
-        with client.pipeline(transaction=False) as pipe:
-            for profile in batch:
-                pipe.set(keys.profile(profile.customer_id), codec.encode_profile(profile), get=True)
-            previous = pipe.execute()
-        report.loaded += len(batch)
-        report.created += sum(1 for p in previous if p is None)
+        _write(client, batch, caller, report)
         batch.clear()
 
     with path.open("rb") as handle:
@@ -145,12 +240,19 @@ def import_customers(
                 report.refused.append((number, str(record)))
                 continue
             try:
-                batch.append(profile_from_record(record))
+                profile = profile_from_record(record)
             except ValidationError as exc:
                 report.refused.append((number, str(exc)))
+                continue
+            previous = first_line.get(profile.customer_id)
+            if previous is not None:
+                report.duplicates.append((number, previous, profile.customer_id))
+            first_line[profile.customer_id] = number
+            batch.append((number, profile))
             if len(batch) >= batch_size:
                 flush()
         if batch:
             flush()
         bar.update(lines - bar.n)
+    report.refused.sort()
     return report

@@ -108,7 +108,7 @@ def test_customers_load_counts_and_names_refused_lines(capsys, redis_url, redis_
     code, out, _ = nba(capsys, "customers", "load", str(export), "--redis-url", redis_url)
 
     assert code == 2  # some rows refused
-    assert "2 rows loaded (2 new customers), 3 refused" in out
+    assert "2 rows loaded (2 new customers, 1 consent changes audited), 3 refused, 0 duplicate ids" in out
     assert "line 2: profile.timezone" in out
     assert "line 3: json" in out
     assert "line 4: customer_id: is required" in out
@@ -219,3 +219,55 @@ def test_serve_with_two_workers_shares_one_port_and_one_metrics_endpoint(tmp_pat
     assert process.returncode == 0
     assert not any(psutil.pid_exists(w.pid) and psutil.Process(w.pid).status() != psutil.STATUS_ZOMBIE
                    for w in workers)
+
+
+def test_customers_load_skips_lines_that_are_not_utf8_and_reports_duplicates(capsys, redis_url, redis_client,
+                                                                             tmp_path):
+    export = tmp_path / "crm.jsonl"
+    lines = [
+        json.dumps({"customer_id": "u1", "first_name": "Ana"}).encode(),
+        b'{"customer_id": "u2", "first_name": "Jos\xe9"}',  # Latin-1, not UTF-8
+        json.dumps({"customer_id": "u3", "first_name": "Bo"}).encode(),
+        json.dumps({"customer_id": "u1", "first_name": "Ana Maria"}).encode(),
+    ]
+    export.write_bytes(b"\n".join(lines) + b"\n")
+    code, out, _ = nba(capsys, "customers", "load", str(export), "--redis-url", redis_url)
+    assert code == 2
+    assert "3 rows loaded (2 new customers, 0 consent changes audited), 1 refused, 1 duplicate ids" in out
+    assert "line 2: encoding: not UTF-8 (byte 0xe9 at column 41)" in out
+    assert "line 4: customer 'u1' was already on line 1; this later line wins" in out
+    assert json.loads(redis_client.get("nba:c:{u1}:profile"))["first_name"] == "Ana Maria"
+    assert redis_client.exists("nba:c:{u3}:profile") and not redis_client.exists("nba:c:{u2}:profile")
+
+    csv_export = tmp_path / "crm.csv"
+    csv_export.write_bytes(b"customer_id,first_name\nv1,Ana\nv2,Jos\xe9\nv3,Bo\n")
+    code, out, _ = nba(capsys, "customers", "load", str(csv_export), "--redis-url", redis_url)
+    assert "2 rows loaded" in out and "line 3: encoding: not UTF-8" in out
+    assert redis_client.exists("nba:c:{v3}:profile") and not redis_client.exists("nba:c:{v2}:profile")
+
+
+def test_customers_load_keeps_consents_a_row_does_not_list_and_audits_changes(capsys, redis_url, redis_client,
+                                                                              tmp_path):
+    first = tmp_path / "first.jsonl"
+    first.write_text(json.dumps({"customer_id": "k1", "consents": {"sms": False, "push": True}}) + "\n")
+    nba(capsys, "customers", "load", str(first), "--redis-url", redis_url)
+    # a later export without consents (or with only push) never re-grants the withdrawn SMS consent
+    later = tmp_path / "later.jsonl"
+    later.write_text(json.dumps({"customer_id": "k1", "segment": "vip", "consents": {"push": False}}) + "\n")
+    code, out, _ = nba(capsys, "customers", "load", str(later), "--redis-url", redis_url)
+    assert code == 0 and "1 consent changes audited" in out
+    stored = json.loads(redis_client.get("nba:c:{k1}:profile"))
+    assert stored["consents"] == {"sms": False, "push": False} and stored["segment"] == "vip"
+    code, out, _ = nba(capsys, "customers", "audit", "k1", "--redis-url", redis_url)
+    assert "push" in out and "granted -> denied" in out and "unset -> denied" in out and "cli" in out
+
+
+def test_a_profile_with_too_many_channels_is_refused_naming_the_field(server):
+    from nba_service.proto.nba.v1 import decision_pb2 as pb
+    from tests.conftest import profile
+
+    huge = profile("wide", channels=tuple(f"c{i}" for i in range(200_000)))
+    with pytest.raises(grpc.RpcError) as failure:
+        server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=huge), timeout=10)
+    assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "reachable_channels: has 200000 channels, at most 32 are allowed" in failure.value.details()
