@@ -62,6 +62,8 @@ def policy_source(store: PolicyStore, spec: str, short: str | None = None) -> Po
         published = store.load(version)
     except KeyError as exc:
         raise SourceError(str(exc.args[0])) from None
+    except ValueError as exc:  # a version too large, or not a policy set, written behind validation's back
+        raise SourceError(f"policy version {version} cannot be read: {exc}") from None
     try:
         policy = parse_policy_files(published.files)
     except PolicyValidationError as exc:

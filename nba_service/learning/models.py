@@ -67,7 +67,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from river import preprocessing
 
 from nba_service.engine.features import FEATURE_DIM, feature_index
 
@@ -131,6 +130,14 @@ class _Block:
         self.cov = np.diag(self.prior_var)
 
 
+def _standard_scaler() -> Any:
+    """River's online standard scaler, imported on first use: River (with SciPy) takes about a second to
+    import, which every ``nba`` command would otherwise pay before doing anything."""
+    from river import preprocessing
+
+    return preprocessing.StandardScaler()
+
+
 class ModelBank:
     """The posterior of every arm, with numpy matrices for scoring."""
 
@@ -140,7 +147,7 @@ class ModelBank:
         self._arms: dict[tuple[str, str], _Block] = {}
         self._values: dict[tuple[str, str], tuple[float, float]] = {}
         """Arm -> (sum, count) of its positive rewards."""
-        self._scaler = preprocessing.StandardScaler()
+        self._scaler = _standard_scaler()
         self._scale: dict[str, tuple[float, float]] = {}
         """Numeric feature -> (mean, 1/std), once it has enough outcomes to be standardised."""
         self._updates = 0

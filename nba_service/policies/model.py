@@ -160,6 +160,16 @@ class Place:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Fallback:
+    """The action answered for ``event`` events while the state store is unavailable (see
+    :mod:`nba_service.policies.fallbacks`)."""
+
+    event: str
+    offer: str
+    channel: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PolicySet:
     """A validated policy set: what :func:`~nba_service.policies.parser.parse_policy_files` returns."""
 
@@ -171,6 +181,8 @@ class PolicySet:
     places: tuple[Place, ...] = ()
     conditions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Named conditions (their source), usable by name in every rule."""
+    fallbacks: Mapping[str, Fallback] = dataclasses.field(default_factory=dict)
+    """Event type -> the action answered while the state store is unavailable."""
 
     def places_by_kind(self) -> dict[str, tuple[Place, ...]]:
         kinds: dict[str, list[Place]] = {}

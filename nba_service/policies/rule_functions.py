@@ -6,6 +6,11 @@ A rule writes ``days_since('app_open')``; the compiler
 implementation that is, which hidden first argument it takes and how many
 arguments the rule passes. Nothing here parses or compiles anything.
 
+Every function here runs in bounded time and returns a bounded value (the
+compiler's docstring says why a whole rule is bounded):
+:func:`guarded_mul` and :func:`guarded_mod` are the ``*`` and ``%`` of a
+rule whose operands are not known to be numbers, and refuse anything else.
+
 >>> parse_duration("24h")
 86400.0
 >>> num("12.5"), num(None, 3)
@@ -22,8 +27,10 @@ from typing import Any
 from nba_service.domain import CustomerContext
 from nba_service.domain.localtime import local_minute
 
-__all__ = ["FUNCTIONS", "num", "parse_duration"]
+__all__ = ["FUNCTIONS", "MAX_ROUND_DIGITS", "guarded_mod", "guarded_mul", "num", "parse_duration"]
 
+MAX_ROUND_DIGITS = 20
+"""``round(x, n)`` takes ``n`` from -20 to 20: ``round(1, -10**9)`` would compute ``10**10**9``."""
 _NEVER_DAYS = 9999.0
 _NEVER_KM = 99999.0
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -66,6 +73,37 @@ def num(value: Any, default: float = 0.0) -> float:
     return result if math.isfinite(result) else float(default)
 
 
+def guarded_mul(left: Any, right: Any) -> Any:
+    """``left * right`` for numbers only: repeating text or a list would build a value of any size.
+
+    >>> guarded_mul(2, 2.5)
+    5.0
+    >>> guarded_mul("x", 3)
+    Traceback (most recent call last):
+      ...
+    TypeError: '*' needs two numbers, got str and int
+    """
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+        return left * right
+    raise TypeError(f"'*' needs two numbers, got {type(left).__name__} and {type(right).__name__}")
+
+
+def guarded_mod(left: Any, right: Any) -> Any:
+    """``left % right`` for numbers only: ``%`` on text formats it (``'%0999999999d' % 1``)."""
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+        return left % right
+    raise TypeError(f"'%' needs two numbers, got {type(left).__name__} and {type(right).__name__}")
+
+
+def _round(value: Any, digits: Any = None) -> Any:
+    """``round``, a float for a float (``round(1e308)`` would be a whole number of 309 digits)."""
+    if digits is None:
+        return float(round(value)) if isinstance(value, float) else round(value)
+    if not isinstance(digits, int) or not -MAX_ROUND_DIGITS <= digits <= MAX_ROUND_DIGITS:
+        raise ValueError(f"round() takes -{MAX_ROUND_DIGITS} to {MAX_ROUND_DIGITS} digits")
+    return round(value, digits)
+
+
 def _attr(ctx: CustomerContext, key: str) -> str | None:
     return ctx.profile.attributes.get(key)
 
@@ -101,7 +139,7 @@ def _days_since(ctx: CustomerContext, event_type: str) -> float:
 def _round_up(value: float, step: float) -> float:
     if step <= 0:
         raise ValueError("round_up step must be positive")
-    return math.ceil(value / step) * step
+    return float(math.ceil(value / step)) * step  # a float: a whole number of 309 digits costs to multiply
 
 
 def _days_until(ctx: CustomerContext, date: Any) -> float:
@@ -137,7 +175,15 @@ def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def _nearest(geo: Any, kind: str) -> tuple[float, str]:
-    places, latitude, longitude = geo
+    """The nearest place of ``kind``: scanned once per request and kind (``geo[3]`` keeps the answers)."""
+    places, latitude, longitude, found = geo
+    nearest: tuple[float, str] | None = found.get(kind)
+    if nearest is None:
+        nearest = found[kind] = _scan(places, latitude, longitude, kind)
+    return nearest
+
+
+def _scan(places: Any, latitude: Any, longitude: Any, kind: str) -> tuple[float, str]:
     best, name = _NEVER_KM, ""
     if latitude is None or longitude is None or (latitude == 0.0 and longitude == 0.0):
         return best, name  # no position in this event
@@ -175,5 +221,5 @@ FUNCTIONS: dict[str, tuple[Any, str, tuple[int, int]]] = {
     "min": (min, "", (2, 8)),
     "max": (max, "", (2, 8)),
     "abs": (abs, "", (1, 1)),
-    "round": (round, "", (1, 2)),
+    "round": (_round, "", (1, 2)),
 }

@@ -6,6 +6,9 @@ names (``_f_days_since``), the scope (built once per request) holds the
 flat variables the compiler rewrote the rule's names to (``event.amount``
 -> ``event_amount``, ``profile.segment`` -> ``profile_segment``) and the
 hidden arguments of the functions (``_ctx``, ``_event_attributes``, ``_geo``).
+The globals also hold the guarded operators (``_op_mul``, ``_op_mod``) the
+compiler turns a ``*`` or ``%`` into when its operands are not known to be
+numbers.
 
 >>> sorted(evaluation_globals())[:3]
 ['__builtins__', '_f_abs', '_f_attr']
@@ -18,7 +21,7 @@ from typing import Any
 
 from nba_service.domain import CustomerContext, Event
 from nba_service.domain.localtime import local_minute
-from nba_service.policies.rule_functions import FUNCTIONS, num
+from nba_service.policies.rule_functions import FUNCTIONS, guarded_mod, guarded_mul, num
 
 __all__ = ["PROFILE_FIELDS", "SCOPE_NAMES", "build_scope", "evaluation_globals"]
 
@@ -30,7 +33,7 @@ SCOPE_NAMES = ("origin_channel", "local_hour", "weekday", "day_of_month", "month
 
 def evaluation_globals() -> dict[str, Any]:
     """The shared, read-only globals every compiled expression runs with."""
-    scope: dict[str, Any] = {"__builtins__": {}}
+    scope: dict[str, Any] = {"__builtins__": {}, "_op_mul": guarded_mul, "_op_mod": guarded_mod}
     for name, (func, _, _) in FUNCTIONS.items():
         scope["_f_" + name] = func
     return scope
@@ -52,7 +55,7 @@ def build_scope(ctx: CustomerContext, event: Event, places: Mapping[str, Any] | 
     scope: dict[str, Any] = {
         "_ctx": ctx,
         "_event_attributes": event.attributes,
-        "_geo": (places or {}, fields.get("latitude"), fields.get("longitude")),
+        "_geo": (places or {}, fields.get("latitude"), fields.get("longitude"), {}),  # {}: nearest, by kind
         "event_type": event.type,
         "origin_channel": ctx.origin_channel,
         "local_hour": local.hour,

@@ -10,6 +10,14 @@ whole set is checked in one pass.
 ``_Node`` is internal to the policy parser; its name never reaches a message
 (a value shown to the author goes through :func:`shown`).
 
+Reading a file is bounded: at most :data:`MAX_FILE_BYTES`, mappings and
+lists nested at most :data:`MAX_DEPTH` deep, at most :data:`MAX_ALIASES`
+aliases, and at most :data:`MAX_NODES` values in the whole set once aliases
+are expanded (a "billion laughs" file is refused after 120,000 values, not
+expanded to a billion); a value that contains an alias of itself is refused.
+Each limit is an issue at the file and line it is reached, like any other
+problem. (An alias shares the value it names: it is not copied, only counted.)
+
 >>> col = Collector("p.yaml")
 >>> [root] = read_documents("prior: 1.5", col)
 >>> col.number(root.value["prior"][1], "prior", 0.05, high=1)
@@ -33,11 +41,41 @@ from nba_service.policies.compiler import CompiledExpression, Definitions, Expre
 from nba_service.policies.model import Limit, PolicyIssue
 from nba_service.policies.rule_functions import parse_duration
 
-__all__ = ["IDENTIFIER", "Collector", "read_documents", "shown"]
+__all__ = [
+    "IDENTIFIER",
+    "MAX_ALIASES",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_NODES",
+    "MIB",
+    "Collector",
+    "ValueCount",
+    "read_documents",
+    "shown",
+]
 
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 """What an id (of an offer, channel, category, place, variable or condition) looks like."""
 _LIMIT_KEYS = {"max", "per", "channel", "category"}
+
+MIB = 1024 * 1024
+MAX_FILE_BYTES = 2 * MIB
+"""Bytes (UTF-8) of one policy file."""
+MAX_DEPTH = 64
+"""How deep mappings and lists may nest (an offer's list of limits is at depth 4)."""
+MAX_ALIASES = 1_000
+"""Aliases (``*name``) of a mapping or a list in one file."""
+MAX_NODES = 120_000
+"""Values (each key, each item, each scalar) in a whole policy set, every alias expanded."""
+
+
+class ValueCount:
+    """The values read so far in a policy set (shared by the :func:`read_documents` of its files)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values = 0
 
 
 class _Node:
@@ -52,25 +90,96 @@ class _Node:
         self.quoted = quoted
 
 
-def _to_nodes(node: yaml.Node) -> _Node:
-    """A composed YAML node as nested ``_Node`` values (mappings: key -> (key node, value node))."""
+class _Builder:
+    """Composed YAML nodes as nested ``_Node`` values (mappings: key -> (key node, value node)), within the limits.
+
+    An alias is the very node it names in the composed graph: an alias of a mapping or a list becomes the same
+    ``_Node``, counted again (its values and one alias) but not copied; an alias of a scalar is one more value.
+    """
+
+    def __init__(self, count: ValueCount) -> None:
+        self.count = count
+        self.built: dict[int, tuple[_Node, int]] = {}
+        """id of a composed mapping or list -> its ``_Node`` and its size (values, aliases expanded)."""
+        self.building: set[int] = set()
+        self.aliases = 0
+
+    def build(self, node: yaml.Node, depth: int = 1) -> tuple[_Node, int]:
+        if isinstance(node, yaml.ScalarNode):
+            self._count(node, 1)
+            return _scalar(node), 1
+        key = id(node)
+        seen = self.built.get(key)
+        if seen is not None:
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _OverLimit(node, f"more than {MAX_ALIASES:,} aliases (*name) of a mapping or list in one file")
+            self._count(node, seen[1])
+            return seen
+        if key in self.building:
+            raise _OverLimit(node, "this value contains an alias (*name) of itself")
+        if depth > MAX_DEPTH:
+            raise _OverLimit(node, f"mappings and lists nested more than {MAX_DEPTH} levels deep")
+        self._count(node, 1)
+        self.building.add(key)
+        size = 1
+        if isinstance(node, yaml.MappingNode):
+            mapping: dict[str, tuple[_Node, _Node]] = {}
+            for key_node, value_node in node.value:
+                item, key_size = self.build(key_node, depth + 1)
+                if str(item.value) in mapping:
+                    raise _DuplicateKey(item)
+                value, value_size = self.build(value_node, depth + 1)
+                mapping[str(item.value)] = (item, value)
+                size += key_size + value_size
+            built = _Node(mapping, node.start_mark.line + 1, node.start_mark.column + 1)
+        else:
+            items = []
+            for item_node in node.value:
+                item, item_size = self.build(item_node, depth + 1)
+                items.append(item)
+                size += item_size
+            built = _Node(items, node.start_mark.line + 1, node.start_mark.column + 1)
+        self.building.discard(key)
+        self.built[key] = (built, size)
+        return built, size
+
+    def _count(self, node: yaml.Node, size: int) -> None:
+        self.count.values += size
+        if self.count.values > MAX_NODES:
+            raise _OverLimit(node, f"more than {MAX_NODES:,} values in the policy set, aliases (*name) expanded")
+
+
+_STR = "tag:yaml.org,2002:str"
+_AS_TEXT = frozenset({_STR, "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"})
+"""Tags read as text: ``<<`` (a merge key) and ``=`` are then unknown keys, not a traceback."""
+_SCALAR_TAGS = frozenset({"bool", "int", "float", "null", "timestamp", "binary"})
+
+
+def _scalar(node: yaml.ScalarNode) -> _Node:
+    """A scalar's value: text, or what YAML makes of a plain number, bool, null or date; no other tag."""
     line, column = node.start_mark.line + 1, node.start_mark.column + 1
-    if isinstance(node, yaml.MappingNode):
-        mapping: dict[str, tuple[_Node, _Node]] = {}
-        for key_node, value_node in node.value:
-            key = _to_nodes(key_node)
-            if str(key.value) in mapping:
-                raise _DuplicateKey(key)
-            mapping[str(key.value)] = (key, _to_nodes(value_node))
-        return _Node(mapping, line, column)
-    if isinstance(node, yaml.SequenceNode):
-        return _Node([_to_nodes(item) for item in node.value], line, column)
-    quoted = isinstance(node, yaml.ScalarNode) and node.style in ("'", '"')
-    try:
-        value = _SCALAR_LOADER.construct_object(node)
-    except ValueError as exc:  # e.g. an unquoted date that does not exist: 2026-02-30
-        raise _BadScalar(_Node(node.value, line, column), str(exc)) from None
-    return _Node(value, line, column, quoted)
+    tag = node.tag
+    if tag in _AS_TEXT:
+        return _Node(node.value, line, column, node.style in ("'", '"'))
+    if not tag.startswith("tag:yaml.org,2002:") or tag[18:] not in _SCALAR_TAGS:
+        raise _BadScalar(_Node(node.value, line, column), f"the tag {tag} is not allowed here")
+    try:  # the constructor itself: construct_object would keep every node it ever saw
+        value = yaml.SafeLoader.yaml_constructors[tag](_SCALAR_LOADER, node)
+    except (ValueError, KeyError, yaml.YAMLError) as exc:  # an unquoted date that does not exist: 2026-02-30
+        raise _BadScalar(
+            _Node(node.value, line, column), f"not a {tag[18:]}" if isinstance(exc, KeyError) else str(exc)
+        ) from None
+    return _Node(value, line, column, node.style in ("'", '"'))
+
+
+class _OverLimit(Exception):
+    """A file over one of the limits (or with a recursive alias), at the node where it was found."""
+
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        self.line = node.start_mark.line + 1
+        self.column = node.start_mark.column + 1
+        self.message = message
 
 
 class _DuplicateKey(Exception):
@@ -98,6 +207,48 @@ def shown(value: Any) -> str:
 
 
 _SCALAR_LOADER = yaml.SafeLoader("")
+
+
+class _TagCache:
+    """Resolves the tag of each distinct plain scalar once per file (it depends on the text only)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)  # type: ignore[call-arg]
+        self._tags: dict[str, str] = {}
+
+    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            tag = self._tags.get(value)
+            if tag is None:
+                tag = self._tags[value] = super().resolve(kind, value, implicit)  # type: ignore[misc]
+            return tag
+        return super().resolve(kind, value, implicit)  # type: ignore[misc]
+
+
+class _DepthLimitedLoader(_TagCache, yaml.SafeLoader):
+    """The pure-Python loader (where LibYAML is missing), refusing values nested too deep before it recurses."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH + 1:  # the builder says so at the node (deeper: the composer would recurse)
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+_LOADER: Any = (
+    type("_CachedCSafeLoader", (_TagCache, yaml.CSafeLoader), {})
+    if hasattr(yaml, "CSafeLoader")
+    else _DepthLimitedLoader
+)
+"""LibYAML's loader when PyYAML has it: about 6 times faster (it refuses values nested over 1,000 deep itself)."""
 
 
 class Collector:
@@ -192,7 +343,7 @@ class Collector:
     def expression(
         self, node: _Node | None, where: str, event_types: Iterable[str] | None = (), extra_names: Iterable[str] = ()
     ) -> CompiledExpression | None:
-        if node is None:
+        if node is None or self.definitions.budget.spent:  # over the set's budget: said once, where it was spent
             return None
         source = node.value
         if not isinstance(source, str):
@@ -261,24 +412,47 @@ class Collector:
         return None
 
 
-def read_documents(text: str, col: Collector) -> Iterator[_Node]:
-    """The root node of each YAML document in ``text``; what cannot be read is an issue in ``col`` instead."""
+def read_documents(text: str, col: Collector, count: ValueCount | None = None) -> Iterator[_Node]:
+    """The root node of each YAML document in ``text``; what cannot be read is an issue in ``col`` instead.
+
+    ``count`` counts the values of a whole set (the files read with it); by default, of this text alone.
+    """
+    if count is not None and count.values > MAX_NODES:  # the set is over already: said once, in an earlier file
+        return
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_FILE_BYTES:
+        col.issues.append(
+            PolicyIssue(col.file, 1, 1, f"the file is {size / MIB:.1f} MiB: at most {MAX_FILE_BYTES // MIB} MiB a file")
+        )
+        return
     try:
-        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        documents = list(yaml.compose_all(text, Loader=_LOADER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        col.issues.append(PolicyIssue(col.file, line, column, f"YAML: {exc.problem or exc.context}"))
+        problem = exc.problem or exc.context or "unreadable"
+        if "maximum nesting depth" in problem:  # LibYAML's own limit (1,000)
+            problem = f"nested more than {MAX_DEPTH} levels deep"
+        col.issues.append(PolicyIssue(col.file, line, column, f"YAML: {problem}"))
         return
+    except yaml.reader.ReaderError as exc:  # a control character: the reader has no line, only a position
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - before.rfind("\n")
+        col.issues.append(PolicyIssue(col.file, line, column, f"YAML: character #x{exc.character:04x} is not allowed"))
+        return
+    builder = _Builder(count or ValueCount())  # aliases are counted per file: one builder for all its documents
     for document in documents:
         if document is None:
             continue
         try:
-            root = _to_nodes(document)
+            root = builder.build(document)[0]
         except _DuplicateKey as exc:
             col.add(exc.key, f"duplicate key {exc.key.value!r}: each key may appear once in a mapping")
             continue
         except _BadScalar as exc:
             col.add(exc.node, f"{exc.node.value!r} is not a valid value: {exc.reason}")
             continue
+        except _OverLimit as exc:
+            col.issues.append(PolicyIssue(col.file, exc.line, exc.column, exc.message))
+            return
         yield root

@@ -3,6 +3,11 @@
 Each publish stores the whole set (the YAML text of every file) as a new,
 immutable version, then moves the live pointer and announces it on pub/sub in
 the same transaction: a reader sees the old set or the new one, never half.
+
+A version is decoded only when it is no larger than a valid set can be
+(:data:`MAX_VERSION_BYTES`): one written into Redis behind validation's back
+is refused from the size of what Redis sends, before any JSON or YAML of it
+is read.
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ from redis.typing import EncodableT, FieldT
 from nba_service.store import keys
 from nba_service.store.versions import roll_back
 
-__all__ = ["PolicyStore", "PublishedPolicy", "content_digest"]
+__all__ = ["MAX_VERSION_BYTES", "PolicyStore", "PolicyTooLarge", "PublishedPolicy", "content_digest"]
+
+MAX_VERSION_BYTES = 8 * 1024 * 1024 + 64 * 1024
+"""The most a valid policy set takes in Redis (its files as JSON): the policies layer's
+``MAX_STORED_BYTES``, which the store may not import (a test keeps the two equal)."""
+
+
+class PolicyTooLarge(ValueError):
+    """A stored version larger than any valid set: refused before it is decoded."""
 
 
 def content_digest(files: Mapping[str, str]) -> str:
@@ -49,10 +62,20 @@ class PolicyStore:
         self._redis = client
 
     def publish(self, files: Mapping[str, str], author: str = "", message: str = "") -> int:
-        """Store ``files`` (already validated) as a new version and make it live."""
+        """Store ``files`` (already validated) as a new version and make it live.
+
+        :class:`PolicyTooLarge` when they take more than :data:`MAX_VERSION_BYTES` (no replica would load
+        them): nothing is written.
+        """
+        encoded = json.dumps(dict(files), ensure_ascii=False).encode("utf-8", "surrogatepass")
+        if len(encoded) > MAX_VERSION_BYTES:
+            raise PolicyTooLarge(
+                f"the policy set takes {len(encoded) / 2**20:.1f} MiB: at most {MAX_VERSION_BYTES / 2**20:.1f} MiB;"
+                " not published"
+            )
         version = int(self._redis.incr(keys.POLICY_SEQ))
         record: dict[FieldT, EncodableT] = {
-            "files": json.dumps(dict(files), ensure_ascii=False),
+            "files": encoded,
             "author": author or _default_author(),
             "message": message,
             "published_at": f"{time.time():.3f}",
@@ -70,23 +93,36 @@ class PolicyStore:
         raw = self._redis.get(keys.POLICY_LIVE)
         return int(raw) if raw is not None else None
 
-    def load(self, version: int) -> PublishedPolicy:
-        record = self._redis.hgetall(keys.policy_version(version))
-        if not record:
+    def load(self, version: int, max_bytes: int = MAX_VERSION_BYTES) -> PublishedPolicy:
+        """Version ``version``; :class:`PolicyTooLarge` (a ValueError) when its files take more than ``max_bytes``
+        in Redis: checked on the bytes received, before they are decoded or parsed.
+
+        (The nba ACL user may not send ``HSTRLEN``, and a version written behind validation's back may lie
+        about its size in any other field: the bytes themselves are measured.)
+        """
+        record = cast("dict[bytes, bytes]", self._redis.hgetall(keys.policy_version(version)))
+        if not record:  # the client does not decode responses
             raise KeyError(f"policy version {version} does not exist")
-        return _published(version, cast("dict[bytes, bytes]", record))  # the client does not decode responses
+        size = len(record.get(b"files", b""))
+        if size > max_bytes:
+            raise PolicyTooLarge(
+                f"policy version {version} takes {size / 2**20:.1f} MiB in Redis: at most"
+                f" {max_bytes / 2**20:.1f} MiB (a valid set is smaller); not decoded"
+            )
+        return _published(version, record)
 
     def load_live(self) -> PublishedPolicy | None:
         version = self.live()
         return None if version is None else self.load(version)
 
     def history(self) -> list[PublishedPolicy]:
+        """Every version, oldest first, without its files (``files`` is empty: :meth:`load` reads them)."""
         versions = [int(v) for v in self._redis.lrange(keys.POLICY_VERSIONS, 0, -1)]
         with self._redis.pipeline(transaction=False) as pipe:
             for version in versions:
                 pipe.hgetall(keys.policy_version(version))
             records = pipe.execute()
-        return [_published(v, r) for v, r in zip(versions, records, strict=False) if r]
+        return [_published(v, r, files={}) for v, r in zip(versions, records, strict=False) if r]
 
     def rollback(self, version: int | None = None) -> int:
         """Make ``version`` (default: the one published before the live one) live again."""
@@ -102,15 +138,28 @@ class PolicyStore:
         )
 
 
-def _published(version: int, record: Mapping[bytes, bytes]) -> PublishedPolicy:
+def _published(version: int, record: Mapping[bytes, bytes], files: Mapping[str, str] | None = None) -> PublishedPolicy:
+    if files is None:
+        files = _files(version, record)
     return PublishedPolicy(
         version=version,
-        files=json.loads(record[b"files"]),
+        files=files,
         author=record.get(b"author", b"").decode(),
         message=record.get(b"message", b"").decode(),
         published_at=float(record.get(b"published_at", b"0")),
         digest=record.get(b"digest", b"").decode(),
     )
+
+
+def _files(version: int, record: Mapping[bytes, bytes]) -> dict[str, str]:
+    """The files of a stored version: a JSON object of texts, or a ValueError (whatever was written there)."""
+    try:
+        files = json.loads(record[b"files"])
+    except RecursionError:
+        files = None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise ValueError(f"policy version {version}: its files are not a JSON object of texts")
+    return files
 
 
 def _default_author() -> str:

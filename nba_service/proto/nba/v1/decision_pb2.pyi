@@ -174,7 +174,7 @@ class Reason(_message.Message):
     def __init__(self, offer_id: _Optional[str] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "request_id", "no_action", "action", "channel", "score", "propensity", "alternatives", "reasons", "policy_version", "model_version")
+    __slots__ = ("decision_id", "request_id", "no_action", "action", "channel", "score", "propensity", "alternatives", "reasons", "policy_version", "model_version", "degraded")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NO_ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class DecideResponse(_message.Message):
     REASONS_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     request_id: str
     no_action: bool
@@ -197,7 +198,8 @@ class DecideResponse(_message.Message):
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
     policy_version: str
     model_version: str
-    def __init__(self, decision_id: _Optional[str] = ..., request_id: _Optional[str] = ..., no_action: _Optional[bool] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., policy_version: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    degraded: bool
+    def __init__(self, decision_id: _Optional[str] = ..., request_id: _Optional[str] = ..., no_action: _Optional[bool] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., policy_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ...) -> None: ...
 
 class OutcomeRequest(_message.Message):
     __slots__ = ("decision_id", "outcome", "value")
