@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 REDIS_SERVER := /usr/bin/redis-server
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test lint proto serve load bench suite clean
+.PHONY: install demo test lint proto serve load bench chaos suite clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ load: install  ## Locust load test against a local server (LOAD_ARGS="--host H:P
 
 bench: install  ## Decide vs an echo gRPC server: latency, throughput, ratios (BENCH_ARGS="--quick --json f")
 	$(NBA) bench $(BENCH_ARGS)
+
+chaos: install  ## each fault of docs/reliability.md against a real server and Redis, loopback only, a few minutes (CHAOS_ARGS="--quick --faults overload,sigterm --json f")
+	$(NBA) chaos $(CHAOS_ARGS)
 
 suite: install  ## the learning bake-off with default settings: table, docs/learning/suite.json, a curve per problem
 	$(NBA) evaluate --suite --json docs/learning/suite.json --plot-dir docs/learning

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import redis
@@ -36,11 +36,13 @@ from nba_service.domain import (
     WriteResult,
 )
 from nba_service.domain.profile_update import Erasure, ProfileMask
+from nba_service.engine.fallback import fallback_decision
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy, Explorer, make_explorer
 from nba_service.learning.guard import ChallengerGuard, trial_weights
 from nba_service.learning.models import ModelBank
 from nba_service.observability.metrics import Metrics
+from nba_service.observability.ratelimit import RateLimitedLog
 from nba_service.policies.model import PolicyValidationError
 from nba_service.policies.parser import parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
@@ -49,12 +51,19 @@ from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
 from nba_service.store.state import Budget, StateStore, budget_key
 
-__all__ = ["DataPlane", "RecordedDecision"]
+__all__ = ["AbandonedError", "DataPlane", "RecordedDecision", "Wanted"]
 
 log = logging.getLogger(__name__)
 
 CONTENTION_RETRIES = 5
 """Times a decision is re-read and re-decided when other requests keep contacting the same customer."""
+
+Wanted = Callable[[], bool]
+"""Asked right before a decision is recorded: is its caller still waiting (not cancelled, deadline not too near)?"""
+
+
+class AbandonedError(Exception):
+    """The caller had gone when its decision was due to be recorded: nothing was written."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +73,8 @@ class RecordedDecision:
     decision_id: str
     request_id: str
     decision: Decision
+    degraded: bool = False
+    """The state store was unavailable: the policy's fallback, not recorded (``decision_id`` is empty)."""
 
 
 def _explorer(settings: Settings, stream: int = 0) -> Explorer:
@@ -81,6 +92,9 @@ def _explorer(settings: Settings, stream: int = 0) -> Explorer:
 
 class DataPlane:
     """Decisions, outcomes and customer views over Redis state and the live policy."""
+
+    _limited_log: RateLimitedLog | None = None
+    """Warnings of the request path, rate-limited (created on first use)."""
 
     def __init__(
         self,
@@ -237,17 +251,34 @@ class DataPlane:
             raise NoPolicyError("no policy set is published yet: run `nba policy publish DIR`")
         return self.snapshot
 
-    async def decide(self, request: DecisionRequest) -> RecordedDecision:
-        """Read the customer's context, decide, record: the whole decision path of one request."""
+    async def decide(self, request: DecisionRequest, wanted: Wanted | None = None) -> RecordedDecision:
+        """Read the customer's context, decide, record: the whole decision path of one request.
+
+        ``wanted`` is asked right before the decision is recorded; when the caller is no longer
+        waiting nothing is written (:class:`AbandonedError`): a decision nobody receives would use
+        caps and budgets and teach the models a reward of 0.
+        """
         started = time.perf_counter()
         snapshot = self._live()
         request_id = request.request_id or os.urandom(16).hex()
         now = time.time()
         for _ in range(CONTENTION_RETRIES):
-            ctx = await self._read_context(
-                snapshot, request.customer_id, now, request.origin_channel, request.attributes
-            )
-            result, decision_id, decision = await self._decide_and_record(snapshot, ctx, request, request_id)
+            try:
+                ctx = await self._read_context(
+                    snapshot, request.customer_id, now, request.origin_channel, request.attributes
+                )
+                result, decision_id, decision = await self._decide_and_record(
+                    snapshot, ctx, request, request_id, wanted
+                )
+            except StoreUnavailableError as exc:
+                if not isinstance(exc.__cause__, redis.RedisError):
+                    raise
+                fallback = fallback_decision(snapshot, request, "the state store is unavailable")
+                if fallback is None:
+                    raise
+                # degraded: the policy's safe action, not recorded (the store is down), not learned from
+                self.metrics.decisions_degraded.labels(request.event.type).inc()
+                return RecordedDecision("", request_id, fallback, degraded=True)
             if result is WriteResult.WRITTEN:
                 break
             now = time.time()  # CONTACTS_CHANGED: another request reached this customer first; read again
@@ -256,14 +287,18 @@ class DataPlane:
             raise StoreUnavailableError(
                 "too many simultaneous decisions for this customer; nothing was recorded, retry"
             )
+        self._observe(request, started, decision)
+        return RecordedDecision(decision_id, request_id, decision)
+
+    def _observe(self, request: DecisionRequest, started_at: float | None, decision: Decision) -> None:
+        """Count a recorded decision (and time it, ``started_at`` given)."""
         self.metrics.observe_decision(
             request.event.type,
-            time.perf_counter() - started,
+            None if started_at is None else time.perf_counter() - started_at,
             decision.offer_id or "none",
             decision.channel or "none",
             [r.code for r in decision.reasons if r.offer_id and r.code != "chosen"],
         )
-        return RecordedDecision(decision_id, request_id, decision)
 
     async def _read_context(
         self, snapshot: PolicySnapshot, customer_id: str, now: float, origin_channel: str, attributes: Mapping[str, str]
@@ -281,9 +316,19 @@ class DataPlane:
             raise self._unavailable("read_context", exc) from exc
 
     async def _decide_and_record(
-        self, snapshot: PolicySnapshot, ctx: CustomerContext, request: DecisionRequest, request_id: str
+        self,
+        snapshot: PolicySnapshot,
+        ctx: CustomerContext,
+        request: DecisionRequest,
+        request_id: str,
+        wanted: Wanted | None = None,
     ) -> tuple[WriteResult, str, Decision]:
-        """Decide and record atomically; an offer whose budget is gone is ruled out and the moment decided again."""
+        """Decide and record atomically; an offer whose budget is gone is ruled out and the moment decided again.
+
+        The write is issued only if ``wanted()`` says the caller still waits. A write the caller cancels
+        while it is in flight still lands (the script runs whole): it is counted as a decision, and as
+        unreturned.
+        """
         exhausted = self._exhausted_budgets(ctx.now)
         for _ in range(len(snapshot.offers) + 1):  # each retry rules one more offer out: bounded
             decision, shadow, trial = self._decide(snapshot, ctx, request.event, request.top_k, exhausted)
@@ -295,6 +340,11 @@ class DataPlane:
                     budget_key(offer.id, offer.budget.per_seconds, ctx.now),
                     offer.budget.max,
                     int(offer.budget.per_seconds) + 60,
+                )
+            if wanted is not None and not wanted():
+                self.metrics.decisions_abandoned.inc()
+                raise AbandonedError(
+                    "the caller's deadline is too near to record and answer a decision; nothing was recorded"
                 )
             try:
                 result = await self.state.write_decision(
@@ -313,6 +363,10 @@ class DataPlane:
                 )
             except redis.RedisError as exc:
                 raise self._unavailable("write_decision", exc) from exc
+            except asyncio.CancelledError:
+                self._observe(request, started_at=None, decision=decision)
+                self.metrics.decisions_unreturned.labels("cancelled_in_write").inc()
+                raise
             if result is not WriteResult.BUDGET_USED_UP or offer is None or offer.budget is None:
                 return result, decision_id, decision
             # another request (on any replica) took the budget's last unit: decide again without it
@@ -473,7 +527,9 @@ class DataPlane:
 
     def _unavailable(self, operation: str, exc: Exception) -> StoreUnavailableError:
         self.metrics.redis_errors.labels(operation).inc()
-        log.warning("redis %s failed: %s", operation, exc)
+        if self._limited_log is None:  # one line per operation per interval: an outage fails every call
+            self._limited_log = RateLimitedLog(log, self.settings.log_interval_seconds)
+        self._limited_log.warning(("redis", operation), "redis %s failed: %s", operation, exc)
         return StoreUnavailableError(f"state store unavailable during {operation}; nothing was recorded, retry")
 
 

@@ -106,7 +106,48 @@ class Settings:
     policy_check_seconds: float = 1.0
     """How often the server checks the live policy version (hot reload)."""
     grace_seconds: float = 5.0
-    """Time in-flight RPCs get to finish on SIGTERM."""
+    """The drain on SIGTERM: health says NOT_SERVING at once, new calls are answered UNAVAILABLE (retryable),
+    calls in flight get this long to finish, and any still running then are answered UNAVAILABLE."""
+    max_decisions_in_progress: int = 2048
+    """Decisions one process takes on at once, running or waiting their turn (a Decide call, a DecideStream
+    message); one more is refused at once with RESOURCE_EXHAUSTED and a ``retry-after-ms`` hint. Sized from the
+    measured service time: a decision costs a process about 1.1 ms of CPU (``nba bench``, 2-core reference
+    machine: ~900 decisions/s per process), so 2048 are about 2 s of work, the longest deadline worth waiting
+    for. A waiting decision costs no CPU: under overload turns go newest first, so those served are answered
+    within their deadline and the oldest wait until their callers give up, instead of every call being late."""
+    decisions_at_once: int = 16
+    """Decisions that run at the same time, their Redis round trips overlapping; the others of
+    ``max_decisions_in_progress`` wait their turn (throughput is flat from about 4 on)."""
+    max_connections: int = 0
+    """Connections one process holds; more are closed as they arrive (the client sees UNAVAILABLE and tries
+    again). 0: the process's file limit (its soft limit is raised to the hard one at start) less 1,024 kept
+    for Redis, files and the metrics port, so connections can never take the descriptors the process needs."""
+    max_streams_per_connection: int = 64
+    """Calls one connection may have open (HTTP/2 MAX_CONCURRENT_STREAMS). A client keeps its further calls
+    until one ends; and as gRPC counts a call until the server is done with it, calls waiting in gRPC's own
+    queue count too, so once the server falls behind, new calls on a busy connection are refused at once
+    (UNAVAILABLE, retryable; gRPC delays the refusal 0.1-1 s to slow a client that retries at once) at no
+    cost to the process, and that queue stays short: the calls the server takes are fresh. Measured on the
+    2-core reference machine with 1,500 callers over 8 connections: 64 kept 85-96% of the best ``nba bench``
+    rate; 32, 128 and 256 less (256 also left bursts' calls CANCELLED in gRPC's queue)."""
+    handshake_timeout_seconds: float = 5.0
+    """A connection that has not finished its TLS and HTTP/2 handshake after this long is closed."""
+    connection_idle_seconds: float = 5.0
+    """A connection with no call for this long is closed (GOAWAY; a client reconnects at its next call, which
+    pays one connection set-up), so idle connections cannot hold the process's ``max_connections``: 20,000 idle
+    HTTP/2 connections opened as fast as one machine can (about 8 s) never held more than ~11,000 files."""
+    connection_age_seconds: float = 600.0
+    """A connection is asked to go away (GOAWAY) after this long (with +-10% jitter), so clients spread over
+    new replicas and a stuck stream ends."""
+    connection_age_grace_seconds: float = 30.0
+    """Calls still open on a connection past ``connection_age_seconds`` get this long before it is closed."""
+    keepalive_seconds: float = 30.0
+    """The server pings a connection with calls in flight after this long without traffic, to find dead peers."""
+    keepalive_timeout_seconds: float = 10.0
+    """A keepalive ping not answered within this long closes the connection."""
+    log_interval_seconds: float = 60.0
+    """Repeated warnings (Redis unavailable, clients' bad requests, ...) are logged once per kind per interval,
+    with the count of those left out."""
     record_events: str = ""
     """Append a sample of live Decide requests to this event file (for ``nba policy preview``)."""
     record_sample: float = 0.01
@@ -173,6 +214,39 @@ class Settings:
             raise SettingsError("challenger_share: must be between 0 and 0.5 (the champion serves the rest)")
         if self.challenger_learning_rate < 0:
             raise SettingsError("challenger_learning_rate: must be >= 0 (0: no challenger)")
+        self._validate_limits()
+
+    def _validate_limits(self) -> None:
+        """The overload, connection and shutdown settings."""
+        if self.grace_seconds < 0:
+            raise SettingsError("grace_seconds: must be >= 0")
+        if not 1 <= self.max_decisions_in_progress <= 1_000_000:
+            raise SettingsError(
+                f"max_decisions_in_progress: {self.max_decisions_in_progress} must be between 1 and 1000000"
+            )
+        if not 1 <= self.decisions_at_once <= self.max_decisions_in_progress:
+            raise SettingsError(
+                f"decisions_at_once: {self.decisions_at_once} must be between 1 and max_decisions_in_progress "
+                f"({self.max_decisions_in_progress})"
+            )
+        if self.max_connections < 0:
+            raise SettingsError("max_connections: must be >= 0 (0: from the file limit)")
+        if not 1 <= self.max_streams_per_connection <= 1_000_000:
+            raise SettingsError(
+                f"max_streams_per_connection: {self.max_streams_per_connection} must be between 1 and 1000000"
+            )
+        for name in (
+            "handshake_timeout_seconds",
+            "connection_idle_seconds",
+            "connection_age_seconds",
+            "connection_age_grace_seconds",
+            "keepalive_seconds",
+            "keepalive_timeout_seconds",
+            "log_interval_seconds",
+        ):
+            value = getattr(self, name)
+            if not 0 < value <= 2_000_000:  # gRPC takes milliseconds as a 32-bit int
+                raise SettingsError(f"{name}: {value} must be positive and at most 2000000")
 
 
 _ENUMS: dict[str, type[enum.StrEnum]] = {"strategy": ExplorationStrategy, "mode": ServingMode, "learner": LearnerMode}

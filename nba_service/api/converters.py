@@ -148,7 +148,9 @@ def decision_request_from_proto(request: pb.DecideRequest) -> DecisionRequest:
     )
 
 
-def to_decide_response(decision_id: str, request_id: str, decision: Decision) -> pb.DecideResponse:
+def to_decide_response(
+    decision_id: str, request_id: str, decision: Decision, degraded: bool = False
+) -> pb.DecideResponse:
     return pb.DecideResponse(
         decision_id=decision_id,
         request_id=request_id,
@@ -167,6 +169,7 @@ def to_decide_response(decision_id: str, request_id: str, decision: Decision) ->
         reasons=[pb.Reason(offer_id=r.offer_id, code=r.code, detail=r.detail) for r in decision.reasons],
         policy_version=decision.policy_version,
         model_version=decision.model_version,
+        degraded=degraded,
     )
 
 

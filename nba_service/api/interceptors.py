@@ -2,33 +2,90 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from nba_service.api.auth import CALLER, AuthFile, AuthFileError, Caller, Client
 from nba_service.observability.metrics import Metrics
+from nba_service.observability.ratelimit import RateLimitedLog
 
-__all__ = ["AuthInterceptor", "MetricsInterceptor"]
+__all__ = ["AuthInterceptor", "Malformed", "MetricsInterceptor", "tolerant"]
 
 log = logging.getLogger(__name__)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every RPC by method and status code and times it.
+class Malformed:
+    """What a method's request deserializer gives for bytes that are not its request message (corrupt
+    protobuf, invalid UTF-8 in a string field, ...): the handler answers INVALID_ARGUMENT instead of
+    gRPC answering UNKNOWN and logging a traceback for a client's mistake."""
 
-    The wrapped handler of each method is built once and reused: the interceptor
-    runs on every call, so it must cost next to nothing.
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning :class:`Malformed` where it would raise."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError mostly; any failure to read the bytes is the client's
+            return Malformed(str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+DRAIN_MESSAGE = "the server is shutting down; nothing was done, retry (another replica answers)"
+HOLD_MARGIN_SECONDS = 0.1
+"""A call held while the server drains is answered this long before its deadline at the latest."""
+_DRAINED = "/nba.v1."
+"""Methods the drain holds and answers UNAVAILABLE (health and reflection keep answering)."""
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """The outermost layer of every call: counts it by method and status code and times it, answers
+    INVALID_ARGUMENT for a request that does not decode, and takes part in the drain.
+
+    Every call that reaches the process is counted, those refused, malformed, cancelled by their
+    client (CANCELLED) or past their deadline (DEADLINE_EXCEEDED) included. Calls that never reach
+    it are not: those waiting in their client for a stream (``max_streams_per_connection``), refused
+    by gRPC itself (a stream over that limit while the server is behind, REFUSED_STREAM: the client
+    sees UNAVAILABLE) or refused with their connection (``max_connections``).
+
+    Draining (:meth:`start_draining`): calls of ``nba.v1`` services that arrive are held, not
+    answered, until :meth:`release` (or shortly before their deadline), then answered
+    UNAVAILABLE; :meth:`release` also answers UNAVAILABLE for those still running. Holding
+    keeps clients from sending more calls while the server waits for the ones in flight, so
+    none is caught in gRPC's own queue (which a server stop answers CANCELLED).
+
+    The wrapped handler of each method is built once and reused: the interceptor runs on every
+    call, so it must cost next to nothing.
     """
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, log_interval: float = 60.0) -> None:
         self.metrics = metrics
         self._handlers: dict[str, Any] = {}
         self._counters: dict[tuple[str, str], Any] = {}
+        self._limited = RateLimitedLog(log, log_interval)
+        self.draining = False
+        self.last_arrival = 0.0
+        """``time.monotonic()`` of the last call of a drained method to arrive."""
+        self.running: dict[asyncio.Task[Any], bool] = {}
+        """Calls of drained methods in progress (not held): task -> whether it is a stream."""
+        self._released = asyncio.Event()
+        self._aborting: set[asyncio.Task[Any]] = set()
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
         wrapped = self._handlers.get(details.method)
@@ -36,49 +93,184 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             handler = await continuation(details)
             if handler is None:
                 return None
-            wrapped = self._handlers[details.method] = self._wrap(details.method.rsplit("/", 1)[-1], handler)
+            wrapped = self._handlers[details.method] = self._wrap(details.method, handler)
         return wrapped
 
-    def _wrap(self, method: str, handler: Any) -> Any:
+    # --- the drain ---------------------------------------------------------------------------------
+
+    def start_draining(self) -> None:
+        """Hold every new call of a drained method from now on (answered UNAVAILABLE at :meth:`release`)."""
+        self.draining = True
+        self.last_arrival = time.monotonic()
+
+    def busy(self) -> int:
+        """Unary calls of drained methods still running (streams are not waited for)."""
+        return sum(1 for stream in self.running.values() if not stream)
+
+    def release(self) -> int:
+        """Answer UNAVAILABLE to every held call and every call still running; how many were running."""
+        self._released.set()
+        tasks = [task for task in self.running if not task.done()]
+        for task in tasks:
+            self._aborting.add(task)
+            task.cancel()
+        return len(tasks)
+
+    async def _refuse_draining(self, context: grpc.aio.ServicerContext) -> None:
+        """Hold a call that arrived while draining until :meth:`release` (or near its deadline), then
+        answer it UNAVAILABLE."""
+        remaining = context.time_remaining()
+        timeout = None if remaining is None else max(remaining - HOLD_MARGIN_SECONDS, 0.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), timeout)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_MESSAGE)
+
+    # --- the wrappers ------------------------------------------------------------------------------
+
+    def _wrap(self, path: str, handler: Any) -> Any:
+        method = path.rsplit("/", 1)[-1]
         seconds = self.metrics.rpc_seconds.labels(method)
-        count = self._count
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
+        drained = path.startswith(_DRAINED)
+        streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
+        inner = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        if inner is None:
+            return handler
+        enter, leave, refused, hold = self._enter, self._leave, self._malformed, self._refuse_draining
+        cancelled, failed = self._cancelled, self._failed
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                try:
-                    return await inner(request, context)
-                finally:
-                    seconds.observe(time.perf_counter() - started)
-                    count(method, context)
+        async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for request in requests:
+                if type(request) is Malformed:
+                    await refused(method, request, context)
+                yield request
 
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-        if handler.stream_stream is not None:
-            inner_stream = handler.stream_stream
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            """A handler that returns its answer (or writes its responses itself with ``context.write``)."""
+            started = time.perf_counter()
+            task, held = enter(drained, streaming_out)
+            code = None
+            try:
+                if held:
+                    await hold(context)
+                if streaming_in:
+                    request = checked(request, context)
+                elif type(request) is Malformed:
+                    await refused(method, request, context)
+                return await inner(request, context)
+            except asyncio.CancelledError:
+                code = await cancelled(task, context)
+                raise
+            except Exception as exc:
+                code = failed(exc, context)
+                raise
+            finally:
+                leave(task, method, context, code, seconds, started)
 
-            async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                try:
-                    async for response in inner_stream(request_iterator, context):
-                        yield response
-                finally:
-                    seconds.observe(time.perf_counter() - started)
-                    count(method, context)
+        async def generate(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            """A handler that yields its responses."""
+            started = time.perf_counter()
+            task, held = enter(drained, True)
+            code = None
+            try:
+                if held:
+                    await hold(context)
+                if streaming_in:
+                    request = checked(request, context)
+                elif type(request) is Malformed:
+                    await refused(method, request, context)
+                async for response in inner(request, context):
+                    yield response
+            except asyncio.CancelledError:
+                code = await cancelled(task, context)
+                raise
+            except Exception as exc:
+                code = failed(exc, context)
+                raise
+            finally:
+                leave(task, method, context, code, seconds, started)
 
-            return grpc.stream_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        wrapper = generate if streaming_out and inspect.isasyncgenfunction(inner) else call
+        make = _HANDLER_FACTORIES[(streaming_in, streaming_out)]
+        return make(wrapper, tolerant(handler.request_deserializer), handler.response_serializer)
 
-    def _count(self, method: str, context: grpc.aio.ServicerContext) -> None:
+    def _enter(self, drained: bool, stream: bool) -> tuple[asyncio.Task[Any] | None, bool]:
+        """The call's task when its method is drained (None otherwise), and whether to hold it."""
+        if not drained:
+            return None, False
+        self.last_arrival = time.monotonic()
+        task = asyncio.current_task()
+        if self.draining:
+            return None, True
+        if task is not None:
+            self.running[task] = stream
+        return task, False
+
+    def _leave(
+        self,
+        task: asyncio.Task[Any] | None,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        code: str | None,
+        seconds: Any,
+        started: float,
+    ) -> None:
+        if task is not None:
+            self.running.pop(task, None)
+            self._aborting.discard(task)
+        seconds.observe(time.perf_counter() - started)
+        self._count(method, code or _code_name(context.code()))
+
+    async def _malformed(self, method: str, request: Malformed, context: grpc.aio.ServicerContext) -> None:
+        self._limited.info(
+            ("malformed", method),
+            "%s: a request that is not a valid message (%s): INVALID_ARGUMENT",
+            method,
+            request.error,
+        )
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {method} request message ({request.error})"
+        )
+
+    async def _cancelled(self, task: asyncio.Task[Any] | None, context: grpc.aio.ServicerContext) -> str:
+        """The code of a call whose task was cancelled: its client's cancellation or deadline, or the drain's
+        end (answered UNAVAILABLE here)."""
+        if task is not None and task in self._aborting:
+            task.uncancel()
+            with contextlib.suppress(grpc.aio.AbortError):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_MESSAGE)
+            return "UNAVAILABLE"
+        if self.draining and self._released.is_set():
+            return "UNAVAILABLE"  # the server's stop ended it: gRPC answers UNAVAILABLE
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+    @staticmethod
+    def _failed(exc: Exception, context: grpc.aio.ServicerContext) -> str | None:
+        if isinstance(exc, grpc.aio.AbortError):
+            return None  # the code the handler aborted with
         code = context.code()
-        name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
+        return "UNKNOWN" if code in (None, grpc.StatusCode.OK, 0) else None  # what gRPC answers for it
+
+    def _count(self, method: str, name: str) -> None:
         key = (method, name)
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counters[key] = self.metrics.rpcs.labels(method, name)
         counter.inc()
+
+
+_HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., Any]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _code_name(code: Any) -> str:
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "OK" if code in (None, 0) else str(code)
 
 
 _SERVICE = "/nba.v1.DecisionService/"

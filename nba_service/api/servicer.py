@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import time
@@ -11,6 +12,7 @@ from typing import TextIO
 import grpc
 
 from nba_service.api import converters
+from nba_service.api.admission import Admission
 from nba_service.api.auth import current_caller
 from nba_service.api.errors import abort_for, handle_errors
 from nba_service.api.event_log import append_request
@@ -34,34 +36,82 @@ def without_attributes(view: CustomerView, names: Iterable[str]) -> CustomerView
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def __init__(
-        self, dataplane: DataPlane, recorder: TextIO | None = None, record_sample: float = 0.0, seed: int | None = None
+        self,
+        dataplane: DataPlane,
+        recorder: TextIO | None = None,
+        record_sample: float = 0.0,
+        seed: int | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.recorder = recorder
         """An open event file that receives a sample of valid Decide requests (``nba policy preview`` input)."""
         self.record_sample = record_sample
         self._rng = random.Random(seed)
+        settings = dataplane.settings
+        self.admission = admission or Admission(
+            settings.max_decisions_in_progress, settings.decisions_at_once, dataplane.metrics
+        )
+        """The decisions this process takes on (a Decide call or a DecideStream message each)."""
 
-    async def _decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
-        recorded = await self.dataplane.decide(converters.decision_request_from_proto(request))
+    async def _decide(
+        self, request: pb.DecideRequest, context: grpc.aio.ServicerContext, stream: bool = False
+    ) -> pb.DecideResponse:
+        """One decision: checked, admitted (or refused before any work; a stream's after Decide calls),
+        made, recorded only if its caller still waits, answered."""
+        decision_request = converters.decision_request_from_proto(request)
+        admission = self.admission
+        await admission.acquire(context.time_remaining, later=stream)
+        started = time.perf_counter()
+        checked = started
+
+        def wanted() -> bool:
+            nonlocal checked
+            checked = time.perf_counter()
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= admission.finish_margin():
+                return False
+            task = asyncio.current_task()
+            return task is None or not task.cancelling()
+
+        try:
+            recorded = await self.dataplane.decide(decision_request, wanted)
+        finally:
+            admission.release(time.perf_counter() - started, later=stream)
+        admission.observe_finish(time.perf_counter() - checked)
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            self.dataplane.metrics.decisions_unreturned.labels("late").inc()
         if self.recorder is not None and self._rng.random() < self.record_sample:
             append_request(self.recorder, request, time.time())
-        return converters.to_decide_response(recorded.decision_id, recorded.request_id, recorded.decision)
+        return converters.to_decide_response(
+            recorded.decision_id, recorded.request_id, recorded.decision, recorded.degraded
+        )
 
     @handle_errors
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
-        return await self._decide(request)
+        return await self._decide(request, context)
 
     async def DecideStream(
         self, request_iterator: AsyncIterator[pb.DecideRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DecideResponse]:
-        # One response per request, in order. A bad request ends the stream with
-        # its status code, as a unary call would have failed.
+        # One response per request, in order. A bad request ends the stream with its status code, as a
+        # unary call would have failed. One decision in flight per stream: gRPC writes each response
+        # (waiting for the client's flow-control window) before this generator is resumed to read the
+        # next request, so a client that stops reading stops the stream once its window is full.
+        unreturned = self.dataplane.metrics.decisions_unreturned
         async for request in request_iterator:
             try:
-                yield await self._decide(request)
+                response = await self._decide(request, context, stream=True)
             except Exception as exc:
                 await abort_for(exc, context, "DecideStream")
+            written = False
+            try:
+                yield response
+                written = True
+            finally:
+                if not written:
+                    unreturned.labels("stream_closed").inc()
 
     @handle_errors
     async def ReportOutcome(self, request: pb.OutcomeRequest, context: grpc.aio.ServicerContext) -> pb.OutcomeResponse:

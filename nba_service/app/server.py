@@ -1,14 +1,21 @@
 """The composition root of one nba process: Redis clients (and the embedded Redis when no URL
 is given), the data plane, the gRPC server (with health and reflection), the metrics
-endpoint, the embedded learner thread and the policy and model watcher."""
+endpoint, the embedded learner thread and the policy and model watcher.
+
+The gRPC server holds up under overload and hostile clients (admission control in
+:mod:`nba_service.api.admission`; connection limits, keepalive and idle/age limits in
+:func:`server_options`), says NOT_SERVING while the state store does not answer, and drains on
+SIGTERM (:meth:`NbaServer.stop`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +29,8 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from nba_service.api import errors
+from nba_service.api.admission import Admission
 from nba_service.api.interceptors import AuthInterceptor, MetricsInterceptor
 from nba_service.api.servicer import DecisionServicer
 from nba_service.app.tls import ServerTls, is_loopback
@@ -29,6 +38,7 @@ from nba_service.dataplane import DataPlane
 from nba_service.domain import LearnerMode
 from nba_service.learning.learner import Learner
 from nba_service.observability.metrics import Metrics
+from nba_service.observability.ratelimit import RateLimitedLog
 from nba_service.policies.parser import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
@@ -38,11 +48,29 @@ from nba_service.store.embedded import EmbeddedRedis
 from nba_service.store.policy_store import PolicyStore, content_digest
 from nba_service.store.urls import redacted_url
 
-__all__ = ["SERVICE_NAME", "NbaServer", "grpc_server", "publish_if_changed", "redis_clients", "run"]
+__all__ = [
+    "SERVICE_NAME",
+    "NbaServer",
+    "connection_limit",
+    "grpc_server",
+    "publish_if_changed",
+    "redis_clients",
+    "run",
+    "server_options",
+]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
+
+RESERVED_FILES = 1024
+"""File descriptors kept out of the connection limit (``max_connections`` 0): Redis, logs, the metrics port."""
+STORE_FAILURES_NOT_SERVING = 2
+"""Failed checks of the state store in a row after which health says NOT_SERVING (one more blip is tolerated)."""
+DRAIN_QUIET_SECONDS = 0.1
+"""The drain ends early once nothing is running and no call has arrived for this long."""
+DRAIN_STOP_SECONDS = 0.5
+"""The end of the grace period kept for answering the calls still open and stopping the gRPC server."""
 
 
 def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
@@ -75,6 +103,48 @@ def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
     return async_client, sync_client
 
 
+def connection_limit(settings: Settings) -> int:
+    """The connections one process holds: ``max_connections``, or its file limit less
+    :data:`RESERVED_FILES`, the soft limit first raised to the hard one (as a server should)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if settings.max_connections:
+        return settings.max_connections
+    files = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+    return max(files - RESERVED_FILES, 64)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def server_options(settings: Settings, *, reuse_port: bool = False, max_connections: int = 0) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments: connection and stream limits, keepalive, idle and age limits."""
+    options = [
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        ("grpc.server_handshake_timeout_ms", _ms(settings.handshake_timeout_seconds)),
+        ("grpc.max_connection_idle_ms", _ms(settings.connection_idle_seconds)),
+        ("grpc.max_connection_age_ms", _ms(settings.connection_age_seconds)),
+        ("grpc.max_connection_age_grace_ms", _ms(settings.connection_age_grace_seconds)),
+        ("grpc.keepalive_time_ms", _ms(settings.keepalive_seconds)),
+        ("grpc.keepalive_timeout_ms", _ms(settings.keepalive_timeout_seconds)),
+        # clients may send keepalive pings every 10 s, even without calls; more often is a strike, and
+        # two strikes close the connection (GOAWAY too_many_pings)
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        # the server's receive windows stay at 64 KiB (no bandwidth probing): requests are small, and a
+        # client writing a stream faster than it is answered cannot park megabytes of them in the server
+        ("grpc.http2.bdp_probe", 0),
+    ]
+    if max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", max_connections))
+    return options
+
+
 def grpc_server(
     metrics: Metrics,
     *,
@@ -82,14 +152,19 @@ def grpc_server(
     servicer: pb_grpc.DecisionServiceServicer,
     auth: AuthInterceptor | None = None,
     reflection_on: bool = True,
+    settings: Settings | None = None,
+    calls: MetricsInterceptor | None = None,
+    max_connections: int = 0,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """The gRPC server every nba process (and the bench's echo) runs: the metrics interceptor (and the
-    auth interceptor, after it, so refused calls are counted too), ``servicer`` as
-    ``nba.v1.DecisionService``, the standard health service and, unless turned off, reflection."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    """The gRPC server every nba process (and the bench's echo) runs: ``calls``, the metrics interceptor (and
+    the auth interceptor, after it, so refused calls are counted too), ``servicer`` as
+    ``nba.v1.DecisionService``, the standard health service and, unless turned off, reflection; with the
+    limits of :func:`server_options` (``settings``, default ones if not given)."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [calls or MetricsInterceptor(metrics)]
     if auth is not None:
         interceptors.append(auth)
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+    options = server_options(settings or Settings(), reuse_port=reuse_port, max_connections=max_connections)
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -146,10 +221,23 @@ class NbaServer:
         self.dataplane: DataPlane | None = None
         self.tls: ServerTls | None = None
         self.auth: AuthInterceptor | None = None
+        self.calls = MetricsInterceptor(self.metrics, settings.log_interval_seconds)
+        """The outermost interceptor: counts every call, refuses malformed ones, holds new ones while draining."""
+        self.admission: Admission | None = None
+        self.max_connections = 0
+        self.store_up = True
+        """Whether the state store answered the last checks (health is NOT_SERVING while it does not)."""
+        self.stopping = False
+        self._stopped = False
+        self._limited = RateLimitedLog(log, settings.log_interval_seconds)
 
     async def start(self) -> int:
         settings = self.settings
         check_exposure(settings)
+        errors.set_log_interval(settings.log_interval_seconds)
+        self.max_connections = connection_limit(settings)
+        self.metrics.connection_limit.set(self.max_connections)
+        self.metrics.store_up.set(1)
         if settings.tls_cert:
             self.tls = ServerTls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if settings.auth_file:
@@ -166,13 +254,19 @@ class NbaServer:
         if settings.record_events:
             # line-buffered: every recorded request reaches the file whole, at once
             self._recorder = open(settings.record_events, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        servicer = DecisionServicer(self.dataplane, self._recorder, settings.record_sample, settings.seed)
+        self.admission = Admission(settings.max_decisions_in_progress, settings.decisions_at_once, self.metrics)
+        servicer = DecisionServicer(
+            self.dataplane, self._recorder, settings.record_sample, settings.seed, admission=self.admission
+        )
         server, self._health = grpc_server(
             self.metrics,
             reuse_port=bool(settings.reuse_port),
             servicer=servicer,
             auth=self.auth,
             reflection_on=settings.reflection,
+            settings=settings,
+            calls=self.calls,
+            max_connections=self.max_connections,
         )
         address = f"{settings.host}:{settings.port}"
         if self.tls is not None:
@@ -191,13 +285,15 @@ class NbaServer:
         if settings.learner is LearnerMode.EMBEDDED:
             self._start_learner()
         log.info(
-            "nba serving on %s:%d (%s; %s; %s; redis %s)",
+            "nba serving on %s:%d (%s; %s; %s; redis %s; at most %d decisions in progress, %d connections)",
             settings.host,
             self.port,
             "mTLS" if self.tls and self.tls.mutual else "TLS" if self.tls else "plaintext",
             f"{len(self.auth.auth.clients)} callers from {settings.auth_file}" if self.auth else "no auth",
             f"metrics on {settings.metrics_host}:{self.metrics_port}/metrics" if self._metrics_http else "no metrics",
             redacted_url(self.redis_url),
+            settings.max_decisions_in_progress,
+            self.max_connections,
         )
         return self.port
 
@@ -209,8 +305,11 @@ class NbaServer:
             self.auth.reload(force=True)
 
     async def _set_health(self) -> None:
+        """SERVING while a policy is loaded and the state store answers, until the drain starts."""
         assert self._health is not None
-        serving = self.dataplane is not None and self.dataplane.snapshot is not None
+        serving = (
+            self.dataplane is not None and self.dataplane.snapshot is not None and self.store_up and not self.stopping
+        )
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", status)
         await self._health.set(SERVICE_NAME, status)
@@ -246,11 +345,17 @@ class NbaServer:
         self._learner_thread.start()
 
     async def _watch_policies(self) -> None:
-        """Pick up newly published or rolled-back policy and model versions: pub/sub, plus a periodic check."""
+        """Pick up newly published or rolled-back policy and model versions: pub/sub, plus a periodic check.
+
+        Each round trip also tells whether the state store answers: after
+        :data:`STORE_FAILURES_NOT_SERVING` failures in a row health says NOT_SERVING (a replica that cannot
+        decide should get no traffic), and SERVING again at the first round trip that works.
+        """
         assert self.dataplane is not None
         interval = self.settings.policy_check_seconds
         pubsub = self._async_redis.pubsub()
         subscribed = False
+        failures = 0
         try:
             while True:
                 try:
@@ -260,12 +365,17 @@ class NbaServer:
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=interval)
                     if self.auth is not None:
                         self.auth.reload()  # a changed auth file (a Secret updated in place) takes effect
-                    if await self.dataplane.refresh_policy():
-                        await self._set_health()
+                    swapped = await self.dataplane.refresh_policy()
+                    failures = 0
+                    if swapped or not self.store_up:
+                        await self._store_answers(True)
                     await self.dataplane.refresh_models()
                 except redis.RedisError as exc:
                     self.metrics.redis_errors.labels("policy_watch").inc()
-                    log.warning("policy watcher: %s; retrying in %.1fs", exc, interval)
+                    failures += 1
+                    if failures >= STORE_FAILURES_NOT_SERVING and self.store_up:
+                        await self._store_answers(False, exc)
+                    self._limited.warning("policy_watch", "policy watcher: %s; retrying in %.1fs", exc, interval)
                     subscribed = False
                     with contextlib.suppress(redis.RedisError):
                         await pubsub.aclose()
@@ -276,12 +386,31 @@ class NbaServer:
         finally:
             await pubsub.aclose()
 
+    async def _store_answers(self, up: bool, error: Exception | None = None) -> None:
+        """Record whether the state store answers, and say so in health."""
+        if up != self.store_up:
+            if up:
+                log.info("the state store answers again: health SERVING")
+            else:
+                log.warning("the state store does not answer (%s): health NOT_SERVING until it does", error)
+        self.store_up = up
+        self.metrics.store_up.set(1 if up else 0)
+        await self._set_health()
+
     async def stop(self, grace: float | None = None) -> None:
+        """Drain, then stop: health NOT_SERVING at once; new calls held and then answered UNAVAILABLE (retryable);
+        calls in flight given ``grace`` seconds (default ``grace_seconds``) to finish, those still running then
+        answered UNAVAILABLE; then the gRPC server, the learner, the watchers and the rest stop."""
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.settings.grace_seconds if grace is None else grace
+        began = time.monotonic()
+        self.stopping = True
         if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+            await self._health.enter_graceful_shutdown()  # NOT_SERVING for "" and every service, from now on
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._drain(began, grace)
         if self._learner_thread is not None:
             self._learner_stop.set()
             await asyncio.to_thread(self._learner_thread.join, 30)
@@ -303,6 +432,38 @@ class NbaServer:
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
         log.info("nba stopped")
+
+    async def _drain(self, began: float, grace: float) -> None:
+        """Let the calls in flight finish (holding new ones) until none runs and none has arrived for
+        :data:`DRAIN_QUIET_SECONDS`, or until the grace period is nearly over; then stop the gRPC server
+        (GOAWAY to every client, no new connection) and answer UNAVAILABLE to every call still open.
+
+        New calls are held rather than refused at once so clients in a loop do not keep sending calls while
+        the server waits: a call caught in gRPC's own queue when the server stops is answered CANCELLED,
+        which clients do not retry.
+        """
+        assert self._server is not None
+        calls, admission = self.calls, self.admission
+        stop_grace = min(DRAIN_STOP_SECONDS, grace / 2)
+        if grace > 0:
+            calls.start_draining()
+            if admission is not None:
+                admission.draining = True
+            until = began + grace - stop_grace
+            while time.monotonic() < until:
+                busy = calls.busy() + (admission.in_progress if admission is not None else 0)
+                if not busy and time.monotonic() - calls.last_arrival >= DRAIN_QUIET_SECONDS:
+                    break
+                await asyncio.sleep(0.01)  # polling the calls in flight
+        stopped = asyncio.ensure_future(self._server.stop(stop_grace))
+        await asyncio.sleep(0)  # the server sends GOAWAY before the held calls are answered
+        left = calls.release()
+        await stopped
+        log.info(
+            "drained in %.2f s%s",
+            time.monotonic() - began,
+            f"; {left} calls still running were answered UNAVAILABLE" if left else "",
+        )
 
     async def wait_for_termination(self) -> None:
         assert self._server is not None

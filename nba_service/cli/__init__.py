@@ -36,6 +36,7 @@ COMMANDS = (
     "evaluate",
     "simulate",
     "bench",
+    "chaos",
     "auth",
 )
 """Modules of :mod:`nba_service.cli` that each register a command (group)."""

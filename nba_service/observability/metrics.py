@@ -65,6 +65,13 @@ class Metrics:
         self.model_reloads = Counter(
             "nba_model_reloads", "Model versions loaded, by result.", ["result"], registry=registry
         )
+        self.decisions_degraded = Counter(
+            "nba_decisions_degraded",
+            "Decide calls answered with the policy's fallback action because the state store was unavailable "
+            "(not recorded, not learned from), by event type.",
+            ["event_type"],
+            registry=registry,
+        )
         self.auth_denied = Counter(
             "nba_auth_denied",
             "Calls refused by authentication or authorisation, by reason and caller name (unknown: not identified).",
@@ -95,23 +102,74 @@ class Metrics:
         )
         self.rpcs = Counter(
             "nba_grpc_server_handled",
-            "gRPC calls completed, by method and status code.",
+            "gRPC calls completed, by method and status code: every call the process accepted, refused "
+            "(RESOURCE_EXHAUSTED, UNAVAILABLE while draining), malformed (INVALID_ARGUMENT), cancelled by its "
+            "client (CANCELLED) or past its deadline (DEADLINE_EXCEEDED) included.",
             ["grpc_method", "grpc_code"],
             registry=registry,
+        )
+        self.decisions_in_progress = Gauge(
+            "nba_decisions_in_progress",
+            "Decisions this process has taken on and not finished: running or waiting their turn.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.decisions_limit = Gauge(
+            "nba_decisions_in_progress_limit",
+            "The most decisions this process takes on at once (max_decisions_in_progress); more are refused.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.decisions_refused = Counter(
+            "nba_decisions_refused",
+            "Decisions refused before any work, by reason: overloaded (RESOURCE_EXHAUSTED), too_late (the "
+            "caller's deadline is shorter than the expected wait and service time: DEADLINE_EXCEEDED), "
+            "draining (shutting down: UNAVAILABLE).",
+            ["reason"],
+            registry=registry,
+        )
+        self.decisions_abandoned = Counter(
+            "nba_decisions_abandoned",
+            "Decisions made but not recorded because their caller had gone (cancelled, or its deadline too near) "
+            "when the write was due.",
+            registry=registry,
+        )
+        self.decisions_unreturned = Counter(
+            "nba_decisions_unreturned",
+            "Decisions recorded (and counted in nba_decisions_total) whose answer did not reach the caller: "
+            "cancelled while the write was in flight (cancelled_in_write), the deadline passed before the answer "
+            "was sent (late), or the stream closed first (stream_closed). Over nba_decisions_total: the share "
+            "recorded but not returned.",
+            ["reason"],
+            registry=registry,
+        )
+        self.connection_limit = Gauge(
+            "nba_grpc_connection_limit",
+            "Connections this process holds at most (max_connections, or from its file limit); more are closed.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.store_up = Gauge(
+            "nba_state_store_up",
+            "1 while the state store (Redis) answers this replica's checks, 0 after two failures in a row (health "
+            "NOT_SERVING).",
+            registry=registry,
+            multiprocess_mode="min",
         )
         self._decision_children: dict[str, Histogram] = {}
         self._decided_children: dict[tuple[str, str], Counter] = {}
         self._filtered_children: dict[str, Counter] = {}
 
     def observe_decision(
-        self, event_type: str, seconds: float, offer: str, channel: str, filtered: Iterable[str] = ()
+        self, event_type: str, seconds: float | None, offer: str, channel: str, filtered: Iterable[str] = ()
     ) -> None:
-        """One decision: its time, its choice (offer and channel, "none" for no action) and the
-        reason code of every candidate offer it left out."""
-        child = self._decision_children.get(event_type)
-        if child is None:
-            child = self._decision_children[event_type] = self.decision_seconds.labels(event_type)
-        child.observe(seconds)
+        """One decision: its time (None: not timed), its choice (offer and channel, "none" for no action)
+        and the reason code of every candidate offer it left out."""
+        if seconds is not None:
+            child = self._decision_children.get(event_type)
+            if child is None:
+                child = self._decision_children[event_type] = self.decision_seconds.labels(event_type)
+            child.observe(seconds)
         key = (offer, channel)
         counter = self._decided_children.get(key)
         if counter is None:
