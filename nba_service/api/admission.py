@@ -147,9 +147,9 @@ class Admission:
 
     def finish_margin(self) -> float:
         """The deadline a caller must still have for its decision to be recorded: four times the usual
-        time from that check to the answer leaving, and at least 10 ms (the answer must also cross the
-        network, and the event loop may be slower than its average just then)."""
-        return max(4.0 * self.finish, 0.010)
+        time from that check to the answer leaving, half the usual time a decision takes (the event loop
+        is slow when busy), and at least 10 ms (the answer must also cross the network)."""
+        return max(4.0 * self.finish, 0.5 * self.service, 0.010)
 
     def observe_finish(self, seconds: float) -> None:
         self.finish += EWMA_WEIGHT * (seconds - self.finish)
