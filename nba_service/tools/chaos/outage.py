@@ -248,7 +248,8 @@ def sigterm(config: ChaosConfig, progress: Progress) -> FaultResult:
                     await load
                     await watcher
 
-        asyncio.run(drive())
+        # bounded: a client side that hangs after the server has gone ends the fault with an error
+        asyncio.run(asyncio.wait_for(drive(), config.sigterm_after + grace_limit + 60.0))
         exited = not s.nba.running()
         exit_code = s.nba.process.popen.poll()
         result.recovery_seconds = marks["exit"] - marks["term"]
