@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from nba_service.cli._common import settings_from, state_options
 from nba_service.policies.model import PolicyValidationError
+from nba_service.settings import Settings
 
 if TYPE_CHECKING:
     from nba_service.app.server import NbaServer
@@ -47,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         insecure_no_auth=args.insecure_no_auth,
         reflection=args.reflection,
         metrics_tls=args.metrics_tls,
+        **{name: getattr(args, name) for name, _, _ in LIMITS},
     )
 
     def ready(server: NbaServer | WorkerInfo) -> None:
@@ -75,6 +77,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"nba serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+LIMITS: tuple[tuple[str, type, str], ...] = (
+    ("max_decisions_in_progress", int, "decisions taken on at once, running or waiting; more get RESOURCE_EXHAUSTED"),
+    ("decisions_at_once", int, "decisions running at the same time (their Redis round trips overlap)"),
+    ("max_connections", int, "connections held; more are closed as they arrive (0: the file limit less 1,024)"),
+    ("max_streams_per_connection", int, "calls open per connection (HTTP/2 MAX_CONCURRENT_STREAMS)"),
+    ("grace_seconds", float, "the drain on SIGTERM: how long calls in flight get to finish"),
+    ("connection_idle_seconds", float, "a connection without a call this long is closed"),
+    ("connection_age_seconds", float, "a connection is asked to go away after this long"),
+    ("connection_age_grace_seconds", float, "calls on a connection past its age get this long"),
+    ("handshake_timeout_seconds", float, "a connection not through its handshake after this long is closed"),
+    ("keepalive_seconds", float, "ping a connection with calls in flight after this long without traffic"),
+    ("keepalive_timeout_seconds", float, "a keepalive ping not answered this long closes the connection"),
+    ("log_interval_seconds", float, "repeated warnings are logged once per kind per interval, with a count"),
+)
+"""The overload, connection and drain settings ``nba serve`` takes as flags (each also ``NBA_<NAME>``)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -165,6 +184,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="serve /metrics over HTTPS with the same certificate (env NBA_METRICS_TLS)",
     )
+    limits = serve.add_argument_group("overload, connections and drain (docs/reliability.md)")
+    for name, kind, text in LIMITS:
+        default = getattr(Settings(), name)
+        limits.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            help=f"{text} (env NBA_{name.upper()}, default {default:g})",
+        )
     serve.add_argument("--ready-file", help="write {port, metrics_port, redis_url} as JSON here once serving")
     state_options(serve)
     serve.set_defaults(func=cmd_serve)

@@ -13,6 +13,7 @@ import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 
 import grpc
 
@@ -72,10 +73,13 @@ def quantile(values: Iterable[float], q: float) -> float | None:
 
 
 @contextlib.asynccontextmanager
-async def open_channels(port: int, count: int = 1) -> AsyncIterator[list[Stub]]:
-    """``count`` stubs to 127.0.0.1:``port``, each over a connection of its own; closed on the way out."""
+async def open_channels(
+    port: int, count: int = 1, options: Sequence[tuple[str, Any]] = ()
+) -> AsyncIterator[list[Stub]]:
+    """``count`` stubs to 127.0.0.1:``port``, each over a connection of its own (with channel ``options``);
+    closed on the way out."""
     channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1), *options])
         for _ in range(count)
     ]
     try:

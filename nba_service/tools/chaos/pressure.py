@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -12,12 +13,24 @@ import pathlib
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from nba_service.tools.bench.client import Target, measure_ladder
 from nba_service.tools.bench.config import BenchConfig
 from nba_service.tools.chaos.config import ChaosConfig, ChaosError, Progress
-from nba_service.tools.chaos.load import Call, Tally, burst, closed_loop, decide, open_channels, probe, quantile, warm
+from nba_service.tools.chaos.load import (
+    Call,
+    Tally,
+    burst,
+    closed_loop,
+    decide,
+    open_channels,
+    paced,
+    probe,
+    quantile,
+    warm,
+)
 from nba_service.tools.chaos.report import FaultResult
 from nba_service.tools.chaos.rig import STARTED, Stack, cpu_seconds, fd_count, metric_sum, poll, scrape, settled, stack
 
@@ -94,7 +107,13 @@ def overload(config: ChaosConfig, progress: Progress) -> list[FaultResult]:
         async def flood() -> tuple[float, Call]:
             async with open_channels(s.nba.port, config.overload_connections) as stubs:
                 elapsed = await closed_loop(
-                    stubs, s.requests, config.overload_callers, config.overload_seconds, config.deadline, tally
+                    stubs,
+                    s.requests,
+                    config.overload_callers,
+                    config.overload_seconds,
+                    config.deadline,
+                    tally,
+                    backoff=config.overload_backoff,
                 )
             return elapsed, await probe(s.nba.port, s.requests[0])
 
@@ -302,10 +321,105 @@ def idle_connections(config: ChaosConfig, progress: Progress) -> FaultResult:
     return result
 
 
+READING_CLIENT = (("grpc.http2.bdp_probe", 0),)
+"""Channel options of a client whose transport grants a stream more window only as its application reads, as
+grpc-go, grpc-java and Node's clients do: the HTTP/2 flow control a stream's pace rests on. grpcio (gRPC
+C-core) by default probes the bandwidth and grows its windows whether the application reads or not."""
+PACED_RATE = 20.0
+"""Decide calls per second of the caller whose latency is watched while the streams stall."""
+
+
+@dataclasses.dataclass
+class _Stall:
+    """What one set of stalled streams cost the server over the measured window."""
+
+    settle: float
+    seconds: float
+    cpu_share: float
+    decided: int
+    """Decisions recorded during the window."""
+    written: int
+    written_in_window: int
+    read: int
+    client_cpu_share: float
+    rss_during: float
+    decide_p50: float | None = None
+    """Decide's p50 for a caller at :data:`PACED_RATE` calls/s during the window."""
+
+
+async def _stalled(
+    s: Stack, n: int, options: Sequence[tuple[str, Any]], settle: float, window: float, watch: bool
+) -> _Stall:
+    """``n`` DecideStreams (each over a connection of its own, with channel ``options``) that write requests
+    as fast as they may and read only the first answer; once the server stops deciding (at most ``settle``
+    seconds), its CPU and decisions over ``window`` seconds, and with ``watch`` the latency of a caller
+    of Decide meanwhile. The streams are cancelled on the way out."""
+    written = [0] * n
+    read = [0] * n
+    async with open_channels(s.nba.port, n, options) as stubs:
+        calls = [stub.DecideStream() for stub in stubs]
+
+        async def writer(k: int) -> None:
+            call = calls[k]
+            for i in range(STREAM_WRITES):
+                await call.write(s.requests[(k * 7919 + i) % len(s.requests)])
+                written[k] += 1
+                if i == 0:
+                    await asyncio.wait_for(call.read(), 5.0)  # the one answer read
+                    read[k] += 1
+
+        writers = [asyncio.create_task(writer(k)) for k in range(n)]
+        try:
+            # The streams fill what windows there are and the server answers what it read: until it
+            # stops deciding (the clients read nothing more), at most `settle`.
+            began = time.monotonic()
+            last = -1.0
+            while time.monotonic() - began < settle:
+                await asyncio.sleep(0.25)  # two scrapes apart: is the server still deciding?
+                now = _decisions(await asyncio.to_thread(scrape, s.nba.metrics_url))
+                if now == last:
+                    break
+                last = now
+            settled_after = time.monotonic() - began
+            written_before = sum(written)
+            decisions_start = _decisions(await asyncio.to_thread(scrape, s.nba.metrics_url))
+            start, cpu_start, own_start = time.monotonic(), cpu_seconds(s.nba.pid), time.process_time()
+            tally = Tally()
+            if watch:
+                async with open_channels(s.nba.port) as (stub,):
+                    await paced([stub], s.requests, PACED_RATE, start + window, 5.0, tally)
+            else:
+                await asyncio.sleep(window)  # the window the server's CPU is measured over
+            end, cpu_end, own_end = time.monotonic(), cpu_seconds(s.nba.pid), time.process_time()
+            decisions_end = _decisions(await asyncio.to_thread(scrape, s.nba.metrics_url))
+            rss = float(s.nba.stats()["rss"] or 0)
+        finally:
+            for call in calls:
+                call.cancel()
+            for task in writers:
+                task.cancel()
+            await asyncio.gather(*writers, return_exceptions=True)
+    seconds = end - start
+    return _Stall(
+        settled_after,
+        seconds,
+        (cpu_end - cpu_start) / seconds,
+        int(decisions_end - decisions_start),
+        sum(written),
+        sum(written) - written_before,
+        sum(read),
+        (own_end - own_start) / seconds,
+        rss,
+        quantile([c.seconds for c in tally.calls if c.code == "OK"], 0.5) if watch else None,
+    )
+
+
 def stalled_streams(config: ChaosConfig, progress: Progress) -> FaultResult:
-    """``stalled_streams`` DecideStream calls that write requests as fast as they may and stop
-    reading after the first answer: the server's CPU time over ``stall_window`` should stay near idle
-    (flow control stops both sides), and a call right after should answer at once."""
+    """``stalled_streams`` DecideStream calls that write requests as fast as they may and stop reading
+    after the first answer, from a client whose transport respects flow control (:data:`READING_CLIENT`):
+    the server should stop deciding for them and its CPU over ``stall_window`` stay near idle; a call right
+    after should answer at once. Then the same from grpcio's default client, whose transport keeps reading
+    for its application (measured: what the server spends, and a Decide caller's latency meanwhile)."""
     t = config.targets
     n = config.stalled_streams
     result = FaultResult(
@@ -321,94 +435,67 @@ def stalled_streams(config: ChaosConfig, progress: Progress) -> FaultResult:
         time.sleep(1.0)  # the server's idle CPU over a second, the baseline
         idle_share = (cpu_seconds(s.nba.pid) - idle_cpu) / (time.monotonic() - idle_from)
         before = scrape(s.nba.metrics_url)
-        written = [0] * n
-        read = [0] * n
-        window: dict[str, float] = {}
 
-        async def stall() -> Call:
-            async with open_channels(s.nba.port, n) as stubs:
-                calls = [stub.DecideStream() for stub in stubs]
-
-                async def writer(k: int) -> None:
-                    call = calls[k]
-                    for i in range(STREAM_WRITES):
-                        await call.write(s.requests[(k * 7919 + i) % len(s.requests)])
-                        written[k] += 1
-                        if i == 0:
-                            await asyncio.wait_for(call.read(), 5.0)  # the one answer read
-                            read[k] += 1
-
-                writers = [asyncio.create_task(writer(k)) for k in range(n)]
-                try:
-                    # The streams fill what buffers there are and the server answers what it read:
-                    # until it stops deciding (the clients read nothing more), at most stall_settle.
-                    began = time.monotonic()
-                    last = -1.0
-                    while time.monotonic() - began < config.stall_settle:
-                        await asyncio.sleep(0.25)  # two scrapes apart: is the server still deciding?
-                        now = _decisions(await asyncio.to_thread(scrape, s.nba.metrics_url))
-                        if now == last:
-                            break
-                        last = now
-                    window["settle"] = time.monotonic() - began
-                    window["written_before"] = sum(written)
-                    window["decisions_start"] = _decisions(await asyncio.to_thread(scrape, s.nba.metrics_url))
-                    window["start"], window["cpu_start"] = time.monotonic(), cpu_seconds(s.nba.pid)
-                    window["own_cpu_start"] = time.process_time()
-                    await asyncio.sleep(config.stall_window)  # the window the server's CPU is measured over
-                    window["end"], window["cpu_end"] = time.monotonic(), cpu_seconds(s.nba.pid)
-                    window["decisions_end"] = _decisions(await asyncio.to_thread(scrape, s.nba.metrics_url))
-                    window["own_cpu_end"] = time.process_time()
-                    window["written_after"] = sum(written)
-                    window["rss_during"] = float(s.nba.stats()["rss"] or 0)
-                finally:
-                    for call in calls:
-                        call.cancel()
-                    for task in writers:
-                        task.cancel()
-                    await asyncio.gather(*writers, return_exceptions=True)
-            return await probe(s.nba.port, s.requests[0])
+        async def stall() -> tuple[_Stall, Call]:
+            got = await _stalled(s, n, READING_CLIENT, config.stall_settle, config.stall_window, watch=False)
+            return got, await probe(s.nba.port, s.requests[0])
 
         progress(f"  {n} streams that stop reading; server CPU over {config.stall_window:g} s ...")
-        after_call = asyncio.run(stall())
+        stalled, after_call = asyncio.run(stall())
         after = settled(s.nba.metrics_url)
         base_fds = result.fds_before or 0
         poll(lambda: (fd_count(s.nba.pid) or 0) <= base_fds + 2, 10.0, 0.1)
         result.rss_after, result.fds_after = s.nba.stats().values()
-        seconds = window["end"] - window["start"]
-        share = (window["cpu_end"] - window["cpu_start"]) / seconds
-        result.codes = {"OK (stream answers read)": sum(read)}
-        result.returned = sum(read)
+        result.codes = {"OK (stream answers read)": stalled.read}
+        result.returned = stalled.read
         result.recorded = int(_decisions(after) - _decisions(before))
         result.recovery_seconds = after_call.seconds
+        share = stalled.cpu_share
         result.details.update(
             {
-                "server_cpu_share": share,
-                "settle_seconds": window["settle"],
                 "server_idle_cpu_share": idle_share,
-                "requests_written": sum(written),
-                "requests_written_in_window": window["written_after"] - window["written_before"],
-                "client_cpu_share": (window["own_cpu_end"] - window["own_cpu_start"]) / seconds,
-                "server_rss_during": window["rss_during"],
+                "reading_client": dataclasses.asdict(stalled),
                 "after_call": {"code": after_call.code, "seconds": after_call.seconds},
             }
         )
-        result.load += f" ({sum(written):,} requests written, server CPU {share:.0%} of a core)"
+        result.load += f" ({stalled.written:,} requests written, server CPU {share:.0%} of a core)"
         result.check(
             f"the stalled streams stop costing CPU (server under {t.stalled_cpu_share:.0%} of a core above idle)",
             share - idle_share <= t.stalled_cpu_share,
-            f"{share:.1%} of a core over {seconds:.1f} s (idle {idle_share:.1%}); the clients wrote "
-            f"{window['written_after'] - window['written_before']:,.0f} requests in the window, "
-            f"{sum(written):,} in all; {result.recorded:,} decisions recorded for {sum(read)} answers read",
+            f"{share:.1%} of a core over {stalled.seconds:.1f} s (idle {idle_share:.1%}); the clients wrote "
+            f"{stalled.written_in_window:,} requests in the window, {stalled.written:,} in all; "
+            f"{result.recorded:,} decisions recorded for {stalled.read} answers read",
         )
-        decided_in_window = int(window["decisions_end"] - window["decisions_start"])
-        result.details["decisions_in_window"] = decided_in_window
         result.check(
             "the stalled streams stop deciding (no decision recorded while nobody reads)",
-            decided_in_window == 0,
-            f"{decided_in_window:,} decisions recorded in the {seconds:.1f} s window while the clients read nothing",
+            stalled.decided == 0,
+            f"{stalled.decided:,} decisions recorded in the {stalled.seconds:.1f} s window while the clients read "
+            f"nothing (stopped after {stalled.settle:.2f} s)",
         )
         _at_once(result, after_call, t.answer_at_once_seconds, "the streams are cancelled")
+
+        async def baseline() -> float | None:
+            tally = Tally()
+            async with open_channels(s.nba.port) as (stub,):
+                await paced([stub], s.requests, PACED_RATE, time.monotonic() + 1.0, 5.0, tally)
+            return quantile([c.seconds for c in tally.calls if c.code == "OK"], 0.5)
+
+        progress(f"  the same from grpcio's default client (bandwidth probing), {config.stall_window:g} s ...")
+        quiet_p50 = asyncio.run(baseline())
+        probing = asyncio.run(_stalled(s, n, (), 1.0, config.stall_window, watch=True))
+        result.details["probing_client"] = dataclasses.asdict(probing)
+        result.details["decide_p50_quiet"] = quiet_p50
+        result.note(
+            "grpcio's default client (its transport reads for the application)",
+            f"{probing.decided:,} decisions recorded in {probing.seconds:.1f} s for streams whose application "
+            f"read nothing, server {probing.cpu_share:.0%} of a core; a Decide caller's p50 "
+            f"{_ms(quiet_p50)} before, {_ms(probing.decide_p50)} meanwhile (stream messages go after Decide "
+            "calls); set grpc.http2.bdp_probe=0 on a streaming client, or read (docs/reliability.md)",
+        )
         if os.environ.get("NBA_CHAOS_DEBUG"):
             progress(f"  {result.details}")
     return result
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.1f} ms"

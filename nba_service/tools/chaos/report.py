@@ -45,6 +45,8 @@ class FaultResult:
     fds_after: int | None = None
     checks: list[Check] = dataclasses.field(default_factory=list)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[Check] = dataclasses.field(default_factory=list)
+    """What was measured without a target of its own (printed after the checks, no part of the verdict)."""
     error: str | None = None
     """Set when the fault could not be run at all."""
     seconds: float = 0.0
@@ -52,6 +54,9 @@ class FaultResult:
     def check(self, name: str, passed: bool, detail: str) -> bool:
         self.checks.append(Check(name, bool(passed), detail))
         return bool(passed)
+
+    def note(self, name: str, detail: str) -> None:
+        self.notes.append(Check(name, True, detail))
 
     @property
     def verdict(self) -> str:
@@ -141,4 +146,6 @@ def format_table(results: Sequence[FaultResult]) -> str:
             lines.append(f"  ERROR {result.error}")
         for check in result.checks:
             lines.append(f"  {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+        for note in result.notes:
+            lines.append(f"  note  {note.name}: {note.detail}")
     return "\n".join(lines)
