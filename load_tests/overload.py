@@ -95,6 +95,7 @@ def log(message: str) -> None:
 def nba_server(work: pathlib.Path, env: dict[str, str], scenario: str) -> Iterator[ServerProcess]:
     """``nba serve`` on free ports with its embedded Redis in ``work``, customers loaded; stopped by PID."""
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
+    child_env["NBA_ISOLATED"] = "1"  # a state of its own: not advertised to other nba commands
     child_env.update(env)
     child_env["PYTHONPATH"] = str(CODE)
     log_path = work / "nba-serve.log"

@@ -88,6 +88,7 @@ class LocalServer:
                "--data-dir", str(self.tmp / "data"), "--policies", str(POLICIES),
                "--ready-file", str(self.ready_file)]
         env = {k: v for k, v in os.environ.items() if k not in ("NBA_REDIS_URL", "NBA_PORT", "NBA_HOST")}
+        env["NBA_ISOLATED"] = "1"  # a state of its own: not advertised to other nba commands
         with open(self.log_path, "wb") as log:
             # Own session: a Ctrl-C in the terminal reaches only us; we stop it ourselves.
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -297,7 +297,7 @@ class DataPlane:
             None if started_at is None else time.perf_counter() - started_at,
             decision.offer_id or "none",
             decision.channel or "none",
-            [r.code for r in decision.reasons if r.offer_id and r.code != "chosen"],
+            [r.code for r in decision.reasons if r.offer_id and r.code != "chosen" and not r.channel],
         )
 
     async def _read_context(

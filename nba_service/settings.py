@@ -15,14 +15,16 @@ from typing import Any
 
 from nba_service.domain.enums import ExplorationStrategy, LearnerMode, ServingMode
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "default_data_dir"]
 
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names it."""
 
 
-def _default_data_dir() -> str:
+def default_data_dir() -> str:
+    """The data directory when none is given: ``$XDG_STATE_HOME/nba``, else ``~/.local/state/nba``. A server
+    with an embedded Redis advertises it here whatever its own data directory (:mod:`nba_service.app.discovery`)."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(pathlib.Path.home(), ".local", "state")
     return os.path.join(base, "nba")
 
@@ -58,8 +60,12 @@ class Settings:
     """Port of the Prometheus ``/metrics`` endpoint; 0 picks a free one, -1 disables it."""
     redis_url: str = ""
     """Redis to keep all state in. Empty: start (or join) the embedded Redis in ``data_dir``."""
-    data_dir: str = dataclasses.field(default_factory=_default_data_dir)
+    data_dir: str = dataclasses.field(default_factory=default_data_dir)
     """Where the embedded Redis keeps its database and socket."""
+    isolated: bool = False
+    """Use the embedded Redis of ``data_dir`` even though a running ``nba serve`` advertises another one (a
+    deliberately separate state: demos, benchmarks); such a server does not advertise its own. Without it a
+    command refuses to start a second embedded Redis beside a running server's (:mod:`nba_service.app.discovery`)."""
     policies: str = ""
     """A policy directory to publish at start-up when it differs from the live version."""
     epsilon: float = 0.05

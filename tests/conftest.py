@@ -26,6 +26,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLE_POLICIES = ROOT / "policies"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    """The default data dir of every test (and of the servers and commands they start) is a private one:
+    the servers a test starts advertise their embedded Redis there, never in the real user's
+    ``~/.local/state/nba``, and a server the user runs is not seen by the tests."""
+    home = tmp_path_factory.mktemp("state-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis for the whole run. NBA_TEST_REDIS_URL points the suite at another

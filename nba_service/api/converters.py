@@ -75,8 +75,7 @@ def event_from_proto(msg: pb.Event, present: bool) -> Event:
                 "balance": balance,
                 "currency": e.currency,
                 "atm_id": _text(f"{where}.atm_id", e.atm_id),
-                "latitude": check_coordinate(f"{where}.latitude", e.latitude, 90),
-                "longitude": check_coordinate(f"{where}.longitude", e.longitude, 180),
+                **_position(where, e),
                 "shortfall": max(0.0, amount - balance),
             },
         )
@@ -85,8 +84,7 @@ def event_from_proto(msg: pb.Event, present: bool) -> Event:
         return Event(
             kind,
             {
-                "latitude": check_coordinate(f"{where}.latitude", e.latitude, 90),
-                "longitude": check_coordinate(f"{where}.longitude", e.longitude, 180),
+                **_position(where, e),
                 "accuracy_m": check_amount(f"{where}.accuracy_m", e.accuracy_m),
                 "place_id": _text(f"{where}.place_id", e.place_id),
             },
@@ -120,6 +118,22 @@ def event_from_proto(msg: pb.Event, present: bool) -> Event:
     return Event(
         "custom", {"name": _text(f"{where}.name", e.name)}, dict(check_attributes(f"{where}.attributes", e.attributes))
     )
+
+
+def _position(where: str, e: pb.AtmDecline | pb.Location) -> dict[str, float]:
+    """The event's latitude and longitude, or nothing when neither is set: a missing position stays
+    missing (not 0,0) in the journey and the agent view.
+
+    Both are ``optional``: an explicit 0.0 is kept as sent. One half set alone is what a client built
+    before they were optional sends for a coordinate of exactly 0 (proto3 does not send zeros), so the
+    missing half reads 0.
+    """
+    if not e.HasField("latitude") and not e.HasField("longitude"):
+        return {}
+    return {
+        "latitude": check_coordinate(f"{where}.latitude", e.latitude, 90),
+        "longitude": check_coordinate(f"{where}.longitude", e.longitude, 180),
+    }
 
 
 def _text(field: str, value: str) -> str:
@@ -166,7 +180,9 @@ def to_decide_response(
         alternatives=[
             pb.Alternative(offer_id=a.offer_id, channel=a.channel, score=a.score) for a in decision.alternatives
         ],
-        reasons=[pb.Reason(offer_id=r.offer_id, code=r.code, detail=r.detail) for r in decision.reasons],
+        reasons=[
+            pb.Reason(offer_id=r.offer_id, code=r.code, detail=r.detail, channel=r.channel) for r in decision.reasons
+        ],
         policy_version=decision.policy_version,
         model_version=decision.model_version,
         degraded=degraded,

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import pathlib
 import resource
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +32,12 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from nba_service import __version__
 from nba_service.api import errors
 from nba_service.api.admission import Admission
 from nba_service.api.interceptors import AuthInterceptor, MetricsInterceptor
 from nba_service.api.servicer import DecisionServicer
+from nba_service.app import discovery
 from nba_service.app.tls import ServerTls, is_loopback
 from nba_service.dataplane import DataPlane
 from nba_service.domain import LearnerMode
@@ -43,7 +48,7 @@ from nba_service.policies.parser import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.settings import Settings, SettingsError
-from nba_service.store import keys
+from nba_service.store import heartbeats, keys
 from nba_service.store.embedded import EmbeddedRedis
 from nba_service.store.policy_store import PolicyStore, content_digest
 from nba_service.store.urls import redacted_url
@@ -211,6 +216,13 @@ class NbaServer:
         self.metrics_port = 0
         self.redis_url = settings.redis_url
         self._embedded: EmbeddedRedis | None = None
+        self._advertisement: pathlib.Path | None = None
+        """The file advertising the embedded Redis to other commands (:mod:`~nba_service.app.discovery`)."""
+        self.server_id = f"{socket.gethostname()}:{os.getpid()}"
+        """This process's name in the heartbeats (:mod:`~nba_service.store.heartbeats`)."""
+        self.started_at = time.time()
+        self._beat_now: asyncio.Event | None = None
+        """Set to rewrite the heartbeat at once (a version was swapped)."""
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -245,6 +257,8 @@ class NbaServer:
         if not self.redis_url:
             self._embedded = EmbeddedRedis(settings.data_dir)
             self.redis_url = await asyncio.to_thread(self._embedded.start)
+            if not settings.isolated:
+                self._advertisement = discovery.advertise(settings.data_dir, self.redis_url)
         self._async_redis, self._sync_redis = redis_clients(self.redis_url)
         if settings.policies:
             await asyncio.to_thread(publish_if_changed, self._sync_redis, settings.policies)
@@ -282,6 +296,9 @@ class NbaServer:
             self._metrics_http = start_metrics_http(settings, self.registry)
             self.metrics_port = self._metrics_http.server_port
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_policies()))
+        self._beat_now = asyncio.Event()
+        await self._beat()  # listed by `nba status` as soon as it serves
+        self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat()))
         if settings.learner is LearnerMode.EMBEDDED:
             self._start_learner()
         log.info(
@@ -369,7 +386,8 @@ class NbaServer:
                     failures = 0
                     if swapped or not self.store_up:
                         await self._store_answers(True)
-                    await self.dataplane.refresh_models()
+                    if await self.dataplane.refresh_models() or swapped:
+                        self._beat_soon()
                 except redis.RedisError as exc:
                     self.metrics.redis_errors.labels("policy_watch").inc()
                     failures += 1
@@ -385,6 +403,50 @@ class NbaServer:
                     await asyncio.sleep(interval)
         finally:
             await pubsub.aclose()
+
+    def _heartbeat_fields(self) -> dict[str, str | int | float]:
+        """What ``nba status`` shows of this process (:mod:`~nba_service.store.heartbeats`)."""
+        settings, dataplane = self.settings, self.dataplane
+        snapshot = dataplane.snapshot if dataplane is not None else None
+        models = dataplane.models.published_version if dataplane is not None else None
+        return {
+            "id": self.server_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "address": f"{settings.host}:{self.port}",
+            "metrics": f"{settings.metrics_host}:{self.metrics_port}" if self._metrics_http else "",
+            "transport": "mTLS" if self.tls and self.tls.mutual else "TLS" if self.tls else "plaintext",
+            "version": __version__,
+            "mode": str(settings.mode),
+            "learner": str(settings.learner),
+            "started_at": f"{self.started_at:.3f}",
+            "seen_at": f"{time.time():.3f}",
+            "policy_version": snapshot.version if snapshot is not None else "",
+            "model_version": "" if models is None else str(models),
+            "serving": "no" if self.stopping or not self.store_up or snapshot is None else "yes",
+            "data_dir": str(self._embedded.data_dir) if self._embedded is not None else "",
+            "redis": redacted_url(self.redis_url),
+        }
+
+    async def _beat(self) -> None:
+        try:
+            await heartbeats.beat(self._async_redis, self.server_id, self._heartbeat_fields())
+        except redis.RedisError as exc:
+            self._limited.warning("heartbeat", "heartbeat not written: %s", exc)
+
+    def _beat_soon(self) -> None:
+        if self._beat_now is not None:
+            self._beat_now.set()
+
+    async def _heartbeat(self) -> None:
+        """Rewrite the heartbeat every :data:`~nba_service.store.heartbeats.HEARTBEAT_SECONDS`, and at once when
+        a version is swapped."""
+        assert self._beat_now is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), heartbeats.HEARTBEAT_SECONDS)
+            self._beat_now.clear()
+            await self._beat()
 
     async def _store_answers(self, up: bool, error: Exception | None = None) -> None:
         """Record whether the state store answers, and say so in health."""
@@ -419,6 +481,9 @@ class NbaServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._beat_now is not None and self.store_up:  # no longer serving: `nba status` stops listing it
+            with contextlib.suppress(redis.RedisError, TimeoutError):  # else its heartbeat expires
+                await asyncio.wait_for(heartbeats.remove(self._async_redis, self.server_id), 1.0)
         if self.dataplane is not None:
             await self.dataplane.stop()
         if self._metrics_http is not None:
@@ -429,6 +494,7 @@ class NbaServer:
             self._sync_redis.close()
         if self._recorder is not None:
             self._recorder.close()
+        discovery.withdraw(self._advertisement)
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
         log.info("nba stopped")

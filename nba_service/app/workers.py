@@ -28,6 +28,7 @@ import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from nba_service.app import discovery
 from nba_service.app.server import check_exposure, publish_if_changed, start_metrics_http
 from nba_service.settings import Settings
 from nba_service.store.embedded import EmbeddedRedis
@@ -95,6 +96,7 @@ def run_workers(settings: Settings, ready: Callable[[WorkerInfo], None] | None =
     signal.signal(signal.SIGHUP, forward_hup)
     check_exposure(settings)
     embedded: EmbeddedRedis | None = None
+    advertisement: pathlib.Path | None = None
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="nba-workers-"))
     metrics_http = None
     try:
@@ -102,6 +104,8 @@ def run_workers(settings: Settings, ready: Callable[[WorkerInfo], None] | None =
         if not url:
             embedded = EmbeddedRedis(settings.data_dir)
             url = embedded.start()
+            if not settings.isolated:  # the supervisor advertises the Redis; each worker writes its heartbeat
+                advertisement = discovery.advertise(settings.data_dir, url)
         if settings.policies:
             client = redis.Redis.from_url(url)
             try:
@@ -155,6 +159,7 @@ def run_workers(settings: Settings, ready: Callable[[WorkerInfo], None] | None =
         if metrics_http is not None:
             metrics_http.shutdown()
             metrics_http.server_close()
+        discovery.withdraw(advertisement)
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(workdir, ignore_errors=True)

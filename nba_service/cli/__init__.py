@@ -2,7 +2,10 @@
 
 Every command that touches state takes ``--redis-url`` (or ``NBA_REDIS_URL``);
 without one it uses the embedded Redis in ``--data-dir`` (``NBA_DATA_DIR``),
-joining the running one if ``nba serve`` started it.
+joining the running one if ``nba serve`` started it. Without ``--data-dir`` it
+uses the running server's (which the server advertises), and it refuses to
+start a second embedded Redis beside a running server's
+(:mod:`nba_service.app.discovery`); ``nba status`` says which state is used.
 
 Each command group lives in its own module with a ``register(subparsers)``
 function; :data:`COMMANDS` lists them in the order ``nba --help`` shows them.
@@ -27,10 +30,12 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS = (
     "serve",
+    "status",
     "demo",
     "policy",
     "customers",
     "models",
+    "history",
     "events",
     "explain",
     "evaluate",
@@ -56,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         level = args.log_level or os.environ.get("NBA_LOG_LEVEL") or ("INFO" if args.command == "serve" else "WARNING")
-        settings_from(args)
+        settings_from(args, discover=False)  # the settings are valid; which Redis, the command finds
     except SettingsError as exc:
         print(f"nba: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import pathlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
@@ -20,13 +21,36 @@ __all__ = ["settings_from", "show_history", "state_client", "state_options", "wr
 
 def state_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", help="Redis to use (env NBA_REDIS_URL); default: the embedded Redis")
-    parser.add_argument("--data-dir", help="where the embedded Redis lives (env NBA_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir",
+        help="where the embedded Redis lives (env NBA_DATA_DIR); default: the running server's, else "
+        "$XDG_STATE_HOME/nba or ~/.local/state/nba",
+    )
+    parser.add_argument(
+        "--isolated",
+        action="store_true",
+        default=None,
+        help="use --data-dir's embedded Redis even though a running server uses another (env NBA_ISOLATED)",
+    )
 
 
-def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
-    overrides = {name: getattr(args, name, None) for name in ("redis_url", "data_dir", "log_level")}
+def settings_from(args: argparse.Namespace, *, discover: bool = True, **extra: object) -> Settings:
+    """The settings of a command: the environment, then its flags and ``extra``.
+
+    For a command with the state options (``--data-dir``), ``discover`` applies what running servers
+    advertise (:func:`nba_service.app.discovery.resolve`): the running server's data directory when none
+    is given, :class:`~nba_service.app.discovery.StateConflict` (a SettingsError) rather than a second
+    embedded Redis beside it.
+    """
+    overrides = {name: getattr(args, name, None) for name in ("redis_url", "data_dir", "isolated", "log_level")}
     overrides.update(extra)
-    return Settings.from_env(**overrides)
+    settings = Settings.from_env(**overrides)
+    if discover and hasattr(args, "data_dir"):
+        from nba_service.app.discovery import resolve
+
+        explicit = overrides.get("data_dir") is not None or bool(os.environ.get("NBA_DATA_DIR"))
+        settings = resolve(settings, explicit_data_dir=explicit)
+    return settings
 
 
 @contextlib.contextmanager

@@ -134,6 +134,7 @@ def _decision_lines(decision: Decision, boost: float) -> list[str]:
         lines = [
             f"decision: {decision.offer_id} on {decision.channel}, score {decision.score:.4g}",
             f"  content: {decision.content}",
+            *(f"  not on {r.channel}: {r.code}: {r.detail}" for r in decision.reasons if r.channel),
         ]
     boost_text = f" x {boost:g} on the preferred channel" if boost != 1.0 else ""
     lines.append(f"priority = P x V x L x B{boost_text}; L = offer x category x global lever")

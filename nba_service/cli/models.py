@@ -63,7 +63,7 @@ def cmd_model_history(args: argparse.Namespace) -> int:
 def cmd_model_rollback(args: argparse.Namespace) -> int:
     with state_client(settings_from(args)) as client:
         try:
-            version = ModelStore(client).rollback(args.version)
+            version = ModelStore(client).rollback(args.version, author=args.author or "", message=args.message or "")
         except KeyError as exc:
             print(f"nba model rollback: {exc.args[0]}", file=sys.stderr)
             return 1
@@ -83,7 +83,7 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
             )
             return 1
         updates = ModelBank.from_bytes(data).updates
-        version = store.promote(data, updates)
+        version = store.promote(data, updates, author=args.author or "", message=args.message or "")
     print(
         f"the challenger ({updates} outcomes learned) is live as model version {version}; "
         f"the learner continues from it and starts a new challenger"
@@ -202,6 +202,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rollback.set_defaults(func=cmd_model_rollback)
     promote = model_sub.add_parser("promote", help="make the challenger models the live version")
     state_options(promote)
+    for command in (rollback, promote):  # logged in the change log (`nba history`)
+        command.add_argument("--message", "-m", help="why (shown by `nba history`)")
+        command.add_argument("--author", help="who (default: the login name)")
     promote.set_defaults(func=cmd_model_promote)
     export = model_sub.add_parser("export", help="write a model version to a file")
     export.add_argument("file")

@@ -8,8 +8,9 @@ import sys
 import time
 
 from nba_service.api.event_log import EventLogError, read_requests, to_timed_request
-from nba_service.cli._common import settings_from, show_history, state_client, state_options
+from nba_service.cli._common import settings_from, state_client, state_options, write_json
 from nba_service.cli._sources import SourceError, load_models, moment_time, policy_source, stored_contexts
+from nba_service.cli.history import print_changes
 from nba_service.domain import TimedRequest
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
@@ -49,20 +50,23 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_history(args: argparse.Namespace) -> int:
-    return show_history(
-        args,
-        PolicyStore,
-        ("author", "message"),
-        lambda p: (p.author, p.message),
-        empty="no policy version has been published",
-    )
+    with state_client(settings_from(args)) as client:
+        store = PolicyStore(client)
+        live = store.live()
+        changes = store.changes()
+    write_json(args.json, {"live": live, "changes": [c.as_dict() for c in changes]})
+    if not changes:
+        print("no policy version has been published")
+        return 0
+    print_changes(changes, {"policy": live})
+    return 0
 
 
 def cmd_policy_rollback(args: argparse.Namespace) -> int:
     with state_client(settings_from(args)) as client:
         store = PolicyStore(client)
         try:
-            version = store.rollback(args.version)
+            version = store.rollback(args.version, author=args.author or "", message=args.message or "")
         except KeyError as exc:
             print(f"nba policy rollback: {exc.args[0]}", file=sys.stderr)
             return 1
@@ -218,10 +222,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     preview.add_argument("--at", metavar="TIME", help="time of events without a timestamp (ISO 8601; default: now)")
     state_options(preview)
     preview.set_defaults(func=cmd_policy_preview)
-    history = policy_sub.add_parser("history", help="list published versions (* = live)")
+    history = policy_sub.add_parser(
+        "history",
+        help="every publish and rollback: version made live, when, who, message (* = live)",
+        description="How each policy version became live, oldest first: publishes and rollbacks with the "
+        "version live before, who and why. `nba history` adds model promotions and rollbacks.",
+    )
+    history.add_argument("--json", metavar="FILE", help="also write the changes as JSON here")
     state_options(history)
     history.set_defaults(func=cmd_policy_history)
     rollback = policy_sub.add_parser("rollback", help="make an earlier version live again")
     rollback.add_argument("version", nargs="?", type=int, help="default: the version before the live one")
+    rollback.add_argument("--message", "-m", help="why (shown by `nba policy history`)")
+    rollback.add_argument("--author", help="who rolls back (default: the login name)")
     state_options(rollback)
     rollback.set_defaults(func=cmd_policy_rollback)

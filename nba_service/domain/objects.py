@@ -160,9 +160,14 @@ class Alternative:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reason:
+    """Why the decision came out as it did: about an offer, the whole decision (``offer_id`` empty) or,
+    with ``channel`` set, why the chosen offer is not sent on that channel of its own."""
+
     offer_id: str
     code: str
     detail: str
+    channel: str = ""
+    """Set on a channel reason only: the chosen offer's channel it is about."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

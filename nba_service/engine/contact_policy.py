@@ -93,12 +93,22 @@ def channel_verdict(
                 local = moment.hour * 60 + moment.minute
             if not in_quiet_hours(local, channel.quiet_hours):
                 continue
-            reasons[i] = ("quiet_hours", f"{channel.id}: quiet hours in {profile.timezone or 'UTC'}")
+            start, end = channel.quiet_hours
+            reasons[i] = (
+                "quiet_hours",
+                f"{channel.id}: quiet hours {_clock(start)}-{_clock(end)} in {profile.timezone or 'UTC'}, "
+                f"local time {_clock(local)}",
+            )
         else:
             continue
         closed.append(i)
     allowed = np.fromiter(map(_open, reasons), dtype=bool, count=len(reasons)) if closed else snapshot.every_channel
     return ChannelVerdict(allowed, tuple(reasons))
+
+
+def _clock(minute_of_day: int) -> str:
+    """``21:00`` for minute 1260."""
+    return f"{minute_of_day // 60:02d}:{minute_of_day % 60:02d}"
 
 
 def _open(reason: tuple[str, str]) -> bool:

@@ -120,7 +120,7 @@ def explain_decision(
     arms: dict[str, list[ArmScore]] = {}
     for arm in score_arms(snapshot, scorer, ctx, event):
         arms.setdefault(arm.offer_id, []).append(arm)
-    reasons = {r.offer_id: r for r in decision.reasons if r.offer_id and r.code != "chosen"}
+    reasons = {r.offer_id: r for r in decision.reasons if r.offer_id and r.code != "chosen" and not r.channel}
     chosen = next((r.detail for r in decision.reasons if r.code == "chosen"), "")
     overall = next((r for r in decision.reasons if not r.offer_id), None)
     ranks = {a.offer_id: (i + 2, a) for i, a in enumerate(decision.alternatives)}

@@ -19,7 +19,7 @@ import numpy as np
 
 from nba_service.domain import Alternative, CustomerContext, Decision, Event, Reason
 from nba_service.engine.arbitration import Ranking, rank_offers
-from nba_service.engine.contact_policy import CapHits, channel_verdict, check_caps
+from nba_service.engine.contact_policy import NO_HITS, CapHits, ChannelVerdict, channel_verdict, check_caps
 from nba_service.engine.features import request_features
 from nba_service.engine.options import Options
 from nba_service.policies.scope import build_scope, evaluation_globals
@@ -63,6 +63,10 @@ class _Candidates:
     offer_ok: np.ndarray
     """One bool per candidate of ``plan.offers``."""
     reasons: list[Reason]
+    verdict: ChannelVerdict | None = None
+    """What the contact policy said of each channel (set by the contact-policy stage)."""
+    caps: CapHits = NO_HITS
+    """What the contact history blocks (set by the contact-policy stage)."""
 
     def rule_out(self, positions: Iterable[int], reason: Callable[[int], Reason]) -> None:
         """Take the candidates at ``positions`` out, each with its reason."""
@@ -116,8 +120,8 @@ class DecisionEngine:
         staged = self._stages(snapshot, ctx, event, exhausted)
         if isinstance(staged, Decision):
             return staged
-        scored, ranking, options, reasons, scope, features = staged
-        return self._pick(snapshot, scored, ranking, options, reasons, ctx, event, scope, features, top_k)
+        scored, ranking, options, candidates, scope, features = staged
+        return self._pick(snapshot, scored, ranking, options, candidates, ctx, event, scope, features, top_k)
 
     def distribution(
         self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, exhausted: frozenset[str] = frozenset()
@@ -136,7 +140,7 @@ class DecisionEngine:
 
     def _stages(
         self, snapshot: PolicySnapshot, ctx: CustomerContext, event: Event, exhausted: frozenset[str]
-    ) -> Decision | tuple[_Scored, Ranking, np.ndarray, list[Reason], dict[str, Any], Mapping[str, float]]:
+    ) -> Decision | tuple[_Scored, Ranking, np.ndarray, _Candidates, dict[str, Any], Mapping[str, float]]:
         """Every stage before the pick: a no-action decision, or what the pick chooses from."""
         features = request_features(ctx, event)
         plan = snapshot.plans.get(event.type)
@@ -164,7 +168,7 @@ class DecisionEngine:
             return self._no_action(
                 snapshot, features, candidates.reasons, "below_threshold", "no offer is worth sending"
             )
-        return scored, ranking, options, candidates.reasons, scope, features
+        return scored, ranking, options, candidates, scope, features
 
     # --- the stages -------------------------------------------------------------------
 
@@ -257,6 +261,7 @@ class DecisionEngine:
             else None
         )
         verdict = channel_verdict(snapshot, ctx.profile, ctx.now, channel_results, caps)
+        candidates.verdict, candidates.caps = verdict, caps
         arm_ok = offer_ok[plan.arm_position] & verdict.allowed[plan.arm_channel]
         if caps.arms:
             capped_arms = np.zeros(len(snapshot.arm_keys), dtype=bool)
@@ -322,28 +327,31 @@ class DecisionEngine:
         scored: _Scored,
         ranking: Ranking,
         options: np.ndarray,
-        reasons: list[Reason],
+        candidates: _Candidates,
         ctx: CustomerContext,
         event: Event,
         scope: dict[str, Any],
         features: Mapping[str, float],
         top_k: int,
     ) -> Decision:
-        """Exploration picks an arm of the options (logging the probability of the pick); the content is rendered."""
+        """Exploration picks an arm of the options (logging the probability of the pick); the content is rendered.
+
+        The reasons start with ``chosen``, then why each other channel of the chosen offer was not used."""
         chosen, pick, propensity = self._explore(snapshot, scored, ranking, options)
         offer_id, channel = snapshot.arm_keys[scored.arms[chosen]]
         offer = snapshot.offers[snapshot.offer_index[offer_id]]
         best = snapshot.arm_keys[scored.arms[ranking.arms[options[0]]]]
         why = "best priority" if (offer_id, channel) == best else f"exploration (best was {best[0]} on {best[1]})"
-        reasons.insert(
-            0,
+        reasons = candidates.reasons
+        reasons[0:0] = [
             Reason(
                 offer_id,
                 "chosen",
                 f"{why}: P={float(scored.propensities[chosen]):.4f} x "
                 f"VLB={float(scored.factors[chosen]):.4g} on {channel}",
             ),
-        )
+            *_channel_reasons(snapshot, scored, chosen, offer.channels, candidates),
+        ]
         runners_up = [options[r] for r in range(min(len(options), top_k + 1)) if r != pick][:top_k]
         alternatives = tuple(
             Alternative(*snapshot.arm_keys[int(scored.arms[ranking.arms[r]])], float(ranking.priorities[r]))
@@ -428,6 +436,53 @@ class DecisionEngine:
                 except Exception as exc:
                     results.append(exc)
             return results
+
+
+def _channel_reasons(
+    snapshot: PolicySnapshot, scored: _Scored, chosen: int, channels: Iterable[str], candidates: _Candidates
+) -> list[Reason]:
+    """Why the chosen arm's offer is not sent on each of its other ``channels``.
+
+    Only from what the stages already know: the contact policy's verdict of the channel (consent,
+    reach, ``available_when``, channel cap, quiet hours), the offer's per-channel caps, else the
+    arm's priority against the chosen one's.
+    """
+    offer_id, channel = snapshot.arm_keys[scored.arms[chosen]]
+    verdict, arm_caps = candidates.verdict, candidates.caps.arms
+    out = []
+    arms: list[int] | None = None
+    for other in channels:
+        if other == channel:
+            continue
+        code, detail = verdict.reasons[snapshot.channel_index[other]] if verdict is not None else ("", "")
+        arm = snapshot.arm_index[(offer_id, other)]
+        if code:
+            detail = detail.removeprefix(f"{other}: ")  # the channel has its own field
+        elif arm in arm_caps:
+            code, detail = "frequency_cap", arm_caps[arm]
+        else:
+            if arms is None:
+                arms = scored.arms.tolist()
+            code, detail = _ranked_lower(snapshot, scored, chosen, channel, arms.index(arm) if arm in arms else -1)
+        out.append(Reason(offer_id, code, detail, other))
+    return out
+
+
+def _ranked_lower(
+    snapshot: PolicySnapshot, scored: _Scored, chosen: int, channel: str, position: int
+) -> tuple[str, str]:
+    """Why an open channel of the chosen offer (``position`` in ``scored``) did not carry it."""
+    if position < 0:  # not scored: every stage let it through, so this does not happen
+        return "not_allowed", "not allowed"
+    priority, best = float(scored.priorities[position]), float(scored.priorities[chosen])
+    threshold = snapshot.settings.no_action_threshold
+    if priority < threshold or priority <= 0:
+        return "below_threshold", f"priority {priority:.4g} < {threshold:g}" if priority < threshold else "priority 0"
+    if priority > best:
+        return "exploration", f"priority {priority:.4g}, but exploration chose {channel} ({best:.4g})"
+    if priority == best:
+        return "lower_priority", f"priority {priority:.4g}, the same as on {channel} (ranked first)"
+    return "lower_priority", f"priority {priority:.4g} < {best:.4g} on {channel}"
 
 
 def arm_factors(

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nba_service.domain import CustomerContext, Event
+from nba_service.domain import EVENT_FIELDS, CustomerContext, Event
 from nba_service.domain.localtime import local_minute
 from nba_service.policies.rule_functions import FUNCTIONS, guarded_mod, guarded_mul, num
 
@@ -29,6 +29,8 @@ PROFILE_FIELDS = ("segment", "first_name", "preferred_channel", "timezone", "kno
 """The fields a rule reads as ``profile.<field>``."""
 SCOPE_NAMES = ("origin_channel", "local_hour", "weekday", "day_of_month", "month", "open_cart_value")
 """The plain names (no dot) every rule may read."""
+_POSITIONED = frozenset(kind for kind, names in EVENT_FIELDS.items() if "latitude" in names)
+"""Event types with an optional position: a rule reads 0 for a coordinate the event does not have."""
 
 
 def evaluation_globals() -> dict[str, Any]:
@@ -69,6 +71,8 @@ def build_scope(ctx: CustomerContext, event: Event, places: Mapping[str, Any] | 
         "profile_timezone": profile.timezone,
         "profile_known": profile.known,
     }
-    for key, value in event.fields.items():
+    for key, value in fields.items():
         scope["event_" + key] = value
+    if "latitude" not in fields and event.type in _POSITIONED:  # no position: rules read 0,0 (a number, as typed)
+        scope["event_latitude"] = scope["event_longitude"] = 0.0
     return scope

@@ -4,6 +4,7 @@ Redis Cluster keeps them in one slot."""
 from __future__ import annotations
 
 __all__ = [
+    "CHANGE_LOG",
     "CONSENT_AUDIT",
     "LEARNER_GROUP",
     "LEARNER_LOCK",
@@ -31,6 +32,7 @@ __all__ = [
     "open_journeys",
     "policy_version",
     "profile",
+    "server",
 ]
 
 PREFIX = "nba:"
@@ -54,8 +56,22 @@ PENDING_OUTCOMES = PREFIX + "pending"
 """Decisions waiting for an outcome, scored by the time their attribution window ends."""
 CONSENT_AUDIT = PREFIX + "audit:consents"
 """Every consent change and every erasure, oldest first, each naming the customer by pseudonym."""
+CHANGE_LOG = PREFIX + "history"
+"""Every policy publish and rollback, model promotion and rollback, oldest first
+(:mod:`~nba_service.store.change_log`)."""
 PSEUDONYM_SECRET = PREFIX + "secret:pseudonym"
 """The deployment's key of customer pseudonyms (HMAC-SHA256), created once; never delete it."""
+
+
+SERVER_PREFIX = PREFIX + "server:"
+"""Heartbeats: one hash per running ``nba serve`` process, with a TTL (:mod:`~nba_service.store.heartbeats`)."""
+SERVERS = PREFIX + "servers"
+"""The ids of the servers with a heartbeat, scored by when each last wrote it (read without a SCAN)."""
+
+
+def server(server_id: str) -> str:
+    """The heartbeat of server process ``server_id``."""
+    return SERVER_PREFIX + server_id
 
 
 def model_version(version: int | str) -> str:

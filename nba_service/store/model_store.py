@@ -5,7 +5,9 @@ version, moves the live pointer and announces it on pub/sub, in one
 transaction that also acknowledges the stream entries the snapshot contains
 (so a restart resumes from the last snapshot and re-learns exactly what came
 after it). Serving replicas load the live version; ``nba model rollback``
-moves the pointer back.
+moves the pointer back. Rollbacks and promotions are logged in the change log
+(:mod:`~nba_service.store.change_log`) by the script that makes the version
+live; the learner's own snapshots are not (:meth:`ModelStore.history` lists them).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import cast
 import redis
 
 from nba_service.store import keys
+from nba_service.store.change_log import Change, default_author, make_live, read_changes
 from nba_service.store.versions import roll_back
 
 __all__ = ["KEEP_VERSIONS", "ModelStore", "ModelVersion"]
@@ -50,19 +53,26 @@ class ModelStore:
         acknowledge: Sequence[bytes | str] = (),
         challenger: bytes | None = None,
         guard: str | None = None,
+        promoted_by: tuple[str, str] | None = None,
     ) -> int:
         """Store ``data`` as a new live version; acknowledge the stream entries it contains.
 
         ``challenger``: the challenger models trained on the same outcomes, stored with it;
-        ``guard``: the challenger's guard (:class:`~nba_service.learning.guard.ChallengerGuard` as JSON).
+        ``guard``: the challenger's guard (:class:`~nba_service.learning.guard.ChallengerGuard` as JSON);
+        ``promoted_by``: (author, message) of a promotion: it is logged, and the challenger with its
+        guard deleted, in the same transaction.
         """
         version = int(self._redis.incr(keys.MODEL_SEQ))
-        meta = json.dumps({"version": version, "updates": updates, "published_at": time.time(), "source": source})
+        now = time.time()
+        meta = json.dumps({"version": version, "updates": updates, "published_at": now, "source": source})
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.model_version(version), data)
             pipe.rpush(keys.MODEL_VERSIONS, meta)
             pipe.ltrim(keys.MODEL_VERSIONS, -KEEP_HISTORY, -1)
-            pipe.set(keys.MODEL_LIVE, version)
+            if promoted_by is None:
+                pipe.set(keys.MODEL_LIVE, version)
+            else:
+                pipe.delete(keys.MODEL_CHALLENGER, keys.MODEL_CHALLENGER_VERSION, keys.MODEL_CHALLENGER_GUARD)
             if challenger is not None:
                 pipe.set(keys.MODEL_CHALLENGER, challenger)
                 pipe.set(keys.MODEL_CHALLENGER_VERSION, version)
@@ -72,7 +82,21 @@ class ModelStore:
                 pipe.xack(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, *acknowledge)
             if version > KEEP_VERSIONS:
                 pipe.delete(keys.model_version(version - KEEP_VERSIONS))
-            pipe.publish(keys.MODEL_CHANNEL, str(version))
+            if promoted_by is None:
+                pipe.publish(keys.MODEL_CHANNEL, str(version))
+            else:
+                make_live(
+                    pipe,
+                    what="model",
+                    kind="promote",
+                    version=version,
+                    live_key=keys.MODEL_LIVE,
+                    channel=keys.MODEL_CHANNEL,
+                    record_key=keys.model_version(version),
+                    who=promoted_by[0] or default_author(),
+                    message=promoted_by[1],
+                    when=now,
+                )
             pipe.execute()
         return version
 
@@ -105,21 +129,25 @@ class ModelStore:
         """The challenger's guard as the learner last published it (None: no trial yet)."""
         return cast("bytes | None", self._redis.get(keys.MODEL_CHALLENGER_GUARD))
 
-    def promote(self, challenger: bytes, updates: int) -> int:
-        """Publish a challenger (from :meth:`load_challenger`) as the new live version.
+    def promote(self, challenger: bytes, updates: int, author: str = "", message: str = "") -> int:
+        """Publish a challenger (from :meth:`load_challenger`) as the new live version, and log the
+        promotion with ``author`` (default: the login name) and ``message``.
 
         The challenger is consumed: the learner starts a new one at its configured learning rate,
         and a new guard with it.
         """
-        version = self.publish(challenger, updates, source="promoted challenger")
-        self._redis.delete(keys.MODEL_CHALLENGER, keys.MODEL_CHALLENGER_VERSION, keys.MODEL_CHALLENGER_GUARD)
-        return version
+        return self.publish(challenger, updates, source="promoted challenger", promoted_by=(author, message))
 
     def history(self) -> list[ModelVersion]:
         return [ModelVersion(**json.loads(raw)) for raw in self._redis.lrange(keys.MODEL_VERSIONS, 0, -1)]
 
-    def rollback(self, version: int | None = None) -> int:
-        """Make ``version`` (default: the newest kept one before the live one) live again.
+    def changes(self) -> list[Change]:
+        """The promotions and rollbacks of the change log, oldest first (the learner's snapshots are not there)."""
+        return read_changes(self._redis, "model")
+
+    def rollback(self, version: int | None = None, author: str = "", message: str = "") -> int:
+        """Make ``version`` (default: the newest kept one before the live one) live again, and log it
+        with ``author`` (default: the login name) and ``message``.
 
         Only the last :data:`KEEP_VERSIONS` snapshots are kept: older versions cannot come back.
         """
@@ -131,4 +159,6 @@ class ModelStore:
             version=version,
             versions=[v.version for v in self.history()[-KEEP_VERSIONS:]],
             key_of=keys.model_version,
+            author=author,
+            message=message,
         )

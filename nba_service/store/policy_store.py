@@ -1,8 +1,10 @@
 """Published policy versions in Redis.
 
 Each publish stores the whole set (the YAML text of every file) as a new,
-immutable version, then moves the live pointer and announces it on pub/sub in
-the same transaction: a reader sees the old set or the new one, never half.
+immutable version, then moves the live pointer, announces it on pub/sub and
+logs the change (:mod:`~nba_service.store.change_log`) in the same
+transaction: a reader sees the old set or the new one, never half, and the
+change log says who made each version live, when and why.
 
 A version is decoded only when it is no larger than a valid set can be
 (:data:`MAX_VERSION_BYTES`): one written into Redis behind validation's back
@@ -13,7 +15,6 @@ is read.
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import hashlib
 import json
 import time
@@ -24,6 +25,7 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from nba_service.store import keys
+from nba_service.store.change_log import Change, default_author, make_live, read_changes
 from nba_service.store.versions import roll_back
 
 __all__ = ["MAX_VERSION_BYTES", "PolicyStore", "PolicyTooLarge", "PublishedPolicy", "content_digest"]
@@ -74,18 +76,30 @@ class PolicyStore:
                 " not published"
             )
         version = int(self._redis.incr(keys.POLICY_SEQ))
+        author = author or default_author()
+        now = round(time.time(), 3)
         record: dict[FieldT, EncodableT] = {
             "files": encoded,
-            "author": author or _default_author(),
+            "author": author,
             "message": message,
-            "published_at": f"{time.time():.3f}",
+            "published_at": f"{now:.3f}",
             "digest": content_digest(files),
         }
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.policy_version(version), mapping=record)
             pipe.rpush(keys.POLICY_VERSIONS, version)
-            pipe.set(keys.POLICY_LIVE, version)
-            pipe.publish(keys.POLICY_CHANNEL, str(version))
+            make_live(
+                pipe,
+                what="policy",
+                kind="publish",
+                version=version,
+                live_key=keys.POLICY_LIVE,
+                channel=keys.POLICY_CHANNEL,
+                record_key=keys.policy_version(version),
+                who=author,
+                message=message,
+                when=now,
+            )
             pipe.execute()
         return version
 
@@ -124,8 +138,24 @@ class PolicyStore:
             records = pipe.execute()
         return [_published(v, r, files={}) for v, r in zip(versions, records, strict=False) if r]
 
-    def rollback(self, version: int | None = None) -> int:
-        """Make ``version`` (default: the one published before the live one) live again."""
+    def changes(self) -> list[Change]:
+        """How each policy version became live, oldest first: every publish and rollback of the change log.
+
+        Versions published before the change log existed come first, from their records (``logged``
+        false: who published them and when is known, not what was live before, nor any rollback then).
+        """
+        logged = read_changes(self._redis, "policy")
+        published = {c.version for c in logged if c.kind == "publish"}
+        earlier = [
+            Change("policy", "publish", p.version, None, p.author, p.published_at, p.message, logged=False)
+            for p in self.history()
+            if p.version not in published
+        ]
+        return earlier + logged
+
+    def rollback(self, version: int | None = None, author: str = "", message: str = "") -> int:
+        """Make ``version`` (default: the one published before the live one) live again, and log it
+        with ``author`` (default: the login name) and ``message``."""
         versions = [int(v) for v in self._redis.lrange(keys.POLICY_VERSIONS, 0, -1)]
         return roll_back(
             self._redis,
@@ -135,6 +165,8 @@ class PolicyStore:
             version=version,
             versions=versions,
             key_of=keys.policy_version,
+            author=author,
+            message=message,
         )
 
 
@@ -160,10 +192,3 @@ def _files(version: int, record: Mapping[bytes, bytes]) -> dict[str, str]:
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise ValueError(f"policy version {version}: its files are not a JSON object of texts")
     return files
-
-
-def _default_author() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

@@ -1,10 +1,13 @@
-"""What policy and model versions share: a live pointer moved and announced in one transaction."""
+"""What policy and model versions share: a live pointer moved, announced and logged in one script."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 import redis
+
+from nba_service.store.change_log import default_author, make_live
 
 __all__ = ["roll_back"]
 
@@ -18,8 +21,11 @@ def roll_back(
     version: int | None,
     versions: Iterable[int],
     key_of: Callable[[int], str],
+    author: str = "",
+    message: str = "",
 ) -> int:
-    """Make ``version`` (default: the newest stored one before the live one) live and announce it.
+    """Make ``version`` (default: the newest stored one before the live one) live, announce it and
+    log the rollback in the change log, by ``author`` (default: the login name) with ``message``.
 
     ``versions`` are the published versions, oldest first; ``key_of`` names a version's stored
     record, which must still exist. Raises KeyError, naming ``what``, when there is none.
@@ -33,8 +39,21 @@ def roll_back(
         version = earlier[-1]
     if not client.exists(key_of(version)):
         raise KeyError(f"{what} version {version} does not exist")
-    with client.pipeline(transaction=True) as pipe:
-        pipe.set(live_key, version)
-        pipe.publish(channel, str(version))
-        pipe.execute()
+    try:
+        make_live(
+            client,
+            what=what,
+            kind="rollback",
+            version=version,
+            live_key=live_key,
+            channel=channel,
+            record_key=key_of(version),
+            who=author or default_author(),
+            message=message,
+            when=time.time(),
+        )
+    except redis.ResponseError as exc:  # deleted since it was checked
+        if "does not exist" not in str(exc):
+            raise
+        raise KeyError(f"{what} version {version} does not exist") from exc
     return version

@@ -5,13 +5,25 @@ customers, plays the moments nba is designed for (ATM declines, store
 visits, carts, agent calls) from several simulated channel backends at once,
 lets simulated customers accept some offers, prints a summary and stops
 everything it started.
+
+The summary compares the learned policy with the rules alone on the same
+decisions: the server runs with ``mode=learned+shadow``, so every decision
+logs what the rules alone (the offers' priors, greedily) would have chosen
+for the same request, and the simulator knows each customer's true
+acceptance probabilities. Per decision, the expected value of each policy's
+action is P(accept) × the offer's value (0 for no action); the summary gives
+both means and their paired difference with a 95% interval
+(:func:`learned_vs_rules`), for the first and last thirds of the run and
+overall.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -28,10 +40,12 @@ from nba_service.observability.scrape import histogram_quantile, scrape_histogra
 from nba_service.policies.parser import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
+from nba_service.store import keys
 from nba_service.store.customer_import import import_customers
+from nba_service.tools.off_policy import Estimate, mean_difference
 from nba_service.tools.traffic import CustomerResponse, ScenarioMix, generate_customers
 
-__all__ = ["run_demo"]
+__all__ = ["Comparison", "learned_vs_rules", "render_comparison", "run_demo"]
 
 READY_TIMEOUT_SECONDS = 60.0
 
@@ -45,6 +59,94 @@ class _Tally:
         self.model_version = ""
         self.errors: collections.Counter[str] = collections.Counter()
         self.context_reads = 0
+        self.decisions: list[tuple[str, str, str, str, float]] = []
+        """(decision id, segment, offer id or "", channel, expected value of the action) per decision, in order."""
+
+
+def _expected_value(
+    truth: CustomerResponse, segment: str, category: str, channel: str, offer_id: str, values: dict[str, float]
+) -> float:
+    """What an action is worth on average to the simulator: P(accept) (the truth) × the offer's value."""
+    if not offer_id:
+        return 0.0
+    return truth.probability(segment, category, channel) * values.get(offer_id, 0.0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Comparison:
+    """The learned policy and the rules alone over the same decisions: mean expected value of each, and the gain."""
+
+    label: str
+    decisions: int
+    learned: float
+    rules: float
+    gain: Estimate
+    """learned - rules, paired by decision, with its 95% interval."""
+
+
+def learned_vs_rules(learned: np.ndarray, rules: np.ndarray) -> list[Comparison]:
+    """The first third, the last third and all of the decisions (in the order they were made), compared.
+
+    ``learned[i]`` and ``rules[i]`` are the expected values of the two policies' actions on decision ``i``.
+    The thirds are left out when they would hold fewer than two decisions.
+    """
+    n = len(learned)
+    third = n // 3
+    parts = [("first third", slice(0, third)), ("last third", slice(n - third, n))] if third >= 2 else []
+    return [
+        Comparison(
+            label,
+            len(learned[part]),
+            float(learned[part].mean()),
+            float(rules[part].mean()),
+            mean_difference(learned[part], rules[part]),
+        )
+        for label, part in [*parts, ("all", slice(0, n))]
+        if n
+    ]
+
+
+def render_comparison(comparisons: list[Comparison], duration: float) -> list[str]:
+    """The comparison's table, and what it says: a gain (its interval above 0), none measurable yet, or a loss."""
+    lines = [f"{'':13}{'decisions':>10}{'learned':>10}{'rules alone':>13}{'gain':>9}  95% CI of the gain"]
+    for c in comparisons:
+        lines.append(
+            f"{c.label:13}{c.decisions:>10}{c.learned:>10.3f}{c.rules:>13.3f}{c.gain.value:>+9.3f}"
+            f"  [{c.gain.ci_low:+.3f}, {c.gain.ci_high:+.3f}]"
+        )
+    latest = comparisons[1] if len(comparisons) == 3 else comparisons[-1]
+    gain, interval = latest.gain, f"95% CI [{latest.gain.ci_low:+.3f}, {latest.gain.ci_high:+.3f}]"
+    where = "in the last third" if latest.label == "last third" else "overall"
+    if gain.ci_low > 0:
+        relative = f" ({gain.value / latest.rules:+.1%})" if latest.rules > 0 else ""
+        lines.append(
+            f"The learned policy gains {gain.value:.3f} per decision over the rules alone {where}{relative}, "
+            f"{interval}."
+        )
+    elif gain.ci_high < 0:
+        lines.append(
+            f"No gain in {duration:.0f} s: the learned policy is worse than the rules alone {where} "
+            f"({gain.value:+.3f} per decision, {interval}); exploring has cost more than it has learned so far."
+        )
+    else:
+        lines.append(
+            f"No measurable gain yet in {duration:.0f} s: {where} the gain is {gain.value:+.3f} per decision, "
+            f"{interval}, which includes 0."
+        )
+    return lines
+
+
+def _rules_choices(client: redis.Redis, decision_ids: list[str], batch: int = 1000) -> list[tuple[str, str] | None]:
+    """What the rules alone would have chosen for each decision, as the server logged it (None: not logged)."""
+    choices: list[tuple[str, str] | None] = []
+    for start in range(0, len(decision_ids), batch):
+        with client.pipeline(transaction=False) as pipe:
+            for decision_id in decision_ids[start : start + batch]:
+                pipe.hget(keys.decision(decision_id), "meta")
+            for raw in pipe.execute():
+                shadow = json.loads(raw).get("shadow") if raw else None
+                choices.append((shadow["offer_id"], shadow["channel"]) if shadow else None)
+    return choices
 
 
 async def _backend(
@@ -70,12 +172,15 @@ async def _backend(
             tally.latencies.append(time.perf_counter() - started)
             tally.by_scenario[moment.scenario] += 1
             tally.by_action[(response.action.offer_id or "(no action)", response.channel or "-")] += 1
+            segment = segments.get(moment.request.customer_id, "")
+            offer_id = "" if response.no_action else response.action.offer_id
+            worth = _expected_value(truth, segment, response.action.category, response.channel, offer_id, values)
+            tally.decisions.append((response.decision_id, segment, offer_id, response.channel, worth))
             if response.no_action:
                 continue
             await stub.ReportOutcome(
                 pb.OutcomeRequest(decision_id=response.decision_id, outcome=pb.OUTCOME_KIND_IMPRESSED), timeout=2
             )
-            segment = segments.get(moment.request.customer_id, "")
             accepted = truth.accepts(segment, response.action.category, response.channel)
             outcome = pb.OUTCOME_KIND_ACCEPTED if accepted else pb.OUTCOME_KIND_DECLINED
             await stub.ReportOutcome(pb.OutcomeRequest(decision_id=response.decision_id, outcome=outcome), timeout=2)
@@ -114,7 +219,31 @@ def _server_quantiles(metrics_port: int) -> tuple[float, float] | None:
     return None if p50 is None or p99 is None else (p50, p99)
 
 
-def _summary(tally: _Tally, duration: float, server: tuple[float, float] | None) -> str:
+def _paired(
+    tally: _Tally,
+    choices: list[tuple[str, str] | None],
+    truth: CustomerResponse,
+    categories: dict[str, str],
+    values: dict[str, float],
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per decision whose rules' choice was logged: the expected values of the learned policy's action and of
+    the rules' choice, and the share of those decisions on which both chose the same (offer, channel)."""
+    learned, rules, same = [], [], 0
+    for (_, segment, offer, channel, worth), choice in zip(tally.decisions, choices, strict=True):
+        if choice is None:  # not recorded (a degraded answer)
+            continue
+        rules_offer, rules_channel = choice
+        learned.append(worth)
+        rules.append(
+            _expected_value(truth, segment, categories.get(rules_offer, ""), rules_channel, rules_offer, values)
+        )
+        same += (offer, channel if offer else "") == (rules_offer, rules_channel if rules_offer else "")
+    return np.array(learned), np.array(rules), same / max(len(learned), 1)
+
+
+def _summary(
+    tally: _Tally, duration: float, server: tuple[float, float] | None, comparison: list[str] | None = None
+) -> str:
     lines = []
     total = sum(tally.by_scenario.values())
     latencies = np.array(tally.latencies) * 1000
@@ -146,20 +275,15 @@ def _summary(tally: _Tally, duration: float, server: tuple[float, float] | None)
     shown = len(tally.accepted)
     if shown:
         accepted = sum(a for _, a, _ in tally.accepted)
-        third = max(shown // 3, 1)
-        early, late = tally.accepted[:third], tally.accepted[-third:]
         lines.append("")
         lines.append(
-            f"Acceptance: {accepted}/{shown} actions accepted ({accepted / shown:.1%}); "
-            f"first third {sum(a for _, a, _ in early) / third:.1%}, "
-            f"last third {sum(a for _, a, _ in late) / third:.1%}"
+            f"Outcomes: {accepted}/{shown} actions accepted ({accepted / shown:.1%}), "
+            f"value accepted {sum(v for *_, v in tally.accepted) / shown:.2f} per action sent; "
+            f"serving model version {tally.model_version} at the end (the learner publishes as outcomes come in)"
         )
-        lines.append(
-            f"Value accepted per action sent (what arbitration maximises): first third "
-            f"{sum(v for *_, v in early) / third:.2f}, last third {sum(v for *_, v in late) / third:.2f}; "
-            f"serving model version {tally.model_version} at the end "
-            f"(the learner publishes as outcomes come in)"
-        )
+    if comparison:
+        lines.append("")
+        lines.extend(comparison)
     if tally.errors:
         lines.append(f"Errors: {dict(tally.errors)}")
     return "\n".join(lines)
@@ -211,9 +335,12 @@ def run_demo(
                     str(ready),
                     "--seed",
                     str(seed),
+                    "--mode",
+                    "learned+shadow",  # each decision logs what the rules alone would have chosen
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, "NBA_ISOLATED": "1"},  # a throwaway state: not advertised as the machine's
             )
         try:
             info = _wait_ready(ready, process, log)
@@ -245,10 +372,32 @@ def run_demo(
                 f"playing {duration:.0f} s of ATM, app, web and agent traffic from {concurrency} backends ...",
                 flush=True,
             )
-            values = {o.id: o.value for o in load_policy_dir(policies).offers}
+            offers = load_policy_dir(policies).offers
+            values = {o.id: o.value for o in offers}
             tally = asyncio.run(_drive(int(info["port"]), segments, values, duration, concurrency, seed))
+            client = redis.Redis.from_url(str(info["redis_url"]))
+            try:
+                choices = _rules_choices(client, [d[0] for d in tally.decisions])
+            finally:
+                client.close()
+            learned, rules, agreement = _paired(
+                tally, choices, CustomerResponse(seed), {o.id: o.category for o in offers}, values
+            )
+            comparison = None
+            if len(learned):
+                comparison = [
+                    f"Learned policy vs the rules alone, on the same {len(learned)} decisions (expected value "
+                    "accepted per decision:",
+                    "the simulator's true P(accept) × the offer's value, 0 for no action; the rules' choice, priors "
+                    "only and greedy,",
+                    f"is logged by the server with each decision; both chose the same action {agreement:.1%} of the "
+                    "time):",
+                    *render_comparison(learned_vs_rules(learned, rules), duration),
+                    "(Both columns move with the traffic, as contact caps fill up during the run; the gain compares "
+                    "them on the same requests.)",
+                ]
             print()
-            print(_summary(tally, duration, _server_quantiles(int(info["metrics_port"]))))
+            print(_summary(tally, duration, _server_quantiles(int(info["metrics_port"])), comparison))
         finally:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

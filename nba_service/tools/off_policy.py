@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Estimate", "doubly_robust", "ips", "mean_estimate", "snips"]
+__all__ = ["Estimate", "doubly_robust", "ips", "mean_difference", "mean_estimate", "snips"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +78,31 @@ def mean_estimate(
     if ci == "normal" and len(values) and np.isin(values, (0.0, 1.0)).all():
         return _wilson(float(values.mean()), len(values), _z(confidence))
     return _estimate(np.mean, values, (values,), confidence, ci, n_bootstrap, seed)
+
+
+def mean_difference(
+    first: np.ndarray,
+    second: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    ci: str = "normal",
+    n_bootstrap: int = 1000,
+    seed: int | None = None,
+) -> Estimate:
+    """The mean of paired differences ``first - second`` (the same rows under two policies), with its interval.
+
+    Unlike :func:`mean_estimate`, never Wilson's interval: a difference is not a proportion, even when
+    every difference happens to be 0 or 1.
+
+    >>> e = mean_difference(np.array([2.0, 3.0, 4.0, 5.0]), np.array([1.0, 1.0, 3.0, 3.0]))
+    >>> e.value, round(e.ci_low, 3), round(e.ci_high, 3), e.rows
+    (1.5, 0.934, 2.066, 4)
+    >>> mean_difference(np.zeros(3), np.zeros(3)).ci_high
+    0.0
+    """
+    a = _array(first, "first")
+    d = a - _array(second, "second", len(a))
+    return _estimate(np.mean, d, (d,), confidence, ci, n_bootstrap, seed)
 
 
 def ips(

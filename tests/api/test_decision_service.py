@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import pytest
 import redis
@@ -269,3 +271,72 @@ def test_an_offer_rewarded_on_conversion_learns_from_the_conversion_not_the_acce
     assert (accepted.learned, converted.learned) == (False, True)
     (_, fields), = redis_client.xrange("nba:outcomes")
     assert (fields[b"outcome"], fields[b"reward"]) == (b"converted", b"1")
+
+
+def night_zone() -> str:
+    """An IANA zone where it is 23:xx right now: push and sms (quiet 21:00-08:00) are in quiet hours."""
+    import datetime
+
+    utc_hour = datetime.datetime.now(datetime.UTC).hour
+    offset = (23 - utc_hour + 12) % 24 - 12  # from -12 to +11, zones that all exist
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT signs are inverted
+
+
+def channel_reasons(response: pb.DecideResponse) -> dict[str, pb.Reason]:
+    """The response's channel reasons by channel: all of them about the chosen action."""
+    found = {r.channel: r for r in response.reasons if r.channel}
+    assert all(r.offer_id == response.action.offer_id for r in found.values())
+    return found
+
+
+def test_a_push_customer_in_quiet_hours_is_told_why_not_push(server):
+    zone = night_zone()
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("q1", timezone=zone)))
+
+    response = server.stub.Decide(atm_decline("q1"), timeout=5)
+
+    assert response.action.offer_id in LENDING and response.channel == "atm_screen"  # push and sms are quiet
+    reasons = channel_reasons(response)
+    assert reasons["push"].code == "quiet_hours"
+    # 23:xx local (00:xx if the hour turned since night_zone() chose the zone)
+    expected = rf"quiet hours 21:00-08:00 in {re.escape(zone)}, local time (23|00):\d\d"
+    assert re.fullmatch(expected, reasons["push"].detail), reasons["push"].detail
+    assert reasons["push"].offer_id == response.action.offer_id
+    assert response.reasons[0].code == "chosen"  # still first; the channel reasons follow it
+    assert {r.channel for r in response.reasons[1:len(reasons) + 1]} == set(reasons)
+
+
+def test_a_customer_without_push_consent_is_told_why_not_push(server):
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(
+        "q2", timezone=daytime_zone(), consent={"push": False, "sms": True, "atm_screen": True})))
+
+    response = server.stub.Decide(atm_decline("q2"), timeout=5)
+
+    assert response.action.offer_id in LENDING and response.channel != "push"
+    push = channel_reasons(response)["push"]
+    assert (push.code, push.detail) == ("no_consent", "no consent")
+
+
+def test_an_atm_decline_without_coordinates_keeps_them_missing(server):
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("g1", timezone=daytime_zone())))
+    declines = [  # oldest first; the agent view lists the newest first
+        pb.AtmDecline(amount=100, balance=20, currency="EUR", atm_id="atm-no-gps"),
+        pb.AtmDecline(amount=100, balance=20, currency="EUR", atm_id="atm-null-island", latitude=0.0, longitude=0.0),
+        pb.AtmDecline(amount=100, balance=20, currency="EUR", atm_id="atm-equator", longitude=9.45),
+        pb.AtmDecline(amount=100, balance=20, currency="EUR", atm_id="atm-sol", latitude=40.4168, longitude=-3.7038),
+    ]
+    for decline in declines:
+        response = server.stub.Decide(pb.DecideRequest(customer_id="g1", origin_channel="atm",
+                                                       event=pb.Event(atm_decline=decline)), timeout=5)
+        assert not response.no_action
+        assert "rule_error" not in {r.code for r in response.reasons}  # rules read 0 for a missing coordinate
+
+    view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="g1"), timeout=5)
+
+    fields = {e.fields["atm_id"]: dict(e.fields) for e in view.journey}
+    assert "latitude" not in fields["atm-no-gps"] and "longitude" not in fields["atm-no-gps"]  # absent, not "0"
+    # explicitly sent coordinates are kept as sent, 0 included
+    assert (fields["atm-null-island"]["latitude"], fields["atm-null-island"]["longitude"]) == ("0", "0")
+    # one half alone: what a client built before the fields were optional sends for a coordinate of 0
+    assert (fields["atm-equator"]["latitude"], fields["atm-equator"]["longitude"]) == ("0", "9.45")
+    assert (fields["atm-sol"]["latitude"], fields["atm-sol"]["longitude"]) == ("40.4168", "-3.7038")

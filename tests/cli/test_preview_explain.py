@@ -249,6 +249,9 @@ def test_explain_shows_each_candidate_what_filtered_it_and_the_numbers(capsys, r
     assert re.search(r"frequency_cap +at most 1 per 30d$", status["overdraft_protection"])  # the limit
     assert status["micro_loan"].startswith("1. micro_loan") and " chosen " in status["micro_loan"]
     assert "sms           closed: sms: no consent" in lines[lines.index(status["micro_loan"]) + 3]
+    # under the decision: why the chosen offer is not on its other channels (the response's channel reasons)
+    assert "not on sms: no_consent: no consent" in lines
+    assert re.search(r"^  not on atm_screen: lower_priority: priority [\d.]+ < [\d.]+ on push$", out, re.MULTILINE)
 
     score = float(re.search(r"^decision: micro_loan on push, score ([\d.]+)$", out, re.MULTILINE).group(1))
     p, v, l, b, boost, priority = map(float, re.search(

@@ -82,7 +82,7 @@ def test_closed_channels_say_why(snapshot):
     bank = ModelBank()
     bank.bind(snapshot)
     arms = {(a.offer_id, a.channel): a for a in score_arms(snapshot, bank, CustomerContext(profile, NOON_UTC), DECLINE)}
-    assert arms[("loan", "push")].closed == "push: quiet hours in Asia/Tokyo"
+    assert arms[("loan", "push")].closed == "push: quiet hours 21:00-08:00 in Asia/Tokyo, local time 21:00"
     assert arms[("loan", "sms")].closed == "sms: no consent"
     assert arms[("loan", "atm_screen")].closed == ""
 

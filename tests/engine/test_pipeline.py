@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import textwrap
 import zoneinfo
@@ -11,7 +12,7 @@ import pytest
 
 from nba_service.domain import ContactRecord, CustomerContext, CustomerProfile, Event
 from nba_service.engine.pipeline import DecisionEngine
-from nba_service.learning.exploration import EpsilonGreedy
+from nba_service.learning.exploration import EpsilonGreedy, ThompsonSampling
 from nba_service.learning.models import ModelBank
 from nba_service.policies.parser import parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
@@ -348,3 +349,53 @@ def test_declines_suppress_within_the_offers_window_only():
     suppressed = with_declines(1, 6)
     assert suppressed.offer_id == "card"
     assert ("loan", "suppressed", "declined 2 times in 7d") in {(r.offer_id, r.code, r.detail) for r in suppressed.reasons}
+
+
+def _channel_reasons(decision) -> dict[str, tuple[str, str]]:
+    """channel -> (code, detail) of the decision's channel reasons, all about the chosen offer."""
+    found = {r.channel: (r.code, r.detail) for r in decision.reasons if r.channel}
+    assert all(r.offer_id == decision.offer_id for r in decision.reasons if r.channel)
+    return found
+
+
+def test_every_other_channel_of_the_chosen_offer_says_why_it_was_not_used(snapshot):
+    # 21:00 in Tokyo: push is in quiet hours, the loan goes on sms; atm_screen ties with it and ranks after
+    decision = decide(snapshot, customer(timezone="Asia/Tokyo"))
+    assert (decision.offer_id, decision.channel) == ("loan", "sms")
+    assert [(r.code, r.channel) for r in decision.reasons[:3]] == [
+        ("chosen", ""), ("quiet_hours", "push"), ("lower_priority", "atm_screen")]
+    assert _channel_reasons(decision) == {
+        "push": ("quiet_hours", "quiet hours 21:00-08:00 in Asia/Tokyo, local time 21:00"),
+        "atm_screen": ("lower_priority", "priority 4, the same as on sms (ranked first)"),
+    }
+    # offer reasons are unchanged: no channel, and never about the chosen offer
+    assert all(r.offer_id != "loan" for r in decision.reasons if not r.channel and r.code != "chosen")
+
+
+def test_channel_reasons_name_consent_caps_and_priority(snapshot):
+    no_sms = dataclasses.replace(customer(preferred="push"), consents={"push": True, "sms": False})
+    pushed_today = _contacts((3600, "loan", "push", "lending"))  # the loan's limit: 1 on push per 1d
+    decision = decide(snapshot, no_sms, contacts=pushed_today)
+    assert (decision.offer_id, decision.channel) == ("loan", "atm_screen")
+    assert _channel_reasons(decision) == {
+        "push": ("frequency_cap", "at most 1 on push per 1d"),
+        "sms": ("no_consent", "no consent"),
+    }
+    boosted = decide(snapshot, customer(preferred="sms"))  # sms 0.2 x 20 x 1.5 = 6 beats push and atm_screen (4)
+    assert (boosted.offer_id, boosted.channel) == ("loan", "sms")
+    assert _channel_reasons(boosted) == {
+        "push": ("lower_priority", "priority 4 < 6 on sms"),
+        "atm_screen": ("lower_priority", "priority 4 < 6 on sms"),
+    }
+
+
+def test_a_better_channel_left_by_exploration_says_so(snapshot):
+    # Thompson sampling picks among arms (epsilon-greedy only among offers): with wide draws it
+    # sometimes sends the loan on push although sms, the preferred channel, ranks higher
+    bank = ModelBank()
+    bank.bind(snapshot)
+    eng = DecisionEngine(bank, ThompsonSampling(draws=16, seed=5, scale=10.0))
+    ctx = CustomerContext(customer(preferred="sms"), now=NOON_UTC, origin_channel="atm")
+    explored = next(d for d in (eng.decide(snapshot, ctx, DECLINE) for _ in range(500))
+                    if (d.offer_id, d.channel) == ("loan", "push"))
+    assert _channel_reasons(explored)["sms"] == ("exploration", "priority 6, but exploration chose push (4)")

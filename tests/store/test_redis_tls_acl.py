@@ -327,6 +327,7 @@ def test_nba_serves_learns_and_runs_its_commands_as_the_acl_user(tls_redis, admi
             ["model", "history"],
             ["model", "promote"],  # the challenger the learner trains (challenger_learning_rate) goes live
             ["model", "rollback"],
+            ["history"],  # the change log: the publish, both rollbacks and the promotion
             ["model", "export", str(tmp_path / "model.json"), "--format", "json"],
             ["shadow", "report"],
             ["customers", "load", str(customers)],

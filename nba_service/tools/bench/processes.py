@@ -41,9 +41,11 @@ class ServerProcess:
 
 
 def _child_env() -> dict[str, str]:
-    """The bench's environment, but never another Redis, another address or a learner."""
+    """The bench's environment, but never another Redis, another address or a learner; its embedded Redis is
+    a state of its own, not advertised to other commands (``NBA_ISOLATED``)."""
     env = dict(os.environ)
     env.update({"NBA_LEARNER": "off", "NBA_REDIS_URL": "", "NBA_HOST": "127.0.0.1", "NBA_METRICS_HOST": "127.0.0.1"})
+    env["NBA_ISOLATED"] = "1"
     return env
 
 

@@ -164,14 +164,16 @@ class Alternative(_message.Message):
     def __init__(self, offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Reason(_message.Message):
-    __slots__ = ("offer_id", "code", "detail")
+    __slots__ = ("offer_id", "code", "detail", "channel")
     OFFER_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     offer_id: str
     code: str
     detail: str
-    def __init__(self, offer_id: _Optional[str] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    channel: str
+    def __init__(self, offer_id: _Optional[str] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ..., channel: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
     __slots__ = ("decision_id", "request_id", "no_action", "action", "channel", "score", "propensity", "alternatives", "reasons", "policy_version", "model_version", "degraded")
