@@ -76,10 +76,6 @@ class ChaosConfig:
     overload_callers: int = 1500
     overload_seconds: float = 10.0
     overload_connections: int = 8
-    overload_backoff: float = 0.0
-    """A caller's pause after a call that failed, before its next one: the first backoff of the README's retry
-    policy (``initialBackoff`` 0.05 s). Callers on other machines that retried at once would cost the server
-    nothing; on the 2-core machine the load generator shares, retrying at once takes CPU from the server."""
     bursts: tuple[int, ...] = (2900, 5000, 10_000)
     ladder: tuple[int, ...] = (1, 4, 16, 64)
     """The ``nba bench`` ladder (calls in flight) measured first: its best rate is the baseline."""

@@ -67,42 +67,33 @@ STARTED: list[int] = []
 """The PID of every process this module (and the idle-connection holders) started, for a check that
 none is left running."""
 LOAD_NICENESS = 10
-"""How much lower than the servers it starts the load generator (this process) runs, where it may."""
-_SERVER_NICE: list[int] = []
-"""The niceness the servers get back (set while :func:`load_yields` is in effect)."""
+"""How much lower than the servers the load generator (this process) runs while it measures throughput."""
+
+
+def _renice(value: int) -> None:
+    for task in os.listdir("/proc/self/task"):  # nice values are per thread on Linux
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, int(task), value)
 
 
 @contextlib.contextmanager
 def load_yields() -> Iterator[bool]:
-    """Run this process, the load generator, :data:`LOAD_NICENESS` lower than the redis-server and
-    ``nba serve`` processes it starts (each gets the niceness this process had back), so that on a
-    machine the load generator shares with them, its CPU comes after theirs, as on a machine of its
-    own. Where it may not give them that back (no CAP_SYS_NICE), nothing changes; yields whether it did.
-    Nice values are per thread on Linux: threads started from here on inherit it."""
+    """Every thread of this process, the load generator, :data:`LOAD_NICENESS` lower than the servers for
+    the block, then back: on a machine the load generator shares with the server and Redis, the CPU it
+    spends on calls the server refuses then comes after theirs, as on a machine of its own. Only where this
+    process may raise its priority back (CAP_SYS_NICE); elsewhere nothing changes. Yields whether it did."""
     base = os.getpriority(os.PRIO_PROCESS, 0)
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, base - 1)  # may this process make another less nice?
+        os.setpriority(os.PRIO_PROCESS, 0, base - 1)  # may it come back?
+        os.setpriority(os.PRIO_PROCESS, 0, base)
     except OSError:
         yield False
         return
-    os.setpriority(os.PRIO_PROCESS, 0, min(base + LOAD_NICENESS, 19))
-    _SERVER_NICE.append(base)
+    _renice(min(base + LOAD_NICENESS, 19))
     try:
         yield True
     finally:
-        _SERVER_NICE.pop()
-        os.setpriority(os.PRIO_PROCESS, 0, base)
-
-
-def server_priority(pid: int | None) -> None:
-    """Give a server this module started the niceness the load generator had (every thread it has now;
-    those it starts later inherit it from them)."""
-    if pid is None or not _SERVER_NICE:
-        return
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, int(task), _SERVER_NICE[-1])
+        _renice(base)
 
 
 CHILD_ENV = {
@@ -199,7 +190,6 @@ class RedisServer:
         args += ["--maxmemory-policy", "noeviction", "--logfile", str(self.log)]
         self.popen = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         STARTED.append(self.popen.pid)
-        server_priority(self.popen.pid)
         probe = self.client()
         try:
 
@@ -251,7 +241,6 @@ class NbaServe:
         except BenchError as exc:
             _terminate(self.process.popen)
             raise ChaosError(str(exc)) from None
-        server_priority(self.pid)  # the threads it started meanwhile
 
     @property
     def log(self) -> pathlib.Path:
@@ -284,7 +273,6 @@ def spawn_nba(work: pathlib.Path, redis_url: str, seed: int, name: str = "nba-se
     with log.open("ab") as log_file:
         popen = subprocess.Popen([sys.executable, "-m", *args], stdout=log_file, stderr=subprocess.STDOUT, env=env)
     STARTED.append(popen.pid)
-    server_priority(popen.pid)
     return NbaServe(ServerProcess(name, popen, log), ready)
 
 

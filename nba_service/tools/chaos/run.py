@@ -15,7 +15,7 @@ from nba_service.tools.bench.run import machine
 from nba_service.tools.chaos import hostile, outage, pressure
 from nba_service.tools.chaos.config import FAULTS, ChaosConfig, Progress
 from nba_service.tools.chaos.report import FaultResult
-from nba_service.tools.chaos.rig import LOAD_NICENESS, REAPER, STARTED, load_yields
+from nba_service.tools.chaos.rig import REAPER, STARTED
 
 __all__ = ["RUNNERS", "ChaosRun", "run_chaos"]
 
@@ -85,13 +85,7 @@ def run_chaos(config: ChaosConfig, faults: Sequence[str] = FAULTS, progress: Pro
     load_before = os.getloadavg()
     results: list[FaultResult] = []
     first_pid = len(STARTED)
-    with load_yields() as yielded:
-        progress(
-            f"load generator (pid {os.getpid()}) at niceness +{LOAD_NICENESS} against the servers"
-            if yielded
-            else "load generator at the servers' priority (it may not lower theirs)"
-        )
-        _run_faults(config, faults, progress, results)
+    _run_faults(config, faults, progress, results)
     meta = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "tree": _tree(),
@@ -99,7 +93,6 @@ def run_chaos(config: ChaosConfig, faults: Sequence[str] = FAULTS, progress: Pro
         "open_files_limit": {"before": list(limits), "run": list(resource.getrlimit(resource.RLIMIT_NOFILE))},
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "pids": STARTED[first_pid:],
-        "load_generator_niceness": LOAD_NICENESS if yielded else 0,
     }
     return ChaosRun(results, config, time.monotonic() - began, meta)
 
