@@ -30,6 +30,7 @@ from nba_service.domain import (
     NotFoundError,
     OutcomeKind,
     OutcomeStatus,
+    RecordedEvent,
     RecordedOutcome,
     ServingMode,
     StoreUnavailableError,
@@ -460,6 +461,16 @@ class DataPlane:
         """The learned models' P(accept) of a decision's arm; 0 for no action."""
         arm = snapshot.arm_index.get((decision.offer_id, decision.channel)) if decision.offer_id else None
         return 0.0 if arm is None else float(self.models.score(np.array([arm]), x)[0])
+
+    async def record_event(self, customer_id: str, origin_channel: str, event: Event) -> RecordedEvent:
+        """Record a moment without deciding: the journey entry and its open-journey change (a purchase
+        closes the cart), in one atomic script. No decision, contact, budget or learning; no policy needed."""
+        try:
+            recorded = await self.state.record_event(customer_id, origin_channel, event, time.time())
+        except redis.RedisError as exc:
+            raise self._unavailable("record_event", exc) from exc
+        self.metrics.count_event(event.type)
+        return recorded
 
     async def report_outcome(self, decision_id: str, outcome: OutcomeKind, value: float) -> RecordedOutcome:
         try:

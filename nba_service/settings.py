@@ -13,7 +13,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-from nba_service.domain.enums import ExplorationStrategy, LearnerMode, ServingMode
+from nba_service.domain.enums import ExplorationStrategy, LearnerMode, RedisMode, ServingMode
 
 __all__ = ["Settings", "SettingsError", "default_data_dir"]
 
@@ -59,7 +59,17 @@ class Settings:
     metrics_port: int = 9464
     """Port of the Prometheus ``/metrics`` endpoint; 0 picks a free one, -1 disables it."""
     redis_url: str = ""
-    """Redis to keep all state in. Empty: start (or join) the embedded Redis in ``data_dir``."""
+    """Redis to keep all state in. Empty: start (or join) the embedded Redis in ``data_dir``. With
+    ``redis_mode=sentinel`` it carries only the user, password, database and TLS options (its host is not used)."""
+    redis_mode: RedisMode = RedisMode.STANDALONE
+    """``standalone``: the one Redis of ``redis_url`` (or the embedded one); ``sentinel``: the primary that the
+    sentinels of ``redis_sentinels`` name ``redis_master_name``, found again after a failover; ``cluster``: not
+    supported yet (refused)."""
+    redis_sentinels: str = ""
+    """With ``redis_mode=sentinel``: the sentinels, ``host:port,host:port,...`` (port 26379 when left out; IPv6
+    as ``[::1]:26379``)."""
+    redis_master_name: str = "nba"
+    """With ``redis_mode=sentinel``: the name the sentinels monitor the primary under (``sentinel monitor NAME``)."""
     data_dir: str = dataclasses.field(default_factory=default_data_dir)
     """Where the embedded Redis keeps its database and socket."""
     isolated: bool = False
@@ -221,6 +231,65 @@ class Settings:
         if self.challenger_learning_rate < 0:
             raise SettingsError("challenger_learning_rate: must be >= 0 (0: no challenger)")
         self._validate_limits()
+        self._validate_redis()
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        """No Redis was given (no ``redis_url``, mode ``standalone``): the embedded one of ``data_dir``."""
+        return not self.redis_url and self.redis_mode is RedisMode.STANDALONE
+
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``redis_sentinels`` as (host, port) pairs; SettingsError naming the field for an address that is not one."""
+        addresses = []
+        for item in (part.strip() for part in self.redis_sentinels.split(",")):
+            if not item:
+                continue
+            host, port = item, "26379"
+            if item.startswith("["):  # [IPv6]:port
+                host, _, rest = item[1:].partition("]")
+                if rest:
+                    if not rest.startswith(":"):
+                        host = ""
+                    port = rest[1:]
+            elif ":" in item:
+                host, _, port = item.rpartition(":")
+            if not host or any(c in host for c in " /@[]") or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise SettingsError(
+                    f"redis_sentinels: {item!r} is not a sentinel address (host:port, e.g. redis-sentinel-0:26379)"
+                )
+            addresses.append((host, int(port)))
+        return tuple(addresses)
+
+    def _validate_redis(self) -> None:
+        """The Redis mode and the settings it needs."""
+        if self.redis_mode is RedisMode.CLUSTER:
+            raise SettingsError(
+                "redis_mode: 'cluster' is not supported yet: Redis Cluster needs a key layout nba does not have "
+                "yet (every script of a decision must touch a single hash slot). Use 'standalone' (one primary, "
+                "e.g. a managed Redis with failover) or 'sentinel' (--redis-sentinels, --redis-master-name)"
+            )
+        if self.redis_mode is not RedisMode.SENTINEL:
+            if self.redis_sentinels.strip():
+                raise SettingsError(
+                    "redis_sentinels: given, but redis_mode is 'standalone'; add --redis-mode sentinel "
+                    "(NBA_REDIS_MODE=sentinel) to follow the primary the sentinels name"
+                )
+            return
+        if not self.sentinel_addresses():
+            raise SettingsError(
+                "redis_sentinels: redis_mode 'sentinel' needs the sentinels' addresses, host:port,host:port,... "
+                "(--redis-sentinels, NBA_REDIS_SENTINELS)"
+            )
+        name = self.redis_master_name
+        if not name or any(c.isspace() for c in name):
+            raise SettingsError(
+                f"redis_master_name: {name!r} is not a master name (the NAME of `sentinel monitor NAME ...`, no spaces)"
+            )
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise SettingsError(
+                "redis_url: in sentinel mode the URL carries the user, password, database and TLS options of the "
+                "primary the sentinels name: give a redis:// or rediss:// URL (its host is not used), or none"
+            )
 
     def _validate_limits(self) -> None:
         """The overload, connection and shutdown settings."""
@@ -255,7 +324,12 @@ class Settings:
                 raise SettingsError(f"{name}: {value} must be positive and at most 2000000")
 
 
-_ENUMS: dict[str, type[enum.StrEnum]] = {"strategy": ExplorationStrategy, "mode": ServingMode, "learner": LearnerMode}
+_ENUMS: dict[str, type[enum.StrEnum]] = {
+    "strategy": ExplorationStrategy,
+    "mode": ServingMode,
+    "learner": LearnerMode,
+    "redis_mode": RedisMode,
+}
 """Settings whose value is one of a closed set: given as text, kept as the enum."""
 
 

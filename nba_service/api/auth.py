@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 ROLES = ("decide", "agent", "crm", "pii", "admin")
-"""``decide``: Decide, DecideStream, ReportOutcome. ``agent``: GetCustomerContext, and Decide on
+"""``decide``: Decide, DecideStream, ReportOutcome, RecordEvent. ``agent``: GetCustomerContext, and Decide on
 ``agent_contact`` events. ``crm``: UpsertCustomer, DeleteCustomer. ``pii``: sensitive attribute values
 in GetCustomerContext. ``admin``: everything."""
 

@@ -16,7 +16,9 @@ from nba_service.domain import (
     Decision,
     DecisionRequest,
     Event,
+    OpenJourney,
     OutcomeKind,
+    RecordedEvent,
 )
 from nba_service.domain.profile_update import ProfileMask
 from nba_service.domain.validation import (
@@ -26,6 +28,7 @@ from nba_service.domain.validation import (
     check_channel_name,
     check_coordinate,
     check_id,
+    check_item_ids,
     check_profile,
 )
 from nba_service.proto.nba.v1 import decision_pb2 as pb
@@ -35,18 +38,20 @@ __all__ = [
     "check_id",
     "decision_request_from_proto",
     "event_from_proto",
+    "event_record_from_proto",
     "outcome_from_proto",
     "profile_from_proto",
     "profile_mask_from_proto",
     "to_context_response",
     "to_decide_response",
     "to_profile",
+    "to_record_event_response",
+    "to_refused_response",
     "top_k_from_proto",
 ]
 
 MAX_TOP_K = 20
 DEFAULT_TOP_K = 3
-MAX_ITEMS = 500
 
 _OUTCOMES = {
     pb.OUTCOME_KIND_IMPRESSED: OutcomeKind.IMPRESSED,
@@ -91,16 +96,16 @@ def event_from_proto(msg: pb.Event, present: bool) -> Event:
         )
     if kind == "cart_abandon":
         e = msg.cart_abandon
-        if len(e.item_ids) > MAX_ITEMS:
-            raise ValidationError(f"{where}.item_ids", f"has {len(e.item_ids)} items, at most {MAX_ITEMS} are allowed")
+        items = check_item_ids(f"{where}.item_ids", e.item_ids)
         return Event(
             kind,
             {
                 "cart_id": _text(f"{where}.cart_id", e.cart_id),
                 "cart_value": check_amount(f"{where}.cart_value", e.cart_value),
                 "currency": _text(f"{where}.currency", e.currency),
-                "item_count": len(e.item_ids),
+                "item_count": len(items),
             },
+            item_ids=items,
         )
     if kind == "app_open":
         return Event(kind, {"screen": _text(f"{where}.screen", msg.app_open.screen)})
@@ -159,6 +164,36 @@ def decision_request_from_proto(request: pb.DecideRequest) -> DecisionRequest:
         attributes=dict(check_attributes("attributes", request.attributes)),
         event=event_from_proto(request.event, request.HasField("event")),
         top_k=top_k_from_proto(request),
+    )
+
+
+def event_record_from_proto(request: pb.RecordEventRequest) -> tuple[str, str, Event, str]:
+    """A ``RecordEvent`` request checked field by field, as ``Decide``'s: customer id, origin channel, event
+    and the caller's request id (empty when not given)."""
+    return (
+        check_id("customer_id", request.customer_id),
+        check_channel_name("origin_channel", request.origin_channel),
+        event_from_proto(request.event, request.HasField("event")),
+        check_id("request_id", request.request_id, required=False),
+    )
+
+
+def to_record_event_response(request_id: str, recorded: RecordedEvent) -> pb.RecordEventResponse:
+    return pb.RecordEventResponse(
+        request_id=request_id,
+        timestamp_ms=round(recorded.timestamp * 1000),
+        opened=None if recorded.opened is None else _open_journey(recorded.opened),
+        closed=[_open_journey(j) for j in recorded.closed],
+    )
+
+
+def to_refused_response(request_id: str, code: int, message: str, retry_after_ms: int = 0) -> pb.DecideResponse:
+    """A DecideStream's answer to a request that got no decision: its status, ``no_action`` (a client that
+    does not read ``status`` sends nothing) and no decision id (nothing was recorded)."""
+    return pb.DecideResponse(
+        request_id=request_id,
+        no_action=True,
+        status=pb.Status(code=code, message=message, retry_after_ms=retry_after_ms),
     )
 
 
@@ -255,6 +290,10 @@ def _stringify(fields: dict[str, object]) -> dict[str, str]:
     return out
 
 
+def _open_journey(j: OpenJourney) -> pb.OpenJourney:
+    return pb.OpenJourney(kind=j.kind, id=j.id, opened_ms=round(j.opened * 1000), fields=_stringify(dict(j.fields)))
+
+
 def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -274,10 +313,7 @@ def to_context_response(
             )
             for e in view.journey
         ],
-        open_journeys=[
-            pb.OpenJourney(kind=j.kind, id=j.id, opened_ms=int(j.opened * 1000), fields=_stringify(dict(j.fields)))
-            for j in view.open_journeys
-        ],
+        open_journeys=[_open_journey(j) for j in view.open_journeys],
         recent_decisions=[
             pb.PastDecision(
                 decision_id=d.decision_id,

@@ -6,11 +6,17 @@ message: a caller never sees ``UNKNOWN`` or a stack trace. A client's mistakes
 (INVALID_ARGUMENT, NOT_FOUND, ...) and refusals under load are logged without a
 traceback and at most once per kind per interval (:func:`set_log_interval`), with
 the count of those left out.
+
+A unary call fails with its status (:func:`abort_for`); a DecideStream answers a
+request that got no decision with a response carrying the same status
+(:func:`error_status`) and goes on, unless the error is one of the whole call
+(:func:`ends_stream`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,7 +30,16 @@ from nba_service.domain import NoPolicyError, NotFoundError, StoreUnavailableErr
 from nba_service.domain.validation import ValidationError
 from nba_service.observability.ratelimit import RateLimitedLog
 
-__all__ = ["STATUS_BY_EXCEPTION", "abort_for", "handle_errors", "set_log_interval", "status_for"]
+__all__ = [
+    "STATUS_BY_EXCEPTION",
+    "ErrorStatus",
+    "abort_for",
+    "ends_stream",
+    "error_status",
+    "handle_errors",
+    "set_log_interval",
+    "status_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +95,52 @@ def handle_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitabl
     return wrapper
 
 
-async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext, where: str) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class ErrorStatus:
+    """What a caller is told about an error: its code, a plain message and, for RESOURCE_EXHAUSTED, when to
+    try again (milliseconds)."""
+
+    code: grpc.StatusCode
+    message: str
+    retry_after_ms: int = 0
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        if not self.retry_after_ms:
+            return ()
+        return tuple((key, str(self.retry_after_ms)) for key in RETRY_AFTER_KEYS)
+
+
+def error_status(exc: BaseException, where: str) -> ErrorStatus:
+    """The status ``exc`` is answered with in ``where``, logged (rate-limited) as its kind wants."""
     code = status_for(exc)
     if code is None:
         _limited.log(logging.ERROR, ("internal", where, type(exc)), "%s failed", where, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {where}; see the server log")
-    assert code is not None
+        return ErrorStatus(grpc.StatusCode.INTERNAL, f"internal error in {where}; see the server log")
     if isinstance(exc, Overloaded):
         _limited.warning(("overloaded", where), "%s: %s", where, exc)
-        ms = str(round(exc.retry_after * 1000))
-        await context.abort(code, str(exc), trailing_metadata=tuple((key, ms) for key in RETRY_AFTER_KEYS))
+        return ErrorStatus(code, str(exc), round(exc.retry_after * 1000))
     if code is grpc.StatusCode.UNAVAILABLE:
         pass  # the data plane logged the store's failure (rate-limited); draining is expected
     else:
         _limited.info((code, where), "%s: %s: %s", where, code.name, exc)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED and type(exc) is TimeoutError:
-        await context.abort(
+        return ErrorStatus(
             code,
             "the deadline expired before the answer was ready (a decision may still "
             "have been recorded; it will wait for no outcome)",
         )
-    await context.abort(code, str(exc))
+    return ErrorStatus(code, str(exc))
+
+
+def ends_stream(exc: BaseException) -> bool:
+    """Whether ``exc`` ends a whole DecideStream rather than one request's answer: the stream's deadline is
+    (nearly) up (DEADLINE_EXCEEDED: every later request would fail the same way), the server is shutting
+    down (the client should reconnect elsewhere), or the call was aborted already."""
+    if isinstance(exc, (Draining, grpc.aio.AbortError)):
+        return True
+    return status_for(exc) is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext, where: str) -> None:
+    status = error_status(exc, where)
+    await context.abort(status.code, status.message, trailing_metadata=status.trailing_metadata())

@@ -278,6 +278,7 @@ METHOD_ROLES: dict[str, str] = {
     _SERVICE + "Decide": "decide",
     _SERVICE + "DecideStream": "decide",
     _SERVICE + "ReportOutcome": "decide",
+    _SERVICE + "RecordEvent": "decide",
     _SERVICE + "GetCustomerContext": "agent",
     _SERVICE + "UpsertCustomer": "crm",
     _SERVICE + "DeleteCustomer": "crm",

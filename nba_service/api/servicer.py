@@ -14,7 +14,7 @@ import grpc
 from nba_service.api import converters
 from nba_service.api.admission import Admission
 from nba_service.api.auth import current_caller
-from nba_service.api.errors import abort_for, handle_errors
+from nba_service.api.errors import abort_for, ends_stream, error_status, handle_errors
 from nba_service.api.event_log import append_request
 from nba_service.dataplane import DataPlane
 from nba_service.domain import CustomerView, OutcomeStatus
@@ -32,6 +32,14 @@ def without_attributes(view: CustomerView, names: Iterable[str]) -> CustomerView
     hidden = set(names)
     attributes = {k: v for k, v in view.profile.attributes.items() if k not in hidden}
     return dataclasses.replace(view, profile=dataclasses.replace(view.profile, attributes=attributes))
+
+
+def _echoed_id(request: pb.DecideRequest) -> str:
+    """The request id an answer without a decision echoes: the caller's, unless that is what was wrong."""
+    try:
+        return converters.check_id("request_id", request.request_id, required=False)
+    except converters.ValidationError:
+        return ""
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
@@ -95,22 +103,35 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     async def DecideStream(
         self, request_iterator: AsyncIterator[pb.DecideRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DecideResponse]:
-        # One response per request, in order. A bad request ends the stream with its status code, as a
-        # unary call would have failed. One decision in flight per stream: gRPC writes each response
-        # (waiting for the client's flow-control window) before this generator is resumed to read the
-        # next request, so a client that stops reading stops the stream once its window is full.
-        unreturned = self.dataplane.metrics.decisions_unreturned
+        # One response per request, in order. A request that gets no decision (a bad field, refused as
+        # overloaded, the state store unreachable, no policy, a bug) is answered with a response of its own
+        # carrying the status a unary call would have failed with, and the stream goes on. What ends the
+        # whole call still ends it (errors.ends_stream): its deadline, its cancellation, the drain, and a
+        # message that does not decode (the interceptor answers INVALID_ARGUMENT). One decision in flight
+        # per stream: gRPC writes each response (waiting for the client's flow-control window) before this
+        # generator is resumed to read the next request, so a client that stops reading stops the stream
+        # once its window is full.
+        metrics = self.dataplane.metrics
+        unreturned = metrics.decisions_unreturned
         async for request in request_iterator:
+            decided = True
             try:
                 response = await self._decide(request, context, stream=True)
             except Exception as exc:
-                await abort_for(exc, context, "DecideStream")
+                if ends_stream(exc):
+                    await abort_for(exc, context, "DecideStream")
+                status = error_status(exc, "DecideStream")
+                metrics.stream_refusals.labels(status.code.name).inc()
+                response = converters.to_refused_response(
+                    _echoed_id(request), status.code.value[0], status.message, status.retry_after_ms
+                )
+                decided = False
             written = False
             try:
                 yield response
                 written = True
             finally:
-                if not written:
+                if not written and decided:
                     unreturned.labels("stream_closed").inc()
 
     @handle_errors
@@ -120,6 +141,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return pb.OutcomeResponse(
             decision_id=decision_id, duplicate=recorded.status is OutcomeStatus.DUPLICATE, learned=recorded.learn
         )
+
+    @handle_errors
+    async def RecordEvent(
+        self, request: pb.RecordEventRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordEventResponse:
+        customer_id, origin_channel, event, request_id = converters.event_record_from_proto(request)
+        recorded = await self.dataplane.record_event(customer_id, origin_channel, event)
+        return converters.to_record_event_response(request_id, recorded)
 
     @handle_errors
     async def GetCustomerContext(

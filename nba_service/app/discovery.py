@@ -8,7 +8,8 @@ another process) is ignored and deleted, and one whose Redis does not answer is 
 
 :func:`resolve` applies the advertisements to a command's settings (``nba serve`` included):
 
-- ``--redis-url`` / ``NBA_REDIS_URL`` given: that Redis, nothing else is looked at;
+- ``--redis-url`` / ``NBA_REDIS_URL`` given, or a ``--redis-mode`` other than ``standalone`` (Sentinel): that
+  Redis, nothing else is looked at;
 - no ``--data-dir`` / ``NBA_DATA_DIR``: the data directory of the running server (the default one
   when a server runs there, or when none runs);
 - a data directory given that no running server uses, while one runs with another:
@@ -35,6 +36,7 @@ from redis.retry import Retry
 
 from nba_service import __version__
 from nba_service.settings import Settings, SettingsError, default_data_dir
+from nba_service.store.connect import RedisTarget, sync_client
 
 __all__ = ["Advertisement", "StateConflict", "advertise", "live_servers", "resolve", "same_dir", "withdraw"]
 
@@ -145,8 +147,8 @@ def _process_alive(advert: Advertisement) -> bool:
 
 def redis_answers(url: str, timeout: float = PING_TIMEOUT_SECONDS) -> bool:
     """Whether the Redis at ``url`` answers PING (one try, no retry)."""
-    client = redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    client = sync_client(
+        RedisTarget(url=url), socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
     )
     try:
         client.ping()
@@ -198,7 +200,7 @@ def resolve(settings: Settings, *, explicit_data_dir: bool, servers: Sequence[Ad
     advertisements (default :func:`live_servers`). :class:`StateConflict` when the command would start a
     second embedded Redis beside a running server's, or cannot tell which of several to use.
     """
-    if settings.redis_url or settings.isolated:
+    if not settings.uses_embedded_redis or settings.isolated:
         return settings
     servers = live_servers() if servers is None else servers
     if not servers or any(same_dir(s.data_dir, settings.data_dir) for s in servers):

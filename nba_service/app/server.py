@@ -28,7 +28,6 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -48,10 +47,10 @@ from nba_service.policies.parser import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.settings import Settings, SettingsError
-from nba_service.store import heartbeats, keys
+from nba_service.store import connect, heartbeats, keys
+from nba_service.store.connect import RedisTarget
 from nba_service.store.embedded import EmbeddedRedis
 from nba_service.store.policy_store import PolicyStore, content_digest
-from nba_service.store.urls import redacted_url
 
 __all__ = [
     "SERVICE_NAME",
@@ -78,34 +77,22 @@ DRAIN_STOP_SECONDS = 0.5
 """The end of the grace period kept for answering the calls still open and stopping the gRPC server."""
 
 
-def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
-    """An asyncio client for the request path and a sync one for tools and background work.
+def redis_clients(target: RedisTarget | str) -> tuple[aioredis.Redis, redis.Redis]:
+    """An asyncio client for the request path and a sync one for tools and background work
+    (:func:`nba_service.store.connect.clients`: both retry a failed connection a few times with backoff).
 
-    Both retry a failed connection a few times with backoff, so a Redis blip
-    costs a retry, not an error. (The decision path's scripts use their own
-    connection: reads are retried once, writes never, as they may have applied.)
-
-    ``url`` carries the credentials and TLS: an ACL user (``rediss://nba:PASSWORD@redis:6380/0``) and the
-    TLS files as query parameters (``?ssl_ca_certs=/etc/nba/redis/ca.pem``, and ``ssl_certfile`` and
-    ``ssl_keyfile`` for a client certificate), see :mod:`nba_service.store.urls`. A URL nba cannot use
-    (TLS options without ``rediss://``, a CA or certificate file that cannot be read) raises
-    :class:`SettingsError` here, naming the problem but not the password.
+    ``target`` is a :class:`~nba_service.store.connect.RedisTarget` (a standalone Redis, or the primary Redis
+    Sentinel names) or a standalone Redis's URL. The URL carries the credentials and TLS: an ACL user
+    (``rediss://nba:PASSWORD@redis:6380/0``) and the TLS files as query parameters
+    (``?ssl_ca_certs=/etc/nba/redis/ca.pem``, and ``ssl_certfile`` and ``ssl_keyfile`` for a client
+    certificate), see :mod:`nba_service.store.urls`. A target nba cannot use (TLS options without
+    ``rediss://``, a CA or certificate file that cannot be read) raises :class:`SettingsError` here, naming the
+    problem but not the password.
     """
-    from nba_service.store.urls import check_redis_url
-
     try:
-        check_redis_url(url)
+        return connect.clients(RedisTarget(url=target) if isinstance(target, str) else target)
     except ValueError as exc:
-        raise SettingsError(f"redis_url: {exc}") from None
-    options: dict[str, Any] = {
-        "socket_timeout": 2.0,
-        "socket_connect_timeout": 2.0,
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-        "health_check_interval": 30,
-    }
-    async_client = aioredis.Redis.from_url(url, retry=AsyncRetry(ExponentialBackoff(cap=0.25, base=0.01), 3), **options)
-    sync_client = redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 3), **options)
-    return async_client, sync_client
+        raise SettingsError(str(exc)) from None
 
 
 def connection_limit(settings: Settings) -> int:
@@ -215,6 +202,8 @@ class NbaServer:
         self.port = 0
         self.metrics_port = 0
         self.redis_url = settings.redis_url
+        self.redis_target = RedisTarget()
+        """Which Redis the process uses (set at start: the embedded one's URL is known then)."""
         self._embedded: EmbeddedRedis | None = None
         self._advertisement: pathlib.Path | None = None
         """The file advertising the embedded Redis to other commands (:mod:`~nba_service.app.discovery`)."""
@@ -254,12 +243,13 @@ class NbaServer:
             self.tls = ServerTls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if settings.auth_file:
             self.auth = AuthInterceptor(settings.auth_file, self.metrics)
-        if not self.redis_url:
+        if not self.redis_url and settings.uses_embedded_redis:
             self._embedded = EmbeddedRedis(settings.data_dir)
             self.redis_url = await asyncio.to_thread(self._embedded.start)
             if not settings.isolated:
                 self._advertisement = discovery.advertise(settings.data_dir, self.redis_url)
-        self._async_redis, self._sync_redis = redis_clients(self.redis_url)
+        self.redis_target = RedisTarget.of(settings, url=self.redis_url)
+        self._async_redis, self._sync_redis = redis_clients(self.redis_target)
         if settings.policies:
             await asyncio.to_thread(publish_if_changed, self._sync_redis, settings.policies)
         self.dataplane = DataPlane(settings, self._async_redis, self._sync_redis, self.metrics, self.redis_url)
@@ -308,7 +298,7 @@ class NbaServer:
             "mTLS" if self.tls and self.tls.mutual else "TLS" if self.tls else "plaintext",
             f"{len(self.auth.auth.clients)} callers from {settings.auth_file}" if self.auth else "no auth",
             f"metrics on {settings.metrics_host}:{self.metrics_port}/metrics" if self._metrics_http else "no metrics",
-            redacted_url(self.redis_url),
+            self.redis_target.describe(),
             settings.max_decisions_in_progress,
             self.max_connections,
         )
@@ -334,8 +324,8 @@ class NbaServer:
     def _start_learner(self) -> None:
         """The embedded learner: a thread with its own Redis client; one replica at a time learns."""
         metrics = self.metrics
-        learner_client = redis.Redis.from_url(
-            self.redis_url,
+        learner_client = connect.sync_client(
+            self.redis_target,
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 3),
             socket_timeout=5.0,
             socket_connect_timeout=2.0,
@@ -425,7 +415,7 @@ class NbaServer:
             "model_version": "" if models is None else str(models),
             "serving": "no" if self.stopping or not self.store_up or snapshot is None else "yes",
             "data_dir": str(self._embedded.data_dir) if self._embedded is not None else "",
-            "redis": redacted_url(self.redis_url),
+            "redis": self.redis_target.describe(),
         }
 
     async def _beat(self) -> None:

@@ -24,13 +24,14 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from nba_service.app import discovery
 from nba_service.app.server import check_exposure, publish_if_changed, start_metrics_http
 from nba_service.settings import Settings
+from nba_service.store import connect
+from nba_service.store.connect import RedisTarget
 from nba_service.store.embedded import EmbeddedRedis
 
 __all__ = ["WorkerInfo", "run_workers"]
@@ -101,13 +102,13 @@ def run_workers(settings: Settings, ready: Callable[[WorkerInfo], None] | None =
     metrics_http = None
     try:
         url = settings.redis_url
-        if not url:
+        if settings.uses_embedded_redis:
             embedded = EmbeddedRedis(settings.data_dir)
             url = embedded.start()
             if not settings.isolated:  # the supervisor advertises the Redis; each worker writes its heartbeat
                 advertisement = discovery.advertise(settings.data_dir, url)
         if settings.policies:
-            client = redis.Redis.from_url(url)
+            client = connect.sync_client(RedisTarget.of(settings, url=url))
             try:
                 publish_if_changed(client, settings.policies)
             finally:

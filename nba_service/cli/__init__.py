@@ -1,8 +1,10 @@
 """The ``nba`` command: serve, demo, policy ..., customers ...
 
-Every command that touches state takes ``--redis-url`` (or ``NBA_REDIS_URL``);
-without one it uses the embedded Redis in ``--data-dir`` (``NBA_DATA_DIR``),
-joining the running one if ``nba serve`` started it. Without ``--data-dir`` it
+Every command that touches state takes ``--redis-url`` (or ``NBA_REDIS_URL``), and
+``--redis-mode sentinel`` with ``--redis-sentinels`` and ``--redis-master-name`` for the
+primary Redis Sentinel names (:mod:`nba_service.store.connect`); without either it
+uses the embedded Redis in ``--data-dir`` (``NBA_DATA_DIR``), joining the running one
+if ``nba serve`` started it. Without ``--data-dir`` it
 uses the running server's (which the server advertises), and it refuses to
 start a second embedded Redis beside a running server's
 (:mod:`nba_service.app.discovery`); ``nba status`` says which state is used.

@@ -13,14 +13,35 @@ from typing import Any, Protocol, TypeVar
 
 import redis
 
-from nba_service.settings import Settings
+from nba_service.domain.enums import RedisMode
+from nba_service.settings import Settings, SettingsError
+from nba_service.store import connect
+from nba_service.store.connect import RedisTarget
 from nba_service.store.embedded import EmbeddedRedis
 
-__all__ = ["settings_from", "show_history", "state_client", "state_options", "write_json"]
+__all__ = ["redis_client", "settings_from", "show_history", "state_client", "state_options", "write_json"]
 
 
 def state_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", help="Redis to use (env NBA_REDIS_URL); default: the embedded Redis")
+    parser.add_argument(
+        "--redis-mode",
+        choices=[mode.value for mode in RedisMode],
+        help="standalone: the Redis of --redis-url (default); sentinel: the primary the sentinels name, followed "
+        "through failovers (--redis-url then gives only the user, password, database and TLS); cluster: not "
+        "supported yet (env NBA_REDIS_MODE)",
+    )
+    parser.add_argument(
+        "--redis-sentinels",
+        metavar="HOST:PORT,...",
+        help="with --redis-mode sentinel: the sentinels' addresses (env NBA_REDIS_SENTINELS)",
+    )
+    parser.add_argument(
+        "--redis-master-name",
+        metavar="NAME",
+        help="with --redis-mode sentinel: the name the sentinels monitor the primary under (env "
+        "NBA_REDIS_MASTER_NAME, default nba)",
+    )
     parser.add_argument(
         "--data-dir",
         help="where the embedded Redis lives (env NBA_DATA_DIR); default: the running server's, else "
@@ -34,6 +55,10 @@ def state_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+REDIS_OPTIONS = ("redis_url", "redis_mode", "redis_sentinels", "redis_master_name")
+"""The settings of :func:`state_options` that say which Redis a command uses."""
+
+
 def settings_from(args: argparse.Namespace, *, discover: bool = True, **extra: object) -> Settings:
     """The settings of a command: the environment, then its flags and ``extra``.
 
@@ -42,7 +67,7 @@ def settings_from(args: argparse.Namespace, *, discover: bool = True, **extra: o
     is given, :class:`~nba_service.app.discovery.StateConflict` (a SettingsError) rather than a second
     embedded Redis beside it.
     """
-    overrides = {name: getattr(args, name, None) for name in ("redis_url", "data_dir", "isolated", "log_level")}
+    overrides = {name: getattr(args, name, None) for name in (*REDIS_OPTIONS, "data_dir", "isolated", "log_level")}
     overrides.update(extra)
     settings = Settings.from_env(**overrides)
     if discover and hasattr(args, "data_dir"):
@@ -53,11 +78,21 @@ def settings_from(args: argparse.Namespace, *, discover: bool = True, **extra: o
     return settings
 
 
+def redis_client(target: RedisTarget) -> redis.Redis:
+    """A command's client of ``target`` (:func:`nba_service.store.connect.sync_client`); a target that cannot
+    be used is a SettingsError naming the setting."""
+    try:
+        return connect.sync_client(target)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 @contextlib.contextmanager
 def state_client(settings: Settings) -> Iterator[redis.Redis]:
-    """A Redis client for a command: the configured URL, or the embedded Redis."""
-    if settings.redis_url:
-        client = redis.Redis.from_url(settings.redis_url)
+    """A Redis client for a command: the configured Redis (a URL, or the primary the sentinels name), or the
+    embedded Redis."""
+    if not settings.uses_embedded_redis:
+        client = redis_client(RedisTarget.of(settings))
         try:
             client.ping()
             yield client
@@ -65,7 +100,7 @@ def state_client(settings: Settings) -> Iterator[redis.Redis]:
             client.close()
         return
     with EmbeddedRedis(settings.data_dir) as embedded:
-        client = redis.Redis.from_url(embedded.url)
+        client = redis_client(RedisTarget(url=embedded.url))
         try:
             yield client
         finally:

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 from nba_service.cli._common import settings_from, state_client, state_options, write_json
 from nba_service.domain.profile_update import Erasure
-from nba_service.settings import Settings
+from nba_service.settings import Settings, SettingsError
+from nba_service.store.connect import RedisTarget
 
 
 def cmd_customers_load(args: argparse.Namespace) -> int:
@@ -87,8 +88,8 @@ def cmd_customers_erase(args: argparse.Namespace) -> int:
             print("nba customers erase: not confirmed; nothing was erased", file=sys.stderr)
             return 1
     settings = settings_from(args)
-    with _redis_url(settings) as url:
-        erasure = asyncio.run(_erase(settings, url, customer_id, _operator(), args.request_id or ""))
+    with _redis_target(settings) as target:
+        erasure = asyncio.run(_erase(settings, target, customer_id, _operator(), args.request_id or ""))
     if erasure.erased:
         print(f"customer {customer_id} erased ({erasure.decisions} decisions deleted); the erasure is in the audit")
     else:
@@ -96,17 +97,19 @@ def cmd_customers_erase(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _erase(settings: Settings, url: str, customer_id: str, caller: str, request_id: str) -> Erasure:
-    import redis.asyncio as aioredis
-
+async def _erase(settings: Settings, target: RedisTarget, customer_id: str, caller: str, request_id: str) -> Erasure:
+    from nba_service.store.connect import async_client
     from nba_service.store.state import StateStore
 
-    client = aioredis.Redis.from_url(url)
-    store = StateStore(
+    try:
+        client = async_client(target)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    store = StateStore(  # its script connection reaches what the client reaches (the sentinels' primary too)
         client,
         decision_ttl_seconds=settings.decision_ttl_seconds,
         journey_max_events=settings.journey_max_events,
-        url=url,
+        url=target.url,
     )
     try:
         return await store.erase_customer(customer_id, caller=caller, request_id=request_id)
@@ -116,15 +119,15 @@ async def _erase(settings: Settings, url: str, customer_id: str, caller: str, re
 
 
 @contextlib.contextmanager
-def _redis_url(settings: Settings) -> Iterator[str]:
-    """The configured Redis URL, or the embedded Redis's (started for the command if no server runs it)."""
-    if settings.redis_url:
-        yield settings.redis_url
+def _redis_target(settings: Settings) -> Iterator[RedisTarget]:
+    """The configured Redis, or the embedded Redis (started for the command if no server runs it)."""
+    if not settings.uses_embedded_redis:
+        yield RedisTarget.of(settings)
         return
     from nba_service.store.embedded import EmbeddedRedis
 
     with EmbeddedRedis(settings.data_dir) as embedded:
-        yield embedded.url
+        yield RedisTarget(url=embedded.url)
 
 
 def _operator() -> str:

@@ -12,9 +12,10 @@ from typing import Any
 import redis
 
 from nba_service.app import discovery
-from nba_service.cli._common import settings_from, state_options, write_json
+from nba_service.cli._common import redis_client, settings_from, state_options, write_json
 from nba_service.settings import Settings
-from nba_service.store import heartbeats, keys
+from nba_service.store import connect, heartbeats, keys
+from nba_service.store.connect import RedisTarget
 from nba_service.store.embedded import EmbeddedRedis
 from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
@@ -30,11 +31,21 @@ def _when(timestamp: float) -> str:
 @contextlib.contextmanager
 def _connect(settings: Settings) -> Iterator[tuple[redis.Redis, dict[str, Any]]]:
     """A client of the Redis the commands use, and what ``nba status`` says about that Redis."""
-    if settings.redis_url:
-        client = redis.Redis.from_url(settings.redis_url)
+    if not settings.uses_embedded_redis:
+        target = RedisTarget.of(settings)
+        client = redis_client(target)
         try:
             client.ping()
-            yield client, {"url": redacted_url(settings.redis_url), "embedded": False}
+            about: dict[str, Any] = {"url": target.describe(), "embedded": False, "mode": str(target.mode)}
+            if target.sentinel:
+                primary = connect.primary_address(client)
+                about.update(
+                    url=redacted_url(settings.redis_url),
+                    master_name=target.master_name,
+                    sentinels=[f"{host}:{port}" for host, port in target.sentinels],
+                    primary=f"{primary[0]}:{primary[1]}" if primary else "",
+                )
+            yield client, about
         finally:
             client.close()
         return
@@ -42,13 +53,14 @@ def _connect(settings: Settings) -> Iterator[tuple[redis.Redis, dict[str, Any]]]
     with EmbeddedRedis(settings.data_dir) as embedded:
         about = {
             "url": embedded.url,
+            "mode": "standalone",
             "embedded": True,
             "data_dir": str(embedded.data_dir),
             "redis_pid": embedded.pid,
             "started_for_this_command": embedded.owner,
             "advertised_by": [{"pid": a.pid, "since": a.started_at} for a in advertised],
         }
-        client = redis.Redis.from_url(embedded.url)
+        client = redis_client(RedisTarget(url=embedded.url))
         try:
             yield client, about
         finally:
@@ -97,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "model": _model(client),
             "servers": heartbeats.servers(client),
         }
-    if not settings.redis_url:
+    if settings.uses_embedded_redis:
         status["elsewhere"] = [
             {"pid": a.pid, "data_dir": a.data_dir, "redis_url": a.redis_url, "since": a.started_at}
             for a in discovery.live_servers()
@@ -113,7 +125,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_status(status: dict[str, Any]) -> None:
     about = status["redis"]
-    if not about["embedded"]:
+    if about.get("mode") == "sentinel":
+        print(
+            f"redis:   sentinel: the primary {about['master_name']!r}, now {about['primary']}, as the sentinels "
+            f"{','.join(about['sentinels'])} name it (--redis-mode sentinel / NBA_REDIS_MODE)"
+        )
+    elif not about["embedded"]:
         print(f"redis:   {about['url']} (--redis-url / NBA_REDIS_URL)")
     else:
         where = f"{about['url']}, redis-server pid {about['redis_pid']}"
@@ -191,8 +208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     status = sub.add_parser(
         "status",
         help="which Redis the commands use, the live policy and model versions, and the servers using it",
-        description="Which Redis the commands use (the --redis-url, or the embedded Redis: its data dir and "
-        "socket, and the nba serve that runs it), the live policy version (who published it, when, why), the "
+        description="Which Redis the commands use (the --redis-url, the primary Redis Sentinel names with "
+        "--redis-mode sentinel, or the embedded Redis: its data dir and socket, and the nba serve that runs it), "
+        "the live policy version (who published it, when, why), the "
         "live model version, and the nba serve processes using that Redis, from their heartbeats.",
     )
     status.add_argument("--json", metavar="FILE", help="also write the status as JSON here ('-': print only the JSON)")

@@ -34,6 +34,7 @@ from nba_service.domain.objects import (
     OpenJourney,
     PastDecision,
     Reason,
+    RecordedEvent,
     RecordedOutcome,
     TimedRequest,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "OutcomeStatus",
     "PastDecision",
     "Reason",
+    "RecordedEvent",
     "RecordedOutcome",
     "ServingMode",
     "StoreUnavailableError",

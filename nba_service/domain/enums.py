@@ -10,6 +10,7 @@ __all__ = [
     "LimitBlocks",
     "OutcomeKind",
     "OutcomeStatus",
+    "RedisMode",
     "ServingMode",
     "WriteResult",
 ]
@@ -85,3 +86,14 @@ class LearnerMode(enum.StrEnum):
     """``nba serve`` runs a learner thread (one replica at a time learns)."""
     OFF = "off"
     """The learner runs as its own process (``nba learner``)."""
+
+
+class RedisMode(enum.StrEnum):
+    """How nba reaches the Redis that holds its state (``redis_mode``)."""
+
+    STANDALONE = "standalone"
+    """One Redis at ``redis_url`` (or the embedded one)."""
+    SENTINEL = "sentinel"
+    """The primary Redis Sentinel names ``redis_master_name``, found again after every failover."""
+    CLUSTER = "cluster"
+    """Redis Cluster: not supported yet (the settings refuse it)."""

@@ -2,7 +2,8 @@
 
 An abandoned cart opens a cart journey (keyed by its ``cart_id``); a purchase
 or checkout (custom events) closes the cart named by its ``cart_id``
-attribute, or every open cart when it names none.
+attribute, or every open cart when it names none. The same rule applies to a
+moment that is decided (``Decide``) and to one only recorded (``RecordEvent``).
 
 >>> open_journey_change(Event("cart_abandon", {"cart_id": "k1", "cart_value": 80.0}))
 OpenJourneyChange(op='set', key=('cart', 'k1'))
@@ -45,7 +46,17 @@ def open_journey_change(event: Event) -> OpenJourneyChange | None:
 
 
 def journey_fields(event: Event) -> Mapping[str, Any]:
-    """The fields a journey entry keeps of ``event``: its fields, and its attributes under ``attributes``."""
-    if not event.attributes:
+    """The fields a journey entry (and an open journey) keeps of ``event``: its fields, its attributes under
+    ``attributes`` and a cart's items under ``item_ids``.
+
+    >>> journey_fields(Event("cart_abandon", {"cart_id": "k1", "item_count": 2}, item_ids=("sku1", "sku2")))
+    {'cart_id': 'k1', 'item_count': 2, 'item_ids': ['sku1', 'sku2']}
+    """
+    if not event.attributes and not event.item_ids:
         return event.fields
-    return {**event.fields, "attributes": dict(event.attributes)}
+    fields = dict(event.fields)
+    if event.attributes:
+        fields["attributes"] = dict(event.attributes)
+    if event.item_ids:
+        fields["item_ids"] = list(event.item_ids)
+    return fields

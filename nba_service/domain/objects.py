@@ -27,6 +27,7 @@ __all__ = [
     "OpenJourney",
     "PastDecision",
     "Reason",
+    "RecordedEvent",
     "RecordedOutcome",
     "TimedRequest",
 ]
@@ -50,6 +51,9 @@ class Event:
     type: str
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    item_ids: tuple[str, ...] = ()
+    """A cart's items (``cart_abandon``): kept in the journey and the open cart, not among the fields rules
+    read (they see ``item_count``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,6 +207,18 @@ class RecordedOutcome:
     offer_id: str = ""
     channel: str = ""
     customer_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """A moment recorded without a decision (``RecordEvent``): when, and the open journeys it changed."""
+
+    timestamp: float
+    """Unix seconds of the journey entry."""
+    opened: OpenJourney | None = None
+    """The journey it opened or refreshed (a ``cart_abandon``'s cart)."""
+    closed: tuple[OpenJourney, ...] = ()
+    """The open journeys it closed (a purchase's cart, or every cart), as they were."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

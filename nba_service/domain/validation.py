@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import re
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from nba_service.domain.objects import CustomerProfile
 
 __all__ = [
     "MAX_ATTRIBUTES",
     "MAX_ATTRIBUTE_BYTES",
+    "MAX_CART_ITEMS",
     "MAX_ID_LENGTH",
     "ValidationError",
     "check_amount",
@@ -24,6 +25,7 @@ __all__ = [
     "check_channel_ids",
     "check_channel_name",
     "check_id",
+    "check_item_ids",
     "check_profile",
 ]
 
@@ -33,7 +35,13 @@ MAX_ID_LENGTH = 128
 MAX_PROFILE_CHANNELS = 32
 """Channels a profile may list as reachable, and channels it may hold a consent for."""
 MAX_CHANNEL_ID_LENGTH = 64
+MAX_CART_ITEMS = 500
+"""Item ids a cart event may carry, each at most :data:`MAX_ID_LENGTH` characters (the journey and the
+open cart keep them)."""
 _CHANNEL = re.compile(r"^[a-z][a-z0-9_]*$")
+PAYDAY_ATTRIBUTE = "payday"
+"""The profile attribute rules read as the customer's payday (``days_until_payday``): a day of the month."""
+_PAYDAY = re.compile(r"^(0?[1-9]|[12][0-9]|3[01])$")
 
 
 class ValidationError(ValueError):
@@ -58,6 +66,13 @@ def check_id(field: str, value: str, required: bool = True) -> str:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def check_item_ids(field: str, item_ids: Sequence[str]) -> tuple[str, ...]:
+    """A cart's item ids: at most :data:`MAX_CART_ITEMS`, each an id as :func:`check_id` takes it."""
+    if len(item_ids) > MAX_CART_ITEMS:
+        raise ValidationError(field, f"has {len(item_ids)} items, at most {MAX_CART_ITEMS} are allowed")
+    return tuple(check_id(f"{field}[{i}]", item) for i, item in enumerate(item_ids))
 
 
 def check_channel_name(field: str, value: str) -> str:
@@ -120,4 +135,9 @@ def check_profile(profile: CustomerProfile) -> CustomerProfile:
         if len(getattr(profile, name).encode()) > MAX_ATTRIBUTE_BYTES:
             raise ValidationError(f"profile.{name}", f"is over {MAX_ATTRIBUTE_BYTES} bytes")
     check_attributes("profile.attributes", profile.attributes)
+    payday = profile.attributes.get(PAYDAY_ATTRIBUTE)
+    if payday is not None and not _PAYDAY.match(payday.strip()):
+        raise ValidationError(
+            f"profile.attributes[{PAYDAY_ATTRIBUTE!r}]", f"must be a day of the month from 1 to 31, got {payday[:40]!r}"
+        )
     return profile

@@ -21,7 +21,7 @@ from nba_service.domain import CustomerContext, Decision, Event
 from nba_service.engine.contact_policy import channel_verdict, check_caps
 from nba_service.engine.features import request_features
 from nba_service.engine.pipeline import Scorer, arm_factors
-from nba_service.policies.scope import build_scope, evaluation_globals
+from nba_service.policies.scope import evaluation_globals
 from nba_service.policies.snapshot import PolicySnapshot
 
 __all__ = ["ArmScore", "OfferExplanation", "explain_decision", "score_arms"]
@@ -80,7 +80,7 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
     settings = snapshot.settings
     logit_mean, _, value = scorer.posterior(plan.arms, scorer.vectorize(request_features(ctx, event)))
     propensities = 1.0 / (1.0 + np.exp(-logit_mean))
-    scope = build_scope(ctx, event, snapshot.places)
+    scope = snapshot.scope(ctx, event)
     caps = check_caps(snapshot, ctx.contacts, ctx.now)
     verdict = channel_verdict(snapshot, ctx.profile, ctx.now, _channel_rule_results(snapshot, scope), caps)
     factors = arm_factors(snapshot, plan, plan.arms, np.ones(len(plan.offers), dtype=bool), scope) * value

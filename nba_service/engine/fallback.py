@@ -13,7 +13,6 @@ import time
 
 from nba_service.domain import CustomerContext, CustomerProfile, Decision, DecisionRequest, Reason
 from nba_service.engine.pipeline import render
-from nba_service.policies.scope import build_scope
 from nba_service.policies.snapshot import PolicySnapshot
 
 __all__ = ["fallback_decision"]
@@ -31,7 +30,7 @@ def fallback_decision(snapshot: PolicySnapshot, request: DecisionRequest, why: s
         origin_channel=request.origin_channel,
         request_attributes=request.attributes,
     )
-    scope = build_scope(ctx, request.event, snapshot.places)
+    scope = snapshot.scope(ctx, request.event)
     return Decision(
         offer_id=offer.id,
         channel=fallback.channel,

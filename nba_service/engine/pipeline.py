@@ -22,7 +22,7 @@ from nba_service.engine.arbitration import Ranking, rank_offers
 from nba_service.engine.contact_policy import NO_HITS, CapHits, ChannelVerdict, channel_verdict, check_caps
 from nba_service.engine.features import request_features
 from nba_service.engine.options import Options
-from nba_service.policies.scope import build_scope, evaluation_globals
+from nba_service.policies.scope import evaluation_globals
 from nba_service.policies.snapshot import EventPlan, PolicySnapshot
 
 __all__ = ["DecisionEngine", "Explorer", "Scorer", "arm_factors", "render"]
@@ -146,7 +146,7 @@ class DecisionEngine:
         plan = snapshot.plans.get(event.type)
         if plan is None:
             return self._no_action(snapshot, features, [], "no_candidates", f"no offer answers {event.type} events")
-        scope = build_scope(ctx, event, snapshot.places)
+        scope = snapshot.scope(ctx, event)
         candidates = _Candidates(plan, plan.all_candidates.copy(), [])
         self._eligibility(candidates, ctx.now, scope)
         self._suppression(snapshot, candidates, ctx, exhausted)

@@ -72,6 +72,19 @@ class Metrics:
             ["event_type"],
             registry=registry,
         )
+        self.events_recorded = Counter(
+            "nba_events_recorded",
+            "Customer moments recorded without a decision (RecordEvent), by event type.",
+            ["event_type"],
+            registry=registry,
+        )
+        self.stream_refusals = Counter(
+            "nba_stream_messages_refused",
+            "DecideStream requests answered with a status of their own instead of a decision (the stream went "
+            "on), by status code.",
+            ["grpc_code"],
+            registry=registry,
+        )
         self.auth_denied = Counter(
             "nba_auth_denied",
             "Calls refused by authentication or authorisation, by reason and caller name (unknown: not identified).",
@@ -159,6 +172,7 @@ class Metrics:
         self._decision_children: dict[str, Histogram] = {}
         self._decided_children: dict[tuple[str, str], Counter] = {}
         self._filtered_children: dict[str, Counter] = {}
+        self._event_children: dict[str, Counter] = {}
 
     def observe_decision(
         self, event_type: str, seconds: float | None, offer: str, channel: str, filtered: Iterable[str] = ()
@@ -181,6 +195,13 @@ class Metrics:
                 tally[reason] = tally.get(reason, 0) + 1
             for reason, n in tally.items():
                 self.count_filtered(reason, n)
+
+    def count_event(self, event_type: str) -> None:
+        """One moment recorded without a decision."""
+        counter = self._event_children.get(event_type)
+        if counter is None:
+            counter = self._event_children[event_type] = self.events_recorded.labels(event_type)
+        counter.inc()
 
     def count_filtered(self, reason: str, n: int = 1) -> None:
         counter = self._filtered_children.get(reason)

@@ -523,6 +523,8 @@ _NUMBER_NAMES = frozenset(
         "day_of_month",
         "month",
         "open_cart_value",
+        "days_until_holiday",
+        "days_until_payday",
     }
 )
 """Names that hold a number on every request (the event's numeric fields come typed from the API)."""

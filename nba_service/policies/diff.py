@@ -270,6 +270,8 @@ def _settings_changes(old: PolicySet, new: PolicySet) -> list[Change]:
     out += _field("settings", "settings", "levers.global", a.global_lever, b.global_lever)
     out += _mapping("settings", "settings", "levers.categories", a.category_levers, b.category_levers)
     out += _limits("settings", "settings", "contact_limits", a.contact_limits, b.contact_limits)
+    out += _items("settings", "settings", "holidays.countries", a.holiday_countries, b.holiday_countries)
+    out += _mapping("settings", "settings", "holidays.subdivisions", a.holiday_subdivisions, b.holiday_subdivisions)
     out += _other_fields("settings", "settings", a, b, _SETTINGS_FIELDS)
     return out
 
@@ -336,6 +338,8 @@ _SETTINGS_FIELDS = {
     "global_lever",
     "category_levers",
     "contact_limits",
+    "holiday_countries",
+    "holiday_subdivisions",
 }
 
 

@@ -146,6 +146,11 @@ class GlobalSettings:
     contact_limits: tuple[Limit, ...] = ()
     sensitive: tuple[str, ...] = ()
     """Profile attributes only callers with the ``pii`` role see (rules still use them)."""
+    holiday_countries: tuple[str, ...] = ()
+    """ISO 3166-1 codes whose public holidays rules see (``is_holiday``, ``days_until_holiday``); the first
+    is the calendar of a customer whose time zone has no country."""
+    holiday_subdivisions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Country -> the subdivision (region, state) whose holidays count too, e.g. ``{"ES": "MD"}``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -175,7 +175,8 @@ def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def _nearest(geo: Any, kind: str) -> tuple[float, str]:
-    """The nearest place of ``kind``: scanned once per request and kind (``geo[3]`` keeps the answers)."""
+    """The nearest place of ``kind``: scanned once per request and kind (``geo[3]`` keeps the answers; it
+    starts with the place the event names, at 0 km)."""
     places, latitude, longitude, found = geo
     nearest: tuple[float, str] | None = found.get(kind)
     if nearest is None:
@@ -185,8 +186,8 @@ def _nearest(geo: Any, kind: str) -> tuple[float, str]:
 
 def _scan(places: Any, latitude: Any, longitude: Any, kind: str) -> tuple[float, str]:
     best, name = _NEVER_KM, ""
-    if latitude is None or longitude is None or (latitude == 0.0 and longitude == 0.0):
-        return best, name  # no position in this event
+    if latitude is None or longitude is None:
+        return best, name  # no position in this event (an explicit 0, 0 is a position)
     for place in places.get(kind, ()):
         distance = _haversine_km(latitude, longitude, place.latitude, place.longitude)
         if distance < best:

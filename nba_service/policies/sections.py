@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 
 from nba_service.policies.compiler import Definitions, ExpressionError, parse_condition
+from nba_service.policies.holiday_calendar import supported_countries
 from nba_service.policies.model import ChannelSpec, GlobalSettings, Place
 from nba_service.policies.rule_functions import FUNCTIONS
 from nba_service.policies.scope import SCOPE_NAMES
@@ -35,9 +36,14 @@ _SETTINGS_KEYS = {
     "contact_limits",
     "conditions",
     "sensitive",
+    "holidays",
 }
 _PLACE_KEYS = {"id", "name", "kind", "latitude", "longitude"}
 _LEVER_KEYS = {"global", "categories"}
+_HOLIDAY_KEYS = {"countries", "subdivisions"}
+MAX_HOLIDAY_COUNTRIES = 50
+"""Countries a policy set may name in ``settings.holidays`` (each one's holidays are computed per year)."""
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CHANNEL_KEYS = {"id", "name", "needs_reachable", "default_consent", "available_when", "quiet_hours", "cost"}
 
 
@@ -54,7 +60,74 @@ def parse_settings(node: _Node, col: Collector) -> tuple[GlobalSettings, dict[st
     global_lever, category_levers, lever_nodes = _parse_levers(fields.get("levers"), col)
     limits = [limit for limit, _ in col.limits(fields.get("contact_limits"), "settings.contact_limits", True)]
     sensitive = tuple(dict.fromkeys(name for name, _ in col.ident_list(fields.get("sensitive"), "settings.sensitive")))
-    return GlobalSettings(threshold, boost, global_lever, category_levers, tuple(limits), sensitive), lever_nodes
+    countries, subdivisions = _parse_holidays(fields.get("holidays"), col)
+    settings = GlobalSettings(
+        threshold,
+        boost,
+        global_lever,
+        category_levers,
+        tuple(limits),
+        sensitive,
+        holiday_countries=countries,
+        holiday_subdivisions=subdivisions,
+    )
+    return settings, lever_nodes
+
+
+def _parse_holidays(node: _Node | None, col: Collector) -> tuple[tuple[str, ...], dict[str, str]]:
+    """``settings.holidays``: the countries whose public holidays rules see, and a subdivision per country."""
+    if node is None:
+        return (), {}
+    fields = col.mapping(node, "settings.holidays", _HOLIDAY_KEYS, required=("countries",))
+    if not fields or "countries" not in fields:
+        return (), {}
+    countries: dict[str, _Node] = {}
+    listed = fields["countries"]
+    if not isinstance(listed.value, list) or not listed.value:
+        col.add(listed, "settings.holidays.countries: expected a list of country codes, e.g. [ES, DE]")
+    elif len(listed.value) > MAX_HOLIDAY_COUNTRIES:
+        col.add(listed, f"settings.holidays.countries: {len(listed.value)} countries: at most {MAX_HOLIDAY_COUNTRIES}")
+    else:
+        known = supported_countries()
+        for i, item in enumerate(listed.value):
+            where = f"settings.holidays.countries[{i}]"
+            code = item.value
+            if isinstance(code, bool):  # YAML 1.1 reads an unquoted NO (Norway) as false
+                col.add(item, f"{where}: {shown(code)} is not a country code (YAML reads NO unquoted as false: 'NO')")
+            elif not isinstance(code, str) or not _COUNTRY.match(code) or code not in known:
+                col.add(
+                    item,
+                    f"{where}: unknown country {shown(code)}: an ISO 3166-1 two-letter code the holidays package"
+                    " knows, in capitals (ES, DE, GB, US, ...)",
+                )
+            elif code in countries:
+                col.add(item, f"{where}: {code} is listed twice")
+            else:
+                countries[code] = item
+    return tuple(countries), _parse_subdivisions(fields.get("subdivisions"), countries, col)
+
+
+def _parse_subdivisions(node: _Node | None, countries: Mapping[str, _Node], col: Collector) -> dict[str, str]:
+    """``settings.holidays.subdivisions``: country -> the subdivision whose holidays count too."""
+    if node is None:
+        return {}
+    if not isinstance(node.value, dict):
+        col.add(node, "settings.holidays.subdivisions: expected a mapping of country to subdivision, e.g. {ES: MD}")
+        return {}
+    out: dict[str, str] = {}
+    for country, (key_node, value_node) in node.value.items():
+        where = f"settings.holidays.subdivisions.{country}"
+        if country not in countries:
+            col.add(key_node, f"{where}: {country!r} is not one of settings.holidays.countries")
+            continue
+        known = supported_countries()[country]
+        code = value_node.value
+        if not isinstance(code, str) or code not in known:
+            listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+            col.add(value_node, f"{where}: unknown subdivision {shown(code)} of {country} (known: {listed or 'none'})")
+            continue
+        out[country] = code
+    return out
 
 
 def _parse_levers(node: _Node | None, col: Collector) -> tuple[float, dict[str, float], dict[str, _Node]]:

@@ -11,14 +11,18 @@ ranks all candidates at once.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Mapping
 from types import CodeType
+from typing import Any
 
 import numpy as np
 
-from nba_service.domain import EVENT_FIELDS, LimitBlocks, Reason
+from nba_service.domain import EVENT_FIELDS, CustomerContext, Event, LimitBlocks, Reason
 from nba_service.policies.compiler import CompiledExpression, compile_batch
+from nba_service.policies.holiday_calendar import HolidayCalendar
 from nba_service.policies.model import ChannelSpec, GlobalSettings, Limit, OfferSpec, PolicySet
+from nba_service.policies.scope import build_scope
 
 __all__ = ["EventPlan", "LimitTable", "PolicySnapshot"]
 
@@ -133,6 +137,10 @@ class PolicySnapshot:
     plans: Mapping[str, EventPlan]
     places: Mapping[str, tuple[object, ...]] = dataclasses.field(default_factory=dict)
     """The policy's places by kind, for the geolocated rule functions."""
+    place_ids: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    """The policy's places by id: an event whose ``place_id`` names one is at that place."""
+    calendar: HolidayCalendar | None = None
+    """The public holidays of the countries the set names (None: it names none)."""
     max_suppression_window: float = 0.0
     """The longest decline-suppression window (0: no offer suppresses after declines)."""
     offer_suppress_seconds: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0))
@@ -142,6 +150,11 @@ class PolicySnapshot:
     channel_refusals: tuple[tuple[tuple[str, str], tuple[str, str], tuple[str, str]], ...] = ()
     """Per channel, its (code, detail) when the customer has not consented, is not reachable there,
     or its availability condition is false: built once."""
+
+    def scope(self, ctx: CustomerContext, event: Event) -> dict[str, Any]:
+        """What the rules of one request read (:func:`~nba_service.policies.scope.build_scope`), with this
+        set's places and holiday calendar."""
+        return build_scope(ctx, event, self.places, place_ids=self.place_ids, calendar=self.calendar)
 
     @classmethod
     def compile(cls, policy: PolicySet, version: str) -> PolicySnapshot:
@@ -185,6 +198,8 @@ class PolicySnapshot:
             max_limit_window=max((float(limit.per_seconds) for limit in limits.limits), default=0.0),
             plans=plans,
             places=policy.places_by_kind(),
+            place_ids={place.id: place for place in policy.places},
+            calendar=_calendar(settings),
             channel_needs_reachable=tuple(c.needs_reachable for c in channels),
             channel_default_consent=tuple(c.default_consent for c in channels),
             channel_rule_positions=channel_rule_positions,
@@ -196,6 +211,15 @@ class PolicySnapshot:
 
 
 # --- compilation stages ---------------------------------------------------------------
+
+
+def _calendar(settings: GlobalSettings) -> HolidayCalendar | None:
+    """The set's holiday calendar, this year's and next year's holidays computed now (not on a request)."""
+    if not settings.holiday_countries:
+        return None
+    calendar = HolidayCalendar(settings.holiday_countries, settings.holiday_subdivisions)
+    calendar.warm(datetime.datetime.now(datetime.UTC).year)
+    return calendar
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -19,12 +19,21 @@ reconnects. AUTH (an ACL user's name and password) and SELECT come from the
 URL; ``rediss://`` connects with TLS, verifying the server against the URL's
 ``ssl_ca_certs`` (or the system's CAs) and presenting ``ssl_certfile`` when
 given, as redis-py's clients do with the same URL (:mod:`nba_service.store.urls`).
+
+A Redis that answers ``READONLY``, ``LOADING`` or ``MASTERDOWN`` is not (or no
+longer, or not yet) a primary that can run the script, and the script did not
+run: the connection is dropped once the calls in flight on it have their
+replies, and the call is sent once more on a new connection.
+:class:`SentinelScriptConnection` finds the primary through Redis Sentinel at
+every (re)connect, so after a failover that new connection reaches the new
+primary; it stays one pipelined connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -32,11 +41,18 @@ from typing import Any
 
 import hiredis
 import redis
+from redis.asyncio.sentinel import Sentinel
 from redis.connection import parse_url
 
 from nba_service.store.urls import tls_context
 
-__all__ = ["LuaScript", "ScriptConnection"]
+__all__ = ["FAILOVER_REPLIES", "LuaScript", "ScriptConnection", "SentinelScriptConnection"]
+
+FAILOVER_REPLIES = ("READONLY", "LOADING", "MASTERDOWN")
+"""Error replies of a Redis that cannot run a script now because it is not a writable primary: a replica (a
+primary demoted by a failover), a Redis still loading its data, a replica cut off from its primary. The script
+did not run (a replica refuses its first write, and it holds only what the primary wrote), so sending it again
+to the primary is safe, a write included."""
 
 
 class LuaScript:
@@ -111,6 +127,8 @@ class _Protocol(asyncio.Protocol):
         """Calls awaiting a reply, oldest first, each with the monotonic time it was sent."""
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.retiring = False
+        """No new call is sent on it: closed once the calls waiting on it have their replies."""
         self.timeout = timeout
         self._watchdog: asyncio.TimerHandle | None = None
 
@@ -127,6 +145,8 @@ class _Protocol(asyncio.Protocol):
             waiter = waiters.popleft()[0]
             if not waiter.done():
                 waiter.set_result(reply)
+        if self.retiring:
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(redis.ConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
@@ -141,6 +161,12 @@ class _Protocol(asyncio.Protocol):
             waiter = self.waiters.popleft()[0]
             if not waiter.done():
                 waiter.set_exception(error)
+
+    def retire(self) -> None:
+        """Close the connection once every call waiting on it has its reply (at once if none waits)."""
+        self.retiring = True
+        if not self.waiters:
+            self.abort()
 
     def abort(self, error: Exception | None = None) -> None:
         """Drop the connection now (unsent data too) and fail every call waiting on it."""
@@ -193,14 +219,15 @@ class ScriptConnection:
                 return self._protocol
             loop = asyncio.get_running_loop()
             options = self._options
+            host, port = ("", 0) if options.get("path") else await self._endpoint()
             try:
                 if options.get("path"):
                     connect = loop.create_unix_connection(lambda: _Protocol(self.timeout), options["path"])
                 else:
                     connect = loop.create_connection(
                         lambda: _Protocol(self.timeout),
-                        options.get("host", "localhost"),
-                        options.get("port", 6379),
+                        host,
+                        port,
                         # built at each connection: rotated certificate files are read again
                         ssl=tls_context(options) if self._tls else None,
                     )
@@ -228,27 +255,53 @@ class ScriptConnection:
             self._protocol = protocol
             return protocol
 
+    async def _endpoint(self) -> tuple[str, int]:
+        """The host and port to connect to over TCP: the URL's (:class:`SentinelScriptConnection`: the primary's)."""
+        return self._options.get("host", "localhost"), self._options.get("port", 6379)
+
     async def _call(self, payload: bytes) -> Any:
         protocol = self._protocol
-        if protocol is None or protocol.closed:
+        if protocol is None or protocol.closed or protocol.retiring:
             protocol = await self._connect()
-        return await protocol.send(payload)  # the protocol's watchdog fails it after the timeout
+        reply = await protocol.send(payload)  # the protocol's watchdog fails it after the timeout
+        if _failover(reply):  # not a writable primary (any more): the next call connects afresh
+            if self._protocol is protocol:
+                self._protocol = None
+            protocol.retire()
+        return reply
 
-    async def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any], retry: bool = False) -> Any:
-        """Run a script; ``retry`` runs it once more on a fresh connection after a connection error
-        (only for scripts that write nothing: a write may have been applied before the loss)."""
-        payload = _command(b"EVALSHA", script.sha, len(keys), *keys, *args)
+    async def _send(self, payload: bytes, retry: bool) -> Any:
         try:
-            reply = await self._call(payload)
+            return await self._call(payload)
         except redis.ConnectionError:
             if not retry:
                 raise
-            reply = await self._call(payload)
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            loaded = await self._call(_command(b"SCRIPT", b"LOAD", script.source))
-            if isinstance(loaded, hiredis.ReplyError):
-                raise redis.ResponseError(str(loaded))
-            reply = await self._call(payload)
+            return await self._call(payload)
+
+    async def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any], retry: bool = False) -> Any:
+        """Run a script; ``retry`` runs it once more on a fresh connection after a connection error
+        (only for scripts that write nothing: a write may have been applied before the loss).
+
+        A reply of :data:`FAILOVER_REPLIES` (the script did not run) sends it once more on a new connection, a
+        write too; a second one is a ConnectionError (a failover is under way: the primary is not known yet).
+        """
+        payload = _command(b"EVALSHA", script.sha, len(keys), *keys, *args)
+        reply = await self._send(payload, retry)
+        resent, loads = False, 0
+        while isinstance(reply, hiredis.ReplyError):
+            if _failover(reply) and not resent:
+                resent = True
+                reply = await self._send(payload, retry)
+            elif str(reply).startswith("NOSCRIPT") and loads < 2:  # once per Redis: the resent call's may lack it
+                loads += 1
+                loaded = await self._call(_command(b"SCRIPT", b"LOAD", script.source))
+                if isinstance(loaded, hiredis.ReplyError):
+                    raise (redis.ConnectionError if _failover(loaded) else redis.ResponseError)(str(loaded))
+                reply = await self._call(payload)
+            else:
+                break
+        if _failover(reply):
+            raise redis.ConnectionError(f"Redis cannot run the script, it is not a writable primary now: {reply}")
         if isinstance(reply, hiredis.ReplyError):
             raise redis.ResponseError(str(reply))
         return reply
@@ -264,3 +317,54 @@ class ScriptConnection:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.abort()
+
+
+class SentinelScriptConnection(ScriptConnection):
+    """:class:`ScriptConnection` to the primary Redis Sentinel names ``service_name``, asked at every (re)connect.
+
+    ``url`` gives the primary's user, password, database and TLS options (its host is not used);
+    ``sentinel_options`` are the connection arguments of the sentinels (redis-py's ``sentinel_kwargs``: their
+    own credentials, TLS, timeouts). While the sentinels name no primary (a failover under way, the old primary
+    marked down) a call fails at once with a ConnectionError (redis-py's ``MasterNotFoundError``); a lost
+    connection or a :data:`FAILOVER_REPLIES` reply makes the next call ask the sentinels again.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        sentinels: Sequence[tuple[str, int]],
+        service_name: str,
+        *,
+        sentinel_options: Mapping[str, Any] | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        super().__init__(url, timeout)
+        self.sentinels = tuple(sentinels)
+        self.service_name = service_name
+        self._sentinel_options = dict(sentinel_options or {})
+        self._sentinel: Sentinel | None = None
+        self.primary: tuple[str, int] | None = None
+        """The primary's address the sentinels gave last."""
+
+    async def _endpoint(self) -> tuple[str, int]:
+        if self._sentinel is None:  # created on the event loop that uses it
+            self._sentinel = Sentinel(self.sentinels, sentinel_kwargs=self._sentinel_options)
+        try:
+            host, port = await asyncio.wait_for(self._sentinel.discover_master(self.service_name), self.timeout)
+        except TimeoutError as exc:
+            raise redis.ConnectionError(
+                f"the sentinels did not name the primary of {self.service_name!r} within {self.timeout:g} s"
+            ) from exc
+        self.primary = (str(host), int(port))
+        return self.primary
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        sentinel, self._sentinel = self._sentinel, None
+        for client in sentinel.sentinels if sentinel is not None else ():
+            with contextlib.suppress(redis.RedisError, OSError):
+                await client.aclose()
+
+
+def _failover(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(FAILOVER_REPLIES)

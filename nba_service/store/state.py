@@ -1,6 +1,6 @@
 """Customer state in Redis: one round trip to read a decision's context, one
-atomic script to record it, one script to join an outcome; profile updates with
-their consent audit, and erasure.
+atomic script to record it, one script to join an outcome, one to record a
+moment without a decision; profile updates with their consent audit, and erasure.
 
 Key layout in :mod:`nba_service.store.keys`; value formats in
 :mod:`nba_service.store.codec`. Every script names its keys and arguments
@@ -22,8 +22,10 @@ from nba_service.domain import (
     CustomerView,
     Decision,
     Event,
+    OpenJourney,
     OutcomeStatus,
     PastDecision,
+    RecordedEvent,
     RecordedOutcome,
     StoreUnavailableError,
     WriteResult,
@@ -31,6 +33,7 @@ from nba_service.domain import (
 from nba_service.domain.journeys import journey_fields, open_journey_change
 from nba_service.domain.profile_update import Erasure, ProfileMask, apply_update, consent_changes
 from nba_service.store import audit, codec, keys
+from nba_service.store.connect import script_connection_for
 from nba_service.store.script_connection import LuaScript, ScriptConnection
 from nba_service.store.urls import url_from_options
 
@@ -112,6 +115,38 @@ return {redis.call('GET', K.profile) or false,
     args=("last_event", "contacts_since", "declines_since"),
 )
 
+# What a moment does to the journey, shared by the scripts that record one (with or without a decision):
+# the entry goes first in the journey (trimmed to journey_max, kept journey_ttl), and the open-journey
+# change of domain.journeys.open_journey_change applies: "set" opens (or refreshes) open_field with
+# open_value; "del" closes open_field; "clear" closes every journey whose field starts with open_field
+# ("cart:": every cart). ``closed`` holds what was closed: field, value, field, value, ...
+_JOURNEY_LUA = """
+redis.call('LPUSH', K.journey, A.journey_entry)
+redis.call('LTRIM', K.journey, 0, tonumber(A.journey_max) - 1)
+redis.call('EXPIRE', K.journey, A.journey_ttl)
+local closed = {}
+if A.open_op == 'set' then
+  redis.call('HSET', K.open_journeys, A.open_field, A.open_value)
+  redis.call('EXPIRE', K.open_journeys, A.journey_ttl)
+elseif A.open_op == 'del' then
+  local value = redis.call('HGET', K.open_journeys, A.open_field)
+  if value then
+    redis.call('HDEL', K.open_journeys, A.open_field)
+    closed = {A.open_field, value}
+  end
+elseif A.open_op == 'clear' then
+  local open = redis.call('HGETALL', K.open_journeys)
+  for i = 1, #open, 2 do
+    if string.sub(open[i], 1, #A.open_field) == A.open_field then
+      redis.call('HDEL', K.open_journeys, open[i])
+      closed[#closed + 1] = open[i]
+      closed[#closed + 1] = open[i + 1]
+    end
+  end
+end
+"""
+_JOURNEY_ARGS = ("journey_entry", "journey_max", "journey_ttl", "open_op", "open_field", "open_value")
+
 # Records one decision atomically (a script runs whole or not at all): the decision
 # hash with its TTL, the journey entry, the decision's place in the customer's decision
 # index (scored by time, trimmed to the decisions' TTL: erasure finds them all), the contact
@@ -137,9 +172,7 @@ redis.call('HSET', K.decision, 'customer_id', A.customer_id, 'offer_id', A.offer
            'prior', A.prior, 'features', A.features, 'meta', A.meta, 'reward_on', A.reward_on)
 if A.trial ~= '' then redis.call('HSET', K.decision, 'trial', A.trial) end
 redis.call('EXPIRE', K.decision, A.decision_ttl)
-redis.call('LPUSH', K.journey, A.journey_entry)
-redis.call('LTRIM', K.journey, 0, tonumber(A.journey_max) - 1)
-redis.call('EXPIRE', K.journey, A.journey_ttl)
+JOURNEY
 redis.call('ZADD', K.decision_index, A.now, A.decision_id)
 redis.call('ZREMRANGEBYSCORE', K.decision_index, '-inf', now - tonumber(A.decision_ttl))
 redis.call('EXPIRE', K.decision_index, A.decision_ttl)
@@ -148,32 +181,19 @@ if A.contact ~= '' then
   redis.call('ZREMRANGEBYSCORE', K.contacts, '-inf', now - tonumber(A.contact_window))
   redis.call('EXPIRE', K.contacts, tonumber(A.contact_window) + 60)
 end
-if A.open_op == 'set' then
-  redis.call('HSET', K.open_journeys, A.open_field, A.open_value)
-  redis.call('EXPIRE', K.open_journeys, A.journey_ttl)
-elseif A.open_op == 'del' then
-  redis.call('HDEL', K.open_journeys, A.open_field)
-elseif A.open_op == 'clear' then
-  redis.call('DEL', K.open_journeys)
-end
 if A.pending_until ~= '' then
   redis.call('ZADD', K.pending, A.pending_until, A.decision_id)
 end
 return 1
-""",
+""".replace("JOURNEY", _JOURNEY_LUA.strip()),
     keys=("decision", "journey", "decision_index", "contacts", "open_journeys", "pending", "budget"),
     args=(
+        *_JOURNEY_ARGS,
         "decision_ttl",
-        "journey_entry",
-        "journey_max",
-        "journey_ttl",
         "decision_id",
         "contact",
         "now",
         "contact_window",
-        "open_op",
-        "open_field",
-        "open_value",
         "pending_until",
         "customer_id",
         "offer_id",
@@ -188,6 +208,14 @@ return 1
         "reward_on",
         "trial",
     ),
+)
+
+# Records a moment without a decision (RecordEvent), atomically: the journey entry and the open-journey
+# change only (no decision, contact, budget or pending outcome). Replies with the journeys closed.
+_EVENT_SCRIPT = LuaScript(
+    _JOURNEY_LUA + "return closed\n",
+    keys=("journey", "open_journeys"),
+    args=_JOURNEY_ARGS,
 )
 
 # Stores a profile updated in Python, with its consent changes in the audit, if the stored
@@ -307,7 +335,7 @@ class StateStore:
         self.decision_ttl_seconds = decision_ttl_seconds
         self.journey_max_events = journey_max_events
         self.context_events = min(context_events, journey_max_events)
-        self._scripts = scripts or ScriptConnection(url or _url_of(client))
+        self._scripts = scripts or script_connection_for(client, url or _url_of(client))
         """The decision path's scripts go through one pipelined connection (see script_connection)."""
 
     async def aclose(self) -> None:
@@ -378,17 +406,11 @@ class StateStore:
         """
         customer_id = ctx.profile.customer_id
         now = ctx.now
-        fields = journey_fields(event)
         contact = (
             ""
             if decision.offer_id is None
             else codec.contact_member(decision_id, decision.offer_id, decision.channel, decision.category)
         )
-        open_op, open_field, open_value = "", "", ""
-        change = open_journey_change(event)
-        if change is not None:
-            open_op, open_field = change.op, ":".join(change.key) if change.op != "clear" else ""
-            open_value = codec.encode_open_journey(now, fields) if change.op == "set" else ""
         meta = {
             "request_id": request_id,
             "ts": round(now, 3),
@@ -414,17 +436,12 @@ class StateStore:
                 "budget": budget.key if budget else keys.no_budget(customer_id),
             },
             args={
+                **self._journey_args(now, ctx.origin_channel, event),
                 "decision_ttl": self.decision_ttl_seconds,
-                "journey_entry": codec.encode_journey(now, event.type, ctx.origin_channel, fields),
-                "journey_max": self.journey_max_events,
-                "journey_ttl": JOURNEY_TTL_SECONDS,
                 "decision_id": decision_id,
                 "contact": contact,
                 "now": f"{now:.3f}",
                 "contact_window": f"{max(contact_window, 1.0):.0f}",
-                "open_op": open_op,
-                "open_field": open_field,
-                "open_value": open_value,
                 "pending_until": f"{now + attribution_seconds:.3f}" if contact and attribution_seconds > 0 else "",
                 "customer_id": customer_id,
                 "offer_id": decision.offer_id or "",
@@ -441,6 +458,44 @@ class StateStore:
             },
         )
         return WriteResult(int(written))
+
+    def _journey_args(self, now: float, origin_channel: str, event: Event) -> dict[str, object]:
+        """The arguments of :data:`_JOURNEY_LUA`: the event's journey entry and its open-journey change."""
+        fields = journey_fields(event)
+        open_op, open_field, open_value = "", "", ""
+        change = open_journey_change(event)
+        if change is not None:
+            open_op = change.op
+            open_field = f"{change.key[0]}:" if change.op == "clear" else ":".join(change.key)
+            open_value = codec.encode_open_journey(now, fields) if change.op == "set" else ""
+        return {
+            "journey_entry": codec.encode_journey(now, event.type, origin_channel, fields),
+            "journey_max": self.journey_max_events,
+            "journey_ttl": JOURNEY_TTL_SECONDS,
+            "open_op": open_op,
+            "open_field": open_field,
+            "open_value": open_value,
+        }
+
+    async def record_event(self, customer_id: str, origin_channel: str, event: Event, now: float) -> RecordedEvent:
+        """Append a moment to the journey and apply its open-journey change, without a decision: one atomic
+        script, nothing else written (no decision, contact or budget)."""
+        now = round(now, 3)  # the journey entry's precision: the open journey and the answer say the same time
+        args = self._journey_args(now, origin_channel, event)
+        raw_closed = await self._scripts.run(
+            _EVENT_SCRIPT,
+            keys={"journey": keys.journey(customer_id), "open_journeys": keys.open_journeys(customer_id)},
+            args=args,
+        )
+        opened = None
+        change = open_journey_change(event)
+        if change is not None and change.op == "set":
+            opened = OpenJourney(*change.key, now, journey_fields(event))
+        return RecordedEvent(
+            timestamp=now,
+            opened=opened,
+            closed=tuple(codec.decode_open_journey(f, v) for f, v in codec.pairs(raw_closed)),
+        )
 
     async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float) -> RecordedOutcome:
         """Join an outcome to its decision; idempotent per (decision, outcome).

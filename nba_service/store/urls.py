@@ -45,13 +45,14 @@ TLS_OPTIONS = (
 )
 """The TLS options of a ``rediss://`` URL (redis-py's ``SSLConnection`` arguments) nba's connections all honour."""
 
-_SECRET_PARAMETERS = frozenset({"password", "ssl_password"})
+_SECRET_PARAMETERS = frozenset({"password", "ssl_password", "sentinel_password"})
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 _MASK = "***"
 
 
 def redacted_url(url: str) -> str:
-    """``url`` fit for a log line: its password (and any ``password`` or ``ssl_password`` parameter) masked.
+    """``url`` fit for a log line: its password (and any ``password``, ``ssl_password`` or ``sentinel_password``
+    parameter) masked.
 
     >>> redacted_url("rediss://nba:s3cret@redis:6380/0?ssl_ca_certs=/etc/nba/ca.pem")
     'rediss://nba:***@redis:6380/0?ssl_ca_certs=/etc/nba/ca.pem'
@@ -59,6 +60,8 @@ def redacted_url(url: str) -> str:
     'redis://:***@localhost:6379/0'
     >>> redacted_url("redis://redis:6379/0?password=s3cret&db=1")
     'redis://redis:6379/0?password=***&db=1'
+    >>> redacted_url("redis://nba:s3cret@/0?sentinel_password=s3cret2")
+    'redis://nba:***@/0?sentinel_password=***'
     >>> redacted_url("unix:///tmp/nba/redis.socket")
     'unix:///tmp/nba/redis.socket'
     """

@@ -41,6 +41,7 @@ from nba_service.policies.parser import load_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.store import keys
+from nba_service.store.connect import RedisTarget, sync_client
 from nba_service.store.customer_import import import_customers
 from nba_service.tools.off_policy import Estimate, mean_difference
 from nba_service.tools.traffic import CustomerResponse, ScenarioMix, generate_customers
@@ -340,7 +341,8 @@ def run_demo(
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "NBA_ISOLATED": "1"},  # a throwaway state: not advertised as the machine's
+                # a throwaway state in its embedded Redis (never a Redis of the environment), not advertised
+                env={**os.environ, "NBA_ISOLATED": "1", **{f"NBA_REDIS_{n}": "" for n in ("URL", "MODE", "SENTINELS")}},
             )
         try:
             info = _wait_ready(ready, process, log)
@@ -354,7 +356,7 @@ def run_demo(
             population = work / "crm-export.jsonl"
             population.write_text("".join(json.dumps(r) + "\n" for r in generate_customers(population_size, seed)))
             segments: dict[str, str] = {}
-            client = redis.Redis.from_url(str(info["redis_url"]))
+            client = sync_client(RedisTarget(url=str(info["redis_url"])))
             try:
                 for source in (pathlib.Path(customers), population):
                     report = import_customers(client, source, progress=False)
@@ -375,7 +377,7 @@ def run_demo(
             offers = load_policy_dir(policies).offers
             values = {o.id: o.value for o in offers}
             tally = asyncio.run(_drive(int(info["port"]), segments, values, duration, concurrency, seed))
-            client = redis.Redis.from_url(str(info["redis_url"]))
+            client = sync_client(RedisTarget(url=str(info["redis_url"])))
             try:
                 choices = _rules_choices(client, [d[0] for d in tally.decisions])
             finally:

@@ -13,10 +13,10 @@ import tempfile
 import time
 
 import psutil
-import redis
 
 from nba_service.learning.learner import Learner
 from nba_service.store import keys
+from nba_service.store.connect import RedisTarget, sync_client
 from nba_service.store.embedded import EmbeddedRedis
 
 __all__ = ["run_learner_bench"]
@@ -44,7 +44,7 @@ def run_learner_bench(outcomes: int = 50_000, arms: int = 100, seed: int = 1, sn
     with tempfile.TemporaryDirectory(prefix="nba-learner-bench-") as folder:
         embedded = EmbeddedRedis(folder)
         url = embedded.start()
-        client = redis.Redis.from_url(url)
+        client = sync_client(RedisTarget(url=url))
         try:
             with client.pipeline(transaction=False) as pipe:
                 for i in range(outcomes):

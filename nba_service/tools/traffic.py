@@ -158,7 +158,8 @@ def _location(rng: random.Random) -> tuple[pb.Event, str]:
             latitude=40.4 + rng.uniform(-0.1, 0.1),
             longitude=-3.7 + rng.uniform(-0.1, 0.1),
             accuracy_m=rng.choice((15.0, 40.0, 120.0, 600.0)),
-            place_id=rng.choice(("store-sol", "store-gran-via", "branch-12", "")),
+            # the app's geofence: in a store or a branch of the sample places, or nowhere known
+            place_id=rng.choice(("store_sol", "store_gran_via", "branch_sol", "")),
         )
     )
     return event, "app"
@@ -268,6 +269,7 @@ def generate_customers(count: int, seed: int = 0, prefix: str = "s") -> list[dic
                     "credit_score": str(rng.randrange(520, 840)),
                     "loyalty_member": rng.choice(("yes", "no")),
                     "birthday": f"{rng.randrange(1950, 2006)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}",
+                    "payday": str((25, 28, 30, 1, 15)[i % 5]),  # not drawn: the same customers for a seed as before
                 },
             }
         )

@@ -160,6 +160,22 @@ def test_tls_with_tokens_and_roles(secure_server, pki, tokens):
     assert tokens["atm"] not in scraped
 
 
+def test_record_event_needs_the_decide_role(secure_server, pki, tokens):
+    request = pb.RecordEventRequest(customer_id="e1", origin_channel="store", event=pb.Event(
+        custom=pb.CustomEvent(name="purchase", attributes={"cart_id": "k1"})))
+    with channel(secure_server.port, pki.credentials()) as ch:
+        stub = pb_grpc.DecisionServiceStub(ch)
+        assert code_of(stub.RecordEvent, request, timeout=5) is grpc.StatusCode.UNAUTHENTICATED
+        for caller in ("desk", "crm"):
+            assert code_of(stub.RecordEvent, request, metadata=bearer(tokens[caller]), timeout=5) is (
+                grpc.StatusCode.PERMISSION_DENIED
+            )
+        assert stub.RecordEvent(request, metadata=bearer(tokens["atm"]), timeout=5).timestamp_ms > 0
+        view = stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="e1"), metadata=bearer(tokens["desk"]),
+                                       timeout=5)
+        assert [e.type for e in view.journey] == ["custom"]  # recorded once, by the caller with the role
+
+
 def _metrics(server) -> str:
     import urllib.request
 

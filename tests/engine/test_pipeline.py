@@ -287,7 +287,7 @@ def test_places_and_calendar_facts_in_rules_and_content():
     decision = decide(snap, customer(birthday="1990-06-14"), event=near_madrid)
     assert (decision.offer_id, decision.content) == ("loan", "Ana: pay at Tienda Sol")
     assert decide(snap, customer(birthday="1990-06-01"), event=near_madrid).offer_id != "loan"
-    assert decide(snap, customer(birthday="1990-06-14"), event=DECLINE).offer_id != "loan"  # no position: never near
+    assert decide(snap, customer(birthday="1990-06-14"), event=DECLINE).offer_id != "loan"  # 0, 0: far from Madrid
 
 
 def test_costs_and_value_expressions_enter_the_priority():
@@ -399,3 +399,52 @@ def test_a_better_channel_left_by_exploration_says_so(snapshot):
     explored = next(d for d in (eng.decide(snapshot, ctx, DECLINE) for _ in range(500))
                     if (d.offer_id, d.channel) == ("loan", "push"))
     assert _channel_reasons(explored)["sms"] == ("exploration", "priority 6, but exploration chose push (4)")
+
+
+def _madrid(iso: str) -> float:
+    return datetime.datetime.fromisoformat(iso).replace(tzinfo=zoneinfo.ZoneInfo("Europe/Madrid")).timestamp()
+
+
+@pytest.fixture(scope="module")
+def sample() -> PolicySnapshot:
+    from nba_service.policies.parser import load_policy_dir
+    from tests.conftest import SAMPLE_POLICIES
+
+    return PolicySnapshot.compile(load_policy_dir(SAMPLE_POLICIES), "1")
+
+
+@pytest.mark.parametrize(("at", "payday", "winner", "score"), [
+    ("2026-06-10T12:00", "", "overdraft_protection", 0.05 * 40),  # micro_loan: 0.12 x 15 = 1.8
+    ("2026-06-22T12:00", "25", "micro_loan", 0.12 * 25),  # payday in 3 days: micro_loan is worth 25
+    ("2026-06-22T12:00", "28", "overdraft_protection", 0.05 * 40),  # in 6 days
+    ("2026-12-30T12:00", "", "micro_loan", 0.12 * 25),  # 2 days before New Year's Day (Spain)
+    ("2026-12-29T12:00", "", "overdraft_protection", 0.05 * 40),  # 3 days before
+])
+def test_the_sample_micro_loan_is_worth_more_before_payday_and_before_a_holiday(sample, at, payday, winner, score):
+    attributes = {"credit_score": "720", **({"payday": payday} if payday else {})}
+    walk_in = CustomerProfile("c1", "Ana", "mass", "", frozenset(), {}, "Europe/Madrid", attributes)
+    event = Event("atm_decline", {"amount": 120.0, "balance": 20.0, "currency": "EUR", "atm_id": "a",
+                                  "latitude": 35.0, "longitude": -40.0, "shortfall": 100.0})  # no partner shop near
+    decision = engine(sample).decide(sample, CustomerContext(walk_in, now=_madrid(at), origin_channel="atm"), event)
+    assert (decision.offer_id, decision.channel) == (winner, "atm_screen")  # session channel only: no boost
+    assert decision.score == pytest.approx(score)
+
+
+@pytest.mark.parametrize(("at", "place", "eligible"), [
+    ("2026-12-09T11:00", {"place_id": "branch_sol"}, True),  # a Wednesday, at the branch
+    ("2026-12-09T11:00", {"latitude": 40.4175, "longitude": -3.7030}, True),  # 80 m away
+    ("2026-12-09T11:00", {"latitude": 40.4100, "longitude": -3.7150}, False),  # 1.2 km from every branch
+    ("2026-12-09T11:00", {"latitude": 35.0, "longitude": -40.0}, False),  # mid-Atlantic
+    ("2026-12-09T11:00", {}, False),  # no position at all
+    ("2026-12-08T11:00", {"place_id": "branch_sol"}, False),  # a Tuesday, but a public holiday: closed
+])
+def test_the_sample_branch_appointment_needs_an_open_branch_within_300_m(sample, at, place, eligible):
+    family = CustomerProfile("c1", "Ana", "family", "push", frozenset({"push"}), {"push": True}, "Europe/Madrid", {})
+    event = Event("location", {"accuracy_m": 500.0, "place_id": "", **place})  # too vague for the in-store coupon
+    decision = engine(sample).decide(sample, CustomerContext(family, now=_madrid(at), origin_channel="app"), event)
+    if eligible:
+        assert decision.offer_id == "branch_appointment"
+        assert decision.content.startswith("Ana, you're close to our Branch Puerta del Sol: ")
+    else:
+        assert decision.offer_id != "branch_appointment"
+        assert any(r.offer_id == "branch_appointment" and r.code == "not_eligible" for r in decision.reasons)

@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import redis
 
+from nba_service.store.connect import RedisTarget, sync_client
 from nba_service.tools.bench.config import BenchError, Progress
 
 __all__ = ["ServerProcess", "Servers", "spawn", "start_servers", "stop", "stop_orphan", "wait_ready"]
@@ -44,7 +45,8 @@ def _child_env() -> dict[str, str]:
     """The bench's environment, but never another Redis, another address or a learner; its embedded Redis is
     a state of its own, not advertised to other commands (``NBA_ISOLATED``)."""
     env = dict(os.environ)
-    env.update({"NBA_LEARNER": "off", "NBA_REDIS_URL": "", "NBA_HOST": "127.0.0.1", "NBA_METRICS_HOST": "127.0.0.1"})
+    env.update({"NBA_LEARNER": "off", "NBA_REDIS_URL": "", "NBA_REDIS_MODE": "", "NBA_REDIS_SENTINELS": ""})
+    env.update({"NBA_HOST": "127.0.0.1", "NBA_METRICS_HOST": "127.0.0.1"})
     env["NBA_ISOLATED"] = "1"
     return env
 
@@ -162,7 +164,7 @@ def start_servers(
         started.append(nba)
         wait_ready(echo, work / "echo.json")
         info = wait_ready(nba, work / "ready.json")
-        client = redis.Redis.from_url(str(info["redis_url"]))
+        client = sync_client(RedisTarget(url=str(info["redis_url"])))
         redis_pid = int(client.info("server")["process_id"])
         floor = None
         if echo_redis:

@@ -176,7 +176,7 @@ class Reason(_message.Message):
     def __init__(self, offer_id: _Optional[str] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ..., channel: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "request_id", "no_action", "action", "channel", "score", "propensity", "alternatives", "reasons", "policy_version", "model_version", "degraded")
+    __slots__ = ("decision_id", "request_id", "no_action", "action", "channel", "score", "propensity", "alternatives", "reasons", "policy_version", "model_version", "degraded", "status")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NO_ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,7 @@ class DecideResponse(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     request_id: str
     no_action: bool
@@ -201,7 +202,18 @@ class DecideResponse(_message.Message):
     policy_version: str
     model_version: str
     degraded: bool
-    def __init__(self, decision_id: _Optional[str] = ..., request_id: _Optional[str] = ..., no_action: _Optional[bool] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., policy_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ...) -> None: ...
+    status: Status
+    def __init__(self, decision_id: _Optional[str] = ..., request_id: _Optional[str] = ..., no_action: _Optional[bool] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., policy_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("code", "message", "retry_after_ms")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    retry_after_ms: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class OutcomeRequest(_message.Message):
     __slots__ = ("decision_id", "outcome", "value")
@@ -222,6 +234,30 @@ class OutcomeResponse(_message.Message):
     duplicate: bool
     learned: bool
     def __init__(self, decision_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., learned: _Optional[bool] = ...) -> None: ...
+
+class RecordEventRequest(_message.Message):
+    __slots__ = ("customer_id", "origin_channel", "event", "request_id")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    origin_channel: str
+    event: Event
+    request_id: str
+    def __init__(self, customer_id: _Optional[str] = ..., origin_channel: _Optional[str] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RecordEventResponse(_message.Message):
+    __slots__ = ("request_id", "timestamp_ms", "opened", "closed")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    timestamp_ms: int
+    opened: OpenJourney
+    closed: _containers.RepeatedCompositeFieldContainer[OpenJourney]
+    def __init__(self, request_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., opened: _Optional[_Union[OpenJourney, _Mapping]] = ..., closed: _Optional[_Iterable[_Union[OpenJourney, _Mapping]]] = ...) -> None: ...
 
 class CustomerContextRequest(_message.Message):
     __slots__ = ("customer_id", "max_events", "include_best_actions")

@@ -51,6 +51,11 @@ class DecisionServiceStub:
                 request_serializer=nba_dot_v1_dot_decision__pb2.OutcomeRequest.SerializeToString,
                 response_deserializer=nba_dot_v1_dot_decision__pb2.OutcomeResponse.FromString,
                 _registered_method=True)
+        self.RecordEvent = channel.unary_unary(
+                '/nba.v1.DecisionService/RecordEvent',
+                request_serializer=nba_dot_v1_dot_decision__pb2.RecordEventRequest.SerializeToString,
+                response_deserializer=nba_dot_v1_dot_decision__pb2.RecordEventResponse.FromString,
+                _registered_method=True)
         self.GetCustomerContext = channel.unary_unary(
                 '/nba.v1.DecisionService/GetCustomerContext',
                 request_serializer=nba_dot_v1_dot_decision__pb2.CustomerContextRequest.SerializeToString,
@@ -82,6 +87,11 @@ class DecisionServiceServicer:
 
     def DecideStream(self, request_iterator, context):
         """Decide over one long-lived stream: one response per request, in order.
+        A request that gets no decision (a bad field, the server overloaded, the
+        state store unreachable) is answered with a response whose status says
+        why, and the stream goes on. What ends the whole call ends the stream: its
+        deadline or cancellation, the server shutting down (UNAVAILABLE), a
+        message that is not a DecideRequest at all (INVALID_ARGUMENT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +99,16 @@ class DecisionServiceServicer:
 
     def ReportOutcome(self, request, context):
         """Report what happened to a decision (impressed, accepted, ...).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordEvent(self, request, context):
+        """Tell nba a customer moment happened without asking for a decision: the
+        event joins the journey and updates open journeys (a purchase or checkout
+        closes the cart; a cart_abandon opens one). Nothing is decided, sent,
+        counted as a contact or learned from.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +154,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ReportOutcome,
                     request_deserializer=nba_dot_v1_dot_decision__pb2.OutcomeRequest.FromString,
                     response_serializer=nba_dot_v1_dot_decision__pb2.OutcomeResponse.SerializeToString,
+            ),
+            'RecordEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvent,
+                    request_deserializer=nba_dot_v1_dot_decision__pb2.RecordEventRequest.FromString,
+                    response_serializer=nba_dot_v1_dot_decision__pb2.RecordEventResponse.SerializeToString,
             ),
             'GetCustomerContext': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCustomerContext,
@@ -234,6 +259,33 @@ class DecisionService:
             '/nba.v1.DecisionService/ReportOutcome',
             nba_dot_v1_dot_decision__pb2.OutcomeRequest.SerializeToString,
             nba_dot_v1_dot_decision__pb2.OutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nba.v1.DecisionService/RecordEvent',
+            nba_dot_v1_dot_decision__pb2.RecordEventRequest.SerializeToString,
+            nba_dot_v1_dot_decision__pb2.RecordEventResponse.FromString,
             options,
             channel_credentials,
             insecure,
