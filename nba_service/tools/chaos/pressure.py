@@ -411,11 +411,10 @@ async def _stalled(
             written_before = sum(written)
             decisions_start = _decisions(await asyncio.to_thread(scrape, s.nba.metrics_url))
             start, cpu_start, own_start = time.monotonic(), cpu_seconds(s.nba.pid), time.process_time()
-            tally = Tally()
             if watch:
-                async with open_channels(s.nba.port) as (stub,):
-                    await paced([stub], s.requests, PACED_RATE, start + window, 5.0, tally)
+                decide_p50 = await _decide_p50(s, start + window)
             else:
+                decide_p50 = None
                 await asyncio.sleep(window)  # the window the server's CPU is measured over
             end, cpu_end, own_end = time.monotonic(), cpu_seconds(s.nba.pid), time.process_time()
             decisions_end = _decisions(await asyncio.to_thread(scrape, s.nba.metrics_url))
@@ -437,8 +436,16 @@ async def _stalled(
         sum(read),
         (own_end - own_start) / seconds,
         rss,
-        quantile([c.seconds for c in tally.calls if c.code == "OK"], 0.5) if watch else None,
+        decide_p50,
     )
+
+
+async def _decide_p50(s: Stack, until: float) -> float | None:
+    """Decide's p50 for a caller at :data:`PACED_RATE` calls/s until ``until`` (monotonic)."""
+    tally = Tally()
+    async with open_channels(s.nba.port) as (stub,):
+        await paced([stub], s.requests, PACED_RATE, until, 5.0, tally)
+    return quantile([c.seconds for c in tally.calls if c.code == "OK"], 0.5)
 
 
 def stalled_streams(config: ChaosConfig, progress: Progress) -> FaultResult:
@@ -501,14 +508,8 @@ def stalled_streams(config: ChaosConfig, progress: Progress) -> FaultResult:
         )
         _at_once(result, after_call, t.answer_at_once_seconds, "the streams are cancelled")
 
-        async def baseline() -> float | None:
-            tally = Tally()
-            async with open_channels(s.nba.port) as (stub,):
-                await paced([stub], s.requests, PACED_RATE, time.monotonic() + 1.0, 5.0, tally)
-            return quantile([c.seconds for c in tally.calls if c.code == "OK"], 0.5)
-
         progress(f"  the same from grpcio's default client (bandwidth probing), {config.stall_window:g} s ...")
-        quiet_p50 = asyncio.run(baseline())
+        quiet_p50 = asyncio.run(_decide_p50(s, time.monotonic() + 1.0))
         probing = asyncio.run(_stalled(s, n, (), 1.0, config.stall_window, watch=True))
         result.details["probing_client"] = dataclasses.asdict(probing)
         result.details["decide_p50_quiet"] = quiet_p50
