@@ -28,8 +28,9 @@ $(REDIS_SERVER):
 demo: install  ## embedded Redis + server + sample policies + 30 s of simulated traffic
 	$(NBA) demo
 
-test: lint  ## lint and types, then the whole test suite, against a real Redis and real gRPC servers
+test: lint  ## lint and types, the whole test suite against a real Redis and real gRPC servers, then its Redis tests again on a local Redis Cluster
 	$(PY) -m pytest
+	NBA_TEST_REDIS_MODE=cluster $(PY) -m pytest
 
 lint: install  ## ruff (lint + format check) and mypy over nba_service/, as configured in pyproject.toml
 	$(VENV)/bin/ruff check nba_service

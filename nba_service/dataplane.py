@@ -34,9 +34,12 @@ from nba_service.domain import (
     RecordedOutcome,
     ServingMode,
     StoreUnavailableError,
+    ValidationError,
     WriteResult,
 )
+from nba_service.domain.journeys import opened_product
 from nba_service.domain.profile_update import Erasure, ProfileMask
+from nba_service.engine.agent_view import agent_scripts, likely_reasons
 from nba_service.engine.fallback import fallback_decision
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy, Explorer, make_explorer
@@ -48,6 +51,8 @@ from nba_service.policies.model import PolicyValidationError
 from nba_service.policies.parser import parse_policy_files
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.settings import Settings
+from nba_service.store import keys
+from nba_service.store.connect import script_connection_for
 from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
 from nba_service.store.state import Budget, StateStore, budget_key
@@ -112,6 +117,8 @@ class DataPlane:
             decision_ttl_seconds=settings.decision_ttl_seconds,
             journey_max_events=settings.journey_max_events,
             url=redis_url or settings.redis_url,
+            # the scripts' connection reports its redirects and errors per Redis node to the metrics
+            scripts=script_connection_for(client, redis_url or settings.redis_url, on_event=metrics.count_redis_event),
         )
         self._redis = client
         self._policies = PolicyStore(sync_client)
@@ -288,8 +295,22 @@ class DataPlane:
             raise StoreUnavailableError(
                 "too many simultaneous decisions for this customer; nothing was recorded, retry"
             )
+        product = opened_product(request.event)
+        if product is not None:  # a decided product_opened moment: the holding, after the decision (see journeys)
+            await self._add_holding(request.customer_id, product)
         self._observe(request, started, decision)
         return RecordedDecision(decision_id, request_id, decision)
+
+    async def _add_holding(self, customer_id: str, product: str) -> None:
+        """Add the holding of a decided ``product_opened`` moment. The decision is recorded already: a failure
+        is logged and counted, not raised (a retry would record the decision twice); the next profile update
+        or ``RecordEvent`` of the product adds it."""
+        try:
+            await self.state.add_holding(customer_id, product)
+        except redis.RedisError as exc:
+            self._unavailable("add_holding", exc)  # logged and counted
+        except (StoreUnavailableError, ValidationError) as exc:
+            log.warning("holding %r not added after a decided product_opened event: %s", product, exc)
 
     def _observe(self, request: DecisionRequest, started_at: float | None, decision: Decision) -> None:
         """Count a recorded decision (and time it, ``started_at`` given)."""
@@ -312,6 +333,7 @@ class DataPlane:
                 request_attributes=attributes,
                 contact_window=snapshot.max_limit_window,
                 suppression_window=snapshot.max_suppression_window,
+                accepted_window=snapshot.max_accepted_window,
             )
         except redis.RedisError as exc:
             raise self._unavailable("read_context", exc) from exc
@@ -333,7 +355,7 @@ class DataPlane:
         exhausted = self._exhausted_budgets(ctx.now)
         for _ in range(len(snapshot.offers) + 1):  # each retry rules one more offer out: bounded
             decision, shadow, trial = self._decide(snapshot, ctx, request.event, request.top_k, exhausted)
-            decision_id = os.urandom(16).hex()  # 128 random bits, as uuid4 but a quarter of the cost
+            decision_id = keys.new_decision_id(ctx.profile.customer_id)  # its bucket, then 120 random bits
             offer = snapshot.offers[snapshot.offer_index[decision.offer_id]] if decision.offer_id else None
             budget = None
             if offer is not None and offer.budget is not None:
@@ -474,7 +496,10 @@ class DataPlane:
 
     async def report_outcome(self, decision_id: str, outcome: OutcomeKind, value: float) -> RecordedOutcome:
         try:
-            recorded = await self.state.record_outcome(decision_id, outcome.value, value, time.time())
+            products = self.snapshot.products if self.snapshot else None  # what an acceptance records
+            recorded = await self.state.record_outcome(
+                decision_id, outcome.value, value, time.time(), products=products
+            )
         except redis.RedisError as exc:
             raise self._unavailable("record_outcome", exc) from exc
         if recorded.status is OutcomeStatus.NOT_FOUND:
@@ -487,27 +512,42 @@ class DataPlane:
         return recorded
 
     async def customer_context(
-        self, customer_id: str, max_events: int, include_best_actions: bool, top_k: int = 3
+        self, customer_id: str, max_events: int, include_best_actions: bool, top_k: int = 3, agent_language: str = ""
     ) -> tuple[CustomerView, tuple[Alternative, ...], str]:
+        """What the agent desktop shows: the customer's view with its likely reasons (in ``agent_language``, else
+        the policy's default language), the best actions with their agent scripts (``include_best_actions``), and
+        the policy version. Nothing is recorded."""
         try:
             view = await self.state.customer_view(customer_id, max_events)
         except redis.RedisError as exc:
             raise self._unavailable("customer_view", exc) from exc
         snapshot = self.snapshot
         best: tuple[Alternative, ...] = ()
-        if include_best_actions and snapshot is not None:
-            best = await self._preview_best(snapshot, customer_id, top_k)
+        if snapshot is not None and (include_best_actions or snapshot.policy.reasons):
+            ctx = await self._read_context(snapshot, customer_id, time.time(), "agent_desktop", {})
+            if snapshot.policy.reasons:
+                view = dataclasses.replace(view, likely_reasons=likely_reasons(snapshot, ctx, agent_language))
+            if include_best_actions:
+                best = self._preview_best(snapshot, ctx, top_k, agent_language)
         return view, best, snapshot.version if snapshot else ""
 
-    async def _preview_best(self, snapshot: PolicySnapshot, customer_id: str, top_k: int) -> tuple[Alternative, ...]:
-        """The best actions for an agent contact now, decided without recording anything."""
-        ctx = await self._read_context(snapshot, customer_id, time.time(), "agent_desktop", {})
-        decision = self.preview_engine.decide(
-            snapshot, ctx, Event("agent_contact", {"agent_id": "", "reason": ""}), top_k=top_k
-        )
+    def _preview_best(
+        self, snapshot: PolicySnapshot, ctx: CustomerContext, top_k: int, agent_language: str
+    ) -> tuple[Alternative, ...]:
+        """The best actions for an agent contact now, decided without recording anything, each with its offer's
+        agent script."""
+        event = Event("agent_contact", {"agent_id": "", "reason": ""})
+        decision = self.preview_engine.decide(snapshot, ctx, event, top_k=top_k)
         if decision.no_action:
             return ()
-        return (Alternative(decision.offer_id or "", decision.channel, decision.score), *decision.alternatives)[:top_k]
+        best = (Alternative(decision.offer_id or "", decision.channel, decision.score), *decision.alternatives)[:top_k]
+        scripts = agent_scripts(snapshot, ctx, event, (a.offer_id for a in best), agent_language)
+        return tuple(
+            dataclasses.replace(a, agent_script=scripts[a.offer_id][0], agent_script_language=scripts[a.offer_id][1])
+            if a.offer_id in scripts
+            else a
+            for a in best
+        )
 
     async def upsert_customer(
         self, profile: CustomerProfile, mask: ProfileMask | None = None, *, caller: str = "", request_id: str = ""

@@ -262,17 +262,16 @@ class Settings:
 
     def _validate_redis(self) -> None:
         """The Redis mode and the settings it needs."""
-        if self.redis_mode is RedisMode.CLUSTER:
-            raise SettingsError(
-                "redis_mode: 'cluster' is not supported yet: Redis Cluster needs a key layout nba does not have "
-                "yet (every script of a decision must touch a single hash slot). Use 'standalone' (one primary, "
-                "e.g. a managed Redis with failover) or 'sentinel' (--redis-sentinels, --redis-master-name)"
-            )
         if self.redis_mode is not RedisMode.SENTINEL:
             if self.redis_sentinels.strip():
                 raise SettingsError(
-                    "redis_sentinels: given, but redis_mode is 'standalone'; add --redis-mode sentinel "
+                    f"redis_sentinels: given, but redis_mode is '{self.redis_mode.value}'; add --redis-mode sentinel "
                     "(NBA_REDIS_MODE=sentinel) to follow the primary the sentinels name"
+                )
+            if self.redis_mode is RedisMode.CLUSTER and not self.redis_url:
+                raise SettingsError(
+                    "redis_url: redis_mode 'cluster' needs the URL of a cluster node (--redis-url, NBA_REDIS_URL, "
+                    "e.g. redis://redis-cluster-0:6379); the embedded Redis is not a cluster"
                 )
             return
         if not self.sentinel_addresses():

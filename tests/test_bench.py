@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import psutil
+import pytest
 
 from nba_service.tools.bench import BenchConfig, run_sweep, write_offer_policies
+from nba_service.tools.bench.cluster import _hot_customer
+from nba_service.tools.bench.workload import customer_id, decide_requests
 from nba_service.cli import main
 from nba_service.observability.scrape import histogram_quantile, subtract
 from nba_service.policies.parser import load_policy_dir
@@ -82,3 +86,48 @@ def test_quantiles_of_the_observations_between_two_scrapes():
 
     assert histogram_quantile(between, 0.5) == 0.0015
     assert histogram_quantile({0.001: 0.0, float("inf"): 0.0}, 0.5) is None
+
+
+def test_cluster_bench_reports_every_primary_with_its_share_of_keys_and_redis_cpu(tmp_path, capsys):
+    out = tmp_path / "cluster.json"
+
+    code = main(["bench", "--redis-mode", "cluster", "--shards", "2", "--customers", "500", "--seconds", "0.5",
+                 "--concurrency", "4", "--policies", str(SAMPLE_POLICIES), "--json", str(out)])
+
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "saturates at" in printed and "per primary" in printed
+    result = json.loads(out.read_text())
+    baseline, cluster = result["rows"]
+    assert baseline["mode"] == "standalone" and len(baseline["nodes"]) == 1
+    assert cluster["setup"] == "cluster 2" and len({n["node"] for n in cluster["nodes"]}) == 2
+    for row in result["rows"]:
+        assert row["errors"] == {}, row["setup"]
+        assert _positive(row["decisions_per_second"]) and _positive(row["redis_cpu_us_per_decision"])
+        assert math.isclose(sum(n["key_share"] for n in row["nodes"]), 1.0)
+        assert math.isclose(sum(n["cpu_share"] for n in row["nodes"]), 1.0)
+        assert all(n["keys"] > 0 and n["scripts_per_decision"] > 0 for n in row["nodes"]), row["nodes"]
+        assert math.isclose(row["saturation_decisions_per_second"], 1e6 / row["busiest_cpu_us_per_decision"])
+        assert _stopped(row["pids"])
+    assert math.isclose(baseline["scripts_per_decision"], 2.0, rel_tol=0.05)  # read the context, record it
+    assert "redis_version" in result and result["machine"]["cores"] >= 1
+
+
+def test_cluster_bench_flags_are_checked():
+    assert main(["bench", "--shards", "2"]) == 1  # without --redis-mode cluster
+    assert main(["bench", "--redis-mode", "cluster", "--sweep", "offers"]) == 1
+    with pytest.raises(SystemExit):
+        main(["bench", "--redis-mode", "cluster", "--hot", "everything"])
+
+
+def test_hot_customer_requests_send_a_fifth_of_the_decisions_to_one_customer():
+    requests = decide_requests(1000, 500, seed=1, atm_only=False)
+    before = [r.customer_id for r in requests]
+
+    hot = _hot_customer(requests, 1000)
+
+    assert all(hot[i].customer_id == customer_id(0) for i in range(0, 500, 5))
+    assert all(h.customer_id == r.customer_id for i, (h, r) in enumerate(zip(hot, requests)) if i % 5)
+    assert [r.event for r in hot] == [r.event for r in requests]
+    assert [r.customer_id for r in requests] == before  # the pool itself is left as it was
+    assert Counter(before)[customer_id(0)] < 100 <= Counter(r.customer_id for r in hot)[customer_id(0)]

@@ -16,10 +16,13 @@ from nba_service.domain import (
     Decision,
     DecisionRequest,
     Event,
+    JourneyEntry,
     OpenJourney,
     OutcomeKind,
     RecordedEvent,
+    RenderedContent,
 )
+from nba_service.domain.journeys import PRODUCT_ATTRIBUTE, PRODUCT_OPENED
 from nba_service.domain.profile_update import ProfileMask
 from nba_service.domain.validation import (
     ValidationError,
@@ -29,6 +32,8 @@ from nba_service.domain.validation import (
     check_coordinate,
     check_id,
     check_item_ids,
+    check_language,
+    check_product,
     check_profile,
 )
 from nba_service.proto.nba.v1 import decision_pb2 as pb
@@ -36,6 +41,7 @@ from nba_service.proto.nba.v1 import decision_pb2 as pb
 __all__ = [
     "ValidationError",
     "check_id",
+    "check_language",
     "decision_request_from_proto",
     "event_from_proto",
     "event_record_from_proto",
@@ -120,9 +126,10 @@ def event_from_proto(msg: pb.Event, present: bool) -> Event:
     e = msg.custom
     if not e.name:
         raise ValidationError(f"{where}.name", "is required")
-    return Event(
-        "custom", {"name": _text(f"{where}.name", e.name)}, dict(check_attributes(f"{where}.attributes", e.attributes))
-    )
+    attributes = dict(check_attributes(f"{where}.attributes", e.attributes))
+    if e.name == PRODUCT_OPENED:  # adds a holding: the product must be an id, as offers' product
+        check_product(f"{where}.attributes[{PRODUCT_ATTRIBUTE!r}]", attributes.get(PRODUCT_ATTRIBUTE, ""))
+    return Event("custom", {"name": _text(f"{where}.name", e.name)}, attributes)
 
 
 def _position(where: str, e: pb.AtmDecline | pb.Location) -> dict[str, float]:
@@ -184,6 +191,7 @@ def to_record_event_response(request_id: str, recorded: RecordedEvent) -> pb.Rec
         timestamp_ms=round(recorded.timestamp * 1000),
         opened=None if recorded.opened is None else _open_journey(recorded.opened),
         closed=[_open_journey(j) for j in recorded.closed],
+        holding_added=recorded.holding_added,
     )
 
 
@@ -207,7 +215,11 @@ def to_decide_response(
         action=None
         if decision.no_action
         else pb.Action(
-            offer_id=decision.offer_id, name=decision.offer_name, category=decision.category, content=decision.content
+            offer_id=decision.offer_id,
+            name=decision.offer_name,
+            category=decision.category,
+            content=decision.content,
+            structured_content=_content(decision.rendered),
         ),
         channel=decision.channel,
         score=decision.score,
@@ -221,11 +233,36 @@ def to_decide_response(
         policy_version=decision.policy_version,
         model_version=decision.model_version,
         degraded=degraded,
+        deliver_after_ms=0 if decision.deliver_after is None else round(decision.deliver_after * 1000),
+    )
+
+
+def _content(content: RenderedContent | None) -> pb.Content | None:
+    """The structured content of an action (None: the decision has none, e.g. from an older engine)."""
+    if content is None:
+        return None
+    return pb.Content(
+        title=content.title,
+        body=content.body,
+        subject=content.subject,
+        html=content.html,
+        deep_link=content.deep_link,
+        image_url=content.image_url,
+        cta=pb.CallToAction(label=content.cta_label, action=content.cta_action)
+        if content.cta_label or content.cta_action
+        else None,
+        language=content.language,
     )
 
 
 def _alternative(a: Alternative) -> pb.Alternative:
-    return pb.Alternative(offer_id=a.offer_id, channel=a.channel, score=a.score)
+    return pb.Alternative(
+        offer_id=a.offer_id,
+        channel=a.channel,
+        score=a.score,
+        agent_script=a.agent_script,
+        agent_script_language=a.agent_script_language,
+    )
 
 
 def outcome_from_proto(request: pb.OutcomeRequest) -> tuple[str, OutcomeKind, float]:
@@ -257,6 +294,7 @@ def profile_from_proto(msg: pb.CustomerProfile) -> CustomerProfile:
             consents=consents,
             timezone=msg.timezone or "UTC",
             attributes=dict(msg.attributes),
+            holdings=frozenset(msg.holdings),
         )
     )
 
@@ -278,6 +316,7 @@ def to_profile(profile: CustomerProfile) -> pb.CustomerProfile:
         consents=[pb.Consent(channel=c, granted=g) for c, g in sorted(profile.consents.items())],
         timezone=profile.timezone,
         attributes=dict(profile.attributes),
+        holdings=sorted(profile.holdings),
     )
 
 
@@ -304,15 +343,7 @@ def to_context_response(
     return pb.CustomerContextResponse(
         profile=to_profile(view.profile),
         known=view.profile.known,
-        journey=[
-            pb.JourneyEvent(
-                timestamp_ms=int(e.timestamp * 1000),
-                type=e.type,
-                origin_channel=e.origin_channel,
-                fields=_stringify(e.fields),
-            )
-            for e in view.journey
-        ],
+        journey=[_journey_event(e) for e in view.journey],
         open_journeys=[_open_journey(j) for j in view.open_journeys],
         recent_decisions=[
             pb.PastDecision(
@@ -327,4 +358,14 @@ def to_context_response(
         ],
         best_actions=[_alternative(a) for a in best],
         policy_version=policy_version,
+        likely_reasons=[
+            pb.LikelyReason(id=r.id, text=r.text, score=r.score, evidence=[_journey_event(e) for e in r.evidence])
+            for r in view.likely_reasons
+        ],
+    )
+
+
+def _journey_event(e: JourneyEntry) -> pb.JourneyEvent:
+    return pb.JourneyEvent(
+        timestamp_ms=int(e.timestamp * 1000), type=e.type, origin_channel=e.origin_channel, fields=_stringify(e.fields)
     )

@@ -160,8 +160,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             raise converters.ValidationError(
                 "max_events", f"must be between 1 and {MAX_CONTEXT_EVENTS}, got {max_events}"
             )
+        agent_language = converters.check_language("agent_language", request.agent_language)
         view, best, version = await self.dataplane.customer_context(
-            customer_id, max_events, request.include_best_actions
+            customer_id, max_events, request.include_best_actions, agent_language=agent_language
         )
         snapshot = self.dataplane.snapshot
         if snapshot is not None and snapshot.policy.settings.sensitive and not current_caller().has("pii"):

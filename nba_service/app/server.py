@@ -50,6 +50,7 @@ from nba_service.settings import Settings, SettingsError
 from nba_service.store import connect, heartbeats, keys
 from nba_service.store.connect import RedisTarget
 from nba_service.store.embedded import EmbeddedRedis
+from nba_service.store.migrate import ensure_layout
 from nba_service.store.policy_store import PolicyStore, content_digest
 
 __all__ = [
@@ -250,6 +251,8 @@ class NbaServer:
                 self._advertisement = discovery.advertise(settings.data_dir, self.redis_url)
         self.redis_target = RedisTarget.of(settings, url=self.redis_url)
         self._async_redis, self._sync_redis = redis_clients(self.redis_target)
+        # a Redis of the previous release is upgraded in place first (one GET once it is done)
+        await asyncio.to_thread(ensure_layout, self._sync_redis)
         if settings.policies:
             await asyncio.to_thread(publish_if_changed, self._sync_redis, settings.policies)
         self.dataplane = DataPlane(settings, self._async_redis, self._sync_redis, self.metrics, self.redis_url)
@@ -360,7 +363,7 @@ class NbaServer:
         """
         assert self.dataplane is not None
         interval = self.settings.policy_check_seconds
-        pubsub = self._async_redis.pubsub()
+        pubsub = connect.pubsub_for(self._async_redis)  # cluster mode: one node at a time
         subscribed = False
         failures = 0
         try:

@@ -33,6 +33,7 @@ from nba_service.settings import Settings
 from nba_service.store import connect
 from nba_service.store.connect import RedisTarget
 from nba_service.store.embedded import EmbeddedRedis
+from nba_service.store.migrate import ensure_layout
 
 __all__ = ["WorkerInfo", "run_workers"]
 
@@ -107,12 +108,13 @@ def run_workers(settings: Settings, ready: Callable[[WorkerInfo], None] | None =
             url = embedded.start()
             if not settings.isolated:  # the supervisor advertises the Redis; each worker writes its heartbeat
                 advertisement = discovery.advertise(settings.data_dir, url)
-        if settings.policies:
-            client = connect.sync_client(RedisTarget.of(settings, url=url))
-            try:
+        client = connect.sync_client(RedisTarget.of(settings, url=url))
+        try:
+            ensure_layout(client)  # a Redis of the previous release: upgraded once, before the workers start
+            if settings.policies:
                 publish_if_changed(client, settings.policies)
-            finally:
-                client.close()
+        finally:
+            client.close()
         port = settings.port or _free_port(settings.host)
         multiproc = workdir / "metrics"
         multiproc.mkdir()

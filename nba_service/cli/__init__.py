@@ -38,6 +38,7 @@ COMMANDS = (
     "customers",
     "models",
     "history",
+    "store",
     "events",
     "explain",
     "evaluate",

@@ -28,8 +28,8 @@ def state_options(parser: argparse.ArgumentParser) -> None:
         "--redis-mode",
         choices=[mode.value for mode in RedisMode],
         help="standalone: the Redis of --redis-url (default); sentinel: the primary the sentinels name, followed "
-        "through failovers (--redis-url then gives only the user, password, database and TLS); cluster: not "
-        "supported yet (env NBA_REDIS_MODE)",
+        "through failovers (--redis-url then gives only the user, password, database and TLS); cluster: a Redis "
+        "Cluster, found from the --redis-url of any node (env NBA_REDIS_MODE)",
     )
     parser.add_argument(
         "--redis-sentinels",

@@ -97,9 +97,10 @@ def stored_contexts(client: redis.Redis | None) -> StoredContext:
     if client is None:
         return lambda customer_id, now, window: CustomerContext(CustomerProfile.unknown(customer_id), now)
     reader = ContextReader(client)
-    # declines for a year back (the longest a suppression window may be): the preview's sets decide which count
+    # declines and acceptances for a year back (the longest a suppression or accepted window may be): the
+    # preview's sets decide which count
     return lambda customer_id, now, window: reader.read_context(
-        customer_id, now, contact_window=window, suppression_window=365 * 86400
+        customer_id, now, contact_window=window, suppression_window=365 * 86400, accepted_window=365 * 86400
     )
 
 

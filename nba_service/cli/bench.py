@@ -10,6 +10,8 @@ from nba_service.cli._common import write_json
 
 SWEEP_VALUES = {"offers": (10, 50, 200, 1000), "customers": (10_000, 100_000, 1_000_000)}
 QUICK_SWEEP_VALUES = {"offers": (10, 50, 200, 1000), "customers": (10_000, 20_000, 50_000)}
+DEFAULT_SHARDS = (1, 2, 3)
+"""Primaries of the local Redis Clusters of ``--redis-mode cluster`` without ``--shards``."""
 
 
 def _positive_int(text: str) -> int:
@@ -39,8 +41,44 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _hot_kinds(text: str) -> tuple[str, ...]:
+    from nba_service.tools.bench.cluster import HOT_KINDS
+
+    kinds = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [k for k in kinds if k not in HOT_KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: give {' and/or '.join(HOT_KINDS)}, e.g. customer,budget")
+    return tuple(dict.fromkeys(kinds))
+
+
+def _cluster_flags_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of --redis-mode, --shards, --hot and --sweep (None: nothing)."""
+    if args.bench_redis_mode == "cluster":
+        if args.sweep:
+            return "--sweep runs on the embedded Redis only: leave out --redis-mode cluster"
+        return None
+    for flag, value in (("--shards", args.shards), ("--hot", args.hot)):
+        if value:
+            return f"{flag} is for the Redis Cluster scale curve: add --redis-mode cluster"
+    return None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from nba_service.tools.bench import BenchConfig, BenchError, format_report, format_sweep, run_bench, run_sweep
+    from nba_service.tools.bench import (
+        BenchConfig,
+        BenchError,
+        format_cluster_report,
+        format_report,
+        format_sweep,
+        run_bench,
+        run_cluster_bench,
+        run_sweep,
+    )
+
+    problem = _cluster_flags_error(args)
+    if problem:
+        print(f"nba bench: {problem}", file=sys.stderr)
+        return 1
 
     overrides = {
         "customers": args.customers,
@@ -75,7 +113,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        if args.sweep:
+        if args.bench_redis_mode == "cluster":
+            result = run_cluster_bench(config, args.shards or DEFAULT_SHARDS, args.hot or (), progress)
+            report = format_cluster_report(result)
+        elif args.sweep:
             values = args.values or (QUICK_SWEEP_VALUES if args.quick else SWEEP_VALUES)[args.sweep]
             result = run_sweep(args.sweep, values, config, progress)
             report = format_sweep(result)
@@ -96,7 +137,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="benchmark Decide against an echo gRPC server on this machine",
         description="Starts nba serve (embedded Redis, customers and journeys loaded) and an echo server built "
         "the same way, drives both with the same client, and prints sequential latency, the highest "
-        "throughput and the ratios Decide/Echo.",
+        "throughput and the ratios Decide/Echo. With --redis-mode cluster: the Redis Cluster scale curve "
+        "(docs/performance.md).",
     )
     bench.add_argument(
         "--quick",
@@ -134,6 +176,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         help="connections to each server for the throughput ladder (default 4): each one is served "
         "by one worker, so give at least --workers",
+    )
+    bench.add_argument(
+        "--redis-mode",
+        dest="bench_redis_mode",  # not the settings' redis_mode: the bench starts its own Redis either way
+        choices=("standalone", "cluster"),
+        default="standalone",
+        help="standalone: nba serve on its embedded Redis (default); cluster: the Redis Cluster scale curve: the "
+        "embedded Redis, then a local Redis Cluster of each --shards number of primaries, the same load on each, "
+        "Redis CPU, commands and keys per primary",
+    )
+    bench.add_argument(
+        "--shards",
+        type=_ints,
+        help="with --redis-mode cluster: primaries of each local cluster, e.g. 1,2,3 (the default)",
+    )
+    bench.add_argument(
+        "--hot",
+        type=_hot_kinds,
+        help="with --redis-mode cluster: hot-spot rows on the largest cluster: customer (a fifth of the decisions "
+        "for one customer), budget (one budgeted offer chosen by every decision), or customer,budget",
     )
     bench.add_argument("--seed", type=int, help="seed of the generated customers and requests (default 1)")
     bench.add_argument("--json", help="also write the results as JSON here")

@@ -10,7 +10,7 @@ import time
 from nba_service.api.event_log import EventLogError, event_object, parse_record, to_timed_request
 from nba_service.cli._common import settings_from, state_client, state_options
 from nba_service.cli._sources import SourceError, load_models, moment_time, policy_source
-from nba_service.domain import CustomerContext, Decision, TimedRequest
+from nba_service.domain import CustomerContext, Decision, RenderedContent, TimedRequest
 from nba_service.domain.localtime import local_time
 from nba_service.engine.explain import ArmScore, OfferExplanation, explain_decision
 from nba_service.engine.pipeline import DecisionEngine
@@ -42,6 +42,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             request_attributes=request.attributes,
             contact_window=snapshot.max_limit_window,
             suppression_window=snapshot.max_suppression_window,
+            accepted_window=snapshot.max_accepted_window,
         )
     decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(
         snapshot, ctx, moment.request.event, top_k=max(len(snapshot.offers), 1)
@@ -104,10 +105,11 @@ def _header(ctx: CustomerContext, moment: TimedRequest, policy: str, models: str
     when = f"{local:%a %Y-%m-%d %H:%M} in {p.timezone or 'UTC'}"
     if p.known:
         consents = ", ".join(f"{c} {'yes' if g else 'no'}" for c, g in sorted(p.consents.items())) or "none recorded"
+        holds = f"; holds {', '.join(sorted(p.holdings))}" if p.holdings else ""
         who = [
             f"customer {p.customer_id}: {p.first_name or '(no name)'}, segment {p.segment or '(none)'}, "
             f"preferred channel {p.preferred_channel or '(none)'}, local time {when}",
-            f"  reachable on {', '.join(sorted(p.reachable_channels)) or 'nothing'}; consents: {consents}",
+            f"  reachable on {', '.join(sorted(p.reachable_channels)) or 'nothing'}; consents: {consents}{holds}",
         ]
     else:
         who = [f"customer {p.customer_id}: no stored profile (unknown-customer defaults), local time {when}"]
@@ -134,11 +136,32 @@ def _decision_lines(decision: Decision, boost: float) -> list[str]:
         lines = [
             f"decision: {decision.offer_id} on {decision.channel}, score {decision.score:.4g}",
             f"  content: {decision.content}",
-            *(f"  not on {r.channel}: {r.code}: {r.detail}" for r in decision.reasons if r.channel),
+            *_content_lines(decision.rendered),
+            *(
+                f"  deferred: {r.detail}" if r.code == "deferred" else f"  not on {r.channel}: {r.code}: {r.detail}"
+                for r in decision.reasons
+                if r.channel
+            ),
         ]
     boost_text = f" x {boost:g} on the preferred channel" if boost != 1.0 else ""
     lines.append(f"priority = P x V x L x B{boost_text}; L = offer x category x global lever")
     return lines
+
+
+def _content_lines(content: RenderedContent | None) -> list[str]:
+    """The structured content's fields besides the body (``content:``), those the channel's content gives."""
+    if content is None:
+        return []
+    fields = [
+        ("title", content.title),
+        ("subject", content.subject),
+        ("html", content.html),
+        ("deep_link", content.deep_link),
+        ("image_url", content.image_url),
+        ("cta", f"{content.cta_label} -> {content.cta_action}" if content.cta_label or content.cta_action else ""),
+        ("language", content.language),
+    ]
+    return [f"  {name}: {value}" for name, value in fields if value]
 
 
 def _offer_lines(offers: tuple[OfferExplanation, ...]) -> list[str]:
@@ -157,7 +180,8 @@ def _arm(arm: ArmScore) -> str:
     if arm.closed:
         return f"closed: {arm.closed}"
     boost = f" x {arm.boost:g}" if arm.boost != 1.0 else ""
-    return f"P {arm.p:.4f} x V {arm.v:g} x L {arm.l:.4g} x B {arm.b:g}{boost} = {arm.priority:.4g}"
+    deferred = f", deferred: {arm.deferred}" if arm.deferred else ""
+    return f"P {arm.p:.4f} x V {arm.v:g} x L {arm.l:.4g} x B {arm.b:g}{boost} = {arm.priority:.4g}{deferred}"
 
 
 def _number(value: object) -> str:

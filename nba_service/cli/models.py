@@ -14,6 +14,7 @@ from typing import Any
 from nba_service.cli._common import settings_from, show_history, state_client, state_options, write_json
 from nba_service.learning.learner import Learner, default_learner_name
 from nba_service.learning.models import ModelBank
+from nba_service.store.migrate import MigrationError, ensure_layout
 from nba_service.store.model_store import ModelStore
 
 
@@ -23,6 +24,11 @@ def cmd_learner(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with state_client(settings) as client:
+        try:
+            ensure_layout(client)  # a Redis of the previous release is upgraded in place first
+        except MigrationError as exc:
+            print(f"nba learner: {exc}", file=sys.stderr)
+            return 1
         learner = Learner(
             client,
             name=args.name or default_learner_name(),

@@ -96,4 +96,4 @@ class RedisMode(enum.StrEnum):
     SENTINEL = "sentinel"
     """The primary Redis Sentinel names ``redis_master_name``, found again after every failover."""
     CLUSTER = "cluster"
-    """Redis Cluster: not supported yet (the settings refuse it)."""
+    """Redis Cluster, found from any node's URL (:mod:`nba_service.store.connect`)."""

@@ -5,6 +5,11 @@ or checkout (custom events) closes the cart named by its ``cart_id``
 attribute, or every open cart when it names none. The same rule applies to a
 moment that is decided (``Decide``) and to one only recorded (``RecordEvent``).
 
+A custom event ``product_opened`` with attribute ``product`` adds that
+product to the customer's holdings (:func:`opened_product`): with the journey
+entry, in one script, for ``RecordEvent``; right after the decision is
+recorded, for ``Decide``.
+
 >>> open_journey_change(Event("cart_abandon", {"cart_id": "k1", "cart_value": 80.0}))
 OpenJourneyChange(op='set', key=('cart', 'k1'))
 >>> open_journey_change(Event("custom", {"name": "purchase"}, {"cart_id": "k1"}))
@@ -13,6 +18,8 @@ OpenJourneyChange(op='del', key=('cart', 'k1'))
 'clear'
 >>> open_journey_change(Event("app_open", {"screen": "home"})) is None
 True
+>>> opened_product(Event("custom", {"name": "product_opened"}, {"product": "overdraft_protection"}))
+'overdraft_protection'
 """
 
 from __future__ import annotations
@@ -22,10 +29,22 @@ from typing import Any, Literal, NamedTuple
 
 from nba_service.domain.objects import Event
 
-__all__ = ["CLOSING_EVENTS", "OpenJourneyChange", "journey_fields", "open_journey_change"]
+__all__ = [
+    "CLOSING_EVENTS",
+    "PRODUCT_ATTRIBUTE",
+    "PRODUCT_OPENED",
+    "OpenJourneyChange",
+    "journey_fields",
+    "open_journey_change",
+    "opened_product",
+]
 
 CLOSING_EVENTS = frozenset({"purchase", "checkout"})
 """Custom events that close the customer's open cart (``cart_id`` attribute, or every cart)."""
+PRODUCT_OPENED = "product_opened"
+"""The custom event that adds a product to the customer's holdings."""
+PRODUCT_ATTRIBUTE = "product"
+"""The attribute of a ``product_opened`` event naming the product (a product id, as offers' ``product``)."""
 
 
 class OpenJourneyChange(NamedTuple):
@@ -42,6 +61,14 @@ def open_journey_change(event: Event) -> OpenJourneyChange | None:
     if event.type == "custom" and event.fields.get("name") in CLOSING_EVENTS:
         cart_id = event.attributes.get("cart_id")
         return OpenJourneyChange("del", ("cart", cart_id)) if cart_id else OpenJourneyChange("clear", ("cart", ""))
+    return None
+
+
+def opened_product(event: Event) -> str | None:
+    """The product ``event`` adds to the customer's holdings: a ``product_opened`` custom event's ``product``
+    attribute (the API refuses one without it); None for every other event."""
+    if event.type == "custom" and event.fields.get("name") == PRODUCT_OPENED:
+        return event.attributes.get(PRODUCT_ATTRIBUTE) or None
     return None
 
 

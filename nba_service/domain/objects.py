@@ -24,11 +24,13 @@ __all__ = [
     "DecisionRequest",
     "Event",
     "JourneyEntry",
+    "LikelyReason",
     "OpenJourney",
     "PastDecision",
     "Reason",
     "RecordedEvent",
     "RecordedOutcome",
+    "RenderedContent",
     "TimedRequest",
 ]
 
@@ -94,6 +96,8 @@ class CustomerProfile:
     attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     known: bool = True
     """False for a customer with no stored profile: the decision uses these defaults."""
+    holdings: frozenset[str] = frozenset()
+    """Products the customer holds (ids, e.g. ``current_account``): an offer selling one is not offered."""
 
     @classmethod
     def unknown(cls, customer_id: str) -> CustomerProfile:
@@ -153,6 +157,9 @@ class CustomerContext:
     request_attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     declines: tuple[tuple[float, str], ...] = ()
     """(time, offer id) of the customer's recent declines and dismissals."""
+    accepted: tuple[tuple[float, str, str], ...] = ()
+    """(time, offer id, product it sells or "") of the offers the customer accepted (or converted on) within
+    the longest ``accepted_window`` of the policy set."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -160,6 +167,10 @@ class Alternative:
     offer_id: str
     channel: str
     score: float
+    agent_script: str = ""
+    """Only on the agent's best actions: the offer's ``agent_script``, rendered ("" without one)."""
+    agent_script_language: str = ""
+    """The language ``agent_script`` is in."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -175,6 +186,25 @@ class Reason:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RenderedContent:
+    """An action's content as its channel shows it, in the language chosen for the customer (empty fields:
+    not given for this channel)."""
+
+    body: str = ""
+    title: str = ""
+    subject: str = ""
+    """An e-mail's subject line."""
+    html: str = ""
+    """An e-mail's HTML body (``body`` is its plain-text part)."""
+    deep_link: str = ""
+    image_url: str = ""
+    cta_label: str = ""
+    cta_action: str = ""
+    language: str = ""
+    """The language rendered (``es``), or empty when the offer's content has no languages."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
     """The engine's answer. ``offer_id`` is None for "no action"."""
 
@@ -185,12 +215,18 @@ class Decision:
     offer_name: str = ""
     category: str = ""
     content: str = ""
+    """The rendered body (``rendered.body``): what a client reading no more shows."""
     alternatives: tuple[Alternative, ...] = ()
     reasons: tuple[Reason, ...] = ()
     policy_version: str = ""
     model_version: str = ""
     features: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """The model features of the request, kept for the outcome join."""
+    rendered: RenderedContent | None = None
+    """The action's structured content (title, subject, deep link...); None for no action."""
+    deliver_after: float | None = None
+    """Unix time to deliver the action at, when its channel is in the customer's quiet hours and defers
+    (``on_quiet_hours: defer``); None: deliver now."""
 
     @property
     def no_action(self) -> bool:
@@ -219,6 +255,23 @@ class RecordedEvent:
     """The journey it opened or refreshed (a ``cart_abandon``'s cart)."""
     closed: tuple[OpenJourney, ...] = ()
     """The open journeys it closed (a purchase's cart, or every cart), as they were."""
+    holding_added: str = ""
+    """The product a ``product_opened`` event added to the customer's holdings ("" for other events, or
+    when the customer held it already)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LikelyReason:
+    """A probable reason for the customer's contact, from a ``reasons`` rule of the policy set over the journey."""
+
+    id: str
+    """The rule's id."""
+    text: str
+    """The rule's text, rendered in the agent's language."""
+    score: float
+    """The rule's score, decayed by the age of the newest matching event."""
+    evidence: tuple[JourneyEntry, ...] = ()
+    """The journey events the rule matched, newest first."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -241,3 +294,5 @@ class CustomerView:
     journey: tuple[JourneyEntry, ...]
     open_journeys: tuple[OpenJourney, ...]
     recent_decisions: tuple[PastDecision, ...]
+    likely_reasons: tuple[LikelyReason, ...] = ()
+    """Why the customer is probably calling, most likely first (the policy set's ``reasons`` rules)."""

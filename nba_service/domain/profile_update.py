@@ -4,6 +4,10 @@ An update names what it changes with a :class:`ProfileMask` (the API's
 ``update_mask``): whole fields, single consents (``consents.sms``) and single
 attributes (``attributes.tier``). Consents only change when named, so an
 update that leaves them out cannot re-grant one the customer withdrew.
+Holdings (the products the customer holds) are merged the same way without a
+mask: an update adds the products it lists and keeps the others, which a
+``product_opened`` event may have added (:func:`with_holding`); the mask path
+``holdings`` replaces the list.
 
 >>> stored = CustomerProfile("c1", segment="mass", consents={"sms": False, "push": True})
 >>> update = CustomerProfile("c1", segment="vip")
@@ -32,6 +36,7 @@ __all__ = [
     "apply_update",
     "consent_changes",
     "consent_state",
+    "with_holding",
 ]
 
 PROFILE_FIELDS = (
@@ -42,6 +47,7 @@ PROFILE_FIELDS = (
     "consents",
     "timezone",
     "attributes",
+    "holdings",
 )
 """The profile fields an update mask may name (``customer_id`` identifies the profile and never changes)."""
 
@@ -55,6 +61,8 @@ class ProfileMask:
     fields: frozenset[str] = frozenset()
     consents: frozenset[str] = frozenset()
     attributes: frozenset[str] = frozenset()
+    add_holdings: bool = dataclasses.field(default=False, repr=False)
+    """No mask was given: the update's holdings are added to the stored ones (``holdings`` not in ``fields``)."""
 
     @classmethod
     def parse(cls, paths: Iterable[str], field: str = "update_mask") -> ProfileMask:
@@ -67,7 +75,7 @@ class ProfileMask:
         ...
         nba_service.domain.validation.ValidationError: update_mask: unknown path 'nickname' \
 (paths: first_name, segment, preferred_channel, reachable_channels, consents, timezone, attributes, \
-consents.<channel>, attributes.<name>)
+holdings, consents.<channel>, attributes.<name>)
         """
         fields: set[str] = set()
         consents: set[str] = set()
@@ -93,8 +101,9 @@ consents.<channel>, attributes.<name>)
     @classmethod
     def without_mask(cls, update: CustomerProfile) -> ProfileMask:
         """An update without a mask: every field is replaced but the consents, of which only the
-        channels the update lists change (the others keep their stored consent)."""
-        return cls(frozenset(PROFILE_FIELDS) - {"consents"}, frozenset(update.consents))
+        channels the update lists change (the others keep their stored consent), and the holdings, to
+        which the products the update lists are added."""
+        return cls(frozenset(PROFILE_FIELDS) - {"consents", "holdings"}, frozenset(update.consents), add_holdings=True)
 
 
 def apply_update(stored: CustomerProfile | None, update: CustomerProfile, mask: ProfileMask) -> CustomerProfile:
@@ -118,10 +127,27 @@ def apply_update(stored: CustomerProfile | None, update: CustomerProfile, mask: 
             attributes[name] = update.attributes[name]
         else:
             attributes.pop(name, None)
+    if mask.add_holdings:
+        values["holdings"] = base.holdings | update.holdings
     merged = dataclasses.replace(
         base, **values, customer_id=update.customer_id, consents=consents, attributes=attributes, known=True
     )
     return check_profile(merged)
+
+
+def with_holding(stored: CustomerProfile | None, customer_id: str, product: str) -> CustomerProfile | None:
+    """The stored profile with ``product`` among its holdings (a new profile holding it when none is stored);
+    None when it holds the product already.
+
+    >>> with_holding(None, "c1", "credit_card").holdings
+    frozenset({'credit_card'})
+    >>> with_holding(CustomerProfile("c1", holdings=frozenset({"credit_card"})), "c1", "credit_card") is None
+    True
+    """
+    base = stored if stored is not None else CustomerProfile(customer_id)
+    if product in base.holdings:
+        return None
+    return check_profile(dataclasses.replace(base, holdings=base.holdings | {product}, known=True))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ __all__ = [
     "MAX_ATTRIBUTES",
     "MAX_ATTRIBUTE_BYTES",
     "MAX_CART_ITEMS",
+    "MAX_HOLDINGS",
     "MAX_ID_LENGTH",
     "ValidationError",
     "check_amount",
@@ -26,6 +27,8 @@ __all__ = [
     "check_channel_name",
     "check_id",
     "check_item_ids",
+    "check_language",
+    "check_product",
     "check_profile",
 ]
 
@@ -42,6 +45,12 @@ _CHANNEL = re.compile(r"^[a-z][a-z0-9_]*$")
 PAYDAY_ATTRIBUTE = "payday"
 """The profile attribute rules read as the customer's payday (``days_until_payday``): a day of the month."""
 _PAYDAY = re.compile(r"^(0?[1-9]|[12][0-9]|3[01])$")
+MAX_HOLDINGS = 100
+"""Products a profile may hold."""
+MAX_PRODUCT_LENGTH = 64
+_PRODUCT = _CHANNEL
+"""A product id (a holding, an offer's ``product``): lower case letters, digits and ``_``, as an offer id."""
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
 
 
 class ValidationError(ValueError):
@@ -79,6 +88,32 @@ def check_channel_name(field: str, value: str) -> str:
     """A channel or origin name as callers send it: letters, digits and ``_ . : -``, at most 64."""
     if value and not _NAME.match(value):
         raise ValidationError(field, f"{value[:70]!r} is not a channel name (letters, digits, _ . : -; at most 64)")
+    return value
+
+
+def check_product(field: str, value: str) -> str:
+    """A product id: lower case letters, digits and ``_``, starting with a letter, at most 64.
+
+    >>> check_product("product", "overdraft_protection")
+    'overdraft_protection'
+    """
+    if not value:
+        raise ValidationError(field, "is required")
+    if len(value) > MAX_PRODUCT_LENGTH or not _PRODUCT.match(value):
+        raise ValidationError(
+            field, f"{value[:70]!r} is not a product id (lower case letters, digits and _, starting with a letter)"
+        )
+    return value
+
+
+def check_language(field: str, value: str) -> str:
+    """A language tag (``es``, ``en``, ``es-MX``, any case, ``_`` or ``-``); empty is allowed (the default).
+
+    >>> check_language("agent_language", "es-MX")
+    'es-MX'
+    """
+    if value and not _LANGUAGE.match(value):
+        raise ValidationError(field, f"{value[:40]!r} is not a language tag such as es, en or es-MX")
     return value
 
 
@@ -135,6 +170,10 @@ def check_profile(profile: CustomerProfile) -> CustomerProfile:
         if len(getattr(profile, name).encode()) > MAX_ATTRIBUTE_BYTES:
             raise ValidationError(f"profile.{name}", f"is over {MAX_ATTRIBUTE_BYTES} bytes")
     check_attributes("profile.attributes", profile.attributes)
+    if len(profile.holdings) > MAX_HOLDINGS:
+        raise ValidationError("profile.holdings", f"has {len(profile.holdings)} products, at most {MAX_HOLDINGS}")
+    for product in sorted(profile.holdings):
+        check_product("profile.holdings", product)
     payday = profile.attributes.get(PAYDAY_ATTRIBUTE)
     if payday is not None and not _PAYDAY.match(payday.strip()):
         raise ValidationError(

@@ -2,19 +2,26 @@
 
 Consent is never overridable: a channel the customer has not consented to
 (or that the policy does not default to consented) is never used. Caps count
-the customer's contact history over rolling windows, all limits at once.
+the customer's contact history over rolling windows, all limits at once; a
+limit counts and closes the channels of its direction only (outbound ones by
+default, see :class:`~nba_service.policies.model.Limit`).
+
+In its quiet hours (the customer's local time) a channel is closed, unless it
+says ``on_quiet_hours: defer``: it stays open, and an action chosen on it is
+delivered when the quiet hours end (:attr:`ChannelVerdict.deferred`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nba_service.domain import ContactRecord, CustomerProfile, LimitBlocks
-from nba_service.domain.localtime import local_minute
+from nba_service.domain.localtime import local_minute, local_time, next_local_time
 
 if TYPE_CHECKING:
     from nba_service.policies.snapshot import PolicySnapshot
@@ -28,6 +35,9 @@ class ChannelVerdict:
     """One bool per channel of the snapshot (read-only: it may be shared)."""
     reasons: tuple[tuple[str, str], ...]
     """(code, detail) per channel; ("", "") when allowed."""
+    deferred: Mapping[int, tuple[float, str]] = dataclasses.field(default_factory=dict)
+    """Channel index -> (when to deliver, as Unix time; why) for each open channel in its quiet hours that
+    defers (``on_quiet_hours: defer``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,6 +50,8 @@ class CapHits:
     offers: Mapping[int, str]
     arms: Mapping[int, str]
     categories: Mapping[int, str]
+    reached: tuple[int, ...] = ()
+    """Every limit reached: its index in the snapshot's :class:`~nba_service.policies.snapshot.LimitTable`."""
 
 
 NO_HITS = CapHits("", {}, {}, {}, {})
@@ -73,6 +85,7 @@ def channel_verdict(
             if isinstance(result, Exception) or not result
         }
     local = -1
+    deferred: dict[int, tuple[float, str]] = {}
     consents = profile.consents
     reachable = profile.reachable_channels
     capped = caps.channels
@@ -94,16 +107,35 @@ def channel_verdict(
             if not in_quiet_hours(local, channel.quiet_hours):
                 continue
             start, end = channel.quiet_hours
-            reasons[i] = (
-                "quiet_hours",
-                f"{channel.id}: quiet hours {_clock(start)}-{_clock(end)} in {profile.timezone or 'UTC'}, "
-                f"local time {_clock(local)}",
+            why = (
+                f"quiet hours {_clock(start)}-{_clock(end)} in {profile.timezone or 'UTC'}, local time {_clock(local)}"
             )
+            if channel.on_quiet_hours == "defer":
+                deferred[i] = _deferral(now, profile.timezone, end, why)
+                continue
+            reasons[i] = ("quiet_hours", f"{channel.id}: {why}")
         else:
             continue
         closed.append(i)
     allowed = np.fromiter(map(_open, reasons), dtype=bool, count=len(reasons)) if closed else snapshot.every_channel
-    return ChannelVerdict(allowed, tuple(reasons))
+    return ChannelVerdict(allowed, tuple(reasons), deferred)
+
+
+def _deferral(now: float, timezone: str, end: int, why: str) -> tuple[float, str]:
+    """When an action deferred by quiet hours ending at minute ``end`` is delivered, and the reason's detail.
+
+    >>> import datetime
+    >>> at = datetime.datetime(2026, 6, 10, 23, 10, tzinfo=datetime.timezone(datetime.timedelta(hours=9)))
+    >>> after, detail = _deferral(at.timestamp(), "Asia/Tokyo", 480, "quiet hours 21:00-08:00 in Asia/Tokyo")
+    >>> after == datetime.datetime(2026, 6, 10, 23, 0, tzinfo=datetime.UTC).timestamp()
+    True
+    >>> detail
+    'quiet hours 21:00-08:00 in Asia/Tokyo: deliver after Thu 2026-06-11 08:00 local time (2026-06-10T23:00:00Z)'
+    """
+    after = next_local_time(now, timezone, end)
+    local = local_time(after, timezone)
+    utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(after))
+    return after, f"{why}: deliver after {local:%a %Y-%m-%d %H:%M} local time ({utc})"
 
 
 def _clock(minute_of_day: int) -> str:
@@ -120,7 +152,10 @@ def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], no
 
     Each contact is counted only by the limits that can match it (its offer's,
     its channel's, its category's and the overall ones), found through indexes
-    built once per snapshot: a few dictionary look-ups per contact.
+    built once per snapshot: a few dictionary look-ups per contact. A limit of one
+    direction (outbound by default) does not count a contact on a channel of the
+    other direction, by the channel the contact history recorded; a contact on a
+    channel the policy no longer declares counts for every direction.
     """
     table = snapshot.limits
     if not len(table) or (not contacts and not table.closed):
@@ -137,8 +172,8 @@ def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], no
             overall,
         ):
             for i in group:
-                per, _, channel, _, _, _ = rows[i]
-                if age < per and (channel is None or channel == contact.channel):
+                per, _, channel, skip, _, _ = rows[i]
+                if age < per and (channel is None or channel == contact.channel) and contact.channel not in skip:
                     counts[i] = counts.get(i, 0) + 1
     hits = sorted({*table.closed, *(i for i, n in counts.items() if n >= rows[i][1])})
     if not hits:
@@ -146,15 +181,17 @@ def check_caps(snapshot: PolicySnapshot, contacts: tuple[ContactRecord, ...], no
     everything = ""
     blocked: dict[LimitBlocks, dict[int, str]] = {kind: {} for kind in LimitBlocks}  # target -> description
     for h in hits:
-        _, _, _, blocks, target, text = rows[h]
-        if blocks is LimitBlocks.EVERYTHING:
-            everything = everything or text
-        elif blocks is not LimitBlocks.NOTHING:
-            blocked[blocks].setdefault(target, text)
+        *_, blocks, text = rows[h]
+        for kind, target in blocks:
+            if kind is LimitBlocks.EVERYTHING:
+                everything = everything or text
+            elif kind is not LimitBlocks.NOTHING:
+                blocked[kind].setdefault(target, text)
     return CapHits(
         everything,
         blocked[LimitBlocks.CHANNEL],
         blocked[LimitBlocks.OFFER],
         blocked[LimitBlocks.ARM],
         blocked[LimitBlocks.CATEGORY],
+        tuple(hits),
     )

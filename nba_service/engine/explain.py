@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from nba_service.domain import CustomerContext, Decision, Event
+from nba_service.domain.localtime import local_time
 from nba_service.engine.contact_policy import channel_verdict, check_caps
 from nba_service.engine.features import request_features
 from nba_service.engine.pipeline import Scorer, arm_factors
@@ -27,7 +28,9 @@ from nba_service.policies.snapshot import PolicySnapshot
 __all__ = ["ArmScore", "OfferExplanation", "explain_decision", "score_arms"]
 
 _GLOBALS = evaluation_globals()
-_FILTERED_BEFORE_SCORING = frozenset({"not_live", "not_eligible", "rule_error", "frequency_cap"})
+_FILTERED_BEFORE_SCORING = frozenset(
+    {"not_live", "not_eligible", "rule_error", "frequency_cap", "already_held", "already_accepted"}
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,6 +54,9 @@ class ArmScore:
     """V x L x B exactly as the engine multiplies it."""
     closed: str = ""
     """Why this channel cannot carry the offer now (empty when it can)."""
+    deferred: str = ""
+    """When it is open but in quiet hours that defer: when the action would be delivered, e.g. ``deliver
+    after Thu 2026-06-11 08:00 local time`` (the decision's ``deferred`` reason says why)."""
 
     @property
     def priority(self) -> float:
@@ -93,6 +99,7 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
         closed = verdict.reasons[snapshot.channel_index[channel]][1]
         if not closed and int(arm) in caps.arms:
             closed = f"{channel}: {caps.arms[int(arm)]}"
+        deferral = verdict.deferred.get(snapshot.channel_index[channel])
         out.append(
             ArmScore(
                 offer_id=offer_id,
@@ -104,6 +111,7 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
                 boost=settings.preferred_channel_boost if preferred else 1.0,
                 vlb=float(factor),
                 closed=closed,
+                deferred=_deferred(deferral[0], ctx.profile.timezone) if deferral and not closed else "",
             )
         )
     return tuple(out)
@@ -155,6 +163,10 @@ def explain_decision(
         if offer.paused and event.type in offer.events:
             out.append(OfferExplanation(offer.id, offer.name, "paused", "paused: true in the policy set"))
     return tuple(out)
+
+
+def _deferred(deliver_after: float, timezone: str) -> str:
+    return f"deliver after {local_time(deliver_after, timezone):%a %Y-%m-%d %H:%M} local time"
 
 
 _ORDER = {

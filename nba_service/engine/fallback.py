@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from nba_service.domain import CustomerContext, CustomerProfile, Decision, DecisionRequest, Reason
-from nba_service.engine.pipeline import render
+from nba_service.engine.pipeline import render_content
 from nba_service.policies.snapshot import PolicySnapshot
 
 __all__ = ["fallback_decision"]
@@ -31,6 +31,7 @@ def fallback_decision(snapshot: PolicySnapshot, request: DecisionRequest, why: s
         request_attributes=request.attributes,
     )
     scope = snapshot.scope(ctx, request.event)
+    content = render_content(offer, fallback.channel, snapshot.settings.default_language, scope, ctx, request.event)
     return Decision(
         offer_id=offer.id,
         channel=fallback.channel,
@@ -38,7 +39,8 @@ def fallback_decision(snapshot: PolicySnapshot, request: DecisionRequest, why: s
         propensity=1.0,
         offer_name=offer.name,
         category=offer.category,
-        content=render(offer.template_for(fallback.channel), offer.variables, scope, ctx, request.event),
+        content=content.body,
+        rendered=content,
         reasons=(Reason(offer.id, "fallback", f"the policy's fallback for {request.event.type}: {why}"),),
         policy_version=snapshot.version,
         model_version="",

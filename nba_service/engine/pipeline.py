@@ -11,26 +11,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import string
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
-from nba_service.domain import Alternative, CustomerContext, Decision, Event, Reason
+from nba_service.domain import Alternative, CustomerContext, Decision, Event, Reason, RenderedContent
 from nba_service.engine.arbitration import Ranking, rank_offers
 from nba_service.engine.contact_policy import NO_HITS, CapHits, ChannelVerdict, channel_verdict, check_caps
 from nba_service.engine.features import request_features
 from nba_service.engine.options import Options
+from nba_service.policies.content import Template
+from nba_service.policies.model import OfferSpec
 from nba_service.policies.scope import evaluation_globals
 from nba_service.policies.snapshot import EventPlan, PolicySnapshot
 
-__all__ = ["DecisionEngine", "Explorer", "Scorer", "arm_factors", "render"]
+__all__ = ["LANGUAGE_ATTRIBUTE", "DecisionEngine", "Explorer", "Scorer", "arm_factors", "render", "render_content"]
 
 log = logging.getLogger(__name__)
 
 _GLOBALS = evaluation_globals()
-_FORMATTER = string.Formatter()
+LANGUAGE_ATTRIBUTE = "language"
+"""The profile attribute holding the customer's language (``es``, ``en-GB``): the content's language."""
 
 
 class Scorer(Protocol):
@@ -97,7 +99,7 @@ class DecisionEngine:
     """Decides one customer moment against one policy snapshot.
 
     :meth:`decide` runs the pipeline, one method a stage: :meth:`_eligibility`,
-    :meth:`_suppression`, :meth:`_contact_policy`, :meth:`_score`,
+    :meth:`_suppression`, :meth:`_holdings`, :meth:`_contact_policy`, :meth:`_score`,
     :meth:`_arbitrate`, :meth:`_pick`. Each stage narrows the candidates and
     says why it left an offer out; a stage that leaves nothing ends the
     decision with "no action" and its reason.
@@ -150,6 +152,7 @@ class DecisionEngine:
         candidates = _Candidates(plan, plan.all_candidates.copy(), [])
         self._eligibility(candidates, ctx.now, scope)
         self._suppression(snapshot, candidates, ctx, exhausted)
+        self._holdings(snapshot, candidates, ctx)
         caps = check_caps(snapshot, ctx.contacts, ctx.now)
         if caps.everything:
             return self._no_action(snapshot, features, candidates.reasons, "frequency_cap", caps.everything)
@@ -224,6 +227,36 @@ class DecisionEngine:
                 return Reason(offer.id, "suppressed", f"declined {declined[p]} times in {per}")
 
             candidates.rule_out((offer_ok & (declined >= plan.suppress_after)).nonzero()[0].tolist(), suppressed)
+
+    def _holdings(self, snapshot: PolicySnapshot, candidates: _Candidates, ctx: CustomerContext) -> None:
+        """Offers selling a product the customer holds (``already_held``), or accepted (an offer selling it)
+        within the offer's ``accepted_window`` (``already_accepted``)."""
+        plan = candidates.plan
+        holdings = ctx.profile.holdings
+        if not plan.products or not (holdings or ctx.accepted):
+            return
+        accepted: dict[str, tuple[float, str]] = {}  # product -> (latest acceptance, its offer)
+        for ts, offer_id, product in ctx.accepted:
+            for sold in {product, snapshot.products.get(offer_id, "")} - {""}:
+                if sold not in accepted or ts > accepted[sold][0]:
+                    accepted[sold] = (ts, offer_id)
+        offer_ok, reasons = candidates.offer_ok, candidates.reasons
+        for position, index in plan.products:
+            if not offer_ok[position]:
+                continue
+            offer = snapshot.offers[index]
+            product = offer.product
+            if product in holdings:
+                offer_ok[position] = False
+                reasons.append(Reason(offer.id, "already_held", f"the customer holds {product}"))
+                continue
+            found = accepted.get(product)
+            window = snapshot.offer_accepted_window[index]
+            if found is not None and found[0] >= ctx.now - window:
+                offer_ok[position] = False
+                ago, within = _duration_text(max(0.0, ctx.now - found[0])), _duration_text(window)
+                detail = f"{product} accepted {ago} ago (offer {found[1]}), within accepted_window {within}"
+                reasons.append(Reason(offer.id, "already_accepted", detail))
 
     def _contact_policy(
         self,
@@ -336,12 +369,15 @@ class DecisionEngine:
     ) -> Decision:
         """Exploration picks an arm of the options (logging the probability of the pick); the content is rendered.
 
-        The reasons start with ``chosen``, then why each other channel of the chosen offer was not used."""
+        The reasons start with ``chosen``; then, when the chosen channel is in quiet hours that defer,
+        ``deferred`` (on that channel: when the action is to be delivered); then why each other channel of the
+        chosen offer was not used."""
         chosen, pick, propensity = self._explore(snapshot, scored, ranking, options)
         offer_id, channel = snapshot.arm_keys[scored.arms[chosen]]
         offer = snapshot.offers[snapshot.offer_index[offer_id]]
         best = snapshot.arm_keys[scored.arms[ranking.arms[options[0]]]]
         why = "best priority" if (offer_id, channel) == best else f"exploration (best was {best[0]} on {best[1]})"
+        deferral = candidates.verdict.deferred.get(snapshot.channel_index[channel]) if candidates.verdict else None
         reasons = candidates.reasons
         reasons[0:0] = [
             Reason(
@@ -350,8 +386,10 @@ class DecisionEngine:
                 f"{why}: P={float(scored.propensities[chosen]):.4f} x "
                 f"VLB={float(scored.factors[chosen]):.4g} on {channel}",
             ),
+            *([Reason(offer_id, "deferred", deferral[1], channel)] if deferral else []),
             *_channel_reasons(snapshot, scored, chosen, offer.channels, candidates),
         ]
+        content = render_content(offer, channel, snapshot.settings.default_language, scope, ctx, event)
         runners_up = [options[r] for r in range(min(len(options), top_k + 1)) if r != pick][:top_k]
         alternatives = tuple(
             Alternative(*snapshot.arm_keys[int(scored.arms[ranking.arms[r]])], float(ranking.priorities[r]))
@@ -364,12 +402,14 @@ class DecisionEngine:
             propensity=propensity,
             offer_name=offer.name,
             category=offer.category,
-            content=render(offer.template_for(channel), offer.variables, scope, ctx, event),
+            content=content.body,
+            rendered=content,
             alternatives=alternatives,
             reasons=tuple(reasons),
             policy_version=snapshot.version,
             model_version=self.scorer.version,
             features=features,
+            deliver_after=deferral[0] if deferral else None,
         )
 
     def _explore(
@@ -542,10 +582,60 @@ def _recent_declines(snapshot: PolicySnapshot, declines: tuple[tuple[float, str]
     return np.bincount(offers[recent], minlength=len(snapshot.offers))
 
 
+def _duration_text(seconds: float) -> str:
+    """A duration as policies write it, rounded down: ``90d``, ``5h``, ``12m``, ``30s``.
+
+    >>> _duration_text(90 * 86400), _duration_text(750), _duration_text(3)
+    ('90d', '12m', '3s')
+    """
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
 def render(
     template: str, variables: Mapping[str, Any], scope: dict[str, Any], ctx: CustomerContext, event: Event
 ) -> str:
-    """Fill a content template from the profile, the event and the offer's variables."""
+    """Fill a content template from the profile, the event and the offer's variables (no bounds)."""
+    return Template.compile(template).render(template_values(variables, scope, ctx, event))
+
+
+def render_content(
+    offer: OfferSpec,
+    channel: str,
+    default_language: str,
+    scope: dict[str, Any],
+    ctx: CustomerContext,
+    event: Event,
+    language: str | None = None,
+) -> RenderedContent:
+    """The offer's content for ``channel``, in ``language`` (by default the customer's ``language``
+    attribute; then the set's ``default_language``, then the first written), every field rendered."""
+    channel_content = offer.channel_content.get(channel)
+    if channel_content is None:  # an offer built without the parser (a test, a tool): its text alone
+        return RenderedContent(body=render(offer.template_for(channel), offer.variables, scope, ctx, event))
+    wanted = ctx.profile.attributes.get(LANGUAGE_ATTRIBUTE, "") if language is None else language
+    variant = channel_content.pick(wanted, default_language)
+    fields = variant.render(template_values(offer.variables, scope, ctx, event))
+    return RenderedContent(
+        body=fields.get("body", ""),
+        title=fields.get("title", ""),
+        subject=fields.get("subject", ""),
+        html=fields.get("html", ""),
+        deep_link=fields.get("deep_link", ""),
+        image_url=fields.get("image_url", ""),
+        cta_label=fields.get("cta.label", ""),
+        cta_action=fields.get("cta.action", ""),
+        language=variant.language,
+    )
+
+
+def template_values(
+    variables: Mapping[str, Any], scope: dict[str, Any], ctx: CustomerContext, event: Event
+) -> dict[str, Any]:
+    """What content templates read: the profile's first name and segment, the event's fields and the offer's
+    variables (computed once; one that fails is empty)."""
     values: dict[str, Any] = {"first_name": ctx.profile.first_name, "segment": ctx.profile.segment}
     values.update(event.fields)
     for name, expression in variables.items():
@@ -555,18 +645,4 @@ def render(
             log.warning("variable %s (%s) failed: %s", name, expression.source, type(exc).__name__)
             value = ""
         values[name] = "" if value is None else value
-    return template.format_map(_Formatted(values))
-
-
-class _Formatted(dict[str, Any]):
-    """Numbers shown the way people write them: 100 not 100.0, 12.50 not 12.5."""
-
-    def __getitem__(self, key: str) -> Any:
-        value = super().__getitem__(key) if key in self else ""
-        if value is None:
-            return ""
-        if isinstance(value, float) and not isinstance(value, bool):
-            if math.isfinite(value) and value == int(value):
-                return str(int(value))
-            return f"{value:.2f}"
-        return value
+    return values

@@ -6,9 +6,11 @@ others wait and take over if it dies.
 
 Exactly-once learning across restarts: the in-memory models always equal the
 last published snapshot plus the entries read since, and those entries stay
-pending in the consumer group until the snapshot containing them is published
-(the same transaction acknowledges them). A learner that starts, or takes
-over, loads the live snapshot and first re-reads every pending entry.
+pending in the consumer groups until the snapshot containing them is published
+(with, per bucket, the last entry it learned; they are acknowledged right
+after). A learner that starts, or takes over, loads the live snapshot and first
+re-reads every pending entry, acknowledging without learning again those the
+live snapshot already has (:mod:`nba_service.store.outcome_stream`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import redis
 from nba_service.learning.guard import ChallengerGuard
 from nba_service.learning.models import ModelBank
 from nba_service.store.model_store import ModelStore
-from nba_service.store.outcome_stream import LearnerLock, OutcomeEntry, OutcomeStream
+from nba_service.store.outcome_stream import EntryRef, LearnerLock, OutcomeEntry, OutcomeStream, entry_order
 
 __all__ = ["Learner", "default_learner_name"]
 
@@ -91,10 +93,14 @@ class Learner:
         self.version: int | None = None
         self.learned = 0
         """Outcomes learned by this learner since it started (re-learned ones included)."""
-        self._unacked: list[bytes] = []
+        self._unacked: list[EntryRef] = []
+        self._marks: dict[int, bytes] = {}
+        """Per bucket, the last entry learned since the last publish."""
+        self._published: dict[int, tuple[int, int]] = {}
+        """Per bucket, the last entry the live version learned: pending entries up to it are not learned again."""
         self._active = False
-        self._pending_cursor: bytes | None = b"0"
-        """Where re-reading this consumer's pending entries continues; None once caught up."""
+        self._catching_up = True
+        """Re-reading this consumer's pending entries; False once caught up."""
         self._last_snapshot = time.monotonic()
         self._last_expiry = 0.0
 
@@ -128,7 +134,10 @@ class Learner:
                 self.guard = ChallengerGuard()
         self.version = live
         self._unacked = []
-        self._pending_cursor = b"0"
+        self._marks = {}
+        self._published = {b: entry_order(i) for b, i in self._models_store.watermarks().items()}
+        self._catching_up = True
+        self._stream.rewind()
 
     def step(self) -> int:
         """One round: hold the lock, expire due decisions, learn a batch, maybe publish. Returns outcomes learned."""
@@ -143,27 +152,28 @@ class Learner:
             expired = self._stream.expire_due()
             if expired:
                 log.info("%d decisions reached the end of their attribution window without an outcome", expired)
-        entries: list[OutcomeEntry | bytes] = []
-        if self._pending_cursor is not None:
-            entries = self._stream.read(self.batch, None, pending_after=self._pending_cursor)
-            if entries:
-                last = entries[-1]
-                self._pending_cursor = last.entry_id if isinstance(last, OutcomeEntry) else last
-            else:
-                self._pending_cursor = None  # caught up with what the last learner left: now the new entries
+        entries: list[OutcomeEntry | EntryRef] = []
+        if self._catching_up:
+            entries = self._stream.read_pending(self.batch)
+            if not entries:
+                self._catching_up = False  # caught up with what the last learner left: now the new entries
         if not entries:
             entries = self._stream.read(self.batch, self.block_ms)
         learned = 0
         for entry in entries:
-            if isinstance(entry, OutcomeEntry):
-                self.models.learn(entry.offer_id, entry.channel, entry.features, entry.reward, entry.prior)
-                if self.challenger is not None:
-                    self.challenger.learn(entry.offer_id, entry.channel, entry.features, entry.reward, entry.prior)
-                    self.guard.add(entry.trial, entry.reward)
-                learned += 1
-                self._unacked.append(entry.entry_id)
-            else:
+            if not isinstance(entry, OutcomeEntry):
                 self._unacked.append(entry)  # trimmed from the stream: nothing to learn, acknowledge it
+                continue
+            self._unacked.append(entry.ref)
+            published = self._published.get(entry.bucket)
+            if published is not None and entry_order(entry.entry_id) <= published:
+                continue  # the live version has it: published, and its learner stopped before acknowledging it
+            self.models.learn(entry.offer_id, entry.channel, entry.features, entry.reward, entry.prior)
+            if self.challenger is not None:
+                self.challenger.learn(entry.offer_id, entry.channel, entry.features, entry.reward, entry.prior)
+                self.guard.add(entry.trial, entry.reward)
+            learned += 1
+            self._marks[entry.bucket] = entry.entry_id
         self.learned += learned
         if len(self._unacked) >= self.snapshot_every or (
             self._unacked and time.monotonic() - self._last_snapshot >= self.snapshot_seconds
@@ -187,11 +197,14 @@ class Learner:
             self.models.to_bytes(),
             self.models.updates,
             source=self.name,
-            acknowledge=self._unacked,
+            watermarks=self._marks,
             challenger=self.challenger.to_bytes() if self.challenger is not None else None,
             guard=self.guard.to_json() if self.challenger is not None else None,
         )
+        self._published.update((b, entry_order(i)) for b, i in self._marks.items())
+        self._stream.acknowledge(self._unacked)
         self._unacked = []
+        self._marks = {}
         self._last_snapshot = time.monotonic()
         if self.on_update is not None:
             self.on_update(self.version)

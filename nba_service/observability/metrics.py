@@ -50,6 +50,22 @@ class Metrics:
         self.redis_errors = Counter(
             "nba_redis_errors", "Redis calls that failed, by operation.", ["operation"], registry=registry
         )
+        self.redis_redirects = Counter(
+            "nba_redis_redirects",
+            "Script calls a Redis Cluster node sent elsewhere (none ran there; each is sent on), by node (host:port) "
+            "and kind: moved (the slot lives on another node now), ask (the slot is being migrated and the call's "
+            "keys have moved), tryagain (a migration has split the call's keys between two nodes).",
+            ["node", "kind"],
+            registry=registry,
+        )
+        self.redis_node_errors = Counter(
+            "nba_redis_node_errors",
+            "Errors of the decision path's script connections, by Redis node (host:port, or the unix socket) and "
+            "kind: connection (lost or refused), timeout (no reply in time), response (an error reply), "
+            "clusterdown (the cluster cannot serve the slot).",
+            ["node", "kind"],
+            registry=registry,
+        )
         self.model_updates = Counter(
             "nba_model_updates", "Outcomes learned by this process's learner.", registry=registry
         )
@@ -173,6 +189,7 @@ class Metrics:
         self._decided_children: dict[tuple[str, str], Counter] = {}
         self._filtered_children: dict[str, Counter] = {}
         self._event_children: dict[str, Counter] = {}
+        self._redis_event_children: dict[tuple[str, str], Counter] = {}
 
     def observe_decision(
         self, event_type: str, seconds: float | None, offer: str, channel: str, filtered: Iterable[str] = ()
@@ -195,6 +212,16 @@ class Metrics:
                 tally[reason] = tally.get(reason, 0) + 1
             for reason, n in tally.items():
                 self.count_filtered(reason, n)
+
+    def count_redis_event(self, kind: str, node: str) -> None:
+        """A redirect (kind moved, ask, tryagain) or an error (connection, timeout, response, clusterdown) of a
+        script connection at a Redis node: the ``on_event`` of
+        :class:`~nba_service.store.script_connection.ScriptConnection`."""
+        counter = self._redis_event_children.get((kind, node))
+        if counter is None:
+            family = self.redis_redirects if kind in ("moved", "ask", "tryagain") else self.redis_node_errors
+            counter = self._redis_event_children[(kind, node)] = family.labels(node, kind)
+        counter.inc()
 
     def count_event(self, event_type: str) -> None:
         """One moment recorded without a decision."""

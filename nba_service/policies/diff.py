@@ -33,11 +33,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from nba_service.policies.compiler import CompiledExpression
-from nba_service.policies.model import ChannelSpec, Limit, OfferSpec, PolicySet
+from nba_service.policies.model import ChannelSpec, Limit, LocalizedText, OfferSpec, PolicySet, ReasonSpec
 
 __all__ = ["Change", "PolicyDiff", "diff_policies", "show_value"]
 
-SECTIONS = ("settings", "channels", "offers")
+SECTIONS = ("settings", "channels", "offers", "reasons")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,9 +45,9 @@ class Change:
     """One difference. ``old`` is None for something added, ``new`` for something removed."""
 
     section: str
-    """``settings``, ``channels`` or ``offers``."""
+    """``settings``, ``channels``, ``offers`` or ``reasons``."""
     subject: str
-    """``settings``, a channel id or an offer id."""
+    """``settings``, a channel id, an offer id or a reason id."""
     field: str
     """The field within the subject (``prior``, ``levers.categories.savings``); empty for a whole channel or offer."""
     old: str | None
@@ -55,7 +55,7 @@ class Change:
 
     def __str__(self) -> str:
         if not self.field:
-            kind = "channel" if self.section == "channels" else "offer"
+            kind = self.section.removesuffix("s")
             if self.old is None:
                 return f"+ {kind} {self.subject}: {self.new}"
             return f"- {kind} {self.subject}: {self.old}"
@@ -91,7 +91,7 @@ class PolicyDiff:
         settings = sum(1 for c in self.changes if c.section == "settings")
         if settings:
             parts.append(f"{settings} setting{'s' if settings != 1 else ''} changed")
-        for section, noun in (("channels", "channel"), ("offers", "offer")):
+        for section, noun in (("channels", "channel"), ("offers", "offer"), ("reasons", "reason")):
             counts = [
                 (len(self.changed(section)), "changed"),
                 (len(self.added(section)), "added"),
@@ -121,6 +121,7 @@ def diff_policies(old: PolicySet, new: PolicySet) -> PolicyDiff:
     changes += _settings_changes(old, new)
     changes += _entity_changes("channels", old.channels, new.channels, _channel_fields, _channel_summary)
     changes += _entity_changes("offers", old.offers, new.offers, _offer_fields, _offer_summary)
+    changes += _entity_changes("reasons", old.reasons, new.reasons, _reason_fields, _reason_summary)
     return PolicyDiff(tuple(changes))
 
 
@@ -171,7 +172,8 @@ def _show_limit(limit: Limit) -> str:
         scope = f"category: {limit.category}, "
     else:
         scope = ""
-    return f"{{{scope}max: {limit.max}, per: {limit.per}}}"
+    direction = f", direction: {limit.direction}" if limit.direction != "outbound" else ""
+    return f"{{{scope}max: {limit.max}, per: {limit.per}{direction}}}"
 
 
 def _show_time(seconds: float | None) -> str:
@@ -179,6 +181,21 @@ def _show_time(seconds: float | None) -> str:
         return "(none)"
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.strftime("%Y-%m-%d" if moment.time() == datetime.time(0) else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _show_duration(seconds: float | None) -> str:
+    """A duration as a policy writes it: ``90d``, ``12h``, ``30m``, ``45s`` (``(none)`` for None or 0)."""
+    if not seconds:
+        return "(none)"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{show_value(seconds)}s"
+
+
+def _texts(text: LocalizedText | None) -> Mapping[str, str]:
+    """A text per language as a mapping (``default`` for a text written without languages)."""
+    return {} if text is None else {language or "default": t for language, t in text.variants.items()}
 
 
 def _show_quiet_hours(window: tuple[int, int] | None) -> str:
@@ -235,7 +252,7 @@ def _show_list(items: Iterable[Any]) -> str:
 
 
 def _limit_key(limit: Limit) -> tuple[Any, ...]:
-    return (limit.channel, limit.category, limit.max, limit.per_seconds)
+    return (limit.channel, limit.category, limit.direction, limit.max, limit.per_seconds)
 
 
 def _limits(section: str, subject: str, field: str, old: Sequence[Limit], new: Sequence[Limit]) -> list[Change]:
@@ -250,7 +267,8 @@ def _limits(section: str, subject: str, field: str, old: Sequence[Limit], new: S
         same_scope = [
             x
             for x in added
-            if (x.channel, x.category, x.per_seconds) == (limit.channel, limit.category, limit.per_seconds)
+            if (x.channel, x.category, x.direction, x.per_seconds)
+            == (limit.channel, limit.category, limit.direction, limit.per_seconds)
         ]
         if len(same_scope) == 1:
             removed.remove(limit)
@@ -272,6 +290,9 @@ def _settings_changes(old: PolicySet, new: PolicySet) -> list[Change]:
     out += _limits("settings", "settings", "contact_limits", a.contact_limits, b.contact_limits)
     out += _items("settings", "settings", "holidays.countries", a.holiday_countries, b.holiday_countries)
     out += _mapping("settings", "settings", "holidays.subdivisions", a.holiday_subdivisions, b.holiday_subdivisions)
+    out += _field(
+        "settings", "settings", "accepted_window", a.accepted_window_seconds, b.accepted_window_seconds, _show_duration
+    )
     out += _other_fields("settings", "settings", a, b, _SETTINGS_FIELDS)
     return out
 
@@ -314,7 +335,16 @@ def _other_fields(section: str, subject: str, a: Any, b: Any, known: set[str]) -
 
 
 _NOT_COMPARED = {"id", "file", "line"}
-_CHANNEL_FIELDS = {"name", "needs_reachable", "default_consent", "available_when", "quiet_hours", "cost"}
+_CHANNEL_FIELDS = {
+    "name",
+    "needs_reachable",
+    "default_consent",
+    "available_when",
+    "quiet_hours",
+    "cost",
+    "direction",
+    "on_quiet_hours",
+}
 _OFFER_FIELDS = {
     "paused",
     "name",
@@ -327,10 +357,14 @@ _OFFER_FIELDS = {
     "prior",
     "channels",
     "variables",
+    "variable_bounds",
     "content",
+    "channel_content",  # compiled from content: its changes are content's
     "limits",
     "valid_from",
     "valid_until",
+    "accepted_window_seconds",
+    "agent_script",
 }
 _SETTINGS_FIELDS = {
     "no_action_threshold",
@@ -340,6 +374,7 @@ _SETTINGS_FIELDS = {
     "contact_limits",
     "holiday_countries",
     "holiday_subdivisions",
+    "accepted_window_seconds",
 }
 
 
@@ -350,6 +385,8 @@ def _channel_fields(section: str, a: ChannelSpec, b: ChannelSpec) -> list[Change
     out += _field(section, a.id, "available_when", a.available_when, b.available_when)
     out += _field(section, a.id, "quiet_hours", a.quiet_hours, b.quiet_hours, _show_quiet_hours)
     out += _field(section, a.id, "cost", a.cost, b.cost)
+    out += _field(section, a.id, "direction", a.direction, b.direction, str)
+    out += _field(section, a.id, "on_quiet_hours", a.on_quiet_hours, b.on_quiet_hours, str)
     out += _other_fields(section, a.id, a, b, _CHANNEL_FIELDS)
     return out
 
@@ -373,9 +410,32 @@ def _offer_fields(section: str, a: OfferSpec, b: OfferSpec) -> list[Change]:
         out += _field(section, s, name, getattr(a, name), getattr(b, name))
     out += _items(section, s, "channels", a.channels, b.channels)
     out += _mapping(section, s, "variables", a.variables, b.variables)
+    out += _mapping(section, s, "variables.max_len", a.variable_bounds, b.variable_bounds)
     out += _mapping(section, s, "content", a.content, b.content)
     out += _limits(section, s, "limits", a.limits, b.limits)
     out += _field(section, s, "valid_from", a.valid_from, b.valid_from, _show_time)
     out += _field(section, s, "valid_until", a.valid_until, b.valid_until, _show_time)
+    out += _field(section, s, "accepted_window", a.accepted_window_seconds, b.accepted_window_seconds, _show_duration)
+    out += _mapping(section, s, "agent_script", _texts(a.agent_script), _texts(b.agent_script))
     out += _other_fields(section, s, a, b, _OFFER_FIELDS)
+    return out
+
+
+_REASON_FIELDS = {"event", "within_seconds", "within", "score", "text", "when", "half_life_seconds", "variables"}
+
+
+def _reason_summary(r: ReasonSpec) -> str:
+    return f"{r.event} within {r.within}, score {show_value(r.score)}"
+
+
+def _reason_fields(section: str, a: ReasonSpec, b: ReasonSpec) -> list[Change]:
+    s = a.id
+    out = _field(section, s, "event", a.event, b.event)
+    out += _field(section, s, "when", a.when, b.when)
+    out += _field(section, s, "within", a.within_seconds, b.within_seconds, _show_duration)
+    out += _field(section, s, "score", a.score, b.score)
+    out += _field(section, s, "half_life", a.half_life_seconds, b.half_life_seconds, _show_duration)
+    out += _mapping(section, s, "text", _texts(a.text), _texts(b.text))
+    out += _mapping(section, s, "variables", a.variables, b.variables)
+    out += _other_fields(section, s, a, b, _REASON_FIELDS)
     return out

@@ -8,6 +8,8 @@ request path.
 
 >>> Limit(max=2, per_seconds=604800.0, per="7d", channel="sms").describe()
 'at most 2 on sms per 7d'
+>>> Limit(max=1, per_seconds=2592000.0, per="30d", direction="any").describe()
+'at most 1 on any channel per 30d'
 """
 
 from __future__ import annotations
@@ -16,17 +18,23 @@ import dataclasses
 from collections.abc import Mapping
 
 from nba_service.policies.compiler import CompiledExpression
+from nba_service.policies.content import ChannelContent, FieldLimit
 
 __all__ = [
+    "CHANNEL_DIRECTIONS",
+    "LIMIT_DIRECTIONS",
+    "QUIET_HOURS_ACTIONS",
     "Budget",
     "ChannelSpec",
     "GlobalSettings",
     "Limit",
+    "LocalizedText",
     "OfferSpec",
     "Place",
     "PolicyIssue",
     "PolicySet",
     "PolicyValidationError",
+    "ReasonSpec",
     "Suppression",
 ]
 
@@ -53,18 +61,36 @@ class PolicyValidationError(ValueError):
         super().__init__(head + ":\n" + "\n".join(f"  {i}" for i in issues))
 
 
+CHANNEL_DIRECTIONS = ("inbound", "outbound")
+"""A channel is ``inbound`` (shown in a session the customer started: an ATM screen, a web banner, the agent's
+desktop) or ``outbound`` (sent to the customer: push, SMS, e-mail)."""
+LIMIT_DIRECTIONS = ("outbound", "inbound", "any")
+"""The channels a contact limit counts and closes: ``outbound`` ones (the default), ``inbound`` ones, or ``any``."""
+QUIET_HOURS_ACTIONS = ("drop", "defer")
+"""What an outbound channel does in its quiet hours: closed (``drop``, the default) or open, the action delivered
+at the quiet hours' end (``defer``)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limit:
-    """At most ``max`` contacts within ``per_seconds``, narrowed to a channel or category."""
+    """At most ``max`` contacts within ``per_seconds``, narrowed to a channel or category.
+
+    A limit narrowed to a channel counts that channel's contacts; any other counts the contacts on the channels
+    of its ``direction`` only (by default the outbound ones), and when reached closes only those channels.
+    """
 
     max: int
     per_seconds: float
     per: str
     channel: str | None = None
     category: str | None = None
+    direction: str = "outbound"
+    """One of :data:`LIMIT_DIRECTIONS` (ignored, and left at the default, when ``channel`` is set)."""
 
     def describe(self) -> str:
         scope = f" on {self.channel}" if self.channel else f" in {self.category}" if self.category else ""
+        if not self.channel and self.direction != "outbound":
+            scope += " on any channel" if self.direction == "any" else " on inbound channels"
         return f"at most {self.max}{scope} per {self.per}"
 
 
@@ -98,6 +124,17 @@ class ChannelSpec:
     quiet_hours: tuple[int, int] | None = None
     """(start, end) in minutes after local midnight; may wrap past midnight."""
     cost: float = 0.0
+    direction: str = "outbound"
+    """``inbound`` or ``outbound`` (:data:`CHANNEL_DIRECTIONS`): which contact limits count it by default."""
+    on_quiet_hours: str = "drop"
+    """``drop`` (closed in its quiet hours) or ``defer`` (open; the action is delivered at their end)."""
+    content_fields: tuple[FieldLimit, ...] | None = None
+    """The content fields the channel takes, each with its limits (:mod:`nba_service.policies.content`);
+    None: every field, no limit."""
+
+    @property
+    def outbound(self) -> bool:
+        return self.direction == "outbound"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,9 +167,26 @@ class OfferSpec:
     paused: bool = False
     file: str = ""
     line: int = 0
+    product: str = ""
+    """The product the offer sells (e.g. ``overdraft_protection``): not offered to a customer who holds it, or
+    accepted an offer selling it within :attr:`accepted_window_seconds`; empty: no such check."""
+    accepted_window_seconds: float | None = None
+    """How long after an acceptance the product is not offered again (None: ``settings.accepted_window``)."""
+    agent_script: LocalizedText | None = None
+    """What the contact-centre agent says to propose the offer, per language (None: no script)."""
+    channel_content: Mapping[str, ChannelContent] = dataclasses.field(default_factory=dict)
+    """Per channel of the offer, its content compiled for that channel (``content`` is what was written:
+    template path -> text, e.g. ``push.es.title``; a text alone is keyed by the channel)."""
+    variable_bounds: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """The declared ``max_len`` of the variables that have one (characters in content)."""
 
     def template_for(self, channel: str) -> str:
-        return self.content.get(channel) or self.content.get("default", "")
+        """The body template of the channel's content (in its first language)."""
+        content = self.channel_content.get(channel)
+        if content is None:
+            return self.content.get(channel) or self.content.get("default", "")
+        body = content.variants[0].fields.get("body")
+        return body.source if body is not None else ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,6 +205,64 @@ class GlobalSettings:
     is the calendar of a customer whose time zone has no country."""
     holiday_subdivisions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Country -> the subdivision (region, state) whose holidays count too, e.g. ``{"ES": "MD"}``."""
+    accepted_window_seconds: float = 90 * 86400.0
+    """``accepted_window``: how long after an acceptance an offer selling the same product is not offered
+    again, for the offers that declare a ``product`` and no window of their own."""
+    default_language: str = ""
+    """The language of content for a customer whose ``language`` attribute none of an offer's languages
+    matches (empty: the first language written)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocalizedText:
+    """A text template in one or more languages (an agent script, a likely reason's text).
+
+    >>> t = LocalizedText({"en": "Hello", "es": "Hola"})
+    >>> [t.pick(x, "en") for x in ("es", "ES-mx", "de", "")]
+    [('es', 'Hola'), ('es', 'Hola'), ('en', 'Hello'), ('en', 'Hello')]
+    >>> LocalizedText({"": "Hello"}).pick("es", "en")
+    ('en', 'Hello')
+    """
+
+    variants: Mapping[str, str]
+    """Language (lower case, ``es``, ``pt-br``) -> template; one entry keyed ``""`` for a text written without
+    languages (it is in the set's default language)."""
+
+    def pick(self, language: str, default_language: str) -> tuple[str, str]:
+        """(language, template) for ``language`` (any case, ``_`` or ``-``): that language, else its base
+        language (``es`` for ``es-MX``), else ``default_language`` the same way, else the first written."""
+        variants = self.variants
+        for wanted in (language, default_language):
+            wanted = (wanted or "").strip().lower().replace("_", "-")
+            for candidate in (wanted, wanted.split("-", 1)[0]):
+                if candidate and candidate in variants:
+                    return candidate, variants[candidate]
+        first = next(iter(variants))
+        return first or default_language, variants[first]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReasonSpec:
+    """A rule of the ``reasons`` section: which journey events make a likely reason for the customer's
+    contact, how likely (a score that decays with the events' age) and what the agent reads."""
+
+    id: str
+    event: str
+    """The event type it matches in the journey."""
+    within_seconds: float
+    """Only events at most this old count."""
+    within: str
+    score: float
+    text: LocalizedText
+    when: CompiledExpression | None = None
+    """A condition on the event (and on the customer, as in any rule); None: every event of the type."""
+    half_life_seconds: float = 0.0
+    """The score halves every this long of the newest event's age (0: it does not decay)."""
+    min_count: int = 1
+    """Events needed (within the window, meeting ``when``) for the reason to hold."""
+    variables: Mapping[str, CompiledExpression] = dataclasses.field(default_factory=dict)
+    file: str = ""
+    line: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,6 +300,8 @@ class PolicySet:
     """Named conditions (their source), usable by name in every rule."""
     fallbacks: Mapping[str, Fallback] = dataclasses.field(default_factory=dict)
     """Event type -> the action answered while the state store is unavailable."""
+    reasons: tuple[ReasonSpec, ...] = ()
+    """The rules of likely reasons for a contact (``GetCustomerContext``), in the order written."""
 
     def places_by_kind(self) -> dict[str, tuple[Place, ...]]:
         kinds: dict[str, list[Place]] = {}

@@ -21,16 +21,17 @@ problems (the parser raises once the whole set has been read).
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable, Mapping
 
 from nba_service.domain import EVENT_FIELDS
 from nba_service.policies.compiler import CompiledExpression
+from nba_service.policies.content_section import parse_offer_content
 from nba_service.policies.model import Budget, ChannelSpec, Limit, OfferSpec, Suppression
+from nba_service.policies.reason_section import parse_localized_text
 from nba_service.policies.rule_functions import parse_duration
 from nba_service.policies.yaml_source import IDENTIFIER, Collector, _Node, shown
 
-__all__ = ["parse_offers"]
+__all__ = ["parse_offers", "parse_window"]
 
 _OFFER_KEYS = {
     "id",
@@ -53,9 +54,13 @@ _OFFER_KEYS = {
     "suppress_after",
     "cost",
     "reward",
+    "product",
+    "accepted_window",
+    "agent_script",
 }
 _REQUIRED = ("id", "name", "category", "events", "value", "prior", "channels", "content")
 _PROFILE_TEMPLATE_FIELDS = ("first_name", "segment")
+_VARIABLE_KEYS = {"expression", "max_len"}
 
 
 def parse_offers(node: _Node, col: Collector, channels: Mapping[str, ChannelSpec]) -> list[tuple[OfferSpec, _Node]]:
@@ -79,10 +84,19 @@ def _parse_offer(i: int, item: _Node, col: Collector, channels: Mapping[str, Cha
     offer_id = col.ident(fields["id"], f"offers[{i}].id")
     where = f"offers[{i}] ({offer_id})"
     events, offer_channels = _events_and_channels(fields, where, col, channels)
-    variables = _parse_variables(fields.get("variables"), where, col, events)
-    content = _parse_content(fields.get("content"), where, col, offer_channels, events, variables)
+    variables, variable_bounds = _parse_variables(fields.get("variables"), where, col, events)
+    content, channel_content = parse_offer_content(
+        fields.get("content"),
+        where,
+        col,
+        offer_channels,
+        channels,
+        _template_fields(events, variables),
+        variable_bounds,
+        variables,
+    )
     valid_from, valid_until = _parse_validity(fields, where, col)
-    limits = _parse_offer_limits(fields.get("limits"), where, col, offer_channels)
+    limits = _parse_offer_limits(fields.get("limits"), where, col, offer_channels, channels)
     name = col.text(fields.get("name"), f"{where}.name", offer_id)
     category = col.ident(fields.get("category"), f"{where}.category") if "category" in fields else ""
     value, value_expression = _parse_value(fields.get("value"), where, col, events, variables)
@@ -108,8 +122,17 @@ def _parse_offer(i: int, item: _Node, col: Collector, channels: Mapping[str, Cha
         valid_from=valid_from,
         valid_until=valid_until,
         paused=col.boolean(fields.get("paused"), f"{where}.paused", False),
+        product=col.ident(fields["product"], f"{where}.product") if "product" in fields else "",
+        accepted_window_seconds=_parse_accepted_window(fields, where, col),
+        agent_script=parse_localized_text(
+            fields["agent_script"], f"{where}.agent_script", col, _template_fields(events, variables)
+        )
+        if "agent_script" in fields
+        else None,
         file=col.file,
         line=item.line,
+        channel_content=channel_content,
+        variable_bounds=variable_bounds,
     )
 
 
@@ -140,22 +163,66 @@ def _events_and_channels(
 
 def _parse_variables(
     node: _Node | None, where: str, col: Collector, events: list[str]
-) -> dict[str, CompiledExpression]:
-    """``variables``: name -> expression, usable in the offer's rules, value and content."""
+) -> tuple[dict[str, CompiledExpression], dict[str, int]]:
+    """``variables``: name -> expression, usable in the offer's rules, value and content; or name ->
+    ``{expression: ..., max_len: N}``, N the characters its value takes at most in content with a limit.
+    Returns the variables and the declared ``max_len`` of each that has one."""
     variables: dict[str, CompiledExpression] = {}
+    bounds: dict[str, int] = {}
     if node is None:
-        return variables
+        return variables, bounds
     if not isinstance(node.value, dict):
         col.add(node, f"{where}.variables: expected a mapping of name to expression")
-        return variables
+        return variables, bounds
     for name, (key_node, value_node) in node.value.items():
         if not IDENTIFIER.match(name):
             col.add(key_node, f"{where}.variables: {name!r} is not a valid name")
             continue
-        compiled = col.expression(value_node, f"{where}.variables.{name}", events)
+        here = f"{where}.variables.{name}"
+        if isinstance(value_node.value, dict):
+            fields = col.mapping(value_node, here, _VARIABLE_KEYS, required=("expression",))
+            if not fields or "expression" not in fields:
+                continue
+            value_node = fields["expression"]
+            if "max_len" in fields:
+                max_len = fields["max_len"].value
+                if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+                    col.add(fields["max_len"], f"{here}.max_len: expected a whole number >= 1, got {shown(max_len)}")
+                else:
+                    bounds[name] = max_len
+        compiled = col.expression(value_node, here, events)
         if compiled is not None:
             variables[name] = compiled
-    return variables
+    return variables, bounds
+
+
+MAX_ACCEPTED_WINDOW_SECONDS = 365 * 86400.0
+"""The longest ``accepted_window``: accepted offers are kept a year (``store.state.ACCEPTED_KEPT_SECONDS``)."""
+
+
+def _parse_accepted_window(fields: Mapping[str, _Node], where: str, col: Collector) -> float | None:
+    """``accepted_window``: how long after an acceptance the offer's product is not offered again (None: the
+    set's ``settings.accepted_window``); only with a ``product``."""
+    node = fields.get("accepted_window")
+    if node is None:
+        return None
+    if "product" not in fields:
+        col.add(node, f"{where}.accepted_window: only an offer that declares the product it sells has one")
+        return None
+    return parse_window(node, f"{where}.accepted_window", col)
+
+
+def parse_window(node: _Node, where: str, col: Collector) -> float | None:
+    """An ``accepted_window`` duration (``90d``), at most a year."""
+    try:
+        seconds = parse_duration(node.value)
+    except ValueError as exc:
+        col.add(node, f"{where}: {exc}")
+        return None
+    if seconds > MAX_ACCEPTED_WINDOW_SECONDS:
+        col.add(node, f"{where}: at most 365d (accepted offers are kept for a year)")
+        return None
+    return seconds
 
 
 def _parse_validity(fields: Mapping[str, _Node], where: str, col: Collector) -> tuple[float | None, float | None]:
@@ -167,12 +234,31 @@ def _parse_validity(fields: Mapping[str, _Node], where: str, col: Collector) -> 
     return valid_from, valid_until
 
 
-def _parse_offer_limits(node: _Node | None, where: str, col: Collector, offer_channels: list[str]) -> list[Limit]:
-    """The offer's own contact limits; one narrowed to a channel must name one of the offer's channels."""
+def _parse_offer_limits(
+    node: _Node | None,
+    where: str,
+    col: Collector,
+    offer_channels: list[str],
+    channels: Mapping[str, ChannelSpec],
+) -> list[Limit]:
+    """The offer's own contact limits; one narrowed to a channel must name one of the offer's channels, any
+    other must count some of them (its direction, outbound by default, is the direction of one of them)."""
     limits = []
     for limit, limit_node in col.limits(node, f"{where}.limits", False):
         if limit.channel and limit.channel not in offer_channels:
             col.add(limit_node, f"{where}.limits: channel {limit.channel!r} is not one of this offer's channels")
+        elif (
+            not limit.channel
+            and limit.direction != "any"
+            and offer_channels
+            and not any(c in channels and channels[c].direction == limit.direction for c in offer_channels)
+        ):
+            col.add(
+                limit_node,
+                f"{where}.limits: {limit.describe()} counts {limit.direction} contacts only, and none of this"
+                f" offer's channels ({', '.join(offer_channels)}) is {limit.direction}: it would never count"
+                " one. Say direction: any (every channel) or the direction of its channels",
+            )
         limits.append(limit)
     return limits
 
@@ -235,55 +321,3 @@ def _template_fields(events: Iterable[str], variables: Iterable[str]) -> set[str
         these = set(EVENT_FIELDS[event_type])
         fields = these if fields is None else fields & these
     return set(fields or ()) | set(_PROFILE_TEMPLATE_FIELDS) | set(variables)
-
-
-def _parse_content(
-    node: _Node | None,
-    where: str,
-    col: Collector,
-    channels: list[str],
-    events: list[str],
-    variables: Mapping[str, CompiledExpression],
-) -> dict[str, str]:
-    """``content``: the text of each channel (or ``default``), its ``{field}`` templates checked."""
-    if node is None:
-        return {}
-    if not isinstance(node.value, dict):
-        col.add(node, f"{where}.content: expected a mapping of channel (or default) to text")
-        return {}
-    allowed = _template_fields(events, variables)
-    content: dict[str, str] = {}
-    for key, (key_node, value_node) in node.value.items():
-        if key != "default" and key not in channels:
-            col.add(key_node, f"{where}.content: {key!r} is neither one of the offer's channels nor 'default'")
-            continue
-        text = col.text(value_node, f"{where}.content.{key}")
-        if _check_template(text, value_node, f"{where}.content.{key}", col, allowed):
-            content[key] = text
-    for channel in channels:
-        if channel not in content and "default" not in content:
-            col.add(node, f"{where}.content: no text for channel {channel!r} and no 'default'")
-    return content
-
-
-def _check_template(text: str, node: _Node, where: str, col: Collector, allowed: set[str]) -> bool:
-    """Record each problem of the ``{field}`` template ``text``; False when it cannot be parsed at all."""
-    try:
-        fields = [
-            (field, spec, conversion)
-            for _, field, spec, conversion in string.Formatter().parse(text)
-            if field is not None
-        ]
-    except ValueError as exc:
-        col.add(node, f"{where}: bad template: {exc}")
-        return False
-    for name, spec, conversion in fields:
-        if spec or conversion:
-            col.add(
-                node,
-                f"{where}: {{{name}...}} has a format; write {{{name}}}: "
-                "numbers are formatted for people automatically (100, 12.50)",
-            )
-        elif name not in allowed:
-            col.add(node, f"{where}: unknown template field {{{name}}} (known: {', '.join(sorted(allowed))})")
-    return True

@@ -10,7 +10,9 @@ Reading goes in stages: each file's YAML is read with positions
 settings, places, named conditions, channels and offers are read in that order
 (:mod:`~nba_service.policies.sections`, :mod:`~nba_service.policies.offer_section`),
 each able to check what the earlier ones declared; then what needs the whole
-set is checked, and every issue is raised together.
+set is checked, the fallbacks and the likely-reason rules
+(:mod:`~nba_service.policies.reason_section`) are read, and every issue is
+raised together.
 
 Nothing here touches Redis; :mod:`nba_service.store.policy_store` stores and
 versions what this module accepts.
@@ -55,13 +57,16 @@ from nba_service.policies.model import (
     PolicyIssue,
     PolicySet,
     PolicyValidationError,
+    ReasonSpec,
 )
 from nba_service.policies.offer_section import parse_offers
+from nba_service.policies.reason_section import MAX_REASONS, parse_reasons
 from nba_service.policies.sections import (
     parse_channels,
     parse_conditions,
     parse_places,
     parse_settings,
+    settings_limit_directions,
     settings_limit_targets,
 )
 from nba_service.policies.yaml_source import MAX_NODES, MIB, Collector, ValueCount, _Node, read_documents
@@ -96,7 +101,7 @@ MAX_EVENT_COST = 50_000
 every channel rule, the variables of one offer, places scanned), in the units of
 :attr:`~nba_service.policies.compiler.CompiledExpression.cost`: a few milliseconds at most."""
 
-_TOP_KEYS = {"settings", "channels", "offers", "places", "fallbacks"}
+_TOP_KEYS = {"settings", "channels", "offers", "places", "fallbacks", "reasons"}
 
 _Part = tuple[_Node, Collector]
 """A section of one file, with the collector of that file."""
@@ -217,6 +222,7 @@ def _parse(files: Mapping[str, str], base: str) -> PolicySet:
         _check_settings_targets(settings_part, category_lever_nodes, channels, offers)
     _check_event_costs(offers, offer_nodes, channels, places)
     fallbacks = read_fallbacks(sections.fallbacks, channels, offers)
+    reasons = _read_reasons(sections.reasons)
     _raise_issues(sections.collectors, base, has_channels=bool(channels))
     return PolicySet(
         settings=settings,
@@ -226,6 +232,7 @@ def _parse(files: Mapping[str, str], base: str) -> PolicySet:
         conditions=condition_sources,
         files=dict(files),
         fallbacks=fallbacks,
+        reasons=tuple(reasons.values()),
     )
 
 
@@ -241,6 +248,7 @@ class _Sections:
     offers: list[_Part] = dataclasses.field(default_factory=list)
     places: list[_Part] = dataclasses.field(default_factory=list)
     fallbacks: list[_Part] = dataclasses.field(default_factory=list)
+    reasons: list[_Part] = dataclasses.field(default_factory=list)
 
 
 def _read_sections(files: Mapping[str, str], base: str) -> _Sections:
@@ -263,6 +271,8 @@ def _read_sections(files: Mapping[str, str], base: str) -> _Sections:
                 sections.places.append((top["places"], col))
             if "fallbacks" in top:
                 sections.fallbacks.append((top["fallbacks"], col))
+            if "reasons" in top:
+                sections.reasons.append((top["reasons"], col))
     return sections
 
 
@@ -318,6 +328,23 @@ def _read_offers(
     return offers, nodes
 
 
+def _read_reasons(parts: list[_Part]) -> dict[str, ReasonSpec]:
+    """Stage 7b (after the costs and the fallbacks): the likely-reason rules of every file, by id (a duplicate
+    is an issue); at most :data:`~nba_service.policies.reason_section.MAX_REASONS`."""
+    reasons: dict[str, ReasonSpec] = {}
+    for node, col in parts:
+        for spec, item in parse_reasons(node, col):
+            if spec.id in reasons:
+                first = reasons[spec.id]
+                col.add(item, f"reasons: duplicate reason id {spec.id!r} (first in {first.file}:{first.line})")
+                continue
+            if len(reasons) == MAX_REASONS:
+                col.add(item, f"reasons: more than {MAX_REASONS} reason rules in the policy set")
+                break
+            reasons[spec.id] = spec
+    return reasons
+
+
 def _check_settings_targets(
     settings: _Part,
     category_lever_nodes: Mapping[str, _Node],
@@ -335,6 +362,31 @@ def _check_settings_targets(
     for category, lever_node in category_lever_nodes.items():
         if category not in categories:
             col.add(lever_node, f"settings.levers.categories: no offer has category {category!r}")
+    _check_limit_directions(settings, channels, offers)
+
+
+def _check_limit_directions(
+    settings: _Part, channels: Mapping[str, ChannelSpec], offers: Mapping[str, OfferSpec]
+) -> None:
+    """Stage 6: a settings contact limit that counts one direction (outbound by default) counts some channel's
+    contacts: of the set, or of the offers of its category. One that never could is refused, not left idle."""
+    node, col = settings
+    for category, direction, item in settings_limit_directions(node):
+        if category is None:
+            covered = [c.id for c in channels.values()]
+            scope = "the policy set"
+        else:
+            covered = list(dict.fromkeys(c for o in offers.values() if o.category == category for c in o.channels))
+            scope = f"the offers of category {category}"
+            if not covered:  # an unknown category: said already
+                continue
+        if not any(c in channels and channels[c].direction == direction for c in covered):
+            col.add(
+                item,
+                f"settings.contact_limits: this limit counts {direction} contacts only, and no channel of {scope}"
+                f" ({', '.join(covered) or 'none'}) is {direction}: it would never count one. Say direction: any"
+                " (every channel) or the direction of those channels",
+            )
 
 
 @dataclasses.dataclass(slots=True)

@@ -124,6 +124,11 @@ def _consent(ctx: CustomerContext, channel: str) -> bool:
     return bool(ctx.profile.consents.get(channel, False))
 
 
+def _holds(ctx: CustomerContext, product: str) -> bool:
+    """The customer holds ``product`` (profile ``holdings``)."""
+    return product in ctx.profile.holdings
+
+
 def _count_events(ctx: CustomerContext, event_type: str, window: str) -> int:
     since = ctx.now - _cached_duration(window)
     return sum(1 for e in ctx.journey if e.type == event_type and e.timestamp >= since)
@@ -212,6 +217,7 @@ FUNCTIONS: dict[str, tuple[Any, str, tuple[int, int]]] = {
     "request_attr": (_request_attr, "_ctx", (1, 1)),
     "reachable": (_reachable, "_ctx", (1, 1)),
     "consent": (_consent, "_ctx", (1, 1)),
+    "holds": (_holds, "_ctx", (1, 1)),
     "count_events": (_count_events, "_ctx", (2, 2)),
     "days_since": (_days_since, "_ctx", (1, 1)),
     "days_until": (_days_until, "_ctx", (1, 1)),

@@ -20,13 +20,22 @@ import re
 from collections.abc import Mapping
 
 from nba_service.policies.compiler import Definitions, ExpressionError, parse_condition
+from nba_service.policies.content_section import parse_channel_content, parse_language
 from nba_service.policies.holiday_calendar import supported_countries
-from nba_service.policies.model import ChannelSpec, GlobalSettings, Place
+from nba_service.policies.model import CHANNEL_DIRECTIONS, QUIET_HOURS_ACTIONS, ChannelSpec, GlobalSettings, Place
+from nba_service.policies.offer_section import parse_window
 from nba_service.policies.rule_functions import FUNCTIONS
 from nba_service.policies.scope import SCOPE_NAMES
 from nba_service.policies.yaml_source import IDENTIFIER, Collector, _Node, shown
 
-__all__ = ["parse_channels", "parse_conditions", "parse_places", "parse_settings", "settings_limit_targets"]
+__all__ = [
+    "parse_channels",
+    "parse_conditions",
+    "parse_places",
+    "parse_settings",
+    "settings_limit_directions",
+    "settings_limit_targets",
+]
 
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 _SETTINGS_KEYS = {
@@ -37,6 +46,8 @@ _SETTINGS_KEYS = {
     "conditions",
     "sensitive",
     "holidays",
+    "default_language",
+    "accepted_window",
 }
 _PLACE_KEYS = {"id", "name", "kind", "latitude", "longitude"}
 _LEVER_KEYS = {"global", "categories"}
@@ -44,7 +55,18 @@ _HOLIDAY_KEYS = {"countries", "subdivisions"}
 MAX_HOLIDAY_COUNTRIES = 50
 """Countries a policy set may name in ``settings.holidays`` (each one's holidays are computed per year)."""
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
-_CHANNEL_KEYS = {"id", "name", "needs_reachable", "default_consent", "available_when", "quiet_hours", "cost"}
+_CHANNEL_KEYS = {
+    "id",
+    "name",
+    "needs_reachable",
+    "default_consent",
+    "available_when",
+    "quiet_hours",
+    "cost",
+    "direction",
+    "on_quiet_hours",
+    "content",
+}
 
 
 # --- settings -------------------------------------------------------------------------
@@ -70,8 +92,20 @@ def parse_settings(node: _Node, col: Collector) -> tuple[GlobalSettings, dict[st
         sensitive,
         holiday_countries=countries,
         holiday_subdivisions=subdivisions,
+        default_language=parse_language(fields.get("default_language"), "settings.default_language", col),
+        accepted_window_seconds=_parse_accepted_window(fields.get("accepted_window"), col),
     )
     return settings, lever_nodes
+
+
+def _parse_accepted_window(node: _Node | None, col: Collector) -> float:
+    """``settings.accepted_window``: how long after an acceptance an offer selling the same product is not
+    offered again, for the offers with a ``product`` and no window of their own (default 90d)."""
+    default = GlobalSettings().accepted_window_seconds
+    if node is None:
+        return default
+    seconds = parse_window(node, "settings.accepted_window", col)
+    return default if seconds is None else seconds
 
 
 def _parse_holidays(node: _Node | None, col: Collector) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -161,6 +195,24 @@ def settings_limit_targets(node: _Node) -> list[tuple[str, str, _Node]]:
                     if isinstance(item.value, dict) and kind in item.value:
                         target = item.value[kind][1]
                         found.append((kind, str(target.value), target))
+    return found
+
+
+def settings_limit_directions(node: _Node) -> list[tuple[str | None, str, _Node]]:
+    """(category or None, direction, its node) of every settings contact limit not narrowed to a channel whose
+    direction is outbound (the default) or inbound: such a limit must count some channel's contacts."""
+    found = []
+    if isinstance(node.value, dict) and "contact_limits" in node.value:
+        limits = node.value["contact_limits"][1]
+        if isinstance(limits.value, list):
+            for item in limits.value:
+                if not isinstance(item.value, dict) or "channel" in item.value:
+                    continue
+                direction = item.value["direction"][1].value if "direction" in item.value else "outbound"
+                if direction not in ("outbound", "inbound"):
+                    continue
+                category = item.value["category"][1].value if "category" in item.value else None
+                found.append((category if isinstance(category, str) else None, direction, item))
     return found
 
 
@@ -255,18 +307,52 @@ def parse_channels(node: _Node, col: Collector) -> list[tuple[ChannelSpec, _Node
             continue
         channel_id = col.ident(fields["id"], f"{where}.id")
         where = f"channels[{i}] ({channel_id})"
+        needs_reachable = col.boolean(fields.get("needs_reachable"), f"{where}.needs_reachable", True)
+        quiet_hours = _parse_quiet_hours(fields.get("quiet_hours"), f"{where}.quiet_hours", col)
+        # Without a direction: a channel that needs the customer reachable sends to them (outbound).
+        direction = col.choice(
+            fields.get("direction"), f"{where}.direction", CHANNEL_DIRECTIONS, _OUTBOUND[needs_reachable]
+        )
         spec = ChannelSpec(
             id=channel_id,
             name=col.text(fields.get("name"), f"{where}.name", channel_id),
-            needs_reachable=col.boolean(fields.get("needs_reachable"), f"{where}.needs_reachable", True),
+            needs_reachable=needs_reachable,
             default_consent=col.boolean(fields.get("default_consent"), f"{where}.default_consent", False),
             # Channel conditions run on every event type: only event.type is common to all.
             available_when=col.expression(fields.get("available_when"), f"{where}.available_when", ()),
-            quiet_hours=_parse_quiet_hours(fields.get("quiet_hours"), f"{where}.quiet_hours", col),
+            quiet_hours=quiet_hours,
             cost=col.number(fields.get("cost"), f"{where}.cost", 0.0, low=0),
+            direction=direction,
+            on_quiet_hours=_parse_on_quiet_hours(fields, where, direction, quiet_hours, col),
+            content_fields=parse_channel_content(fields.get("content"), f"{where}.content", col),
         )
         out.append((spec, item))
     return out
+
+
+_OUTBOUND = {True: "outbound", False: "inbound"}
+
+
+def _parse_on_quiet_hours(
+    fields: Mapping[str, _Node], where: str, direction: str, quiet_hours: tuple[int, int] | None, col: Collector
+) -> str:
+    """``on_quiet_hours``: ``drop`` (the default) or ``defer``, which only an outbound channel with quiet hours
+    can do (an inbound channel's moment is now: there is nothing to deliver later)."""
+    node = fields.get("on_quiet_hours")
+    action = col.choice(node, f"{where}.on_quiet_hours", QUIET_HOURS_ACTIONS, "drop")
+    if action != "defer" or node is None:
+        return action
+    if direction != "outbound":
+        col.add(
+            node,
+            f"{where}.on_quiet_hours: defer needs an outbound channel; this one is inbound (shown in the"
+            " customer's own session, which is now or never)",
+        )
+        return "drop"
+    if quiet_hours is None and "quiet_hours" not in fields:
+        col.add(node, f"{where}.on_quiet_hours: defer needs quiet_hours, e.g. {{start: '21:00', end: '08:00'}}")
+        return "drop"
+    return action
 
 
 def _parse_quiet_hours(node: _Node | None, where: str, col: Collector) -> tuple[int, int] | None:

@@ -24,7 +24,7 @@ from nba_service.policies.holiday_calendar import HolidayCalendar
 from nba_service.policies.model import ChannelSpec, GlobalSettings, Limit, OfferSpec, PolicySet
 from nba_service.policies.scope import build_scope
 
-__all__ = ["EventPlan", "LimitTable", "PolicySnapshot"]
+__all__ = ["EventPlan", "LimitRow", "LimitTable", "PolicySnapshot"]
 
 _NO = -1
 _NEVER = 2**62
@@ -72,6 +72,15 @@ class EventPlan:
     """The channel index of each of ``arms``."""
     arm_start: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.intp))
     """Where each candidate's arms start in ``arms`` (every offer has at least one channel)."""
+    products: tuple[tuple[int, int], ...] = ()
+    """(position in ``offers``, offer index) of the candidates that sell a product (checked against the
+    customer's holdings and accepted offers)."""
+
+
+LimitRow = tuple[float, int, str | None, frozenset[str], tuple[tuple[LimitBlocks, int], ...], str]
+"""One contact limit for the per-request loop: (window seconds, max, the channel it narrows to or None, the
+channels whose contacts it does not count (those of the other direction), what a hit blocks: (kind, index of
+the arm, offer, channel or category) pairs, its description)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,10 +88,8 @@ class LimitTable:
     """Contact limits, indexed by what a contact can match, each with its per-request row."""
 
     limits: tuple[Limit, ...]
-    rows: tuple[tuple[float, int, str | None, LimitBlocks, int, str], ...]
-    """Per limit, as plain Python values for the per-request loop: (window seconds, max,
-    channel it narrows to or None, what a hit blocks, the index of
-    the blocked arm, offer, channel or category, its description)."""
+    rows: tuple[LimitRow, ...]
+    """Per limit, as plain Python values for the per-request loop (see :data:`LimitRow`)."""
     by_offer: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     """Limits that count a contact of this offer (offer limits, with or without a channel)."""
     by_channel: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
@@ -93,6 +100,8 @@ class LimitTable:
     """Settings limits that count every contact."""
     closed: tuple[int, ...] = ()
     """Limits with ``max: 0``: reached without any contact."""
+    owners: tuple[str, ...] = ()
+    """Per limit, the id of the offer it belongs to ("" for a settings limit)."""
 
     def __len__(self) -> int:
         return len(self.limits)
@@ -150,6 +159,16 @@ class PolicySnapshot:
     channel_refusals: tuple[tuple[tuple[str, str], tuple[str, str], tuple[str, str]], ...] = ()
     """Per channel, its (code, detail) when the customer has not consented, is not reachable there,
     or its availability condition is false: built once."""
+    offer_product: tuple[str, ...] = ()
+    """Per offer, the product it sells ("" for none)."""
+    offer_accepted_window: tuple[float, ...] = ()
+    """Per offer, its ``accepted_window`` in seconds (the set's default where it declares none; 0 without a
+    product)."""
+    products: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Offer id -> the product it sells, for every offer of the set that sells one (paused ones too): what
+    an acceptance records."""
+    max_accepted_window: float = 0.0
+    """The longest ``accepted_window`` of an offer with a product (0: no offer sells a product)."""
 
     def scope(self, ctx: CustomerContext, event: Event) -> dict[str, Any]:
         """What the rules of one request read (:func:`~nba_service.policies.scope.build_scope`), with this
@@ -207,10 +226,26 @@ class PolicySnapshot:
             channel_rules_code=channel_rules_code,
             every_channel=_read_only(np.ones(len(channels), dtype=bool)),
             channel_refusals=_channel_refusals(channels),
+            **_products(numbers.offers, policy),
         )
 
 
 # --- compilation stages ---------------------------------------------------------------
+
+
+def _products(offers: tuple[OfferSpec, ...], policy: PolicySet) -> dict[str, Any]:
+    """The product each offer sells and its ``accepted_window``, per offer and by id."""
+    default = policy.settings.accepted_window_seconds
+    windows = tuple(
+        (default if o.accepted_window_seconds is None else o.accepted_window_seconds) if o.product else 0.0
+        for o in offers
+    )
+    return {
+        "offer_product": tuple(o.product for o in offers),
+        "offer_accepted_window": windows,
+        "products": {o.id: o.product for o in policy.offers if o.product},
+        "max_accepted_window": max(windows, default=0.0),
+    }
 
 
 def _calendar(settings: GlobalSettings) -> HolidayCalendar | None:
@@ -321,41 +356,64 @@ def _limit_table(numbers: _Numbering, settings: GlobalSettings) -> LimitTable:
             overall.append(i)
     return LimitTable(
         limits=tuple(limit for limit, _ in rows),
-        rows=tuple(
-            _limit_row(limit, offer, offers, numbers.channel_index, numbers.category_index, numbers.arm_index)
-            for limit, offer in rows
-        ),
+        rows=tuple(_limit_row(limit, offer, numbers) for limit, offer in rows),
         by_offer={k: tuple(v) for k, v in by_offer.items()},
         by_channel={k: tuple(v) for k, v in by_channel.items()},
         by_category={k: tuple(v) for k, v in by_category.items()},
         overall=tuple(overall),
         closed=tuple(i for i, (limit, _) in enumerate(rows) if limit.max <= 0),
+        owners=tuple(offers[offer].id if offer != _NO else "" for _, offer in rows),
     )
 
 
-def _limit_row(
-    limit: Limit,
-    offer: int,
-    offers: tuple[OfferSpec, ...],
-    channel_index: Mapping[str, int],
-    category_index: Mapping[str, int],
-    arm_index: Mapping[tuple[str, str], int],
-) -> tuple[float, int, str | None, LimitBlocks, int, str]:
-    """The per-request row of ``limit`` (``offer``: the index of its offer, -1 for a settings limit)."""
-    channel = channel_index.get(limit.channel, _NO) if limit.channel else _NO
-    category = category_index.get(limit.category, -3) if limit.category else _NO
-    if offer >= 0:
-        arm = arm_index.get((offers[offer].id, limit.channel), _NO) if limit.channel else _NO
-        blocks, target = (LimitBlocks.ARM, arm) if arm >= 0 else (LimitBlocks.OFFER, offer)
-    elif channel >= 0:
-        blocks, target = LimitBlocks.CHANNEL, channel
-    elif category >= 0:
-        blocks, target = LimitBlocks.CATEGORY, category
-    elif category == _NO:  # any category: every contact counts; other negatives match no contact
-        blocks, target = LimitBlocks.EVERYTHING, _NO
+def _limit_row(limit: Limit, offer: int, numbers: _Numbering) -> LimitRow:
+    """The per-request row of ``limit`` (``offer``: the index of its offer, -1 for a settings limit).
+
+    A limit of one direction (not narrowed to a channel, not ``any``) skips the contacts on the channels of
+    the other direction, and a hit blocks only the channels of its direction: the arms of those channels, or
+    the whole offer, category or decision when every channel they have is of that direction (so the reason
+    is the same as for a limit of every channel).
+    """
+    channels = numbers.channels
+    if limit.channel or limit.direction == "any":
+        skip: frozenset[str] = frozenset()
     else:
-        blocks, target = LimitBlocks.NOTHING, _NO
-    return limit.per_seconds, limit.max, limit.channel, blocks, target, limit.describe()
+        skip = frozenset(c.id for c in channels if c.direction != limit.direction)
+    return limit.per_seconds, limit.max, limit.channel, skip, _blocks(limit, offer, numbers, skip), limit.describe()
+
+
+def _blocks(limit: Limit, offer: int, numbers: _Numbering, skip: frozenset[str]) -> tuple[tuple[LimitBlocks, int], ...]:
+    """What a hit of ``limit`` blocks: (kind, target) pairs (see :func:`_limit_row`)."""
+    offers, arm_index = numbers.offers, numbers.arm_index
+    if offer >= 0:
+        spec = offers[offer]
+        if limit.channel:
+            arm = arm_index.get((spec.id, limit.channel), _NO)
+            return ((LimitBlocks.ARM, arm),) if arm >= 0 else ((LimitBlocks.OFFER, offer),)
+        return _offer_blocks(offer, spec, arm_index, skip)
+    if limit.channel:
+        channel = numbers.channel_index.get(limit.channel, _NO)
+        return ((LimitBlocks.CHANNEL, channel),) if channel >= 0 else ()
+    if limit.category:
+        category = numbers.category_index.get(limit.category, _NO)
+        members = [(i, o) for i, o in enumerate(offers) if o.category == limit.category]
+        if category < 0 or not members:
+            return ()  # matches no contact of a live offer
+        if all(not skip.intersection(o.channels) for _, o in members):
+            return ((LimitBlocks.CATEGORY, category),)
+        return tuple(block for i, o in members for block in _offer_blocks(i, o, arm_index, skip))
+    if not skip:
+        return ((LimitBlocks.EVERYTHING, _NO),)
+    return tuple((LimitBlocks.CHANNEL, i) for i, c in enumerate(numbers.channels) if c.id not in skip)
+
+
+def _offer_blocks(
+    offer: int, spec: OfferSpec, arm_index: Mapping[tuple[str, str], int], skip: frozenset[str]
+) -> tuple[tuple[LimitBlocks, int], ...]:
+    """The whole offer when none of its channels is skipped, else its arms on the channels that are not."""
+    if not skip.intersection(spec.channels):
+        return ((LimitBlocks.OFFER, offer),)
+    return tuple((LimitBlocks.ARM, arm_index[(spec.id, c)]) for c in spec.channels if c not in skip)
 
 
 def _event_plans(numbers: _Numbering, arrays: _OfferArrays) -> dict[str, EventPlan]:
@@ -399,6 +457,7 @@ def _event_plan(event_type: str, candidates: list[int], numbers: _Numbering, arr
         all_candidates=np.ones(len(candidates), dtype=bool),
         arm_channel=np.array([numbers.channel_index[numbers.arm_keys[a][1]] for a in arms], dtype=np.intp),
         arm_start=np.searchsorted(np.array(arm_position, dtype=np.intp), np.arange(len(candidates))),
+        products=tuple((p, i) for p, i in enumerate(candidates) if offers[i].product),
     )
 
 

@@ -38,7 +38,7 @@ import yaml
 
 from nba_service.domain.timestamps import parse_iso, to_unix
 from nba_service.policies.compiler import CompiledExpression, Definitions, ExpressionError, compile_expression
-from nba_service.policies.model import Limit, PolicyIssue
+from nba_service.policies.model import LIMIT_DIRECTIONS, Limit, PolicyIssue
 from nba_service.policies.rule_functions import parse_duration
 
 __all__ = [
@@ -56,7 +56,7 @@ __all__ = [
 
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 """What an id (of an offer, channel, category, place, variable or condition) looks like."""
-_LIMIT_KEYS = {"max", "per", "channel", "category"}
+_LIMIT_KEYS = {"max", "per", "channel", "category", "direction"}
 
 MIB = 1024 * 1024
 MAX_FILE_BYTES = 2 * MIB
@@ -394,8 +394,25 @@ class Collector:
             category = self.ident(fields["category"], f"{here}.category") if "category" in fields else None
             if channel and category:
                 self.add(item, f"{here}: a limit narrows to a channel or a category, not both")
-            out.append((Limit(maximum, seconds, str(fields["per"].value), channel, category), item))
+            direction = self.choice(fields.get("direction"), f"{here}.direction", LIMIT_DIRECTIONS, "outbound")
+            if channel and "direction" in fields:
+                self.add(
+                    fields["direction"],
+                    f"{here}.direction: a limit on one channel counts that channel's contacts, whatever its"
+                    " direction: remove direction, or the channel",
+                )
+            out.append((Limit(maximum, seconds, str(fields["per"].value), channel, category, direction), item))
         return out
+
+    def choice(self, node: _Node | None, where: str, options: tuple[str, ...], default: str) -> str:
+        """One of ``options`` (``default`` when absent; an issue, and ``default``, when it is none of them)."""
+        if node is None:
+            return default
+        if not isinstance(node.value, str) or node.value not in options:
+            listed = f"{', '.join(options[:-1])} or {options[-1]}" if len(options) > 1 else options[0]
+            self.add(node, f"{where}: expected {listed}, got {shown(node.value)}")
+            return default
+        return node.value
 
     def timestamp(self, node: _Node | None, where: str) -> float | None:
         if node is None:

@@ -1,6 +1,6 @@
 """The consent audit: one Redis stream of every consent change and every erasure.
 
-Each entry (``XADD`` to :data:`~nba_service.store.keys.CONSENT_AUDIT`, in the
+Each entry (``XADD`` to the customer's bucket's :func:`~nba_service.store.keys.consent_audit`, in the
 same script as the change it records, see :mod:`nba_service.store.state`) has
 the fields ``customer`` (a pseudonym, never the customer id), ``action``
 (``consent`` or ``erased``), ``channel``, ``old`` and ``new`` (``granted``,
@@ -110,21 +110,24 @@ class AuditEntry:
 
 
 def customer_audit(client: redis.Redis, customer_id: str, page: int = 1000) -> list[AuditEntry]:
-    """The customer's audit entries, oldest first: the whole stream is scanned, ``page`` entries a call."""
+    """The customer's audit entries, oldest first: its bucket's stream (and the stream of the layout before
+    buckets, if a migration kept one) is scanned, ``page`` entries a call."""
     secret = pseudonym_secret(client, create=False)
     if secret is None:  # nothing was ever audited in this Redis
         return []
     wanted = pseudonym(secret, customer_id).encode()
     found: list[AuditEntry] = []
-    start = "-"
-    while True:
-        batch = cast(
-            "list[tuple[bytes, dict[bytes, bytes]]]",
-            client.xrange(keys.CONSENT_AUDIT, min=start, max="+", count=page),
-        )
-        for entry_id, fields in batch:
-            if fields.get(b"customer") == wanted:
-                found.append(AuditEntry.decode(entry_id, fields))
-        if len(batch) < page:
-            return found
-        start = "(" + batch[-1][0].decode()  # after the last entry read
+    for stream in (keys.CONSENT_AUDIT_LEGACY, keys.consent_audit(keys.bucket_of(customer_id))):
+        start = "-"
+        while True:
+            batch = cast(
+                "list[tuple[bytes, dict[bytes, bytes]]]",
+                client.xrange(stream, min=start, max="+", count=page),
+            )
+            for entry_id, fields in batch:
+                if fields.get(b"customer") == wanted:
+                    found.append(AuditEntry.decode(entry_id, fields))
+            if len(batch) < page:
+                break
+            start = "(" + batch[-1][0].decode()  # after the last entry read
+    return found

@@ -26,6 +26,7 @@ import getpass
 from typing import Any, cast
 
 import redis
+from redis.cluster import ClusterPipeline
 
 from nba_service.store import keys
 
@@ -123,11 +124,11 @@ def make_live(
     ``record_key`` does not exist (nothing is changed).
     """
     entry = ("kind", kind, "who", who, "when", iso(when), "message", message)
-    return client.register_script(MAKE_LIVE)(
-        keys=[live_key, keys.CHANGE_LOG, record_key],
-        args=(version, channel, CHANGE_LOG_MAXLEN, what, *entry),
-        client=client,
-    )
+    script_keys = [live_key, keys.CHANGE_LOG, record_key]
+    args = (version, channel, CHANGE_LOG_MAXLEN, what, *entry)
+    if isinstance(client, ClusterPipeline):  # its transaction refuses EVALSHA: EVAL, run at EXEC
+        return client.execute_command("EVAL", MAKE_LIVE, len(script_keys), *script_keys, *args)
+    return client.register_script(MAKE_LIVE)(keys=script_keys, args=args, client=client)
 
 
 def read_changes(client: redis.Redis, what: str | None = None, page: int = 1000) -> list[Change]:

@@ -14,7 +14,9 @@ import orjson
 from nba_service.domain import ContactRecord, CustomerContext, CustomerProfile, JourneyEntry, OpenJourney
 
 __all__ = [
+    "accepted_member",
     "contact_member",
+    "decode_accepted",
     "decode_contact",
     "decode_context",
     "decode_journey",
@@ -37,17 +39,20 @@ def dumps(value: Any) -> str:
 
 
 def encode_profile(profile: CustomerProfile) -> str:
-    return dumps(
-        {
-            "first_name": profile.first_name,
-            "segment": profile.segment,
-            "preferred_channel": profile.preferred_channel,
-            "reachable_channels": sorted(profile.reachable_channels),
-            "consents": dict(profile.consents),
-            "timezone": profile.timezone,
-            "attributes": dict(profile.attributes),
-        }
-    )
+    """The profile as stored; ``holdings`` only when it holds products (a profile without any is written
+    as before holdings existed)."""
+    data: dict[str, Any] = {
+        "first_name": profile.first_name,
+        "segment": profile.segment,
+        "preferred_channel": profile.preferred_channel,
+        "reachable_channels": sorted(profile.reachable_channels),
+        "consents": dict(profile.consents),
+        "timezone": profile.timezone,
+        "attributes": dict(profile.attributes),
+    }
+    if profile.holdings:
+        data["holdings"] = sorted(profile.holdings)
+    return dumps(data)
 
 
 def decode_profile(customer_id: str, raw: bytes | str | None) -> CustomerProfile:
@@ -63,6 +68,7 @@ def decode_profile(customer_id: str, raw: bytes | str | None) -> CustomerProfile
         consents=data.get("consents", {}),
         timezone=data.get("timezone") or "UTC",
         attributes=data.get("attributes", {}),
+        holdings=frozenset(data.get("holdings", ())),
     )
 
 
@@ -110,10 +116,11 @@ def decode_context(
     raw_contacts: Iterable[tuple[bytes, Any]],
     raw_open: Iterable[tuple[bytes, bytes]],
     raw_declines: Iterable[tuple[bytes, Any]],
+    raw_accepted: Iterable[tuple[bytes, Any]] = (),
 ) -> CustomerContext:
-    """A decision's context from the five reads of one customer (see ``StateStore.read_context``).
+    """A decision's context from the six reads of one customer (see ``StateStore.read_context``).
 
-    Contacts and declines are (member, score) pairs, open journeys (field, value) pairs.
+    Contacts, declines and accepted offers are (member, score) pairs, open journeys (field, value) pairs.
     """
     return CustomerContext(
         profile=decode_profile(customer_id, raw_profile),
@@ -124,4 +131,16 @@ def decode_context(
         open_journeys=tuple(decode_open_journey(field, value) for field, value in raw_open),
         request_attributes=request_attributes,
         declines=tuple((float(score), member.split(b"|", 1)[0].decode()) for member, score in raw_declines),
+        accepted=tuple(decode_accepted(member, score) for member, score in raw_accepted),
     )
+
+
+def accepted_member(offer_id: str, product: str, decision_id: str) -> str:
+    """A member of the customer's accepted offers (:func:`nba_service.store.keys.accepted`)."""
+    return f"{offer_id}|{product}|{decision_id}"
+
+
+def decode_accepted(member: bytes, score: Any) -> tuple[float, str, str]:
+    """(time, offer id, product) of an accepted-offers member."""
+    offer_id, product, _ = member.decode().split("|", 2)
+    return float(score), offer_id, product

@@ -16,33 +16,58 @@
 
         rediss://nba:PASSWORD@/0?ssl_ca_certs=/etc/nba/redis/ca.pem&sentinel_password=SENTINEL-PASSWORD
 ``cluster``
-    Refused: Redis Cluster needs a key layout nba does not have yet.
+    A Redis Cluster, discovered from ``redis_url``: the ``redis://`` or ``rediss://`` URL of any of its nodes,
+    whose user, password and TLS options are those of every node (database 0: a cluster has no other). The
+    clients are redis-py's cluster clients (``redis.cluster.RedisCluster``, and its asyncio twin for the request
+    path): they read the slot map from the cluster and follow ``MOVED`` and ``ASK`` while slots move. The
+    decision path's script connection
+    (:class:`~nba_service.store.script_connection.ClusterScriptConnection`) keeps one pipelined connection per
+    primary, still one round trip per script call, and follows ``MOVED``, ``ASK`` and ``TRYAGAIN`` itself. Every
+    key one script touches shares one hash slot (:mod:`nba_service.store.keys`). Pub/sub (the policy and model
+    change notices) goes through one node, another one after a lost connection (:func:`pubsub_for`): a
+    ``PUBLISH`` on any node reaches the subscribers of every node. TLS options the cluster clients do not take
+    (:data:`CLUSTER_UNSUPPORTED_TLS`) are refused::
 
-The clients of :func:`sync_client` and :func:`async_client` take redis-py's usual options; the script
-connection that reaches what an asyncio client reaches is :func:`script_connection_for`.
+        rediss://nba:PASSWORD@redis-cluster-0.redis-cluster:6379?ssl_ca_certs=/etc/nba/redis/ca.pem
+
+The clients of :func:`sync_client` and :func:`async_client` take redis-py's usual options (in cluster mode
+the sync client drops those its nodes' clients do not take, ``retry_on_error`` and ``health_check_interval``:
+it retries a lost connection itself, ``retry`` telling how often); they are typed as redis-py's ``Redis``
+clients in every mode, as the cluster clients serve the same single-slot commands. The script connection that
+reaches what an asyncio client reaches is :func:`script_connection_for`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import RedisCluster
 from redis.connection import parse_url
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from nba_service.domain.enums import RedisMode
-from nba_service.store.script_connection import ScriptConnection, SentinelScriptConnection
+from nba_service.store.script_connection import (
+    ClusterScriptConnection,
+    EventCallback,
+    ScriptConnection,
+    SentinelScriptConnection,
+)
 from nba_service.store.urls import TLS_OPTIONS, check_redis_url, redacted_url, url_from_options
 
 __all__ = [
+    "CLUSTER_UNSUPPORTED_TLS",
     "SENTINEL_PARAMETERS",
     "SENTINEL_TIMEOUT_SECONDS",
     "RedisSettings",
@@ -50,6 +75,7 @@ __all__ = [
     "async_client",
     "clients",
     "primary_address",
+    "pubsub_for",
     "script_connection_for",
     "sync_client",
 ]
@@ -59,6 +85,12 @@ SENTINEL_PARAMETERS = ("sentinel_username", "sentinel_password")
 SENTINEL_TIMEOUT_SECONDS = 0.5
 """How long one sentinel has to answer (connect, then reply) before the next one is asked; sentinels are
 asked one after the other, and only when a connection to the primary is made."""
+CLUSTER_UNSUPPORTED_TLS = ("ssl_ca_path", "ssl_password", "ssl_min_version", "ssl_ciphers")
+"""TLS options of ``redis_url`` refused in cluster mode: redis-py's asyncio cluster client does not take the first
+two, its sync one drops the last two (the connection would silently lack them). ``ssl_ca_certs`` or
+``ssl_ca_data`` give the CA instead of ``ssl_ca_path``; an unencrypted key file replaces ``ssl_password``."""
+_CLUSTER_DROPPED = ("retry_on_error", "health_check_interval")
+"""Options of the sync client its cluster twin does not pass on to its nodes' clients."""
 
 
 class RedisSettings(Protocol):
@@ -81,7 +113,8 @@ class RedisTarget:
     """Which Redis nba keeps its state in, and how it reaches it (see the module's doc)."""
 
     url: str = ""
-    """standalone: the Redis; sentinel: the user, password, database and TLS options (its host is not used)."""
+    """standalone: the Redis; sentinel: the user, password, database and TLS options (its host is not used);
+    cluster: any node, with the user, password and TLS options of all."""
     mode: RedisMode = RedisMode.STANDALONE
     sentinels: tuple[tuple[str, int], ...] = ()
     """sentinel: the sentinels' addresses."""
@@ -103,16 +136,21 @@ class RedisTarget:
     def sentinel(self) -> bool:
         return self.mode is RedisMode.SENTINEL
 
+    @property
+    def cluster(self) -> bool:
+        return self.mode is RedisMode.CLUSTER
+
     def check(self) -> None:
         """ValueError, naming the setting and never the password, for a target nba cannot connect to."""
-        if self.mode is RedisMode.CLUSTER:
-            raise ValueError("redis_mode: 'cluster' is not supported yet (use 'standalone' or 'sentinel')")
         if self.url:
             try:
                 check_redis_url(self.url)
             except ValueError as exc:
                 raise ValueError(f"redis_url: {exc}") from None
         given = [name for name in SENTINEL_PARAMETERS if name in _parameters(self.url)]
+        if self.cluster:
+            self._check_cluster(given)
+            return
         if not self.sentinel:
             if given:
                 raise ValueError(f"redis_url: {', '.join(given)} are for redis_mode 'sentinel' only")
@@ -122,8 +160,37 @@ class RedisTarget:
         if self.url and not self.url.startswith(("redis://", "rediss://")):
             raise ValueError(f"redis_url: {redacted_url(self.url)}: sentinel mode needs a redis:// or rediss:// URL")
 
+    def _check_cluster(self, sentinel_parameters: list[str]) -> None:
+        shown = redacted_url(self.url)
+        if not self.url:
+            raise ValueError(
+                "redis_url: redis_mode 'cluster' needs the redis:// or rediss:// URL of a cluster node "
+                "(e.g. redis://redis-cluster-0:6379)"
+            )
+        if not self.url.startswith(("redis://", "rediss://")):
+            raise ValueError(f"redis_url: {shown}: cluster mode needs the redis:// or rediss:// URL of a node")
+        if sentinel_parameters:
+            raise ValueError(f"redis_url: {', '.join(sentinel_parameters)} are for redis_mode 'sentinel' only")
+        if self.sentinels:
+            raise ValueError(
+                "redis_sentinels: given, but redis_mode is 'cluster' (the cluster is found from redis_url)"
+            )
+        options = _parameters(self.url)
+        if options.get("db"):
+            raise ValueError(
+                f"redis_url: {shown}: a Redis Cluster has database 0 only (the URL selects {options['db']})"
+            )
+        refused = [name for name in CLUSTER_UNSUPPORTED_TLS if options.get(name) is not None]
+        if refused:
+            raise ValueError(
+                f"redis_url: {', '.join(refused)}: not supported in cluster mode (redis-py's cluster clients do not "
+                "take them); give the CA with ssl_ca_certs and an unencrypted key file"
+            )
+
     def describe(self) -> str:
         """The target for a log line or ``nba status``, the passwords masked."""
+        if self.cluster:
+            return f"Redis Cluster via {redacted_url(self.url)}"
         if not self.sentinel:
             return redacted_url(self.url)
         where = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
@@ -181,8 +248,25 @@ class _AsyncSentinelPrimary(aioredis.Redis):
 
 
 def sync_client(target: RedisTarget, **options: Any) -> redis.Redis:
-    """A redis-py client of the target (its primary in sentinel mode) with ``options`` (timeouts, retry, ...)."""
+    """A redis-py client of the target (its primary in sentinel mode) with ``options`` (timeouts, retry, ...).
+
+    Cluster mode: redis-py's ``RedisCluster``, which reads the slot map at once (a ConnectionError when no node
+    of the URL's cluster answers).
+    """
     target.check()
+    if target.cluster:
+        kept = {name: value for name, value in options.items() if name not in _CLUSTER_DROPPED}
+        # the URL's parts as arguments, not from_url: the nodes' clients then close their connections on close()
+        parts = _parameters(target.url)
+        parts.pop("db", None)  # 0 (check refuses another); the cluster client refuses the argument itself
+        if parts.pop("connection_class", None) is redis.SSLConnection:
+            parts["ssl"] = True
+        try:
+            cluster = RedisCluster(**parts, **kept)
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(f"redis_url: {redacted_url(target.url)}: {exc}") from exc
+        # typed as the client of the other modes: it serves the same single-slot commands
+        return cast(redis.Redis, cluster)
     if not target.sentinel:
         return redis.Redis.from_url(target.url, **options)
     primary, sentinel = _sentinel_parts(target)
@@ -191,8 +275,12 @@ def sync_client(target: RedisTarget, **options: Any) -> redis.Redis:
 
 
 def async_client(target: RedisTarget, **options: Any) -> aioredis.Redis:
-    """A redis-py asyncio client of the target (its primary in sentinel mode) with ``options``."""
+    """A redis-py asyncio client of the target (its primary in sentinel mode; redis-py's asyncio
+    ``RedisCluster`` in cluster mode, which reads the slot map at its first command) with ``options``."""
     target.check()
+    if target.cluster:
+        # typed as the client of the other modes: it serves the same single-slot commands
+        return cast(aioredis.Redis, AsyncRedisCluster.from_url(target.url, **options))
     if not target.sentinel:
         return aioredis.Redis.from_url(target.url, **options)
     primary, sentinel = _sentinel_parts(target)
@@ -221,13 +309,29 @@ def clients(target: RedisTarget) -> tuple[aioredis.Redis, redis.Redis]:
     return async_redis, sync_redis
 
 
-def script_connection_for(client: aioredis.Redis, url: str, timeout: float = 2.0) -> ScriptConnection:
-    """The decision path's script connection to what ``client`` reaches: the Redis of ``url`` or, for a client
-    of :func:`async_client` in sentinel mode, the primary of the same sentinels, found again at every reconnect,
-    with the client's credentials, database and TLS (``url`` is not used then)."""
+def script_connection_for(
+    client: aioredis.Redis, url: str = "", timeout: float = 2.0, *, on_event: EventCallback | None = None
+) -> ScriptConnection:
+    """The decision path's script connection to what ``client`` reaches: the Redis of ``url`` (empty: the one
+    ``client`` connects to, as it connects) or, for a client of :func:`async_client` in sentinel mode, the
+    primary of the same sentinels, found again at every reconnect, with the client's credentials, database and
+    TLS (``url`` is not used then); for a cluster client, the cluster of ``url``'s node (and of the client's
+    startup nodes). ``on_event(kind, node)`` hears of its redirects and errors
+    (:data:`~nba_service.store.script_connection.EVENT_KINDS`)."""
+    if isinstance(client, AsyncRedisCluster):
+        seeds = [(node.host, int(node.port)) for node in client.nodes_manager.startup_nodes.values()]
+        if not url:
+            kwargs = client.nodes_manager.connection_kwargs
+            tls = issubclass(kwargs.get("connection_class", aioredis.Connection), aioredis.SSLConnection)
+            url = url_from_options({**kwargs, "host": seeds[0][0], "port": seeds[0][1]}, tls=tls)
+        return ClusterScriptConnection(url, timeout, seeds=seeds, on_event=on_event)
     pool = client.connection_pool
     if not isinstance(pool, AsyncSentinelConnectionPool):
-        return ScriptConnection(url, timeout)
+        if not url:
+            url = url_from_options(
+                pool.connection_kwargs, tls=issubclass(pool.connection_class, aioredis.SSLConnection)
+            )
+        return ScriptConnection(url, timeout, on_event=on_event)
     manager = pool.sentinel_manager
     options = {name: value for name, value in pool.connection_kwargs.items() if name != "connection_pool"}
     tls = issubclass(pool.connection_class, aioredis.SSLConnection)
@@ -241,13 +345,68 @@ def script_connection_for(client: aioredis.Redis, url: str, timeout: float = 2.0
         pool.service_name,
         sentinel_options=dict(manager.sentinel_kwargs),
         timeout=timeout,
+        on_event=on_event,
     )
+
+
+def pubsub_for(client: aioredis.Redis) -> PubSub:
+    """A pub/sub of what ``client`` (of :func:`async_client`) reaches; in cluster mode one node's, another node
+    of the cluster's at each new connection (after :meth:`~redis.asyncio.client.PubSub.aclose`).
+
+    redis-py's own cluster pub/sub stays on the node it first picked, even when that node is gone for good;
+    this one moves on, which a subscriber to ``PUBLISH`` can: a message published on any node reaches the
+    subscribers of every node.
+    """
+    if isinstance(client, AsyncRedisCluster):
+        return _ClusterNodePubSub(client)
+    return client.pubsub()
+
+
+class _ClusterNodePubSub(PubSub):
+    """Pub/sub on one node of a cluster at a time: at each new connection the next node the cluster names."""
+
+    def __init__(self, cluster: AsyncRedisCluster) -> None:
+        self._cluster = cluster
+        self._turn = 0
+        self.node = ""
+        """The node (``host:port``) subscribed to now."""
+        super().__init__(connection_pool=cast(aioredis.ConnectionPool, None), encoder=cluster.encoder)
+
+    async def connect(self) -> None:
+        if self.connection is None:
+            await self._next_node()
+        await super().connect()
+
+    async def _next_node(self) -> None:
+        try:
+            await self._cluster.initialize()
+        except RedisClusterException as exc:  # not a RedisError: callers handle those
+            raise redis.ConnectionError(f"cannot reach the Redis Cluster: {exc}") from exc
+        nodes = sorted(self._cluster.get_nodes(), key=lambda node: node.name)
+        if not nodes:
+            raise redis.ConnectionError("the Redis Cluster names no node")
+        node = nodes[self._turn % len(nodes)]
+        self._turn += 1
+        old, self.connection_pool = (
+            self.connection_pool,
+            aioredis.ConnectionPool(
+                connection_class=node.connection_class, max_connections=1, **node.connection_kwargs
+            ),
+        )
+        self.node = node.name
+        if old is not None:
+            await old.aclose()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.connection_pool is not None:
+            await self.connection_pool.aclose()
 
 
 def primary_address(client: redis.Redis) -> tuple[str, int] | None:
     """The primary a sentinel-mode client reaches now, as the sentinels name it (None for a standalone one).
     A ConnectionError (redis-py's ``MasterNotFoundError``) while they name none."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)  # a cluster client has none
     if not isinstance(pool, SentinelConnectionPool):
         return None
     host, port = pool.get_master_address()

@@ -3,7 +3,8 @@
 Issues the same reads as :meth:`nba_service.store.state.StateStore.read_context`
 and decodes them with the same function (:func:`nba_service.store.codec.decode_context`):
 profile, recent journey, contacts within the longest limit window, open
-journeys, declines within the longest suppression window. It uses a synchronous
+journeys, declines within the longest suppression window, offers accepted
+within the longest ``accepted_window``. It uses a synchronous
 client, one round trip, and never writes: no script is loaded, no key is touched.
 """
 
@@ -35,6 +36,7 @@ class ContextReader:
         request_attributes: Mapping[str, str] | None = None,
         contact_window: float = 0.0,
         suppression_window: float = 0.0,
+        accepted_window: float = 0.0,
     ) -> CustomerContext:
         """The customer's context at ``now``; an unknown customer gets the defaults (``profile.known`` false)."""
         with self._redis.pipeline(transaction=True) as pipe:  # MULTI of reads: one consistent view
@@ -48,7 +50,13 @@ class ContextReader:
                 "+inf",
                 withscores=True,
             )
-            raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = pipe.execute()
+            pipe.zrangebyscore(
+                keys.accepted(customer_id),
+                f"{now - accepted_window:.3f}" if accepted_window > 0 else "+inf",
+                "+inf",
+                withscores=True,
+            )
+            raw_profile, raw_journey, raw_contacts, raw_open, raw_declines, raw_accepted = pipe.execute()
         return codec.decode_context(
             customer_id,
             now,
@@ -59,4 +67,5 @@ class ContextReader:
             raw_contacts,
             raw_open.items(),
             raw_declines,
+            raw_accepted,
         )

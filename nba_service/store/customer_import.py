@@ -10,10 +10,13 @@ the consent audit with the caller, in the same script as the profile.
 
 CSV columns: ``customer_id`` (required), ``first_name``, ``segment``,
 ``preferred_channel``, ``reachable_channels`` (ids separated by ``;``),
-``timezone``, ``consent_<channel>`` (yes/no, true/false, 1/0) and any other
-column as a free attribute. JSON lines: one object per line with the same
-names, ``reachable_channels`` as a list and ``consents`` and ``attributes``
-as objects.
+``timezone``, ``holdings`` (product ids separated by ``;``),
+``consent_<channel>`` (yes/no, true/false, 1/0) and any other column as a
+free attribute. JSON lines: one object per line with the same names,
+``reachable_channels`` and ``holdings`` as lists and ``consents`` and
+``attributes`` as objects. Holdings are merged as consents are: the products
+a row lists are added, the stored ones kept (a ``product_opened`` event may
+have added them since the last export).
 """
 
 from __future__ import annotations
@@ -40,7 +43,15 @@ __all__ = ["ImportReport", "import_customers", "profile_from_record", "read_reco
 
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
-_CSV_FIELDS = {"customer_id", "first_name", "segment", "preferred_channel", "reachable_channels", "timezone"}
+_CSV_FIELDS = {
+    "customer_id",
+    "first_name",
+    "segment",
+    "preferred_channel",
+    "reachable_channels",
+    "timezone",
+    "holdings",
+}
 
 
 @dataclasses.dataclass
@@ -72,16 +83,23 @@ def _strings(field: str, value: Any) -> Mapping[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
 
 
+def _id_list(record: Mapping[str, Any], field: str, what: str) -> list[str]:
+    """A list of ids: a JSON list, or text separated by ``;`` (or ``,``) in a CSV column."""
+    value = record.get(field) or []
+    if isinstance(value, str):
+        value = [v.strip() for v in value.replace(",", ";").split(";") if v.strip()]
+    if not isinstance(value, list):
+        raise ValidationError(field, f"must be a list of {what}")
+    return [str(v) for v in value]
+
+
 def profile_from_record(record: Mapping[str, Any]) -> CustomerProfile:
     """A checked profile from one JSON object or CSV row."""
     customer_id = record.get("customer_id")
     if not isinstance(customer_id, str) or not customer_id.strip():
         raise ValidationError("customer_id", "is required")
-    reachable = record.get("reachable_channels") or []
-    if isinstance(reachable, str):
-        reachable = [c.strip() for c in reachable.replace(",", ";").split(";") if c.strip()]
-    if not isinstance(reachable, list):
-        raise ValidationError("reachable_channels", "must be a list of channel ids")
+    reachable = _id_list(record, "reachable_channels", "channel ids")
+    holdings = _id_list(record, "holdings", "product ids")
     consents = {
         str(k): _bool(f"consents.{k}", v) for k, v in _strings("consents", record.get("consents") or {}).items()
     }
@@ -97,10 +115,11 @@ def profile_from_record(record: Mapping[str, Any]) -> CustomerProfile:
             first_name=str(record.get("first_name") or ""),
             segment=str(record.get("segment") or ""),
             preferred_channel=str(record.get("preferred_channel") or ""),
-            reachable_channels=frozenset(str(c) for c in reachable),
+            reachable_channels=frozenset(reachable),
             consents=consents,
             timezone=str(record.get("timezone") or "UTC"),
             attributes=attributes,
+            holdings=frozenset(holdings),
         )
     )
 
@@ -182,7 +201,10 @@ def _write(client: redis.Redis, rows: list[tuple[int, CustomerProfile]], caller:
                     assert secret is not None
                     customer = audit.pseudonym(secret, update.customer_id)
                 script_keys, script_args = _UPSERT_SCRIPT.bind(
-                    {"profile": keys.profile(update.customer_id), "audit": keys.CONSENT_AUDIT},
+                    {
+                        "profile": keys.profile(update.customer_id),
+                        "audit": keys.consent_audit(keys.bucket_of(update.customer_id)),
+                    },
                     {
                         "expected": raw if raw is not None else b"",
                         "profile": codec.encode_profile(merged),
@@ -194,7 +216,8 @@ def _write(client: redis.Redis, rows: list[tuple[int, CustomerProfile]], caller:
                         "audit_maxlen": audit.AUDIT_MAXLEN,
                     },
                 )
-                pipe.evalsha(sha, len(script_keys), *script_keys, *script_args)
+                # execute_command: redis-py's cluster pipeline refuses evalsha() by name, not the command
+                pipe.execute_command("EVALSHA", sha, len(script_keys), *script_keys, *script_args)
                 planned.append((line, update, raw is None, len(changes)))
             written = pipe.execute()
         pending = []

@@ -1,9 +1,9 @@
 """Heartbeats: which ``nba serve`` processes use this Redis, and what they serve.
 
-Each server process keeps a hash ``nba:server:<id>`` (``<id>`` = host:pid): its address, pid, release,
+Each server process keeps a hash ``nba:{g}:server:<id>`` (``<id>`` = host:pid): its address, pid, release,
 mode, start time and the policy and model versions it serves. It rewrites it every
 :data:`HEARTBEAT_SECONDS` (and at once when it swaps a version) with a TTL of :data:`HEARTBEAT_TTL_SECONDS`,
-and deletes it when it stops; the hash of a server that died expires. The sorted set ``nba:servers``
+and deletes it when it stops; the hash of a server that died expires. The sorted set ``nba:{g}:servers``
 names them (scored by the last beat), so ``nba status`` reads them without scanning the keyspace; its
 members whose hash has expired are skipped, and trimmed by the next beat.
 

@@ -2,10 +2,11 @@
 
 The learner publishes a snapshot every N outcomes or T seconds as a new
 version, moves the live pointer and announces it on pub/sub, in one
-transaction that also acknowledges the stream entries the snapshot contains
-(so a restart resumes from the last snapshot and re-learns exactly what came
-after it). Serving replicas load the live version; ``nba model rollback``
-moves the pointer back. Rollbacks and promotions are logged in the change log
+transaction that also records, per bucket, the last outcome-stream entry the
+snapshot contains (so a restart resumes from the last snapshot and re-learns
+exactly what came after it: :mod:`~nba_service.store.outcome_stream`).
+Serving replicas load the live version; ``nba model rollback`` moves the
+pointer back. Rollbacks and promotions are logged in the change log
 (:mod:`~nba_service.store.change_log`) by the script that makes the version
 live; the learner's own snapshots are not (:meth:`ModelStore.history` lists them).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import cast
 
 import redis
@@ -50,13 +51,15 @@ class ModelStore:
         data: bytes,
         updates: int,
         source: str = "learner",
-        acknowledge: Sequence[bytes | str] = (),
+        watermarks: Mapping[int, bytes] | None = None,
         challenger: bytes | None = None,
         guard: str | None = None,
         promoted_by: tuple[str, str] | None = None,
     ) -> int:
-        """Store ``data`` as a new live version; acknowledge the stream entries it contains.
+        """Store ``data`` as a new live version.
 
+        ``watermarks``: per bucket, the last outcome-stream entry ``data`` learned (the learner acknowledges
+        the entries once the version is published; see :mod:`~nba_service.store.outcome_stream`).
         ``challenger``: the challenger models trained on the same outcomes, stored with it;
         ``guard``: the challenger's guard (:class:`~nba_service.learning.guard.ChallengerGuard` as JSON);
         ``promoted_by``: (author, message) of a promotion: it is logged, and the challenger with its
@@ -78,13 +81,11 @@ class ModelStore:
                 pipe.set(keys.MODEL_CHALLENGER_VERSION, version)
                 if guard is not None:
                     pipe.set(keys.MODEL_CHALLENGER_GUARD, guard)
-            if acknowledge:
-                pipe.xack(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, *acknowledge)
+            if watermarks:
+                pipe.hset(keys.LEARNER_WATERMARKS, mapping={str(b): i for b, i in watermarks.items()})
             if version > KEEP_VERSIONS:
                 pipe.delete(keys.model_version(version - KEEP_VERSIONS))
-            if promoted_by is None:
-                pipe.publish(keys.MODEL_CHANNEL, str(version))
-            else:
+            if promoted_by is not None:
                 make_live(
                     pipe,
                     what="model",
@@ -98,6 +99,9 @@ class ModelStore:
                     when=now,
                 )
             pipe.execute()
+        if promoted_by is None:
+            # after the transaction: a Redis Cluster refuses PUBLISH in one (make_live publishes from its script)
+            self._redis.publish(keys.MODEL_CHANNEL, str(version))
         return version
 
     def live(self) -> int | None:
@@ -124,6 +128,11 @@ class ModelStore:
             pipe.get(keys.MODEL_CHALLENGER)
             live, version, data = pipe.execute()
         return data if live is not None and live == version else None
+
+    def watermarks(self) -> dict[int, bytes]:
+        """Per bucket, the last outcome-stream entry a published version learned."""
+        raw = cast("dict[bytes, bytes]", self._redis.hgetall(keys.LEARNER_WATERMARKS))
+        return {int(bucket): entry_id for bucket, entry_id in raw.items()}
 
     def load_guard(self) -> bytes | None:
         """The challenger's guard as the learner last published it (None: no trial yet)."""

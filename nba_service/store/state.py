@@ -30,8 +30,8 @@ from nba_service.domain import (
     StoreUnavailableError,
     WriteResult,
 )
-from nba_service.domain.journeys import journey_fields, open_journey_change
-from nba_service.domain.profile_update import Erasure, ProfileMask, apply_update, consent_changes
+from nba_service.domain.journeys import journey_fields, open_journey_change, opened_product
+from nba_service.domain.profile_update import Erasure, ProfileMask, apply_update, consent_changes, with_holding
 from nba_service.store import audit, codec, keys
 from nba_service.store.connect import script_connection_for
 from nba_service.store.script_connection import LuaScript, ScriptConnection
@@ -42,8 +42,10 @@ __all__ = ["Budget", "StateStore", "budget_key"]
 JOURNEY_TTL_SECONDS = 90 * 86400
 DECLINES_KEPT_SECONDS = 365 * 86400
 """Declines older than this are dropped; ``suppress_after`` windows are at most this long."""
-OUTCOME_STREAM_MAXLEN = 1_000_000
-"""The outcome stream is trimmed (approximately) to this many entries."""
+ACCEPTED_KEPT_SECONDS = 365 * 86400
+"""Accepted offers older than this are dropped; ``accepted_window`` windows are at most this long."""
+OUTCOME_STREAM_MAXLEN = 10_000
+"""Each bucket's outcome stream is trimmed (approximately) to this many entries (2.56 million in all)."""
 UPDATE_RETRIES = 10
 """Times a profile update (or an erasure) is read and tried again while other writes to the customer win."""
 ERASE_BATCH = 1000
@@ -100,19 +102,35 @@ return 1
     args=("now", "member", "keep_seconds"),
 )
 
+# The customer's accepted offers, for "not offered again within accepted_window": one member per
+# accepted decision (offer|product|decision id), scored by the first acceptance or conversion (NX: a
+# retried report, or a conversion after the acceptance, adds nothing), older ones trimmed.
+_ACCEPTED_SCRIPT = LuaScript(
+    """
+redis.call('ZADD', K.accepted, 'NX', A.now, A.member)
+redis.call('ZREMRANGEBYSCORE', K.accepted, '-inf', tonumber(A.now) - tonumber(A.keep_seconds))
+redis.call('EXPIRE', K.accepted, A.keep_seconds)
+return 1
+""",
+    keys=("accepted",),
+    args=("now", "member", "keep_seconds"),
+)
+
 # Reads a decision's whole context in one command: profile, recent journey,
 # contacts within the longest limit window (member, score pairs), open journeys,
-# declines within the longest suppression window.
+# declines within the longest suppression window, offers accepted within the
+# longest accepted_window.
 _READ_SCRIPT = LuaScript(
     """
 return {redis.call('GET', K.profile) or false,
         redis.call('LRANGE', K.journey, 0, tonumber(A.last_event)),
         redis.call('ZRANGEBYSCORE', K.contacts, A.contacts_since, '+inf', 'WITHSCORES'),
         redis.call('HGETALL', K.open_journeys),
-        redis.call('ZRANGEBYSCORE', K.declines, A.declines_since, '+inf', 'WITHSCORES')}
+        redis.call('ZRANGEBYSCORE', K.declines, A.declines_since, '+inf', 'WITHSCORES'),
+        redis.call('ZRANGEBYSCORE', K.accepted, A.accepted_since, '+inf', 'WITHSCORES')}
 """,
-    keys=("profile", "journey", "contacts", "open_journeys", "declines"),
-    args=("last_event", "contacts_since", "declines_since"),
+    keys=("profile", "journey", "contacts", "open_journeys", "declines", "accepted"),
+    args=("last_event", "contacts_since", "declines_since", "accepted_since"),
 )
 
 # What a moment does to the journey, shared by the scripts that record one (with or without a decision):
@@ -147,6 +165,26 @@ end
 """
 _JOURNEY_ARGS = ("journey_entry", "journey_max", "journey_ttl", "open_op", "open_field", "open_value")
 
+# An offer's budget, on the offer's own slot (keys.budget): a decision takes one unit before it is
+# written (1) or learns that none is left (0); a unit is given back when the write then refused.
+_RESERVE_SCRIPT = LuaScript(
+    """
+if tonumber(redis.call('GET', K.budget) or '0') >= tonumber(A.max) then return 0 end
+redis.call('INCR', K.budget)
+redis.call('EXPIRE', K.budget, A.ttl)
+return 1
+""",
+    keys=("budget",),
+    args=("max", "ttl"),
+)
+_RELEASE_SCRIPT = LuaScript(
+    """
+if tonumber(redis.call('GET', K.budget) or '0') > 0 then return redis.call('DECR', K.budget) end
+return 0
+""",
+    keys=("budget",),
+)
+
 # Records one decision atomically (a script runs whole or not at all): the decision
 # hash with its TTL, the journey entry, the decision's place in the customer's decision
 # index (scored by time, trimmed to the decisions' TTL: erasure finds them all), the contact
@@ -160,13 +198,6 @@ if A.contact ~= '' and A.contacts_since ~= '' and
   -- another request sent this customer something since the context was read: the caps
   -- were checked against a stale history, so refuse and let the caller decide again
   return -1
-end
-if A.budget_max ~= '' then
-  -- the offer's global budget: take one unit, or refuse the whole write when none is left
-  local used = tonumber(redis.call('GET', K.budget) or '0')
-  if used >= tonumber(A.budget_max) then return 0 end
-  redis.call('INCR', K.budget)
-  redis.call('EXPIRE', K.budget, A.budget_ttl)
 end
 redis.call('HSET', K.decision, 'customer_id', A.customer_id, 'offer_id', A.offer_id, 'channel', A.channel,
            'prior', A.prior, 'features', A.features, 'meta', A.meta, 'reward_on', A.reward_on)
@@ -186,7 +217,7 @@ if A.pending_until ~= '' then
 end
 return 1
 """.replace("JOURNEY", _JOURNEY_LUA.strip()),
-    keys=("decision", "journey", "decision_index", "contacts", "open_journeys", "pending", "budget"),
+    keys=("decision", "journey", "decision_index", "contacts", "open_journeys", "pending"),
     args=(
         *_JOURNEY_ARGS,
         "decision_ttl",
@@ -201,8 +232,6 @@ return 1
         "prior",
         "features",
         "meta",
-        "budget_max",
-        "budget_ttl",
         "contacts_since",
         "contacts_read",
         "reward_on",
@@ -216,6 +245,36 @@ _EVENT_SCRIPT = LuaScript(
     _JOURNEY_LUA + "return closed\n",
     keys=("journey", "open_journeys"),
     args=_JOURNEY_ARGS,
+)
+
+# Records a product_opened moment without a decision: the journey entry and the profile with the product
+# among its holdings, atomically, if the stored profile is still the one the holding was added to ("" when
+# there was none): the compare and set of a profile update, so a concurrent update is never lost (the
+# loser reads again). ``profile`` is "" when the customer held the product already. Replies -1 when the
+# profile changed (nothing written), else with the journeys closed.
+_PRODUCT_EVENT_SCRIPT = LuaScript(
+    """
+if (redis.call('GET', K.profile) or '') ~= A.expected then return -1 end
+"""
+    + _JOURNEY_LUA
+    + """
+if A.profile ~= '' then redis.call('SET', K.profile, A.profile) end
+return closed
+""",
+    keys=("journey", "open_journeys", "profile"),
+    args=(*_JOURNEY_ARGS, "expected", "profile"),
+)
+
+# Stores a profile with a product added to its holdings (after a decided product_opened moment), with the
+# same compare and set: 0 when the profile changed since it was read.
+_HOLDING_SCRIPT = LuaScript(
+    """
+if (redis.call('GET', K.profile) or '') ~= A.expected then return 0 end
+redis.call('SET', K.profile, A.profile)
+return 1
+""",
+    keys=("profile",),
+    args=("expected", "profile"),
 )
 
 # Stores a profile updated in Python, with its consent changes in the audit, if the stored
@@ -250,6 +309,7 @@ _ERASE_KEYS = (
     "contacts",
     "open_journeys",
     "declines",
+    "accepted",
     "decision_index",
     "decisions",
     "pending",
@@ -278,8 +338,9 @@ for i = first_key, #KEYS do
   redis.call('LREM', K.decisions, 0, id)
 end
 if A.final ~= '1' then return {0, deleted} end
-local stored = redis.call('EXISTS', K.profile, K.journey, K.contacts, K.open_journeys, K.declines)
-redis.call('DEL', K.profile, K.journey, K.contacts, K.open_journeys, K.declines, K.decision_index, K.decisions)
+local stored = redis.call('EXISTS', K.profile, K.journey, K.contacts, K.open_journeys, K.declines, K.accepted)
+redis.call('DEL', K.profile, K.journey, K.contacts, K.open_journeys, K.declines, K.accepted, K.decision_index,
+           K.decisions)
 redis.call('XADD', K.audit, 'MAXLEN', '~', A.audit_maxlen, '*', 'customer', A.customer, 'action', 'erased',
            'channel', '', 'old', '', 'new', '', 'caller', A.caller, 'ts', A.ts, 'request_id', A.request_id)
 return {stored, deleted}
@@ -351,9 +412,12 @@ class StateStore:
         request_attributes: Mapping[str, str] | None = None,
         contact_window: float = 0.0,
         suppression_window: float = 0.0,
+        accepted_window: float = 0.0,
     ) -> CustomerContext:
-        """Profile, recent journey, contact history and open journeys in one round trip."""
-        raw_profile, raw_journey, raw_contacts, raw_open, raw_declines = await self._scripts.run(
+        """Profile, recent journey, contact history, open journeys, declines and accepted offers in one round
+        trip (declines within ``suppression_window``, accepted offers within ``accepted_window``: none
+        when 0)."""
+        raw_profile, raw_journey, raw_contacts, raw_open, raw_declines, raw_accepted = await self._scripts.run(
             _READ_SCRIPT,
             keys={
                 "profile": keys.profile(customer_id),
@@ -361,11 +425,13 @@ class StateStore:
                 "contacts": keys.contacts(customer_id),
                 "open_journeys": keys.open_journeys(customer_id),
                 "declines": keys.declines(customer_id),
+                "accepted": keys.accepted(customer_id),
             },
             args={
                 "last_event": self.context_events - 1,
                 "contacts_since": f"{now - contact_window:.3f}",
                 "declines_since": f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf",
+                "accepted_since": f"{now - accepted_window:.3f}" if accepted_window > 0 else "+inf",
             },
             retry=True,
         )  # a read: safe to run again after a dropped connection
@@ -379,6 +445,7 @@ class StateStore:
             codec.pairs(raw_contacts),
             codec.pairs(raw_open),
             codec.pairs(raw_declines),
+            codec.pairs(raw_accepted),
         )
 
     async def write_decision(
@@ -399,12 +466,56 @@ class StateStore:
     ) -> WriteResult:
         """Record the decision, append the event to the journey and count the contact: one atomic script.
 
-        ``budget`` is the chosen offer's global budget; ``trial`` the champion/challenger weights
-        (:func:`~nba_service.learning.guard.trial_weights`) the outcome carries to the learner's guard.
-        Nothing is written unless the
-        result is :attr:`~WriteResult.WRITTEN`.
+        ``budget`` is the chosen offer's global budget: a unit of it is reserved first, on the budget's own
+        slot (one more script call, only for an offer with a budget), and given back when the write refuses
+        (:attr:`~WriteResult.CONTACTS_CHANGED`). A budget is never overspent, on one Redis or across a
+        cluster's shards. It can be underspent by the units of writes whose outcome is unknown (a
+        connection lost while the script ran, the process killed between the two calls): those are not
+        given back, as the decision may have been recorded; at most one unit per decision in flight.
+        ``trial`` is the champion/challenger weights (:func:`~nba_service.learning.guard.trial_weights`)
+        the outcome carries to the learner's guard. Nothing is written unless the result is
+        :attr:`~WriteResult.WRITTEN`.
         """
+        if budget is not None:
+            reserved = await self._scripts.run(
+                _RESERVE_SCRIPT, keys={"budget": budget.key}, args={"max": budget.max, "ttl": budget.ttl_seconds}
+            )
+            if not int(reserved):
+                return WriteResult.BUDGET_USED_UP
+        result = await self._write(
+            decision_id,
+            request_id,
+            ctx,
+            event,
+            decision,
+            contact_window=contact_window,
+            prior=prior,
+            attribution_seconds=attribution_seconds,
+            shadow=shadow,
+            reward_on=reward_on,
+            trial=trial,
+        )
+        if budget is not None and result is not WriteResult.WRITTEN:
+            await self._scripts.run(_RELEASE_SCRIPT, keys={"budget": budget.key}, args={})
+        return result
+
+    async def _write(
+        self,
+        decision_id: str,
+        request_id: str,
+        ctx: CustomerContext,
+        event: Event,
+        decision: Decision,
+        *,
+        contact_window: float,
+        prior: float,
+        attribution_seconds: float,
+        shadow: Mapping[str, object] | None,
+        reward_on: str,
+        trial: str,
+    ) -> WriteResult:
         customer_id = ctx.profile.customer_id
+        bucket = keys.bucket_of(customer_id)
         now = ctx.now
         contact = (
             ""
@@ -424,16 +535,17 @@ class StateStore:
         }
         if shadow:
             meta["shadow"] = shadow
+        if decision.deliver_after is not None:  # deferred by quiet hours: when to deliver (Unix seconds)
+            meta["deliver_after"] = round(decision.deliver_after, 3)
         written = await self._scripts.run(
             _WRITE_SCRIPT,
             keys={
-                "decision": keys.decision(decision_id),
+                "decision": keys.decision(decision_id, bucket),
                 "journey": keys.journey(customer_id),
                 "decision_index": keys.decision_index(customer_id),
                 "contacts": keys.contacts(customer_id),
                 "open_journeys": keys.open_journeys(customer_id),
-                "pending": keys.PENDING_OUTCOMES,
-                "budget": budget.key if budget else keys.no_budget(customer_id),
+                "pending": keys.pending(bucket),
             },
             args={
                 **self._journey_args(now, ctx.origin_channel, event),
@@ -449,8 +561,6 @@ class StateStore:
                 "prior": repr(prior),
                 "features": codec.dumps(logged_features(decision.features, customer_id)),
                 "meta": codec.dumps(meta),
-                "budget_max": budget.max if budget else "",
-                "budget_ttl": budget.ttl_seconds if budget else 0,
                 "contacts_since": f"{now - contact_window:.3f}" if contact_window > 0 else "",
                 "contacts_read": len(ctx.contacts),
                 "reward_on": reward_on,
@@ -479,14 +589,17 @@ class StateStore:
 
     async def record_event(self, customer_id: str, origin_channel: str, event: Event, now: float) -> RecordedEvent:
         """Append a moment to the journey and apply its open-journey change, without a decision: one atomic
-        script, nothing else written (no decision, contact or budget)."""
+        script, nothing else written (no decision, contact or budget). A ``product_opened`` event also adds
+        its product to the profile's holdings, in the same script (:data:`_PRODUCT_EVENT_SCRIPT`)."""
         now = round(now, 3)  # the journey entry's precision: the open journey and the answer say the same time
         args = self._journey_args(now, origin_channel, event)
-        raw_closed = await self._scripts.run(
-            _EVENT_SCRIPT,
-            keys={"journey": keys.journey(customer_id), "open_journeys": keys.open_journeys(customer_id)},
-            args=args,
-        )
+        journey_keys = {"journey": keys.journey(customer_id), "open_journeys": keys.open_journeys(customer_id)}
+        product = opened_product(event)
+        added = ""
+        if product is None:
+            raw_closed = await self._scripts.run(_EVENT_SCRIPT, keys=journey_keys, args=args)
+        else:
+            raw_closed, added = await self._record_product_event(customer_id, product, journey_keys, args)
         opened = None
         change = open_journey_change(event)
         if change is not None and change.op == "set":
@@ -495,22 +608,75 @@ class StateStore:
             timestamp=now,
             opened=opened,
             closed=tuple(codec.decode_open_journey(f, v) for f, v in codec.pairs(raw_closed)),
+            holding_added=added,
         )
 
-    async def record_outcome(self, decision_id: str, outcome: str, value: float, now: float) -> RecordedOutcome:
+    async def _record_product_event(
+        self, customer_id: str, product: str, journey_keys: Mapping[str, str], args: Mapping[str, object]
+    ) -> tuple[list[bytes], str]:
+        """The journey entry and the holding, in one script with the profile's compare and set; (the journeys
+        closed, the product when it was added)."""
+        key = keys.profile(customer_id)
+        for _ in range(UPDATE_RETRIES):
+            raw = await self._redis.get(key)
+            stored = codec.decode_profile(customer_id, raw) if raw is not None else None
+            updated = with_holding(stored, customer_id, product)
+            result = await self._scripts.run(
+                _PRODUCT_EVENT_SCRIPT,
+                keys={**journey_keys, "profile": key},
+                args={
+                    **args,
+                    "expected": raw if raw is not None else b"",
+                    "profile": codec.encode_profile(updated) if updated is not None else "",
+                },
+            )
+            if result != -1:
+                return result, product if updated is not None else ""
+        raise StoreUnavailableError("the profile kept changing under this event; nothing was recorded, retry")
+
+    async def add_holding(self, customer_id: str, product: str) -> bool:
+        """Add ``product`` to the customer's holdings (a profile holding it is created when none is stored),
+        with the compare and set of a profile update; True when it was added, False when already held."""
+        key = keys.profile(customer_id)
+        for _ in range(UPDATE_RETRIES):
+            raw = await self._redis.get(key)
+            stored = codec.decode_profile(customer_id, raw) if raw is not None else None
+            updated = with_holding(stored, customer_id, product)
+            if updated is None:
+                return False
+            written = await self._scripts.run(
+                _HOLDING_SCRIPT,
+                keys={"profile": key},
+                args={"expected": raw if raw is not None else b"", "profile": codec.encode_profile(updated)},
+            )
+            if int(written):
+                return True
+        raise StoreUnavailableError("the profile kept changing under this update; nothing was changed, retry")
+
+    async def record_outcome(
+        self, decision_id: str, outcome: str, value: float, now: float, *, products: Mapping[str, str] | None = None
+    ) -> RecordedOutcome:
         """Join an outcome to its decision; idempotent per (decision, outcome).
 
         The first outcome that settles the offer's reward (see ``reward`` in the policy) is
         appended to the outcome stream, in the same script, for the learner. A decline or
-        dismissal is then counted among the customer's declines (again when the report is
-        repeated, so a retry after a lost reply completes it).
+        dismissal is then counted among the customer's declines, an acceptance or conversion
+        among the offers the customer accepted, with the product the offer sells (``products``:
+        offer id -> product, of the live policy); both again when the report is repeated, so a
+        retry after a lost reply completes it.
         """
+        bucket = keys.decision_bucket(decision_id)
+        if bucket is None:  # an id of the layout before buckets: the migration noted its bucket
+            found = await self._redis.hget(keys.LEGACY_DECISIONS, decision_id)
+            if found is None:
+                return RecordedOutcome(OutcomeStatus.NOT_FOUND)
+            bucket = int(found)
         result = await self._scripts.run(
             _OUTCOME_SCRIPT,
             keys={
-                "decision": keys.decision(decision_id),
-                "pending": keys.PENDING_OUTCOMES,
-                "stream": keys.OUTCOME_STREAM,
+                "decision": keys.decision(decision_id, bucket),
+                "pending": keys.pending(bucket),
+                "stream": keys.outcome_stream(bucket),
             },
             args={
                 "outcome": outcome,
@@ -538,6 +704,18 @@ class StateStore:
                     "now": f"{now:.3f}",
                     "member": f"{recorded.offer_id}|{decision_id}",
                     "keep_seconds": DECLINES_KEPT_SECONDS,
+                },
+            )
+        if outcome in ("accepted", "converted") and recorded.offer_id and recorded.customer_id:
+            await self._scripts.run(
+                _ACCEPTED_SCRIPT,
+                keys={"accepted": keys.accepted(recorded.customer_id)},
+                args={
+                    "now": f"{now:.3f}",
+                    "member": codec.accepted_member(
+                        recorded.offer_id, (products or {}).get(recorded.offer_id, ""), decision_id
+                    ),
+                    "keep_seconds": ACCEPTED_KEPT_SECONDS,
                 },
             )
         return recorded
@@ -571,7 +749,7 @@ class StateStore:
                 customer = audit.pseudonym(await audit.pseudonym_secret_async(self._redis), update.customer_id)
             written = await self._scripts.run(
                 _UPSERT_SCRIPT,
-                keys={"profile": key, "audit": keys.CONSENT_AUDIT},
+                keys={"profile": key, "audit": keys.consent_audit(keys.bucket_of(update.customer_id))},
                 args={
                     "expected": raw if raw is not None else b"",
                     "profile": codec.encode_profile(merged),
@@ -599,16 +777,18 @@ class StateStore:
         when nothing was stored.
         """
         customer = audit.pseudonym(await audit.pseudonym_secret_async(self._redis), customer_id)
+        bucket = keys.bucket_of(customer_id)  # the customer's decisions are in its bucket, whatever their ids
         customer_keys = {
             "profile": keys.profile(customer_id),
             "journey": keys.journey(customer_id),
             "contacts": keys.contacts(customer_id),
             "open_journeys": keys.open_journeys(customer_id),
             "declines": keys.declines(customer_id),
+            "accepted": keys.accepted(customer_id),
             "decision_index": keys.decision_index(customer_id),
             "decisions": keys.decisions(customer_id),
-            "pending": keys.PENDING_OUTCOMES,
-            "audit": keys.CONSENT_AUDIT,
+            "pending": keys.pending(bucket),
+            "audit": keys.consent_audit(bucket),
         }
         deleted = 0
         overtaken = 0
@@ -632,7 +812,7 @@ class StateStore:
                 },
             )
             result = await self._scripts.evalsha(
-                _ERASE_SCRIPT, [*named_keys, *(keys.decision(i) for i in batch)], [*named_args, *batch]
+                _ERASE_SCRIPT, [*named_keys, *(keys.decision(i, bucket) for i in batch)], [*named_args, *batch]
             )
             if result == -1:
                 overtaken += 1  # a decision was recorded meanwhile: erase it too
@@ -656,8 +836,9 @@ class StateStore:
         past: list[PastDecision] = []
         if decision_ids:
             async with self._redis.pipeline(transaction=False) as pipe:
+                bucket = keys.bucket_of(customer_id)
                 for decision_id in decision_ids:
-                    pipe.hgetall(keys.decision(decision_id.decode()))
+                    pipe.hgetall(keys.decision(decision_id.decode(), bucket))
                 records = await pipe.execute()
             for decision_id, record in zip(decision_ids, records, strict=False):
                 if record:  # expired decisions drop out of the view

@@ -50,7 +50,7 @@ def run_learner_bench(outcomes: int = 50_000, arms: int = 100, seed: int = 1, sn
                 for i in range(outcomes):
                     arm = rng.randrange(arms)
                     pipe.xadd(
-                        keys.OUTCOME_STREAM,
+                        keys.outcome_stream(i % keys.BUCKETS),
                         {
                             "decision_id": f"d{i}",
                             "offer_id": f"offer_{arm // 3}",

@@ -331,11 +331,9 @@ def _tally(side: SideReport, snapshot: PolicySnapshot, ctx: CustomerContext, eve
         filtered = {r.offer_id for r in decision.reasons if r.code in _FILTERED_BY_RULES}
         side.eligible.update(snapshot.offers[i].id for i in plan.offers if snapshot.offers[i].id not in filtered)
     caps = check_caps(snapshot, ctx.contacts, ctx.now)
-    hits = [caps.everything] if caps.everything else []
-    hits += caps.channels.values()
-    hits += caps.categories.values()
-    hits += [f"{snapshot.offers[i].id}: {text}" for i, text in caps.offers.items()]
-    hits += [f"{snapshot.arm_keys[a][0]}: {text}" for a, text in caps.arms.items()]
+    table = snapshot.limits
+    # every limit reached, once: a settings limit by its description, an offer's prefixed with the offer
+    hits = [f"{table.owners[i]}: {table.rows[i][-1]}" if table.owners[i] else table.rows[i][-1] for i in caps.reached]
     for text in hits:
         side.capped.setdefault(text, set()).add(ctx.profile.customer_id)
 

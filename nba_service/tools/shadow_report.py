@@ -19,6 +19,7 @@ Promotion stays a human command: ``nba model promote``.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -38,21 +39,18 @@ REWARDING = frozenset({"accepted", "converted"})
 
 def _logged(client: redis.Redis, batch: int = 1000) -> list[tuple[dict[str, Any], str]]:
     rows = []
-    cursor = 0
-    while True:
-        cursor, found = client.scan(cursor, match=keys.decision("*"), count=batch)
-        if found:
-            with client.pipeline(transaction=False) as pipe:
-                for key in found:
-                    pipe.hmget(key, "meta", "learned", "offer_id", "channel")
-                for meta, learned, offer, channel in pipe.execute():
-                    if meta and learned and offer:
-                        record = json.loads(meta)
-                        if "shadow" in record:
-                            record["offer_id"], record["channel"] = offer.decode(), channel.decode()
-                            rows.append((record, learned.decode()))
-        if cursor == 0:
-            return rows
+    found = client.scan_iter(match=keys.DECISION_PATTERN, count=batch)  # every primary of a cluster
+    while chunk := list(itertools.islice(found, batch)):
+        with client.pipeline(transaction=False) as pipe:
+            for key in chunk:
+                pipe.hmget(key, "meta", "learned", "offer_id", "channel")
+            for meta, learned, offer, channel in pipe.execute():
+                if meta and learned and offer:
+                    record = json.loads(meta)
+                    if "shadow" in record:
+                        record["offer_id"], record["channel"] = offer.decode(), channel.decode()
+                        rows.append((record, learned.decode()))
+    return rows
 
 
 def _pair(record: dict[str, Any]) -> tuple[str, str]:

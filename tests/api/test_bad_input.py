@@ -6,6 +6,7 @@ import grpc
 import pytest
 import redis
 
+from nba_service.store import keys
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from tests.conftest import atm_decline, profile
 
@@ -35,7 +36,7 @@ def _decide_error(server, request: pb.DecideRequest) -> grpc.RpcError:
      "origin_channel"),
 ])
 def test_bad_decide_requests_name_the_field(server, redis_client: redis.Redis, request_, field):
-    state = lambda: set(redis_client.keys("nba:c:*")) | set(redis_client.keys("nba:d:*"))  # noqa: E731
+    state = lambda: set(redis_client.keys("nba:{*}:c:*")) | set(redis_client.keys(keys.DECISION_PATTERN))  # noqa: E731
     keys_before = state()
 
     error = _decide_error(server, request_)
@@ -77,7 +78,7 @@ def test_bad_profiles_are_refused(server, redis_client: redis.Redis, change, fie
         server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=message), timeout=5)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith(field + ":")
-    assert not redis_client.keys("nba:c:*")
+    assert not redis_client.keys("nba:{*}:c:*")
 
 
 def test_a_bad_request_in_a_stream_gets_its_status_and_the_stream_goes_on(server):

@@ -43,7 +43,8 @@ def test_a_global_budget_is_never_exceeded_across_two_replicas(start_server, red
         chosen = list(pool.map(decide, range(len(customers))))
 
     assert chosen.count("micro_loan") == 5  # demand was 40; both replicas together gave exactly the budget
-    assert int(next(iter(redis_client.mget(redis_client.keys("nba:budget:micro_loan:*"))))) == 5
+    (counter,) = redis_client.keys("nba:{o:micro_loan}:budget:*")
+    assert int(redis_client.get(counter)) == 5
     late = replicas[1].stub.Decide(atm_decline("b0", amount=60, balance=10), timeout=5)
     assert late.action.offer_id != "micro_loan"
     assert any(r.offer_id == "micro_loan" and r.code == "budget_exhausted" for r in late.reasons)
@@ -81,8 +82,10 @@ def test_consent_withdrawal_takes_effect_on_the_next_request(server):
 
 def test_simultaneous_requests_for_one_customer_respect_the_overall_cap(start_server, redis_client):
     files = read_policy_dir(SAMPLE_POLICIES)
-    files["settings.yaml"] = files["settings.yaml"].replace("    - {max: 4, per: 1d}", "    - {max: 1, per: 1d}", 1)
-    assert "{max: 1, per: 1d}" in files["settings.yaml"]
+    # one contact a day on any channel (the ATM screen included: outbound-only would not count it)
+    files["settings.yaml"] = files["settings.yaml"].replace(
+        "    - {max: 4, per: 1d}", "    - {max: 1, per: 1d, direction: any}", 1)
+    assert "{max: 1, per: 1d, direction: any}" in files["settings.yaml"]
     PolicyStore(redis_client).publish(files)
     replicas = [start_server(), start_server()]
     _student(replicas[0].stub, "busy")

@@ -164,7 +164,7 @@ def test_a_consent_change_shows_in_the_audit_with_caller_and_request_id(server, 
     assert [(e["action"], e["channel"], e["old"], e["new"]) for e in entries][-1] == ("consent", "sms", "granted",
                                                                                        "denied")
     # the stream names no customer: only its pseudonym
-    raw = redis_client.xrange(keys.CONSENT_AUDIT)
+    raw = redis_client.xrange(keys.consent_audit(keys.bucket_of("m7")))
     assert raw and all(b"m7" not in value for _, fields in raw for value in fields.values())
     assert "no audit entries for customer nobody" in audit(capsys, redis_url, "nobody")
 
@@ -247,12 +247,12 @@ def test_erasure_leaves_nothing_in_redis_that_names_the_customer(server, redis_c
     for decision, outcome in zip(acted[:-1], outcomes, strict=False):
         server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id, outcome=outcome), timeout=5)
     pending = acted[-1].decision_id
-    assert redis_client.zscore(keys.PENDING_OUTCOMES, pending) is not None
+    assert redis_client.zscore(keys.pending(keys.bucket_of(ERASED)), pending) is not None
     assert redis_client.zcard(keys.decision_index(ERASED)) == 26  # beyond the 20 the agent desktop lists
-    stream_before = redis_client.xlen(keys.OUTCOME_STREAM)
+    stream_before = redis_client.xlen(keys.outcome_stream(keys.bucket_of(ERASED)))
     assert stream_before >= 2
     # the logged features replace the quoted id: the outcome stream never named the customer
-    logged = [fields[b"features"] for _, fields in redis_client.xrange(keys.OUTCOME_STREAM)]
+    logged = [fields[b"features"] for _, fields in redis_client.xrange(keys.outcome_stream(keys.bucket_of(ERASED)))]
     assert any(b'"req:crm_ref=<customer>"' in features for features in logged)
     assert not [features for features in logged if ERASED.encode() in features]
     assert naming(redis_client, ERASED)  # the scan finds the customer before the erasure
@@ -262,11 +262,11 @@ def test_erasure_leaves_nothing_in_redis_that_names_the_customer(server, redis_c
                                           timeout=5)
 
     assert (response.customer_id, response.erased) == (ERASED, True)
-    assert redis_client.xrange(keys.CONSENT_AUDIT)[-1][1][b"action"] == b"erased"  # one entry, after the batches
-    assert sum(fields[b"action"] == b"erased" for _, fields in redis_client.xrange(keys.CONSENT_AUDIT)) == 1
+    assert redis_client.xrange(keys.consent_audit(keys.bucket_of(ERASED)))[-1][1][b"action"] == b"erased"  # one entry, after the batches
+    assert sum(fields[b"action"] == b"erased" for _, fields in redis_client.xrange(keys.consent_audit(keys.bucket_of(ERASED)))) == 1
     assert naming(redis_client, ERASED) == []
-    assert redis_client.zscore(keys.PENDING_OUTCOMES, pending) is None
-    assert redis_client.xlen(keys.OUTCOME_STREAM) == stream_before  # what the learner needs stays
+    assert redis_client.zscore(keys.pending(keys.bucket_of(ERASED)), pending) is None
+    assert redis_client.xlen(keys.outcome_stream(keys.bucket_of(ERASED))) == stream_before  # what the learner needs stays
     assert redis_client.exists(keys.decision(another.decision_id))  # other customers are untouched
     for decision in decisions:
         with pytest.raises(grpc.RpcError) as gone:

@@ -8,6 +8,7 @@ import grpc
 import pytest
 import redis
 
+from nba_service.store import keys
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from tests.conftest import atm_decline, daytime_zone, profile, wait_until
 
@@ -90,9 +91,12 @@ def test_purchase_closes_the_open_cart(server):
 
 def test_frequency_cap_stops_the_same_offer(server):
     # micro_loan allows at most 2 contacts in 30 days; keep the other lending offers out
-    # of the way so it is the best action every time it is allowed.
+    # of the way so it is the best action every time it is allowed. Its limit counts and
+    # closes the outbound channels only (push, then sms: push allows one a day), so this
+    # customer has turned the ATM screen off, where the capped offer would still be shown.
     server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(
-        "c5", segment="student", channels=("push",), timezone=daytime_zone(), credit_score="600")))
+        "c5", segment="student", channels=("push", "sms"), timezone=daytime_zone(), credit_score="600",
+        consent={"push": True, "sms": True, "atm_screen": False})))
     offers = [server.stub.Decide(atm_decline("c5", amount=60, balance=10), timeout=5) for _ in range(4)]
 
     chosen = [r.action.offer_id for r in offers]
@@ -137,7 +141,7 @@ def test_outcome_reported_twice_is_learned_once(server, redis_client: redis.Redi
     assert (first.learned, first.duplicate) == (True, False)
     assert (second.learned, second.duplicate) == (False, True)
     assert (converted.learned, converted.duplicate) == (False, False)  # recorded, the reward was already learned
-    assert redis_client.xlen("nba:outcomes") == 1  # one entry for the learner
+    assert redis_client.xlen(keys.outcome_stream(keys.decision_bucket(decision.decision_id))) == 1  # one entry for the learner
     wait_until(lambda: server.dataplane.models.updates == 1, what="the model to learn the outcome")
     view = server.stub.GetCustomerContext(pb.CustomerContextRequest(customer_id="c8"), timeout=5)
     assert list(view.recent_decisions[0].outcomes) == ["accepted", "converted"]
@@ -149,7 +153,7 @@ def test_unknown_or_expired_decision_is_not_found(server, redis_client: redis.Re
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
     decision = server.stub.Decide(atm_decline("c9"), timeout=5)
-    redis_client.delete(f"nba:d:{decision.decision_id}")  # what the TTL does after decision_ttl_seconds
+    redis_client.delete(keys.decision(decision.decision_id))  # what the TTL does after decision_ttl_seconds
     with pytest.raises(grpc.RpcError) as expired:
         server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
                                                     outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
@@ -160,7 +164,7 @@ def test_unknown_or_expired_decision_is_not_found(server, redis_client: redis.Re
 def test_decisions_expire_after_the_configured_ttl(start_server, published, redis_client: redis.Redis):
     server = start_server(decision_ttl_seconds=600)
     decision = server.stub.Decide(atm_decline("c10"), timeout=5)
-    assert 590 <= redis_client.ttl(f"nba:d:{decision.decision_id}") <= 600
+    assert 590 <= redis_client.ttl(keys.decision(decision.decision_id)) <= 600
 
 
 def test_decide_stream_answers_each_request_in_order(server):
@@ -206,14 +210,14 @@ def test_an_action_without_outcome_counts_as_not_accepted_after_its_window(start
 
     assert stream.expire_due(now=time.time() + 3000) == 0  # still inside the window
     assert stream.expire_due(now=time.time() + 3601) == 1
-    (_, fields), = redis_client.xrange("nba:outcomes")
+    (_, fields), = redis_client.xrange(keys.outcome_stream(keys.decision_bucket(decision.decision_id)))
     assert (fields[b"decision_id"].decode(), fields[b"reward"], fields[b"outcome"]) == (
         decision.decision_id, b"0", b"expired")
 
     late = server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
                                                        outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
     assert not late.learned and not late.duplicate  # recorded for the agent's view, not learned twice
-    assert redis_client.xlen("nba:outcomes") == 1
+    assert redis_client.xlen(keys.outcome_stream(keys.decision_bucket(decision.decision_id))) == 1
 
 
 def test_softmax_exploration_logs_the_exact_probability_of_its_pick(start_server, published):
@@ -269,7 +273,7 @@ def test_an_offer_rewarded_on_conversion_learns_from_the_conversion_not_the_acce
                                                             outcome=pb.OUTCOME_KIND_CONVERTED, value=60), timeout=5)
 
     assert (accepted.learned, converted.learned) == (False, True)
-    (_, fields), = redis_client.xrange("nba:outcomes")
+    (_, fields), = redis_client.xrange(keys.outcome_stream(keys.decision_bucket(decision.decision_id)))
     assert (fields[b"outcome"], fields[b"reward"]) == (b"converted", b"1")
 
 
@@ -289,19 +293,22 @@ def channel_reasons(response: pb.DecideResponse) -> dict[str, pb.Reason]:
     return found
 
 
-def test_a_push_customer_in_quiet_hours_is_told_why_not_push(server):
+def test_an_sms_customer_in_quiet_hours_is_told_why_not_sms(server):
+    # sms drops in its quiet hours (push defers instead: tests/api/test_channel_semantics.py)
     zone = night_zone()
-    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("q1", timezone=zone)))
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(
+        "q1", timezone=zone, channels=("sms",), preferred="sms")))
 
     response = server.stub.Decide(atm_decline("q1"), timeout=5)
 
-    assert response.action.offer_id in LENDING and response.channel == "atm_screen"  # push and sms are quiet
+    assert response.action.offer_id in LENDING and response.channel == "atm_screen"  # sms is quiet
     reasons = channel_reasons(response)
-    assert reasons["push"].code == "quiet_hours"
+    assert reasons["sms"].code == "quiet_hours"
     # 23:xx local (00:xx if the hour turned since night_zone() chose the zone)
     expected = rf"quiet hours 21:00-08:00 in {re.escape(zone)}, local time (23|00):\d\d"
-    assert re.fullmatch(expected, reasons["push"].detail), reasons["push"].detail
-    assert reasons["push"].offer_id == response.action.offer_id
+    assert re.fullmatch(expected, reasons["sms"].detail), reasons["sms"].detail
+    assert reasons["sms"].offer_id == response.action.offer_id
+    assert response.deliver_after_ms == 0
     assert response.reasons[0].code == "chosen"  # still first; the channel reasons follow it
     assert {r.channel for r in response.reasons[1:len(reasons) + 1]} == set(reasons)
 

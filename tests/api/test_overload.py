@@ -13,6 +13,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nba_service.store import keys
 from nba_service.api import converters
 from nba_service.app.server import server_options
 from nba_service.dataplane import AbandonedError
@@ -101,7 +102,7 @@ def test_beyond_the_limit_a_call_is_refused_at_once_with_a_retry_hint_and_counte
 
 
 def test_a_deadline_shorter_than_the_expected_time_is_refused_before_any_work(server, redis_client):
-    state = lambda: set(redis_client.keys("nba:c:*")) | set(redis_client.keys("nba:d:*"))  # noqa: E731
+    state = lambda: set(redis_client.keys("nba:{*}:c:*")) | set(redis_client.keys(keys.DECISION_PATTERN))  # noqa: E731
     keys_before = state()
     server.server.admission.service = 0.5  # what the server measured: a decision takes 500 ms here now
 
@@ -137,7 +138,7 @@ def test_a_decision_is_not_recorded_once_its_caller_has_gone(server, redis_clien
     request = converters.decision_request_from_proto(atm_decline("c1"))
     with pytest.raises(AbandonedError):
         server.call(server.dataplane.decide(request, lambda: False))
-    assert not redis_client.keys("nba:d:*")
+    assert not redis_client.keys(keys.DECISION_PATTERN)
     assert server.server.metrics.registry.get_sample_value("nba_decisions_abandoned_total") == 1
     assert decisions(server) == 0
 
@@ -311,6 +312,7 @@ def test_calls_still_running_when_the_grace_period_ends_are_answered_unavailable
 # --- health and the state store -------------------------------------------------------------------
 
 
+@pytest.mark.standalone_only  # a Redis of its own, started and stopped by the test
 def test_health_is_not_serving_while_redis_does_not_answer(start_server, tmp_path):
     own = RedisProcess(_free_port(), tmp_path)
     own.start()
@@ -344,6 +346,7 @@ def test_many_concurrent_calls_over_a_tiny_limit_end_ok_or_refused_never_unknown
     wait_until(lambda: decisions(server) == returned, what="every decision recorded to be returned")
 
 
+@pytest.mark.standalone_only  # a Redis of its own, started and stopped by the test
 def test_with_a_fallback_declared_decide_answers_it_degraded_while_redis_is_down(start_server, tmp_path):
     """The sample policies with a fallback for atm_decline (the ATM screen), none for cart_abandon."""
     files = read_policy_dir(SAMPLE_POLICIES)

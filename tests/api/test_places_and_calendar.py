@@ -7,6 +7,7 @@ import json
 import grpc
 import pytest
 
+from nba_service.store import keys
 from nba_service.cli import main
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from tests.conftest import daytime_zone, profile
@@ -90,4 +91,4 @@ def test_customers_load_names_the_line_of_a_bad_payday(capsys, redis_url, redis_
 
     assert code == 2
     assert "line 2: profile.attributes['payday']: must be a day of the month from 1 to 31, got 'last'" in out
-    assert redis_client.exists("nba:c:{p0}:profile") and not redis_client.exists("nba:c:{p1}:profile")
+    assert redis_client.exists(keys.profile("p0")) and not redis_client.exists(keys.profile("p1"))

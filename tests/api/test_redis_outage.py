@@ -15,6 +15,8 @@ from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.store.policy_store import PolicyStore
 from tests.conftest import SAMPLE_POLICIES, atm_decline, wait_until
 
+pytestmark = pytest.mark.standalone_only  # a Redis of its own, stopped and restarted by the test
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -64,7 +64,7 @@ def test_a_bad_message_gets_its_own_status_and_the_next_one_is_answered(server, 
     assert refused.no_action and not refused.decision_id and not refused.HasField("action")
     assert third.request_id == "r3" and third.decision_id and not third.HasField("status")
     assert decisions(server) == 2
-    assert len(redis_client.keys("nba:d:*")) == 2  # the refused request recorded nothing
+    assert len(redis_client.keys(keys.DECISION_PATTERN)) == 2  # the refused request recorded nothing
     assert sample(server, "nba_stream_messages_refused_total", grpc_code="INVALID_ARGUMENT") == 1
     assert sample(server, "nba_grpc_server_handled_total", grpc_method="DecideStream", grpc_code="OK") == 1
 
@@ -185,7 +185,7 @@ def test_a_client_built_before_the_status_field_still_works(server):
 
 def test_a_recorded_purchase_closes_the_open_cart_without_a_decision(server, redis_client: redis.Redis):
     server.stub.Decide(pb.DecideRequest(customer_id="c4", origin_channel="web", event=cart("c4")), timeout=5)
-    decided, decision_keys = decisions(server), set(redis_client.keys("nba:d:*"))
+    decided, decision_keys = decisions(server), set(redis_client.keys(keys.DECISION_PATTERN))
     index = redis_client.zrange(keys.decision_index("c4"), 0, -1)
     assert len(index) == 1
 
@@ -204,7 +204,7 @@ def test_a_recorded_purchase_closes_the_open_cart_without_a_decision(server, red
     assert view.journey[0].fields["name"] == "purchase"
     assert len(view.recent_decisions) == 1  # the cart's decision only
     assert decisions(server) == decided
-    assert set(redis_client.keys("nba:d:*")) == decision_keys
+    assert set(redis_client.keys(keys.DECISION_PATTERN)) == decision_keys
     assert redis_client.zrange(keys.decision_index("c4"), 0, -1) == index
     assert sample(server, "nba_events_recorded_total", event_type="custom") == 1
 
@@ -223,7 +223,7 @@ def test_a_recorded_cart_keeps_its_items_and_writes_no_decision(server, redis_cl
     assert open_cart.fields["item_count"] == "3" and open_cart.fields["cart_value"] == "80"
     assert json.loads(view.journey[0].fields["item_ids"]) == ["a-1", "b-2", "c-3"]
     assert list(view.recent_decisions) == []
-    assert redis_client.keys("nba:d:*") == [] and decisions(server) == 0
+    assert redis_client.keys(keys.DECISION_PATTERN) == [] and decisions(server) == 0
     assert not redis_client.exists(keys.contacts("c5"), keys.decision_index("c5"))
     assert sample(server, "nba_events_recorded_total", event_type="cart_abandon") == 1
 
@@ -279,7 +279,7 @@ def test_bad_events_are_refused_naming_the_field(server, redis_client: redis.Red
         server.stub.RecordEvent(request_, timeout=5)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith(field + ":"), caught.value.details()
-    assert not redis_client.keys("nba:c:*")
+    assert not redis_client.keys("nba:{*}:c:*")
 
 
 def test_a_decide_request_over_the_item_limit_is_refused_too(server):

@@ -19,14 +19,15 @@ from nba_service.policies.parser import read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.store.policy_store import PolicyStore
-from tests.conftest import SAMPLE_POLICIES, atm_decline, daytime_zone, profile, wait_until
+from tests.conftest import SAMPLE_POLICIES, TEST_REDIS_MODE, atm_decline, daytime_zone, profile, wait_until
 
 
 class Replica:
     def __init__(self, redis_url: str, folder: pathlib.Path) -> None:
         ready = folder / "ready.json"
         env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
-        env.update({"NBA_REDIS_URL": redis_url, "NBA_EPSILON": "0", "NBA_LEARNER": "off"})
+        env.update({"NBA_REDIS_URL": redis_url, "NBA_REDIS_MODE": TEST_REDIS_MODE, "NBA_EPSILON": "0",
+                    "NBA_LEARNER": "off"})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nba_service.cli", "serve", "--port", "0", "--metrics-port", "0",
              "--ready-file", str(ready)], env=env, stderr=subprocess.DEVNULL)

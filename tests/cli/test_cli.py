@@ -16,6 +16,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nba_service.store import keys
 from nba_service.cli import main
 from nba_service.store.policy_store import PolicyStore
 from tests.conftest import SAMPLE_POLICIES, wait_until
@@ -112,9 +113,9 @@ def test_customers_load_counts_and_names_refused_lines(capsys, redis_url, redis_
     assert "line 2: profile.timezone" in out
     assert "line 3: json" in out
     assert "line 4: customer_id: is required" in out
-    stored = json.loads(redis_client.get("nba:c:{a1}:profile"))
+    stored = json.loads(redis_client.get(keys.profile("a1")))
     assert stored["consents"] == {"push": True} and stored["attributes"] == {"income": "40000"}
-    assert redis_client.exists("nba:c:{a3}:profile") and not redis_client.exists("nba:c:{a2}:profile")
+    assert redis_client.exists(keys.profile("a3")) and not redis_client.exists(keys.profile("a2"))
 
 
 def test_customers_load_csv(capsys, redis_url, redis_client, tmp_path):
@@ -125,7 +126,7 @@ def test_customers_load_csv(capsys, redis_url, redis_client, tmp_path):
     code, out, _ = nba(capsys, "customers", "load", str(export), "--redis-url", redis_url)
     assert code == 2
     assert "1 rows loaded" in out and "line 3: consent_push: 'maybe' is not yes/no" in out
-    stored = json.loads(redis_client.get("nba:c:{b1}:profile"))
+    stored = json.loads(redis_client.get(keys.profile("b1")))
     assert stored["reachable_channels"] == ["push", "sms"]
     assert stored["consents"] == {"push": True, "sms": False}
     assert stored["attributes"] == {"city": "Madrid"}
@@ -236,14 +237,14 @@ def test_customers_load_skips_lines_that_are_not_utf8_and_reports_duplicates(cap
     assert "3 rows loaded (2 new customers, 0 consent changes audited), 1 refused, 1 duplicate ids" in out
     assert "line 2: encoding: not UTF-8 (byte 0xe9 at column 41)" in out
     assert "line 4: customer 'u1' was already on line 1; this later line wins" in out
-    assert json.loads(redis_client.get("nba:c:{u1}:profile"))["first_name"] == "Ana Maria"
-    assert redis_client.exists("nba:c:{u3}:profile") and not redis_client.exists("nba:c:{u2}:profile")
+    assert json.loads(redis_client.get(keys.profile("u1")))["first_name"] == "Ana Maria"
+    assert redis_client.exists(keys.profile("u3")) and not redis_client.exists(keys.profile("u2"))
 
     csv_export = tmp_path / "crm.csv"
     csv_export.write_bytes(b"customer_id,first_name\nv1,Ana\nv2,Jos\xe9\nv3,Bo\n")
     code, out, _ = nba(capsys, "customers", "load", str(csv_export), "--redis-url", redis_url)
     assert "2 rows loaded" in out and "line 3: encoding: not UTF-8" in out
-    assert redis_client.exists("nba:c:{v3}:profile") and not redis_client.exists("nba:c:{v2}:profile")
+    assert redis_client.exists(keys.profile("v3")) and not redis_client.exists(keys.profile("v2"))
 
 
 def test_customers_load_keeps_consents_a_row_does_not_list_and_audits_changes(capsys, redis_url, redis_client,
@@ -256,7 +257,7 @@ def test_customers_load_keeps_consents_a_row_does_not_list_and_audits_changes(ca
     later.write_text(json.dumps({"customer_id": "k1", "segment": "vip", "consents": {"push": False}}) + "\n")
     code, out, _ = nba(capsys, "customers", "load", str(later), "--redis-url", redis_url)
     assert code == 0 and "1 consent changes audited" in out
-    stored = json.loads(redis_client.get("nba:c:{k1}:profile"))
+    stored = json.loads(redis_client.get(keys.profile("k1")))
     assert stored["consents"] == {"sms": False, "push": False} and stored["segment"] == "vip"
     code, out, _ = nba(capsys, "customers", "audit", "k1", "--redis-url", redis_url)
     assert "push" in out and "granted -> denied" in out and "unset -> denied" in out and "cli" in out

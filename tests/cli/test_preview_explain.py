@@ -119,8 +119,8 @@ def test_preview_of_a_raised_lever_shows_more_decisions_of_its_offers(capsys, re
 
 def test_preview_of_a_paused_offer_shows_it_unreachable(capsys, redis_url, customers, events, candidate):
     bank = candidate / "bank.yaml"
-    edit(bank, "    prior: 0.05\n    channels: [push, atm_screen, sms]", "    prior: 0.05\n    paused: true\n"
-                                                                         "    channels: [push, atm_screen, sms]")
+    edit(bank, "    prior: 0.05\n    channels: [push, atm_screen, sms, email]", "    prior: 0.05\n    paused: true\n"
+                                                                                "    channels: [push, atm_screen, sms, email]")
 
     code, out, _ = nba(capsys, "policy", "preview", str(candidate), "--events", str(events), "--customers-from-redis",
                        "--redis-url", redis_url)
@@ -246,7 +246,11 @@ def test_explain_shows_each_candidate_what_filtered_it_and_the_numbers(capsys, r
     assert "1 contacts within the limit windows" in out
     status = {line.split()[1]: line for line in lines if re.match(r"^(\d+\.|-) \w+ ", line)}
     assert re.search(r"not_eligible +not profile\.known$", status["atm_open_account"])  # the rule's source
-    assert re.search(r"frequency_cap +at most 1 per 30d$", status["overdraft_protection"])  # the limit
+    # its limit (at most 1 per 30d) counts the push of two days ago and closes its outbound channels only:
+    # it is still ranked on the ATM screen, and the limit is why not on push
+    assert re.search(r"ranked +priority [\d.]+ on atm_screen$", status["overdraft_protection"])
+    overdraft_arms = lines[lines.index(status["overdraft_protection"]) + 1:][:3]
+    assert "push          closed: push: at most 1 per 30d" in overdraft_arms, overdraft_arms
     assert status["micro_loan"].startswith("1. micro_loan") and " chosen " in status["micro_loan"]
     assert "sms           closed: sms: no consent" in lines[lines.index(status["micro_loan"]) + 3]
     # under the decision: why the chosen offer is not on its other channels (the response's channel reasons)

@@ -21,7 +21,7 @@ from nba_service.settings import Settings, default_data_dir
 from nba_service.store import heartbeats, keys
 from nba_service.store.embedded import DB_FILE, EmbeddedRedis
 from nba_service.store.policy_store import PolicyStore
-from tests.conftest import SAMPLE_POLICIES, wait_until
+from tests.conftest import CLUSTER, SAMPLE_POLICIES, wait_until
 
 
 @pytest.fixture
@@ -281,6 +281,7 @@ def test_status_of_a_redis_no_server_uses(capsys, redis_url, redis_client):
 
     assert main(["status", "--redis-url", redis_url]) == 0
     out = capsys.readouterr().out
-    assert f"redis:   {redis_url} (--redis-url / NBA_REDIS_URL)" in out
+    shown = f"Redis Cluster via {redis_url}" if CLUSTER else redis_url
+    assert f"redis:   {shown} (--redis-url / NBA_REDIS_URL)" in out
     assert "policy:  none published" in out and "model:   none published" in out
     assert "servers: none" in out

@@ -163,14 +163,25 @@ def _contacts(*entries: tuple[float, str, str, str]) -> list[ContactRecord]:
 
 
 def test_offer_cap_over_a_rolling_window(snapshot):
+    # the loan's own limit (2 per 30d) counts and closes its outbound channels (push, sms) only:
+    # reached, the loan is still shown on the ATM screen
     twice = _contacts((3 * 86400, "loan", "sms", "lending"), (10 * 86400, "loan", "sms", "lending"))
     decision = decide(snapshot, customer(), contacts=twice)
+    assert (decision.offer_id, decision.channel) == ("loan", "atm_screen")
+    assert _channel_reasons(decision)["push"] == ("frequency_cap", "at most 2 per 30d")
+    # one of the two is older than 30 days: the loan is allowed again on push
+    old = _contacts((3 * 86400, "loan", "sms", "lending"), (31 * 86400, "loan", "sms", "lending"))
+    again = decide(snapshot, customer(), contacts=old)
+    assert (again.offer_id, again.channel) == ("loan", "push")
+    # counting every channel (direction: any), the limit takes the whole offer out
+    policy = {**POLICY, "offers.yaml": POLICY["offers.yaml"].replace(
+        "- {max: 2, per: 30d}", "- {max: 2, per: 30d, direction: any}")}
+    every = PolicySnapshot.compile(parse_policy_files(policy), "8")
+    screens = _contacts((3 * 86400, "loan", "atm_screen", "lending"), (10 * 86400, "loan", "atm_screen", "lending"))
+    decision = decide(every, customer(), contacts=screens)
     assert decision.offer_id == "card"
     reason = next(r for r in decision.reasons if r.offer_id == "loan")
-    assert (reason.code, reason.detail) == ("frequency_cap", "at most 2 per 30d")
-    # one of the two is older than 30 days: the loan is allowed again
-    old = _contacts((3 * 86400, "loan", "sms", "lending"), (31 * 86400, "loan", "sms", "lending"))
-    assert decide(snapshot, customer(), contacts=old).offer_id == "loan"
+    assert (reason.code, reason.detail) == ("frequency_cap", "at most 2 on any channel per 30d")
 
 
 def test_offer_channel_cap_moves_the_offer_to_another_channel(snapshot):
@@ -190,11 +201,25 @@ def test_category_cap(snapshot):
     assert (reason.code, reason.detail) == ("frequency_cap", "at most 1 in cards per 7d")
 
 
-def test_overall_cap_means_no_action(snapshot):
+def test_overall_cap_closes_the_outbound_channels(snapshot):
+    # at most 5 a day counts (and closes) the outbound channels only: five ATM screen messages count for nothing
+    screens = _contacts(*[(i * 3600 + 60, "tip", "atm_screen", "service") for i in range(5)])
+    assert decide(snapshot, customer(), contacts=screens).channel == "push"
+    # five sent messages reach it: push and sms are closed, the ATM screen is not
+    sent = _contacts(*[(i * 3600 + 60, "card", "push", "cards") for i in range(5)])
+    decision = decide(snapshot, customer(), contacts=sent)
+    assert (decision.offer_id, decision.channel) == ("loan", "atm_screen")
+    assert _channel_reasons(decision)["push"] == ("frequency_cap", "at most 5 per 1d")
+
+
+def test_overall_cap_of_every_channel_means_no_action(snapshot):
+    policy = {**POLICY, "settings.yaml": POLICY["settings.yaml"].replace(
+        "- {max: 5, per: 1d}", "- {max: 5, per: 1d, direction: any}")}
+    every = PolicySnapshot.compile(parse_policy_files(policy), "8")
     five = _contacts(*[(i * 3600 + 60, "tip", "atm_screen", "service") for i in range(5)])
-    decision = decide(snapshot, customer(), contacts=five)
+    decision = decide(every, customer(), contacts=five)
     assert decision.no_action
-    assert decision.reasons[-1].code == "frequency_cap"
+    assert (decision.reasons[-1].code, decision.reasons[-1].detail) == ("frequency_cap", "at most 5 on any channel per 1d")
 
 
 def test_a_failing_rule_filters_only_its_offer(snapshot):

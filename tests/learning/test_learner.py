@@ -15,14 +15,15 @@ from nba_service.store.model_store import ModelStore
 from nba_service.store.outcome_stream import OutcomeStream
 
 
-def _fill(client: redis.Redis, count: int, seed: int = 5) -> list[dict[str, str]]:
+def _fill(client: redis.Redis, count: int, seed: int = 5, bucket: int = 7) -> list[dict[str, str]]:
+    """``count`` outcomes on one bucket's stream (the learner reads a bucket's in order: the reference's order)."""
     rng = random.Random(seed)
     entries = []
     for i in range(count):
         entry = {"decision_id": f"d{i}", "offer_id": rng.choice(("loan", "card")), "channel": rng.choice(("push", "sms")),
                  "features": json.dumps({f"segment={rng.choice(('mass', 'vip'))}": 1.0, "log_shortfall": rng.uniform(0, 5)}),
                  "reward": "1" if rng.random() < 0.3 else "0", "prior": "0.1", "outcome": "accepted"}
-        client.xadd(keys.OUTCOME_STREAM, entry)
+        client.xadd(keys.outcome_stream(bucket), entry)
         entries.append(entry)
     return entries
 
@@ -155,7 +156,7 @@ def test_after_a_promotion_the_learner_starts_a_new_challenger(redis_client, red
 def test_models_of_an_older_format_are_left_and_learning_starts_from_the_priors(redis_client):
     import pickle
 
-    ModelStore(redis_client).publish(pickle.dumps({"format": 1, "models": {}}), 7, source="nba 0.x", acknowledge=[])
+    ModelStore(redis_client).publish(pickle.dumps({"format": 1, "models": {}}), 7, source="nba 0.x")
     _fill(redis_client, 20)
     learner = Learner(redis_client, name="l", snapshot_every=10, batch=10, block_ms=1)
     while learner.learned < 20:

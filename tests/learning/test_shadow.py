@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from nba_service.store import keys
 from nba_service.cli import main
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from tests.conftest import atm_decline, daytime_zone, profile
@@ -25,7 +26,7 @@ def test_apprentice_mode_logs_the_learned_choice_and_reports_it(start_server, pu
         server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id, outcome=outcome), timeout=5)
         decisions.append(decision)
 
-    meta = json.loads(redis_client.hget(f"nba:d:{decisions[0].decision_id}", "meta"))
+    meta = json.loads(redis_client.hget(keys.decision(decisions[0].decision_id), "meta"))
     assert meta["shadow"]["policy"] == "learned"
     assert {"offer_id", "channel", "p_served", "p_shadow"} <= set(meta["shadow"])
 
@@ -60,13 +61,17 @@ def test_a_challenger_learns_alongside_and_is_logged(start_server, published, re
                                                     outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
     wait_until(lambda: server.dataplane.challenger is not None and server.dataplane.models.updates >= 10,
                what="the challenger to be published with the models")
+    for i in range(12, 15):  # decided with the challenger loaded: logged with its choice, and settled
+        decision = server.stub.Decide(atm_decline(f"h{i}"), timeout=5)
+        server.stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id,
+                                                    outcome=pb.OUTCOME_KIND_ACCEPTED), timeout=5)
 
     store = ModelStore(redis_client)
     champion, challenger = ModelBank.from_bytes(store.load()), ModelBank.from_bytes(store.load_challenger())
     assert champion.updates == challenger.updates  # trained on exactly the same outcomes
     assert challenger.learning_rate == 0.5 and champion.learning_rate != 0.5
     decision = server.stub.Decide(atm_decline("h0"), timeout=5)
-    meta = json.loads(redis_client.hget(f"nba:d:{decision.decision_id}", "meta"))
+    meta = json.loads(redis_client.hget(keys.decision(decision.decision_id), "meta"))
     assert (meta["shadow"]["policy"], meta["shadow"]["served"]) == ("challenger", "learned")
 
     assert main(["shadow", "report", "--redis-url", redis_url]) == 0
@@ -88,7 +93,7 @@ def _decide_accepting_micro_loans(server, zone, customer_id):
 def _trial_rows(redis_client, decisions):
     rows = []
     for decision in decisions:
-        meta = json.loads(redis_client.hget(f"nba:d:{decision.decision_id}", "meta"))
+        meta = json.loads(redis_client.hget(keys.decision(decision.decision_id), "meta"))
         rows.append((decision, meta["shadow"]))
     return rows
 

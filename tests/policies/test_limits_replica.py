@@ -56,8 +56,8 @@ def test_versions_behind_validations_back_are_refused_and_the_last_good_one_serv
                for r in caplog.records)
 
     # a rule that would build a 200 MB string per request, published with PolicyStore (which trusts its caller)
-    bank = good["bank.yaml"] + ATTACK_OFFER.format(rule="'x'*200000000 != ''")
-    exploding = PolicyStore(redis_client).publish({**good, "bank.yaml": bank}, message="around the validator")
+    attack = "offers:" + ATTACK_OFFER.format(rule="'x'*200000000 != ''")  # a file of its own: bank.yaml ends in reasons
+    exploding = PolicyStore(redis_client).publish({**good, "attack.yaml": attack}, message="around the validator")
     _refused(server, exploding, 2)
 
     # a billion laughs, and whatever is not a JSON object of texts
@@ -74,8 +74,8 @@ def test_versions_behind_validations_back_are_refused_and_the_last_good_one_serv
 
 def test_repeating_an_attribute_at_run_time_fails_only_that_offer(server, redis_client):
     good = read_policy_dir(SAMPLE_POLICIES)
-    bank = good["bank.yaml"] + ATTACK_OFFER.format(rule="(attr('tier') or 'x') * 200000000 > 1")
-    version = PolicyStore(redis_client).publish({**good, "bank.yaml": bank}, message="valid: guarded at run time")
+    attack = "offers:" + ATTACK_OFFER.format(rule="(attr('tier') or 'x') * 200000000 > 1")
+    version = PolicyStore(redis_client).publish({**good, "attack.yaml": attack}, message="valid: guarded at run time")
     server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("c7", tier="gold")), timeout=5)
     wait_until(lambda: server.stub.Decide(atm_decline("c7"), timeout=5).policy_version == str(version), 10,
                "the version to be served")

@@ -6,18 +6,18 @@ import asyncio
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from nba_service.domain import CustomerProfile
 from nba_service.domain.profile_update import ProfileMask
 from nba_service.store import codec, keys
 from nba_service.store.audit import customer_audit
 from nba_service.store.state import StateStore
+from tests.conftest import async_redis
 
 
 def run_with_store(redis_url: str, scenario: Any) -> Any:
     async def main() -> Any:
-        client = aioredis.Redis.from_url(redis_url)
+        client = async_redis(redis_url)
         store = StateStore(client, decision_ttl_seconds=3600, journey_max_events=50, url=redis_url)
         try:
             return await scenario(store)
@@ -66,14 +66,15 @@ def test_an_overtaken_upsert_is_computed_again_and_keeps_the_other_change(redis_
 
 def test_a_decision_recorded_during_the_erasure_is_erased_too(redis_url, redis_client: redis.Redis):
     redis_client.set(keys.profile("r2"), codec.encode_profile(CustomerProfile("r2")))
+    bucket = keys.bucket_of("r2")
     for n, decision_id in enumerate(("d1", "d2")):
-        redis_client.hset(keys.decision(decision_id), mapping={"customer_id": "r2"})
+        redis_client.hset(keys.decision(decision_id, bucket), mapping={"customer_id": "r2"})
         redis_client.zadd(keys.decision_index("r2"), {decision_id: 1000 + n})
 
     def a_decision() -> None:  # recorded after the erasure read the index
-        redis_client.hset(keys.decision("d3"), mapping={"customer_id": "r2"})
+        redis_client.hset(keys.decision("d3", bucket), mapping={"customer_id": "r2"})
         redis_client.zadd(keys.decision_index("r2"), {"d3": 1002})
-        redis_client.zadd(keys.PENDING_OUTCOMES, {"d3": 5000})
+        redis_client.zadd(keys.pending(bucket), {"d3": 5000})
 
     async def scenario(store: StateStore) -> Any:
         before_first_script(store, "evalsha", a_decision)
@@ -83,7 +84,7 @@ def test_a_decision_recorded_during_the_erasure_is_erased_too(redis_url, redis_c
 
     assert (erasure.erased, erasure.decisions) == (True, 3)
     assert not redis_client.exists(keys.profile("r2"), keys.decision_index("r2"),
-                                   *(keys.decision(d) for d in ("d1", "d2", "d3")))
-    assert redis_client.zscore(keys.PENDING_OUTCOMES, "d3") is None
+                                   *(keys.decision(d, bucket) for d in ("d1", "d2", "d3")))
+    assert redis_client.zscore(keys.pending(bucket), "d3") is None
     assert [(e.action, e.caller, e.request_id) for e in customer_audit(redis_client, "r2")] == [
         ("erased", "dpo", "e-1")]

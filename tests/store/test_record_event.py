@@ -9,12 +9,12 @@ import time
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from nba_service.domain import CustomerContext, CustomerProfile, Decision, Event
 from nba_service.store import codec, keys
 from nba_service.store.state import StateStore
+from tests.conftest import async_redis
 
 
 def run_with_store(redis_url: str, scenario: Any) -> tuple[Any, list[tuple[str, dict[str, str], bool]]]:
@@ -22,7 +22,7 @@ def run_with_store(redis_url: str, scenario: Any) -> tuple[Any, list[tuple[str, 
     calls: list[tuple[str, dict[str, str], bool]] = []
 
     async def main() -> Any:
-        client = aioredis.Redis.from_url(redis_url)
+        client = async_redis(redis_url)
         store = StateStore(client, decision_ttl_seconds=3600, journey_max_events=50, url=redis_url)
         original = store._scripts.run
 

@@ -32,6 +32,7 @@ import trustme
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from nba_service.store import keys
 from nba_service.app.server import redis_clients
 from nba_service.cli import main as nba
 from nba_service.policies.parser import read_policy_dir
@@ -338,7 +339,7 @@ def test_nba_serves_learns_and_runs_its_commands_as_the_acl_user(tls_redis, admi
         wait_until(lambda: models.load_challenger() is not None, timeout=20, what="a challenger")
         for command in commands:
             assert nba([*command, "--redis-url", url]) == 0, (command, capsys.readouterr())
-        assert PolicyStore(client).live() == 1 and not client.exists("nba:c:{c2}:profile")  # loaded, then erased
+        assert PolicyStore(client).live() == 1 and not client.exists(keys.profile("c2"))  # loaded, then erased
         # the server saw the publish and the rollback over pub/sub (or its periodic check), as the ACL user
         wait_until(lambda: stub.Decide(atm_decline("c1"), timeout=5).policy_version == "1", timeout=10,
                    what="the rolled-back policy")

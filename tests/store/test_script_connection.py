@@ -11,6 +11,8 @@ import redis
 
 from nba_service.store.script_connection import LuaScript, ScriptConnection
 
+pytestmark = pytest.mark.standalone_only  # the single-node script connection (the cluster's: tests/store/test_cluster.py)
+
 ECHO = LuaScript("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}")
 FAIL = LuaScript("return redis.error_reply('no such thing')")
 

@@ -16,7 +16,10 @@ process and of its Redis.
 
 Sweeps repeat the sequential measure for several candidate-offer counts (the
 cost of one more offer) or customer counts (latency and server memory should be
-flat; Redis bytes per customer). Every process started is stopped in the end.
+flat; Redis bytes per customer). The Redis Cluster scale curve
+(:mod:`~nba_service.tools.bench.cluster`, ``nba bench --redis-mode cluster --shards N``) runs the same
+load on the embedded Redis and on local clusters of N primaries, with Redis CPU, commands and keys per
+primary. Every process started is stopped in the end.
 
 Modules: :mod:`~nba_service.tools.bench.config` (what a run measures),
 :mod:`~nba_service.tools.bench.workload` (customers, journeys, requests, offer sets),
@@ -25,6 +28,7 @@ Modules: :mod:`~nba_service.tools.bench.config` (what a run measures),
 and :mod:`~nba_service.tools.bench.report` (the tables).
 """
 
+from nba_service.tools.bench.cluster import format_cluster_report, run_cluster_bench
 from nba_service.tools.bench.config import BenchConfig, BenchError
 from nba_service.tools.bench.report import format_report, format_sweep
 from nba_service.tools.bench.run import run_bench, run_sweep
@@ -33,9 +37,11 @@ from nba_service.tools.bench.workload import write_offer_policies
 __all__ = [
     "BenchConfig",
     "BenchError",
+    "format_cluster_report",
     "format_report",
     "format_sweep",
     "run_bench",
+    "run_cluster_bench",
     "run_sweep",
     "write_offer_policies",
 ]

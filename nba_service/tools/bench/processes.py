@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import redis
 
+from nba_service.domain.enums import RedisMode
 from nba_service.store.connect import RedisTarget, sync_client
 from nba_service.tools.bench.config import BenchError, Progress
 
@@ -125,11 +126,19 @@ def start_servers(
     progress: Progress,
     workers: int = 1,
     echo_redis: bool = False,
+    redis_url: str | None = None,
+    redis_mode: str = "standalone",
 ) -> Iterator[Servers]:
     """The echo server and ``nba serve`` (its embedded Redis in ``work``, ``policies`` published,
     learner off, ``workers`` processes), and with ``echo_redis`` the echo that makes two empty
-    script calls to that Redis per call; all ready, and stopped, with that Redis, on the way out."""
-    progress("starting nba serve (embedded Redis, learner off) and the echo server ...")
+    script calls to that Redis per call; all ready, and stopped, with that Redis, on the way out.
+
+    With ``redis_url`` (and ``redis_mode``, e.g. ``cluster`` for a node of a local Redis Cluster), nba serve
+    uses that Redis instead of an embedded one: the caller's, neither emptied nor stopped here
+    (``Servers.redis_pid`` is then 0 and ``Servers.client`` a client of that mode)."""
+    own_redis = redis_url is None
+    where = "embedded Redis" if own_redis else f"Redis {redis_mode} at {redis_url}"
+    progress(f"starting nba serve ({where}, learner off) and the echo server ...")
     started: list[ServerProcess] = []
     client: redis.Redis | None = None
     redis_pid: int | None = None
@@ -158,14 +167,19 @@ def start_servers(
                 "--learner",
                 "off",
                 *(["--workers", str(workers)] if workers > 1 else []),
+                *([] if own_redis else ["--redis-url", str(redis_url), "--redis-mode", redis_mode]),
             ],
             work,
         )
         started.append(nba)
         wait_ready(echo, work / "echo.json")
         info = wait_ready(nba, work / "ready.json")
-        client = sync_client(RedisTarget(url=str(info["redis_url"])))
-        redis_pid = int(client.info("server")["process_id"])
+        if own_redis:
+            client = sync_client(RedisTarget(url=str(info["redis_url"])))
+            redis_pid = int(client.info("server")["process_id"])
+        else:
+            client = sync_client(RedisTarget(url=str(redis_url), mode=RedisMode(redis_mode)))
+            redis_pid = 0
         floor = None
         if echo_redis:
             floor = spawn(
@@ -187,9 +201,10 @@ def start_servers(
         yield Servers(echo, nba, client, redis_pid, floor)
     finally:
         if client is not None:
-            # Nothing of this private Redis is kept: emptying it spares the save on shutdown.
-            with contextlib.suppress(redis.RedisError):
-                client.flushall(asynchronous=True)
+            if own_redis:
+                # Nothing of this private Redis is kept: emptying it spares the save on shutdown.
+                with contextlib.suppress(redis.RedisError):
+                    client.flushall(asynchronous=True)
             client.close()  # before the server stops: it leaves a Redis with other clients running
         stop(started)
         stop_orphan(redis_pid)

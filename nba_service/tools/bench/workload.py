@@ -101,13 +101,19 @@ def decide_requests(population: int, count: int, seed: int, atm_only: bool) -> l
 
 
 def write_offer_policies(
-    folder: str | os.PathLike[str], offers: int, channels_from: str | os.PathLike[str], seed: int = 1
+    folder: str | os.PathLike[str],
+    offers: int,
+    channels_from: str | os.PathLike[str],
+    seed: int = 1,
+    budget: int | None = None,
 ) -> pathlib.Path:
     """A policy set of ``offers`` offers that all answer ``atm_decline`` and are always eligible,
     over the channels of ``channels_from``; validated.
 
     Each offer may use the ATM screen (open for every decline) and two channels
-    of the set in turn; no contact limits, so none is ever capped.
+    of the set in turn; no contact limits, so none is ever capped. With ``budget``,
+    each offer has a budget of that many sends a day (every decision that sends it
+    reserves a unit on the offer's own slot).
     """
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,6 +137,7 @@ def write_offer_policies(
                 "prior": round(rng.uniform(0.01, 0.3), 3),
                 "channels": own,
                 "content": {"default": f"{{first_name}}, offer {i}: {{amount}} {{currency}} sorted."},
+                **({"budget": {"max": budget, "per": "1d"}} if budget is not None else {}),
             }
         )
     (folder / "channels.yaml").write_text(yaml.safe_dump({"channels": channels}, sort_keys=False))

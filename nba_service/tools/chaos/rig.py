@@ -424,8 +424,8 @@ def handled_codes(before: Samples, after: Samples, method: str | None = None) ->
 
 
 def decision_keys(client: redis.Redis) -> int:
-    """Decision hashes in Redis now (``nba:d:*``)."""
-    return sum(1 for _ in client.scan_iter(match=keys.decision("*"), count=5000))
+    """Decision hashes in Redis now (:data:`~nba_service.store.keys.DECISION_PATTERN`)."""
+    return sum(1 for _ in client.scan_iter(match=keys.DECISION_PATTERN, count=5000))
 
 
 def missing_decisions(client: redis.Redis, decision_ids: Iterable[str]) -> int:
@@ -444,29 +444,34 @@ def outcome_states(client: redis.Redis, decision_ids: Iterable[str]) -> dict[str
     """Where the outcomes of ``decision_ids`` are: ``learned`` (in a published model: the learners'
     group acknowledged its stream entry), ``pending`` (on the stream, not learned yet) or ``lost``."""
     wanted = set(decision_ids)
-    entries: dict[str, bytes] = {}
-    last = "-"
-    while True:  # the whole stream, in pages: a chaos run writes a few thousand entries
-        page = cast(
-            "list[tuple[bytes, dict[bytes, bytes]]]", client.xrange(keys.OUTCOME_STREAM, min=last, count=10_000)
-        )
-        for entry_id, fields in page:
-            decision_id = fields.get(b"decision_id", b"").decode()
-            if decision_id in wanted:
-                entries[decision_id] = entry_id
-        if len(page) < 10_000:
-            break
-        last = "(" + page[-1][0].decode()
-    delivered: bytes | str = b"0-0"
-    pending: set[bytes] = set()
-    with contextlib.suppress(redis.ResponseError):  # no group yet: nothing learned
-        for group in client.xinfo_groups(keys.OUTCOME_STREAM):
-            if group["name"] in (keys.LEARNER_GROUP, keys.LEARNER_GROUP.encode()):
-                delivered = group["last-delivered-id"]
-        items = client.xpending_range(keys.OUTCOME_STREAM, keys.LEARNER_GROUP, min="-", max="+", count=100_000)
-        pending = {item["message_id"] for item in cast("list[dict[str, bytes]]", items)}
-    learned = sum(1 for e in entries.values() if e not in pending and _stream_id(e) <= _stream_id(delivered))
-    return {"learned": learned, "pending": len(entries) - learned, "lost": len(wanted) - len(entries)}
+    by_bucket: dict[int, set[str]] = {}
+    for decision_id in wanted:
+        by_bucket.setdefault(keys.decision_bucket(decision_id) or 0, set()).add(decision_id)
+    learned = found = 0
+    for bucket, ids in by_bucket.items():
+        stream = keys.outcome_stream(bucket)
+        entries: dict[str, bytes] = {}
+        last = "-"
+        while True:  # the whole stream, in pages: a chaos run writes a few thousand entries
+            page = cast("list[tuple[bytes, dict[bytes, bytes]]]", client.xrange(stream, min=last, count=10_000))
+            for entry_id, fields in page:
+                decision_id = fields.get(b"decision_id", b"").decode()
+                if decision_id in ids:
+                    entries[decision_id] = entry_id
+            if len(page) < 10_000:
+                break
+            last = "(" + page[-1][0].decode()
+        delivered: bytes | str = b"0-0"
+        pending: set[bytes] = set()
+        with contextlib.suppress(redis.ResponseError):  # no group yet: nothing learned
+            for group in client.xinfo_groups(stream):
+                if group["name"] in (keys.LEARNER_GROUP, keys.LEARNER_GROUP.encode()):
+                    delivered = group["last-delivered-id"]
+            items = client.xpending_range(stream, keys.LEARNER_GROUP, min="-", max="+", count=100_000)
+            pending = {item["message_id"] for item in cast("list[dict[str, bytes]]", items)}
+        found += len(entries)
+        learned += sum(1 for e in entries.values() if e not in pending and _stream_id(e) <= _stream_id(delivered))
+    return {"learned": learned, "pending": found - learned, "lost": len(wanted) - found}
 
 
 def _stream_id(entry_id: bytes | str) -> tuple[int, int]:

@@ -142,26 +142,60 @@ class DecideRequest(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., request_id: _Optional[str] = ..., origin_channel: _Optional[str] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("offer_id", "name", "category", "content")
+    __slots__ = ("offer_id", "name", "category", "content", "structured_content")
     OFFER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_CONTENT_FIELD_NUMBER: _ClassVar[int]
     offer_id: str
     name: str
     category: str
     content: str
-    def __init__(self, offer_id: _Optional[str] = ..., name: _Optional[str] = ..., category: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+    structured_content: Content
+    def __init__(self, offer_id: _Optional[str] = ..., name: _Optional[str] = ..., category: _Optional[str] = ..., content: _Optional[str] = ..., structured_content: _Optional[_Union[Content, _Mapping]] = ...) -> None: ...
+
+class Content(_message.Message):
+    __slots__ = ("title", "body", "subject", "html", "deep_link", "image_url", "cta", "language")
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    DEEP_LINK_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    CTA_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    title: str
+    body: str
+    subject: str
+    html: str
+    deep_link: str
+    image_url: str
+    cta: CallToAction
+    language: str
+    def __init__(self, title: _Optional[str] = ..., body: _Optional[str] = ..., subject: _Optional[str] = ..., html: _Optional[str] = ..., deep_link: _Optional[str] = ..., image_url: _Optional[str] = ..., cta: _Optional[_Union[CallToAction, _Mapping]] = ..., language: _Optional[str] = ...) -> None: ...
+
+class CallToAction(_message.Message):
+    __slots__ = ("label", "action")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    action: str
+    def __init__(self, label: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
 
 class Alternative(_message.Message):
-    __slots__ = ("offer_id", "channel", "score")
+    __slots__ = ("offer_id", "channel", "score", "agent_script", "agent_script_language")
     OFFER_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SCRIPT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SCRIPT_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     offer_id: str
     channel: str
     score: float
-    def __init__(self, offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    agent_script: str
+    agent_script_language: str
+    def __init__(self, offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., agent_script: _Optional[str] = ..., agent_script_language: _Optional[str] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("offer_id", "code", "detail", "channel")
@@ -176,7 +210,7 @@ class Reason(_message.Message):
     def __init__(self, offer_id: _Optional[str] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ..., channel: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "request_id", "no_action", "action", "channel", "score", "propensity", "alternatives", "reasons", "policy_version", "model_version", "degraded", "status")
+    __slots__ = ("decision_id", "request_id", "no_action", "action", "channel", "score", "propensity", "alternatives", "reasons", "policy_version", "model_version", "degraded", "status", "deliver_after_ms")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NO_ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +224,7 @@ class DecideResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     request_id: str
     no_action: bool
@@ -203,7 +238,8 @@ class DecideResponse(_message.Message):
     model_version: str
     degraded: bool
     status: Status
-    def __init__(self, decision_id: _Optional[str] = ..., request_id: _Optional[str] = ..., no_action: _Optional[bool] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., policy_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+    deliver_after_ms: int
+    def __init__(self, decision_id: _Optional[str] = ..., request_id: _Optional[str] = ..., no_action: _Optional[bool] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., policy_version: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., deliver_after_ms: _Optional[int] = ...) -> None: ...
 
 class Status(_message.Message):
     __slots__ = ("code", "message", "retry_after_ms")
@@ -248,26 +284,30 @@ class RecordEventRequest(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., origin_channel: _Optional[str] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RecordEventResponse(_message.Message):
-    __slots__ = ("request_id", "timestamp_ms", "opened", "closed")
+    __slots__ = ("request_id", "timestamp_ms", "opened", "closed", "holding_added")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     OPENED_FIELD_NUMBER: _ClassVar[int]
     CLOSED_FIELD_NUMBER: _ClassVar[int]
+    HOLDING_ADDED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     timestamp_ms: int
     opened: OpenJourney
     closed: _containers.RepeatedCompositeFieldContainer[OpenJourney]
-    def __init__(self, request_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., opened: _Optional[_Union[OpenJourney, _Mapping]] = ..., closed: _Optional[_Iterable[_Union[OpenJourney, _Mapping]]] = ...) -> None: ...
+    holding_added: str
+    def __init__(self, request_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., opened: _Optional[_Union[OpenJourney, _Mapping]] = ..., closed: _Optional[_Iterable[_Union[OpenJourney, _Mapping]]] = ..., holding_added: _Optional[str] = ...) -> None: ...
 
 class CustomerContextRequest(_message.Message):
-    __slots__ = ("customer_id", "max_events", "include_best_actions")
+    __slots__ = ("customer_id", "max_events", "include_best_actions", "agent_language")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_BEST_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     max_events: int
     include_best_actions: bool
-    def __init__(self, customer_id: _Optional[str] = ..., max_events: _Optional[int] = ..., include_best_actions: _Optional[bool] = ...) -> None: ...
+    agent_language: str
+    def __init__(self, customer_id: _Optional[str] = ..., max_events: _Optional[int] = ..., include_best_actions: _Optional[bool] = ..., agent_language: _Optional[str] = ...) -> None: ...
 
 class Consent(_message.Message):
     __slots__ = ("channel", "granted")
@@ -278,7 +318,7 @@ class Consent(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., granted: _Optional[bool] = ...) -> None: ...
 
 class CustomerProfile(_message.Message):
-    __slots__ = ("customer_id", "first_name", "segment", "preferred_channel", "reachable_channels", "consents", "timezone", "attributes")
+    __slots__ = ("customer_id", "first_name", "segment", "preferred_channel", "reachable_channels", "consents", "timezone", "attributes", "holdings")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +334,7 @@ class CustomerProfile(_message.Message):
     CONSENTS_FIELD_NUMBER: _ClassVar[int]
     TIMEZONE_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    HOLDINGS_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     first_name: str
     segment: str
@@ -302,7 +343,8 @@ class CustomerProfile(_message.Message):
     consents: _containers.RepeatedCompositeFieldContainer[Consent]
     timezone: str
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, customer_id: _Optional[str] = ..., first_name: _Optional[str] = ..., segment: _Optional[str] = ..., preferred_channel: _Optional[str] = ..., reachable_channels: _Optional[_Iterable[str]] = ..., consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ..., timezone: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    holdings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, customer_id: _Optional[str] = ..., first_name: _Optional[str] = ..., segment: _Optional[str] = ..., preferred_channel: _Optional[str] = ..., reachable_channels: _Optional[_Iterable[str]] = ..., consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ..., timezone: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., holdings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JourneyEvent(_message.Message):
     __slots__ = ("timestamp_ms", "type", "origin_channel", "fields")
@@ -359,7 +401,7 @@ class PastDecision(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., event_type: _Optional[str] = ..., offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., outcomes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CustomerContextResponse(_message.Message):
-    __slots__ = ("profile", "known", "journey", "open_journeys", "recent_decisions", "best_actions", "policy_version")
+    __slots__ = ("profile", "known", "journey", "open_journeys", "recent_decisions", "best_actions", "policy_version", "likely_reasons")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     JOURNEY_FIELD_NUMBER: _ClassVar[int]
@@ -367,6 +409,7 @@ class CustomerContextResponse(_message.Message):
     RECENT_DECISIONS_FIELD_NUMBER: _ClassVar[int]
     BEST_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LIKELY_REASONS_FIELD_NUMBER: _ClassVar[int]
     profile: CustomerProfile
     known: bool
     journey: _containers.RepeatedCompositeFieldContainer[JourneyEvent]
@@ -374,7 +417,20 @@ class CustomerContextResponse(_message.Message):
     recent_decisions: _containers.RepeatedCompositeFieldContainer[PastDecision]
     best_actions: _containers.RepeatedCompositeFieldContainer[Alternative]
     policy_version: str
-    def __init__(self, profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., known: _Optional[bool] = ..., journey: _Optional[_Iterable[_Union[JourneyEvent, _Mapping]]] = ..., open_journeys: _Optional[_Iterable[_Union[OpenJourney, _Mapping]]] = ..., recent_decisions: _Optional[_Iterable[_Union[PastDecision, _Mapping]]] = ..., best_actions: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., policy_version: _Optional[str] = ...) -> None: ...
+    likely_reasons: _containers.RepeatedCompositeFieldContainer[LikelyReason]
+    def __init__(self, profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., known: _Optional[bool] = ..., journey: _Optional[_Iterable[_Union[JourneyEvent, _Mapping]]] = ..., open_journeys: _Optional[_Iterable[_Union[OpenJourney, _Mapping]]] = ..., recent_decisions: _Optional[_Iterable[_Union[PastDecision, _Mapping]]] = ..., best_actions: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ..., policy_version: _Optional[str] = ..., likely_reasons: _Optional[_Iterable[_Union[LikelyReason, _Mapping]]] = ...) -> None: ...
+
+class LikelyReason(_message.Message):
+    __slots__ = ("id", "text", "score", "evidence")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    score: float
+    evidence: _containers.RepeatedCompositeFieldContainer[JourneyEvent]
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., evidence: _Optional[_Iterable[_Union[JourneyEvent, _Mapping]]] = ...) -> None: ...
 
 class UpsertCustomerRequest(_message.Message):
     __slots__ = ("profile", "update_mask", "request_id")

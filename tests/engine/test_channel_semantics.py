@@ -1,0 +1,161 @@
+"""Contact semantics per channel, without a server: how channels.yaml's direction and on_quiet_hours and a
+limit's direction are read, checked and applied by the engine."""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+
+import pytest
+
+from nba_service.domain import CustomerContext
+from nba_service.domain.localtime import next_local_time
+from nba_service.engine.explain import score_arms
+from nba_service.learning.models import ModelBank
+from nba_service.policies.diff import diff_policies
+from nba_service.policies.model import PolicyValidationError
+from nba_service.policies.parser import parse_policy_files
+from nba_service.policies.snapshot import PolicySnapshot
+from tests.conftest import SAMPLE_POLICIES
+from tests.engine.test_pipeline import DECLINE, NOON_UTC, POLICY, _contacts, customer, decide
+
+DEFER = {**POLICY, "channels.yaml": POLICY["channels.yaml"].replace(
+    '    quiet_hours: {start: "21:00", end: "08:00"}\n',
+    '    quiet_hours: {start: "21:00", end: "08:00"}\n    on_quiet_hours: defer\n')}
+
+
+def issues(files: dict[str, str]) -> list[str]:
+    with pytest.raises(PolicyValidationError) as caught:
+        parse_policy_files(files)
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_direction_defaults_to_what_needs_reachable_says_and_can_be_explicit():
+    channels = {c.id: c for c in parse_policy_files(POLICY).channels}
+    assert [(c.id, c.direction, c.on_quiet_hours) for c in channels.values()] == [
+        ("push", "outbound", "drop"), ("sms", "outbound", "drop"), ("atm_screen", "inbound", "drop")]
+    explicit = {**POLICY, "channels.yaml": POLICY["channels.yaml"].replace(
+        "  - id: sms\n", "  - id: sms\n    needs_reachable: false\n    direction: outbound\n")}
+    sms = next(c for c in parse_policy_files(explicit).channels if c.id == "sms")
+    assert (sms.needs_reachable, sms.direction) == (False, "outbound")
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("  - id: sms\n", "  - id: sms\n    direction: out\n",
+     "channels.yaml:5:16: channels[1] (sms).direction: expected inbound or outbound, got 'out'"),
+    ("  - id: sms\n", "  - id: sms\n    on_quiet_hours: [defer]\n",
+     "channels.yaml:5:21: channels[1] (sms).on_quiet_hours: expected drop or defer, got a list"),
+    ("  - id: sms\n", "  - id: sms\n    on_quiet_hours: defer\n",
+     "channels.yaml:5:21: channels[1] (sms).on_quiet_hours: defer needs quiet_hours, e.g. {start: '21:00',"
+     " end: '08:00'}"),
+    ("    default_consent: true\n", "    default_consent: true\n    quiet_hours: {start: '22:00', end: '07:00'}\n"
+                                     "    on_quiet_hours: defer\n",
+     "channels.yaml:9:21: channels[2] (atm_screen).on_quiet_hours: defer needs an outbound channel; this one is"
+     " inbound (shown in the customer's own session, which is now or never)"),
+])
+def test_bad_channel_semantics_are_refused_with_file_and_line(old, new, expected):
+    assert issues({**POLICY, "channels.yaml": POLICY["channels.yaml"].replace(old, new, 1)}) == [expected]
+
+
+def test_limits_that_could_never_count_a_contact_are_refused():
+    tip_limit = POLICY["offers.yaml"].replace(
+        '    content: {default: "Tip"}\n', '    content: {default: "Tip"}\n    limits:\n      - {max: 3, per: 1d}\n')
+    inbound_cards = POLICY["settings.yaml"].replace(
+        "{category: cards, max: 1, per: 7d}", "{category: cards, max: 1, per: 7d, direction: inbound}")
+    assert issues({**POLICY, "offers.yaml": tip_limit, "settings.yaml": inbound_cards}) == [
+        "offers.yaml:35:9: offers[2] (tip).limits: at most 3 per 1d counts outbound contacts only, and none of"
+        " this offer's channels (atm_screen) is outbound: it would never count one. Say direction: any (every"
+        " channel) or the direction of its channels",
+        "settings.yaml:8:7: settings.contact_limits: this limit counts inbound contacts only, and no channel of"
+        " the offers of category cards (push, sms) is inbound: it would never count one. Say direction: any"
+        " (every channel) or the direction of those channels",
+    ]
+    fixed = tip_limit.replace("- {max: 3, per: 1d}", "- {max: 3, per: 1d, direction: any}")
+    assert parse_policy_files({**POLICY, "offers.yaml": fixed}).offers[2].limits[0].direction == "any"
+    on_a_channel = POLICY["settings.yaml"].replace(
+        "{channel: sms, max: 1, per: 1d}", "{channel: sms, max: 1, per: 1d, direction: any}")
+    assert issues({**POLICY, "settings.yaml": on_a_channel}) == [
+        "settings.yaml:7:50: settings.contact_limits[1].direction: a limit on one channel counts that channel's"
+        " contacts, whatever its direction: remove direction, or the channel"]
+
+
+def test_a_category_cap_closes_only_its_outbound_arms():
+    # the loan (push, sms, atm_screen) in a category capped at 1 sent message a week
+    policy = {**POLICY, "settings.yaml": POLICY["settings.yaml"].replace(
+        "{category: cards, max: 1, per: 7d}", "{category: lending, max: 1, per: 7d}")}
+    snapshot = PolicySnapshot.compile(parse_policy_files(policy), "9")
+    sent = _contacts((86400, "loan", "push", "lending"))
+    decision = decide(snapshot, customer(), contacts=sent)
+    assert (decision.offer_id, decision.channel) == ("loan", "atm_screen")
+    reasons = {r.channel: (r.code, r.detail) for r in decision.reasons if r.channel}
+    assert reasons["push"] == ("frequency_cap", "at most 1 in lending per 7d")
+    # a screen message of the category counts nothing: the loan goes on push
+    shown = _contacts((86400, "loan", "atm_screen", "lending"), (2 * 86400, "loan", "atm_screen", "lending"))
+    assert decide(snapshot, customer(), contacts=shown).channel == "push"
+
+
+@pytest.fixture(scope="module")
+def deferring() -> PolicySnapshot:
+    return PolicySnapshot.compile(parse_policy_files(DEFER), "10")
+
+
+def test_a_deferring_channel_stays_open_in_quiet_hours_and_says_until_when(deferring):
+    # 12:00 UTC is 21:00 in Tokyo: push is quiet, and defers to 08:00 there (23:00 UTC)
+    decision = decide(deferring, customer(timezone="Asia/Tokyo"))
+    assert (decision.offer_id, decision.channel) == ("loan", "push")
+    assert decision.deliver_after == datetime.datetime(2026, 6, 10, 23, 0, tzinfo=datetime.UTC).timestamp()
+    assert [(r.code, r.channel) for r in decision.reasons[:2]] == [("chosen", ""), ("deferred", "push")]
+    assert decision.reasons[1].detail == (
+        "quiet hours 21:00-08:00 in Asia/Tokyo, local time 21:00: deliver after Thu 2026-06-11 08:00 local time"
+        " (2026-06-10T23:00:00Z)")
+    # out of quiet hours nothing is deferred; and a channel that drops is still closed
+    assert decide(deferring, customer()).deliver_after is None
+    dropping = PolicySnapshot.compile(parse_policy_files(POLICY), "7")
+    assert decide(dropping, customer(timezone="Asia/Tokyo")).channel == "sms"
+
+
+def test_explain_shows_a_deferred_arm_as_open(deferring):
+    bank = ModelBank()
+    bank.bind(deferring)
+    ctx = CustomerContext(customer(timezone="Asia/Tokyo"), now=NOON_UTC, origin_channel="atm")
+    arms = {(a.offer_id, a.channel): a for a in score_arms(deferring, bank, ctx, DECLINE)}
+    assert arms[("loan", "push")].closed == "" and arms[("loan", "push")].priority > 0
+    assert arms[("loan", "push")].deferred == "deliver after Thu 2026-06-11 08:00 local time"
+    assert arms[("loan", "sms")].deferred == ""
+
+
+def test_the_delivery_time_follows_daylight_saving():
+    madrid = zoneinfo.ZoneInfo("Europe/Madrid")
+    # 23:30 on the Saturday before the clocks go forward: 08:00 on Sunday is CEST (UTC+2), 06:00 UTC
+    night = datetime.datetime(2026, 3, 28, 23, 30, tzinfo=madrid).timestamp()
+    assert next_local_time(night, "Europe/Madrid", 8 * 60) == datetime.datetime(
+        2026, 3, 29, 6, 0, tzinfo=datetime.UTC).timestamp()
+    # 02:00 the same night already past midnight: 08:00 the same day
+    early = datetime.datetime(2026, 3, 29, 1, 0, tzinfo=datetime.UTC).timestamp()  # 03:00 CEST
+    assert next_local_time(early, "Europe/Madrid", 8 * 60) == datetime.datetime(
+        2026, 3, 29, 6, 0, tzinfo=datetime.UTC).timestamp()
+    # 08:00 exactly is not in quiet hours: the next 08:00 is tomorrow's
+    eight = datetime.datetime(2026, 6, 10, 8, 0, tzinfo=madrid).timestamp()
+    assert next_local_time(eight, "Europe/Madrid", 8 * 60) == eight + 86400
+
+
+def test_a_limit_direction_change_shows_in_the_diff():
+    new = {**POLICY, "settings.yaml": POLICY["settings.yaml"].replace(
+        "- {max: 5, per: 1d}", "- {max: 5, per: 1d, direction: any}")}
+    changes = [str(c) for c in diff_policies(parse_policy_files(POLICY), parse_policy_files(new)).changes]
+    assert changes == ["settings.contact_limits: - {max: 5, per: 1d}",
+                       "settings.contact_limits: + {max: 5, per: 1d, direction: any}"]
+    channels = {**DEFER, "channels.yaml": DEFER["channels.yaml"].replace(
+        "    default_consent: true\n", "    default_consent: true\n    direction: outbound\n")}
+    assert [str(c) for c in diff_policies(parse_policy_files(DEFER), parse_policy_files(channels)).changes] == [
+        "atm_screen.direction: inbound -> outbound"]
+    assert [str(c) for c in diff_policies(parse_policy_files(POLICY), parse_policy_files(DEFER)).changes] == [
+        "push.on_quiet_hours: drop -> defer"]
+
+
+def test_the_sample_channels_state_their_direction():
+    policy = parse_policy_files({"channels.yaml": (SAMPLE_POLICIES / "channels.yaml").read_text(encoding="utf-8")})
+    assert {c.id: c.direction for c in policy.channels} == {
+        "push": "outbound", "sms": "outbound", "email": "outbound", "app_inbox": "outbound",
+        "atm_screen": "inbound", "web_banner": "inbound", "agent_desktop": "inbound"}
+    assert {c.id: c.on_quiet_hours for c in policy.channels if c.quiet_hours} == {"push": "defer", "sms": "drop"}
