@@ -86,6 +86,10 @@ class Limit:
     category: str | None = None
     direction: str = "outbound"
     """One of :data:`LIMIT_DIRECTIONS` (ignored, and left at the default, when ``channel`` is set)."""
+    direction_given: bool = True
+    """False when the policy left ``direction`` out: then a limit whose offers, category or policy set have no
+    channel of the default direction counts every channel, as every limit did before channels had directions
+    (a policy set written then keeps its meaning)."""
 
     def describe(self) -> str:
         scope = f" on {self.channel}" if self.channel else f" in {self.category}" if self.category else ""

@@ -249,6 +249,7 @@ def _parse_offer_limits(
             col.add(limit_node, f"{where}.limits: channel {limit.channel!r} is not one of this offer's channels")
         elif (
             not limit.channel
+            and limit.direction_given
             and limit.direction != "any"
             and offer_channels
             and not any(c in channels and channels[c].direction == limit.direction for c in offer_channels)

@@ -199,16 +199,16 @@ def settings_limit_targets(node: _Node) -> list[tuple[str, str, _Node]]:
 
 
 def settings_limit_directions(node: _Node) -> list[tuple[str | None, str, _Node]]:
-    """(category or None, direction, its node) of every settings contact limit not narrowed to a channel whose
-    direction is outbound (the default) or inbound: such a limit must count some channel's contacts."""
+    """(category or None, direction, its node) of every settings contact limit not narrowed to a channel that
+    names its direction, outbound or inbound: such a limit must count some channel's contacts."""
     found = []
     if isinstance(node.value, dict) and "contact_limits" in node.value:
         limits = node.value["contact_limits"][1]
         if isinstance(limits.value, list):
             for item in limits.value:
-                if not isinstance(item.value, dict) or "channel" in item.value:
-                    continue
-                direction = item.value["direction"][1].value if "direction" in item.value else "outbound"
+                if not isinstance(item.value, dict) or "channel" in item.value or "direction" not in item.value:
+                    continue  # left out: such a limit counts every channel if it covers none of the default's
+                direction = item.value["direction"][1].value
                 if direction not in ("outbound", "inbound"):
                     continue
                 category = item.value["category"][1].value if "category" in item.value else None

@@ -375,11 +375,25 @@ def _limit_row(limit: Limit, offer: int, numbers: _Numbering) -> LimitRow:
     is the same as for a limit of every channel).
     """
     channels = numbers.channels
-    if limit.channel or limit.direction == "any":
+    if limit.channel or limit.direction == "any" or not _counts_some(limit, offer, numbers):
         skip: frozenset[str] = frozenset()
     else:
         skip = frozenset(c.id for c in channels if c.direction != limit.direction)
     return limit.per_seconds, limit.max, limit.channel, skip, _blocks(limit, offer, numbers, skip), limit.describe()
+
+
+def _counts_some(limit: Limit, offer: int, numbers: _Numbering) -> bool:
+    """Whether ``limit`` covers a channel of its direction; one that does not, and left its direction out,
+    counts every channel (see :attr:`Limit.direction_given`; the parser refuses one that gave it)."""
+    if limit.direction_given:
+        return True
+    if offer >= 0:
+        covered = set(numbers.offers[offer].channels)
+    elif limit.category:
+        covered = {c for o in numbers.offers if o.category == limit.category for c in o.channels}
+    else:
+        covered = {c.id for c in numbers.channels}
+    return any(c.direction == limit.direction for c in numbers.channels if c.id in covered)
 
 
 def _blocks(limit: Limit, offer: int, numbers: _Numbering, skip: frozenset[str]) -> tuple[tuple[LimitBlocks, int], ...]:

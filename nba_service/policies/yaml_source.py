@@ -28,6 +28,7 @@ problem. (An alias shares the value it names: it is not copied, only counted.)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import re
@@ -401,7 +402,8 @@ class Collector:
                     f"{here}.direction: a limit on one channel counts that channel's contacts, whatever its"
                     " direction: remove direction, or the channel",
                 )
-            out.append((Limit(maximum, seconds, str(fields["per"].value), channel, category, direction), item))
+            limit = Limit(maximum, seconds, str(fields["per"].value), channel, category, direction)
+            out.append((dataclasses.replace(limit, direction_given="direction" in fields), item))
         return out
 
     def choice(self, node: _Node | None, where: str, options: tuple[str, ...], default: str) -> str:

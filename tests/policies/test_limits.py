@@ -357,3 +357,21 @@ def test_the_store_refuses_what_no_valid_set_can_be(redis_client):
     redis_client.hset(keys.policy_version(version), "files", '["not", "files"]')
     with pytest.raises(ValueError, match="its files are not a JSON object of texts"):
         store.load(version)
+
+
+def test_a_policy_set_written_before_channel_directions_keeps_its_limits():
+    """Limits that leave ``direction`` out on offers or categories with no outbound channel count every channel,
+    as they did before channels had directions: the sample without its ``direction: any`` compiles to the same
+    limit table (a set published by the previous release still loads after an upgrade)."""
+    from nba_service.policies.parser import parse_policy_files, read_policy_dir
+    from nba_service.policies.snapshot import PolicySnapshot
+
+    files = read_policy_dir(SAMPLE_POLICIES)
+    older = {name: text.replace(", direction: any}", "}") for name, text in files.items()}
+    assert older != files
+
+    today = PolicySnapshot.compile(parse_policy_files(files), "1").limits
+    before = PolicySnapshot.compile(parse_policy_files(older), "1").limits
+
+    assert [row[:4] for row in before.rows] == [row[:4] for row in today.rows]
+    assert [row[4] for row in before.rows] == [row[4] for row in today.rows]  # what a hit blocks
