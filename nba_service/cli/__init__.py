@@ -27,6 +27,7 @@ import redis
 from nba_service import __version__
 from nba_service.cli._common import settings_from
 from nba_service.settings import SettingsError
+from nba_service.store.migrate import MigrationError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -80,3 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.RedisError as exc:
         print(f"nba: Redis: {exc}", file=sys.stderr)
         return 3
+    except MigrationError as exc:  # an older key layout this command cannot bring up to date
+        print(f"nba: {exc}", file=sys.stderr)
+        return 1

@@ -18,6 +18,7 @@ from nba_service.settings import Settings, SettingsError
 from nba_service.store import connect
 from nba_service.store.connect import RedisTarget
 from nba_service.store.embedded import EmbeddedRedis
+from nba_service.store.migrate import ensure_layout
 
 __all__ = ["redis_client", "settings_from", "show_history", "state_client", "state_options", "write_json"]
 
@@ -88,13 +89,17 @@ def redis_client(target: RedisTarget) -> redis.Redis:
 
 
 @contextlib.contextmanager
-def state_client(settings: Settings) -> Iterator[redis.Redis]:
+def state_client(settings: Settings, *, layout: bool = True) -> Iterator[redis.Redis]:
     """A Redis client for a command: the configured Redis (a URL, or the primary the sentinels name), or the
-    embedded Redis."""
+    embedded Redis. With ``layout`` the Redis is first brought to this release's key layout (one ``GET`` when
+    it is; :func:`~nba_service.store.migrate.ensure_layout`), as ``nba serve`` does: a command run before the
+    first upgraded server neither misses the state nor writes it where the upgrade would overwrite it."""
     if not settings.uses_embedded_redis:
         client = redis_client(RedisTarget.of(settings))
         try:
             client.ping()
+            if layout:
+                ensure_layout(client, mark_new=False)
             yield client
         finally:
             client.close()
@@ -102,6 +107,8 @@ def state_client(settings: Settings) -> Iterator[redis.Redis]:
     with EmbeddedRedis(settings.data_dir) as embedded:
         client = redis_client(RedisTarget(url=embedded.url))
         try:
+            if layout:
+                ensure_layout(client, mark_new=False)
             yield client
         finally:
             client.close()

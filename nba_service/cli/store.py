@@ -113,7 +113,7 @@ def _source(args: argparse.Namespace, settings: Settings) -> Iterator[tuple[redi
         else RedisTarget.of(settings).describe()
     )
     try:
-        with state_client(settings) as client:
+        with state_client(settings, layout=False) as client:
             yield client, name
     except redis.ConnectionError as exc:
         raise _Failed(f"{name}: cannot reach it: {exc}", 3) from None
@@ -233,7 +233,7 @@ def _migrate(args: argparse.Namespace, source: redis.Redis, source_name: str) ->
 
 
 def cmd_store_layout(args: argparse.Namespace) -> int:
-    with state_client(settings_from(args)) as client:
+    with state_client(settings_from(args), layout=False) as client:
         layout = layout_of(client)
         checkpoint = cast("bytes | None", client.hget(CHECKPOINT, "phase"))
         legacy = layout is None and has_legacy_keys(client)

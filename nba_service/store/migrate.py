@@ -739,19 +739,22 @@ def ensure_layout(
     wait_seconds: float = WAIT_SECONDS,
     batch: int = 1000,
     progress: Callable[[MigrationReport], None] | None = None,
+    mark_new: bool = True,
 ) -> MigrationReport | None:
     """Make sure ``client``'s Redis holds the layout of this release, before a server or learner uses it.
 
     :data:`~nba_service.store.keys.LAYOUT` set: nothing (one ``GET``). No key of the previous layout: the layout is
-    set (a new deployment). Otherwise the Redis is migrated in place (:func:`migrate`) under :class:`MigrationLock`,
-    and the report returned; a process that finds the lock held waits for the layout to be set (at most
-    ``wait_seconds``, then MigrationError naming the command to run by hand), and takes over a migration whose
-    process died (its lock expired): it resumes from the checkpoint. None when nothing was migrated here.
+    set (a new deployment; unless not ``mark_new``). Otherwise the Redis is migrated in place (:func:`migrate`)
+    under :class:`MigrationLock`, and the report returned; a process that finds the lock held waits for the layout
+    to be set (at most ``wait_seconds``, then MigrationError naming the command to run by hand), and takes over a
+    migration whose process died (its lock expired): it resumes from the checkpoint.
+    None when nothing was migrated here.
     """
     if layout_of(client) is not None:
         return None
     if not client.exists(CHECKPOINT) and not has_legacy_keys(client):
-        client.set(keys.LAYOUT, keys.LAYOUT_VERSION, nx=True)
+        if mark_new:  # else (a command that must write nothing) the next server marks it
+            client.set(keys.LAYOUT, keys.LAYOUT_VERSION, nx=True)
         return None
     if isinstance(client, RedisCluster):
         raise MigrationError(
