@@ -127,7 +127,7 @@ def test_hot_customer_requests_send_a_fifth_of_the_decisions_to_one_customer():
     hot = _hot_customer(requests, 1000)
 
     assert all(hot[i].customer_id == customer_id(0) for i in range(0, 500, 5))
-    assert all(h.customer_id == r.customer_id for i, (h, r) in enumerate(zip(hot, requests)) if i % 5)
+    assert all(h.customer_id == r.customer_id for i, (h, r) in enumerate(zip(hot, requests, strict=True)) if i % 5)
     assert [r.event for r in hot] == [r.event for r in requests]
     assert [r.customer_id for r in requests] == before  # the pool itself is left as it was
     assert Counter(before)[customer_id(0)] < 100 <= Counter(r.customer_id for r in hot)[customer_id(0)]

@@ -4,8 +4,10 @@ For each number of primaries N (and first for the standalone embedded Redis, the
 starts a :class:`~nba_service.store.local_cluster.LocalCluster` of N primaries without replicas, ``nba serve``
 on it (:func:`~nba_service.tools.bench.processes.start_servers` with ``redis_mode=cluster``), loads the
 bench's customers and journeys, and runs the bench's throughput ladder of Decide calls. Around each step it
-reads every primary's ``INFO`` (``used_cpu_sys`` + ``used_cpu_user``, ``total_commands_processed``); after
-the run, its ``DBSIZE``. The step with the most decisions/s is kept, as in the normal bench.
+reads every primary's ``INFO`` (``used_cpu_sys`` + ``used_cpu_user``, ``total_commands_processed``, the
+``EVALSHA`` calls); before the ladder, its CPU over a second without traffic; after the run, its ``DBSIZE``.
+The step with the most decisions/s is kept, as in the normal bench. Results and the table are documented in
+docs/performance.md ("Redis Cluster scale curve").
 
 Per setup it reports the decisions/s achieved, the Redis CPU per decision in total and on the busiest
 primary, each primary's share of the keys and of the Redis CPU, and the rate at which the busiest primary
