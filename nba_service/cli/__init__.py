@@ -37,6 +37,7 @@ COMMANDS = (
     "demo",
     "policy",
     "customers",
+    "campaign",
     "models",
     "history",
     "store",

@@ -33,11 +33,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from nba_service.policies.compiler import CompiledExpression
-from nba_service.policies.model import ChannelSpec, Limit, LocalizedText, OfferSpec, PolicySet, ReasonSpec
+from nba_service.policies.model import (
+    CampaignSpec,
+    ChannelSpec,
+    Limit,
+    LocalizedText,
+    OfferSpec,
+    PolicySet,
+    ReasonSpec,
+)
 
 __all__ = ["Change", "PolicyDiff", "diff_policies", "show_value"]
 
-SECTIONS = ("settings", "channels", "offers", "reasons")
+SECTIONS = ("settings", "channels", "offers", "reasons", "campaigns")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,7 +99,12 @@ class PolicyDiff:
         settings = sum(1 for c in self.changes if c.section == "settings")
         if settings:
             parts.append(f"{settings} setting{'s' if settings != 1 else ''} changed")
-        for section, noun in (("channels", "channel"), ("offers", "offer"), ("reasons", "reason")):
+        for section, noun in (
+            ("channels", "channel"),
+            ("offers", "offer"),
+            ("reasons", "reason"),
+            ("campaigns", "campaign"),
+        ):
             counts = [
                 (len(self.changed(section)), "changed"),
                 (len(self.added(section)), "added"),
@@ -122,6 +135,7 @@ def diff_policies(old: PolicySet, new: PolicySet) -> PolicyDiff:
     changes += _entity_changes("channels", old.channels, new.channels, _channel_fields, _channel_summary)
     changes += _entity_changes("offers", old.offers, new.offers, _offer_fields, _offer_summary)
     changes += _entity_changes("reasons", old.reasons, new.reasons, _reason_fields, _reason_summary)
+    changes += _entity_changes("campaigns", old.campaigns, new.campaigns, _campaign_fields, _campaign_summary)
     return PolicyDiff(tuple(changes))
 
 
@@ -438,4 +452,23 @@ def _reason_fields(section: str, a: ReasonSpec, b: ReasonSpec) -> list[Change]:
     out += _mapping(section, s, "text", _texts(a.text), _texts(b.text))
     out += _mapping(section, s, "variables", a.variables, b.variables)
     out += _other_fields(section, s, a, b, _REASON_FIELDS)
+    return out
+
+
+def _campaign_summary(c: CampaignSpec) -> str:
+    segment = c.segment.source if c.segment is not None else "every customer"
+    return f"{segment}; offers {', '.join(c.offers)}; schedule {c.schedule}"
+
+
+def _campaign_fields(section: str, a: CampaignSpec, b: CampaignSpec) -> list[Change]:
+    """Every field of two versions of a campaign (the segment by its source)."""
+    out: list[Change] = []
+    for f in dataclasses.fields(a):
+        if f.name in _NOT_COMPARED or f.name in {"repeat_after_seconds"}:
+            continue
+        old, new = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            out += _mapping(section, a.id, f.name, old, new)
+        else:
+            out += _field(section, a.id, f.name, old, new)
     return out

@@ -25,6 +25,7 @@ __all__ = [
     "LIMIT_DIRECTIONS",
     "QUIET_HOURS_ACTIONS",
     "Budget",
+    "CampaignSpec",
     "ChannelSpec",
     "GlobalSettings",
     "Limit",
@@ -270,6 +271,39 @@ class ReasonSpec:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CampaignSpec:
+    """An outbound campaign of the ``campaigns`` section (:mod:`~nba_service.policies.campaign_section`): a
+    segment of the customers, the offers it may send, its schedule, volume limits and send window."""
+
+    id: str
+    name: str
+    segment: CompiledExpression | None
+    """A rule over the customer (no event fields); None: every customer."""
+    offers: tuple[str, ...]
+    """The candidate offers (those answering ``event`` when the campaign names no offers)."""
+    event: str = ""
+    """The event type whose offers are the candidates (when ``offers`` are not listed) and whose fields
+    ``event_fields`` sets; each decision is made for a synthetic event of type ``campaign``."""
+    event_fields: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    """The synthetic event's fields (fields of ``event``), as the candidates' rules and content read them."""
+    schedule: str = "once"
+    """``once``, or a cron expression (minute hour day-of-month month day-of-week) in ``timezone``."""
+    timezone: str = "UTC"
+    max_per_channel: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Deliveries per run on each channel, at most."""
+    max_total: int | None = None
+    """Deliveries per run in all, at most (None: no limit)."""
+    send_window: tuple[int, int] | None = None
+    """(start, end) in minutes of the customer's local day (end < start: across midnight); None: any time."""
+    priority: float = 0.0
+    repeat_after_seconds: float | None = None
+    """A customer is reached again by the campaign only this long after; None: never again."""
+    repeat_after: str = ""
+    file: str = ""
+    line: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Place:
     """A branch, partner shop or ATM that geolocated rules can measure distances to."""
 
@@ -306,6 +340,8 @@ class PolicySet:
     """Event type -> the action answered while the state store is unavailable."""
     reasons: tuple[ReasonSpec, ...] = ()
     """The rules of likely reasons for a contact (``GetCustomerContext``), in the order written."""
+    campaigns: tuple[CampaignSpec, ...] = ()
+    """The outbound campaigns (``nba campaign run``), in the order written."""
 
     def places_by_kind(self) -> dict[str, tuple[Place, ...]]:
         kinds: dict[str, list[Place]] = {}

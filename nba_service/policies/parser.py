@@ -47,9 +47,11 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 
+from nba_service.policies.campaign_section import MAX_CAMPAIGNS, parse_campaigns
 from nba_service.policies.compiler import PLACE_COST, CompiledExpression
 from nba_service.policies.fallbacks import read_fallbacks
 from nba_service.policies.model import (
+    CampaignSpec,
     ChannelSpec,
     GlobalSettings,
     OfferSpec,
@@ -101,7 +103,7 @@ MAX_EVENT_COST = 50_000
 every channel rule, the variables of one offer, places scanned), in the units of
 :attr:`~nba_service.policies.compiler.CompiledExpression.cost`: a few milliseconds at most."""
 
-_TOP_KEYS = {"settings", "channels", "offers", "places", "fallbacks", "reasons"}
+_TOP_KEYS = {"settings", "channels", "offers", "places", "fallbacks", "reasons", "campaigns"}
 
 _Part = tuple[_Node, Collector]
 """A section of one file, with the collector of that file."""
@@ -223,6 +225,7 @@ def _parse(files: Mapping[str, str], base: str) -> PolicySet:
     _check_event_costs(offers, offer_nodes, channels, places)
     fallbacks = read_fallbacks(sections.fallbacks, channels, offers)
     reasons = _read_reasons(sections.reasons)
+    campaigns = _read_campaigns(sections.campaigns, offers, channels)
     _raise_issues(sections.collectors, base, has_channels=bool(channels))
     return PolicySet(
         settings=settings,
@@ -233,6 +236,7 @@ def _parse(files: Mapping[str, str], base: str) -> PolicySet:
         files=dict(files),
         fallbacks=fallbacks,
         reasons=tuple(reasons.values()),
+        campaigns=tuple(campaigns.values()),
     )
 
 
@@ -249,6 +253,7 @@ class _Sections:
     places: list[_Part] = dataclasses.field(default_factory=list)
     fallbacks: list[_Part] = dataclasses.field(default_factory=list)
     reasons: list[_Part] = dataclasses.field(default_factory=list)
+    campaigns: list[_Part] = dataclasses.field(default_factory=list)
 
 
 def _read_sections(files: Mapping[str, str], base: str) -> _Sections:
@@ -273,6 +278,8 @@ def _read_sections(files: Mapping[str, str], base: str) -> _Sections:
                 sections.fallbacks.append((top["fallbacks"], col))
             if "reasons" in top:
                 sections.reasons.append((top["reasons"], col))
+            if "campaigns" in top:
+                sections.campaigns.append((top["campaigns"], col))
     return sections
 
 
@@ -343,6 +350,25 @@ def _read_reasons(parts: list[_Part]) -> dict[str, ReasonSpec]:
                 break
             reasons[spec.id] = spec
     return reasons
+
+
+def _read_campaigns(
+    parts: list[_Part], offers: Mapping[str, OfferSpec], channels: Mapping[str, ChannelSpec]
+) -> dict[str, CampaignSpec]:
+    """Stage 7c: the outbound campaigns of every file, by id (a duplicate is an issue); at most
+    :data:`~nba_service.policies.campaign_section.MAX_CAMPAIGNS`."""
+    campaigns: dict[str, CampaignSpec] = {}
+    for node, col in parts:
+        for spec, item in parse_campaigns(node, col, offers, channels):
+            if spec.id in campaigns:
+                first = campaigns[spec.id]
+                col.add(item, f"campaigns: duplicate campaign id {spec.id!r} (first in {first.file}:{first.line})")
+                continue
+            if len(campaigns) == MAX_CAMPAIGNS:
+                col.add(item, f"campaigns: more than {MAX_CAMPAIGNS} campaigns in the policy set")
+                break
+            campaigns[spec.id] = spec
+    return campaigns
 
 
 def _check_settings_targets(

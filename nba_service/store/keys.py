@@ -50,11 +50,15 @@ __all__ = [
     "POLICY_LIVE",
     "POLICY_SEQ",
     "POLICY_VERSIONS",
+    "PROFILE_PATTERN",
     "PSEUDONYM_SECRET",
     "Legacy",
     "accepted",
     "bucket_of",
     "budget",
+    "campaign_claim",
+    "campaign_run",
+    "campaign_runs",
     "consent_audit",
     "contacts",
     "decision",
@@ -62,6 +66,7 @@ __all__ = [
     "decision_index",
     "decisions",
     "declines",
+    "deliveries",
     "journey",
     "model_version",
     "new_decision_id",
@@ -214,6 +219,32 @@ def decisions(customer_id: str) -> str:
     """Before the decision index: a list of the customer's 20 most recent decision ids. No longer
     written; read (and deleted) until the last such list has expired."""
     return _customer(customer_id, "decisions")
+
+
+def campaign_claim(customer_id: str, campaign_id: str) -> str:
+    """The customer's claim by a campaign (``SET NX``, its TTL the campaign's ``repeat_after``; none: kept):
+    the run that reached the customer, so no run of the campaign reaches them twice
+    (:mod:`nba_service.campaigns.run`)."""
+    return _customer(customer_id, f"campaign:{campaign_id}")
+
+
+PROFILE_PATTERN = PREFIX + "{*}:c:*:profile"
+"""Every customer profile, for SCAN (``MATCH``): what a campaign run scans."""
+
+
+def campaign_run(campaign_id: str, run_id: str) -> str:
+    """A campaign run's state (a hash: status, scan cursors, counters), on the global slot."""
+    return f"{_G}campaign:{campaign_id}:run:{run_id}"
+
+
+def campaign_runs(campaign_id: str) -> str:
+    """The campaign's run ids, scored by when each started."""
+    return f"{_G}campaign:{campaign_id}:runs"
+
+
+def deliveries(channel: str) -> str:
+    """The outbound channel's delivery stream (``XADD`` by campaign runs; read by its connector's group)."""
+    return f"{_G}deliveries:{channel}"
 
 
 def new_decision_id(customer_id: str) -> str:

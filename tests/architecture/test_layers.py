@@ -36,8 +36,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "app": BASE | {"api", "dataplane", "policies", "store", "learning", "settings", "observability", "proto"},
     "tools": BASE | {"app", "dataplane", "policies", "engine", "store", "learning", "settings", "observability",
                      "proto"},
-    "cli": BASE | {"app", "api", "tools", "dataplane", "policies", "engine", "store", "learning", "settings",
-                   "observability", "proto", "data"},
+    "campaigns": BASE | {"dataplane", "policies", "engine", "store", "learning", "settings", "observability"},
+    "cli": BASE | {"app", "api", "tools", "campaigns", "dataplane", "policies", "engine", "store", "learning",
+                   "settings", "observability", "proto", "data"},
     "data": set(),
     "__init__": set(),
 }

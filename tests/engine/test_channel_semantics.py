@@ -59,7 +59,8 @@ def test_bad_channel_semantics_are_refused_with_file_and_line(old, new, expected
 
 def test_limits_that_could_never_count_a_contact_are_refused():
     tip_limit = POLICY["offers.yaml"].replace(
-        '    content: {default: "Tip"}\n', '    content: {default: "Tip"}\n    limits:\n      - {max: 3, per: 1d}\n')
+        '    content: {default: "Tip"}\n',
+        '    content: {default: "Tip"}\n    limits:\n      - {max: 3, per: 1d, direction: outbound}\n')
     inbound_cards = POLICY["settings.yaml"].replace(
         "{category: cards, max: 1, per: 7d}", "{category: cards, max: 1, per: 7d, direction: inbound}")
     assert issues({**POLICY, "offers.yaml": tip_limit, "settings.yaml": inbound_cards}) == [
@@ -70,8 +71,14 @@ def test_limits_that_could_never_count_a_contact_are_refused():
         " the offers of category cards (push, sms) is inbound: it would never count one. Say direction: any"
         " (every channel) or the direction of those channels",
     ]
-    fixed = tip_limit.replace("- {max: 3, per: 1d}", "- {max: 3, per: 1d, direction: any}")
+    fixed = tip_limit.replace("- {max: 3, per: 1d, direction: outbound}", "- {max: 3, per: 1d, direction: any}")
     assert parse_policy_files({**POLICY, "offers.yaml": fixed}).offers[2].limits[0].direction == "any"
+    # left out, as a policy set written before directions did: it counts every channel, as it did then
+    implicit = tip_limit.replace("- {max: 3, per: 1d, direction: outbound}", "- {max: 3, per: 1d}")
+    (limit,) = parse_policy_files({**POLICY, "offers.yaml": implicit}).offers[2].limits
+    assert (limit.direction, limit.direction_given) == ("outbound", False)
+    rows = PolicySnapshot.compile(parse_policy_files({**POLICY, "offers.yaml": implicit}), "9").limits.rows
+    assert [row[3] for row in rows if row[5] == "at most 3 per 1d"] == [frozenset()]  # skips no channel
     on_a_channel = POLICY["settings.yaml"].replace(
         "{channel: sms, max: 1, per: 1d}", "{channel: sms, max: 1, per: 1d, direction: any}")
     assert issues({**POLICY, "settings.yaml": on_a_channel}) == [

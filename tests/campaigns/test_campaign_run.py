@@ -1,0 +1,294 @@
+"""Campaign runs over a real Redis: the segment, volume limits, caps, deliveries, night sends, kill and resume,
+dry runs and learning (nba_service/campaigns/run.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from nba_service.campaigns.metrics import CampaignMetrics
+from nba_service.campaigns.run import CampaignRunner, RunReport, RunStore, find_campaign
+from nba_service.campaigns.session import campaign_session
+from nba_service.domain import CustomerProfile, DecisionRequest, Event, OutcomeKind
+from nba_service.domain.localtime import local_time
+from nba_service.learning.learner import Learner
+from nba_service.learning.models import ModelBank
+from nba_service.policies.parser import read_policy_dir
+from nba_service.settings import Settings
+from nba_service.store import codec, keys
+from nba_service.store.connect import RedisMode, RedisTarget
+from nba_service.store.model_store import ModelStore
+from nba_service.store.policy_store import PolicyStore
+from tests.conftest import SAMPLE_POLICIES, TEST_REDIS_MODE, daytime_zone, night_zone
+
+SEGMENT = "holds('current_account') and holds('credit_card') and not holds('overdraft_protection')"
+CHANNELS = ("push", "sms", "email", "app_inbox")
+
+
+def campaign_yaml(
+    campaign_id: str = "test_cross_sell", limits: str = "{}", window: str = '{start: "09:00", end: "20:00"}'
+) -> str:
+    return f"""campaigns:
+  - id: {campaign_id}
+    segment: "{SEGMENT}"
+    offers: [overdraft_protection]
+    event: atm_decline
+    event_fields: {{balance: 0, currency: EUR}}
+    limits: {limits}
+    send_window: {window}
+"""
+
+
+def publish(client: redis.Redis, extra: str) -> None:
+    files = read_policy_dir(SAMPLE_POLICIES)
+    files["zz_campaigns.yaml"] = extra
+    PolicyStore(client).publish(files, author="tests", message="campaign")
+
+
+def customer(i: int, *, timezone: str, credit_score: str = "720", atm_consent: bool = True) -> CustomerProfile:
+    holdings = {"current_account"}
+    if i % 2 == 0:
+        holdings.add("credit_card")
+    if i % 20 == 0:
+        holdings.add("overdraft_protection")
+    consents = dict.fromkeys(CHANNELS, True) | {"atm_screen": atm_consent}
+    return CustomerProfile(
+        customer_id=f"k{i:06d}",
+        first_name="Ana",
+        segment="mass",
+        preferred_channel="push",
+        reachable_channels=frozenset(CHANNELS),
+        consents=consents,
+        timezone=timezone,
+        attributes={"credit_score": credit_score},
+        holdings=frozenset(holdings),
+    )
+
+
+def in_segment(i: int) -> bool:
+    return i % 2 == 0 and i % 20 != 0
+
+
+def load(client: redis.Redis, profiles: list[CustomerProfile]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for p in profiles:
+        pipe.set(keys.profile(p.customer_id), codec.encode_profile(p))
+    pipe.execute()
+
+
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, redis_mode=TEST_REDIS_MODE, strategy="epsilon", epsilon=0.0, seed=1)
+
+
+def target(redis_url: str) -> RedisTarget:
+    return RedisTarget(url=redis_url, mode=RedisMode(TEST_REDIS_MODE))
+
+
+def run_campaign(
+    redis_url: str,
+    name: str,
+    *,
+    dry_run: bool = False,
+    resume: bool = False,
+    batch_size: int = 1000,
+    progress: Callable[[RunReport], None] | None = None,
+    before: Callable[[Any], Any] | None = None,
+    patch: Callable[[CampaignRunner], None] | None = None,
+    **options: Any,
+) -> RunReport:
+    async def go() -> RunReport:
+        async with campaign_session(settings(redis_url), target(redis_url)) as (dataplane, client):
+            if before is not None:
+                await before(dataplane)
+            runner = CampaignRunner(
+                dataplane,
+                client,
+                find_campaign(dataplane.snapshot, name),
+                batch_size=batch_size,
+                progress=progress,
+                **options,
+            )
+            if patch is not None:
+                patch(runner)
+            return await runner.run(runner.resumable() if resume else None, dry_run=dry_run)
+
+    return asyncio.run(go())
+
+
+def deliveries(client: redis.Redis) -> dict[str, list[dict[str, str]]]:
+    out = {}
+    for channel in CHANNELS:
+        entries = client.xrange(keys.deliveries(channel))
+        out[channel] = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    return out
+
+
+def delivered_customers(client: redis.Redis) -> list[str]:
+    return [d["customer_id"] for entries in deliveries(client).values() for d in entries]
+
+
+def redis_state(client: redis.Redis) -> dict[bytes, bytes | None]:
+    return {key: client.dump(key) for key in sorted(client.scan_iter(count=1000))}
+
+
+def test_a_campaign_decides_exactly_the_segment_within_its_limits_and_caps(redis_client, redis_url):
+    publish(redis_client, campaign_yaml(limits="{max_per_channel: {push: 5000}}"))
+    zone = daytime_zone()
+    n = 20_000
+    profiles = [customer(i, timezone=zone) for i in range(n)]
+    # customers in the segment contacted today by a live decision (overdraft protection on an outbound
+    # channel after an ATM decline: no ATM-screen consent, a credit score too low for the loans)
+    capped = [f"k{i:06d}" for i in range(2, 400, 20)]
+    for i in range(2, 400, 20):
+        profiles[i] = customer(i, timezone=zone, credit_score="540", atm_consent=False)
+    load(redis_client, profiles)
+
+    async def live_decisions(dataplane: Any) -> None:
+        for cid in capped:
+            event = Event("atm_decline", {"amount": 100.0, "balance": 20.0, "shortfall": 80.0, "currency": "EUR"})
+            recorded = await dataplane.decide(DecisionRequest(cid, event, "atm"))
+            assert (recorded.decision.offer_id, recorded.decision.channel in CHANNELS) == ("overdraft_protection", True)
+
+    report = run_campaign(redis_url, "test_cross_sell", before=live_decisions)
+
+    segment = {f"k{i:06d}" for i in range(n) if in_segment(i)}
+    assert (report.status, report.scanned, report.in_segment, report.decided) == ("done", n, len(segment), len(segment))
+    sent = deliveries(redis_client)
+    customers = delivered_customers(redis_client)
+    assert len(customers) == len(set(customers)) == report.total_delivered  # one delivery per customer at most
+    assert set(customers) <= segment - set(capped)  # only the segment, never a customer capped today
+    assert report.suppressed["already_reached"] == 0 and sum(report.suppressed.values()) == len(segment) - len(
+        customers
+    )
+    assert len(sent["push"]) == report.delivered["push"] == 5000  # the volume limit of the channel ...
+    assert report.delivered["email"] > 0  # ... then the customers' next best channel
+    assert {c: len(e) for c, e in sent.items() if e} == dict(report.delivered)
+    first = sent["email"][0]
+    content = json.loads(first["content"])
+    assert first["offer_id"] == "overdraft_protection" and "overdraft protection" in content["body"]
+    assert content["subject"] and first["campaign"] == "test_cross_sell" and first["run_id"] == report.run_id
+    decision = redis_client.hgetall(keys.decision(first["decision_id"]))
+    assert decision[b"customer_id"].decode() == first["customer_id"] and decision[b"channel"] == b"email"
+    assert json.loads(decision[b"meta"])["event_type"] == "campaign"
+    assert float(first["deliver_after"]) <= report.updated  # daytime, inside the window: now
+
+    # running it again delivers nothing new: every customer reached is claimed (no repeat_after)
+    again = run_campaign(redis_url, "test_cross_sell")
+    assert again.total_delivered == 0 and again.suppressed["already_reached"] == len(customers)
+    assert len(delivered_customers(redis_client)) == len(customers)
+
+
+def test_a_run_counts_its_figures_as_prometheus_metrics(redis_client, redis_url):
+    publish(redis_client, campaign_yaml(limits="{max_per_channel: {push: 10}}"))
+    load(redis_client, [customer(i, timezone=daytime_zone()) for i in range(200)])
+    metrics = CampaignMetrics(CollectorRegistry())
+    report = run_campaign(redis_url, "test_cross_sell", metrics=metrics)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"campaign": "test_cross_sell", **labels})
+
+    assert sample("nba_campaign_customers_total", stage="scanned") == report.scanned == 200
+    assert sample("nba_campaign_customers_total", stage="decided") == report.decided
+    assert sample("nba_campaign_deliveries_total", channel="push") == 10
+    assert sum(sample("nba_campaign_deliveries_total", channel=c) or 0 for c in CHANNELS) == report.total_delivered
+    assert sample("nba_campaign_running") == 0
+
+
+def test_night_time_sends_are_deferred_to_each_customers_morning(redis_client, redis_url):
+    publish(redis_client, campaign_yaml())
+    zones = [night_zone(23), night_zone(2)]
+    load(redis_client, [customer(i, timezone=zones[i % 4 // 2]) for i in range(400)])
+    report = run_campaign(redis_url, "test_cross_sell")
+    sent = [d for entries in deliveries(redis_client).values() for d in entries]
+    assert len(sent) == report.total_delivered > 0
+    zone_of = {f"k{i:06d}": zones[i % 4 // 2] for i in range(400)}
+    for d in sent:
+        zone = zone_of[d["customer_id"]]
+        when = local_time(float(d["deliver_after"]), zone)
+        assert (when.hour, when.minute) == (9, 0)  # the send window's start, not dropped
+        hours = (float(d["deliver_after"]) - report.started) / 3600
+        assert 0 < hours < 11  # the coming morning
+
+
+@pytest.mark.parametrize("dies", ["after_checkpoint", "before_checkpoint"])
+def test_a_run_killed_mid_way_and_resumed_delivers_once_with_the_same_totals(redis_client, redis_url, dies):
+    publish(redis_client, campaign_yaml(limits="{max_per_channel: {push: 300}}"))
+    profiles = [customer(i, timezone=daytime_zone()) for i in range(3000)]
+    load(redis_client, profiles)
+    whole = run_campaign(redis_url, "test_cross_sell", batch_size=200)
+    whole_sent = delivered_customers(redis_client)
+
+    redis_client.flushall() if not hasattr(redis_client, "get_primaries") else redis_client.flushall(
+        target_nodes=redis.RedisCluster.PRIMARIES
+    )
+    publish(redis_client, campaign_yaml(limits="{max_per_channel: {push: 300}}"))
+    load(redis_client, profiles)
+    batches = []
+
+    def killed(report: RunReport) -> None:  # the process dies after its 4th checkpoint
+        batches.append(report.scanned)
+        if len(batches) == 4:
+            raise KeyboardInterrupt("killed")
+
+    def dies_before_checkpoint(runner: CampaignRunner) -> None:  # ... or with its 4th batch written, unsaved
+        save = runner.store.save
+
+        def save_or_die(report: RunReport) -> None:
+            batches.append(report.scanned)
+            if len(batches) == 5:  # the first save creates the run
+                raise KeyboardInterrupt("killed")
+            save(report)
+
+        runner.store.save = save_or_die  # type: ignore[method-assign]
+
+    options: dict[str, Any] = {"progress": killed} if dies == "after_checkpoint" else {"patch": dies_before_checkpoint}
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(redis_url, "test_cross_sell", batch_size=200, **options)
+    stopped = RunStore(redis_client).latest("test_cross_sell")
+    assert stopped is not None and stopped.status == "running" and 0 < stopped.decided < whole.decided
+    # the batch in flight when it died: its customers claimed, some delivered, the checkpoint not written
+    resumed = run_campaign(redis_url, "test_cross_sell", batch_size=200, resume=True)
+    sent = delivered_customers(redis_client)
+    assert len(sent) == len(set(sent))  # no customer twice
+    assert resumed.run_id == stopped.run_id and resumed.status == "done"
+    figures = ("scanned", "in_segment", "decided", "total_delivered")
+    assert [getattr(resumed, f) for f in figures] == [getattr(whole, f) for f in figures]
+    assert resumed.delivered == whole.delivered and len(sent) == len(whole_sent)
+
+
+def test_a_dry_run_writes_nothing_and_counts_by_offer_and_channel(redis_client, redis_url):
+    publish(redis_client, campaign_yaml(limits="{max_per_channel: {push: 100}}"))
+    load(redis_client, [customer(i, timezone=daytime_zone()) for i in range(1000)])
+    before = redis_state(redis_client)
+    report = run_campaign(redis_url, "test_cross_sell", dry_run=True)
+    assert redis_state(redis_client) == before
+    assert report.dry_run and report.in_segment == sum(1 for i in range(1000) if in_segment(i))
+    assert report.delivered["push"] == 100 and report.by_offer["overdraft_protection|push"] == 100
+    assert report.total_delivered > 100  # the others on their next best channel
+
+
+def test_an_outcome_of_a_campaign_decision_is_learned_like_a_live_one(redis_client, redis_url):
+    publish(redis_client, campaign_yaml())
+    load(redis_client, [customer(i, timezone=daytime_zone()) for i in range(40)])
+    run_campaign(redis_url, "test_cross_sell")
+    first = next(d for entries in deliveries(redis_client).values() for d in entries)
+
+    async def report_outcome() -> None:
+        async with campaign_session(settings(redis_url), target(redis_url)) as (dataplane, _):
+            recorded = await dataplane.report_outcome(first["decision_id"], OutcomeKind.ACCEPTED, 1.0)
+            assert recorded.learn and recorded.offer_id == "overdraft_protection"
+
+    asyncio.run(report_outcome())
+    learner = Learner(redis_client, name="l", snapshot_every=1, block_ms=1)
+    assert learner.step() == 1
+    learner.publish()
+    models = ModelBank.from_bytes(ModelStore(redis_client).load())
+    assert models.updates == 1
+    assert datetime.datetime.now(datetime.UTC)  # the learner published a version with the campaign's outcome
