@@ -122,7 +122,7 @@ class ChaosConfig:
             "sigterm_in_flight": 30,
             "sigterm_after": 1.0,
             "attacks": ("huge", "exploding", "deep"),
-            "attack_window": 2.0,
+            "attack_window": 6.0,  # at most: a 4 MB set is refused within it (over 2 s on 2 loaded cores)
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -71,9 +71,9 @@ def _no_failures(result: FaultResult, codes: dict[str, int], what: str) -> None:
 
 def _excess(result: FaultResult, returned: int, recorded: int, share: float, what: str) -> None:
     over = recorded - returned
-    result.check(
-        f"recorded exceed returned by at most {share:.0%} ({what})",
-        over <= share * max(returned, 1),
+    result.check(  # or by one decision: the least there is, when a loaded machine returns only a few dozen
+        f"recorded exceed returned by at most {share:.0%} or one decision ({what})",
+        over <= max(1.0, share * returned),
         f"{recorded:,} recorded, {returned:,} returned ({over / max(returned, 1):+.1%})",
     )
 
