@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 REDIS_SERVER := /usr/bin/redis-server
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test lint proto serve load bench chaos suite clean
+.PHONY: install demo test test-cluster lint proto serve load bench chaos suite clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,10 @@ $(REDIS_SERVER):
 demo: install  ## embedded Redis + server + sample policies + 30 s of simulated traffic
 	$(NBA) demo
 
-test: lint  ## lint and types, the whole test suite against a real Redis and real gRPC servers, then its Redis tests again on a local Redis Cluster
+test: lint  ## lint and types, then the whole test suite, against a real Redis (and a local Redis Cluster where a test says so) and real gRPC servers
 	$(PY) -m pytest
+
+test-cluster: install  ## the tests that use the suite's Redis again, against a local 3-primary Redis Cluster
 	NBA_TEST_REDIS_MODE=cluster $(PY) -m pytest
 
 lint: install  ## ruff (lint + format check) and mypy over nba_service/, as configured in pyproject.toml
