@@ -120,12 +120,14 @@ def test_a_call_whose_deadline_passes_while_it_waits_its_turn_is_neither_decided
     gate = Gate(server)
     first = server.stub.Decide.future(atm_decline("c1"), timeout=10)
     wait_until(lambda: in_progress(server) == 1, what="the first decision to be in progress")
-    second = server.stub.Decide.future(atm_decline("c2"), timeout=0.3)
+    second = server.stub.Decide.future(atm_decline("c2"), timeout=1.0)  # reaches the server on a loaded machine
     with pytest.raises(grpc.RpcError) as caught:
         second.result()
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_until(lambda: handled(server, "Decide", "DEADLINE_EXCEEDED") == 1, what="the expired call to be counted")
-    assert in_progress(server) == 1  # it left the queue
+    # counted DEADLINE_EXCEEDED, or CANCELLED when gRPC cancels the call for its deadline before nba answers
+    wait_until(lambda: handled(server, "Decide", "DEADLINE_EXCEEDED") + handled(server, "Decide", "CANCELLED") == 1,
+               what="the expired call to be counted")
+    wait_until(lambda: in_progress(server) == 1, what="the expired call to leave the queue")
 
     gate.open()
     assert first.result().decision_id
