@@ -540,6 +540,9 @@ class CampaignRunner:
         """Decide one customer on ``plan``; a channel that would go over its volume limit is closed (the plan
         without it) and the customer decided again."""
         limits = self.campaign.max_per_channel
+        if self.campaign.send_window is not None:  # quiet hours judged when the send window lets it go
+            send_at = deliver_after(ctx.now, None, ctx.profile.timezone, self.campaign.send_window)
+            ctx = dataclasses.replace(ctx, send_at=send_at if send_at > ctx.now else None)
         current: PolicySnapshot | None = plan
         while current is not None:
             decision, shadow, trial = self.dataplane._decide(current, ctx, self._event, 0, frozenset(self._exhausted))

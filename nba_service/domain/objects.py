@@ -160,6 +160,9 @@ class CustomerContext:
     accepted: tuple[tuple[float, str, str], ...] = ()
     """(time, offer id, product it sells or "") of the offers the customer accepted (or converted on) within
     the longest ``accepted_window`` of the policy set."""
+    send_at: float | None = None
+    """When the action will be sent, if later than ``now`` (an outbound campaign's send window in the
+    customer's time zone): the channels' quiet hours are judged at that moment, not at ``now``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

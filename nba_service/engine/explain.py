@@ -88,7 +88,9 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
     propensities = 1.0 / (1.0 + np.exp(-logit_mean))
     scope = snapshot.scope(ctx, event)
     caps = check_caps(snapshot, ctx.contacts, ctx.now)
-    verdict = channel_verdict(snapshot, ctx.profile, ctx.now, _channel_rule_results(snapshot, scope), caps)
+    verdict = channel_verdict(
+        snapshot, ctx.profile, ctx.send_at or ctx.now, _channel_rule_results(snapshot, scope), caps
+    )
     factors = arm_factors(snapshot, plan, plan.arms, np.ones(len(plan.offers), dtype=bool), scope) * value
     out = []
     for arm, p, factor in zip(plan.arms, propensities, factors, strict=False):

@@ -293,7 +293,7 @@ class DecisionEngine:
             if snapshot.channel_rules_code is not None
             else None
         )
-        verdict = channel_verdict(snapshot, ctx.profile, ctx.now, channel_results, caps)
+        verdict = channel_verdict(snapshot, ctx.profile, ctx.send_at or ctx.now, channel_results, caps)
         candidates.verdict, candidates.caps = verdict, caps
         arm_ok = offer_ok[plan.arm_position] & verdict.allowed[plan.arm_channel]
         if caps.arms:

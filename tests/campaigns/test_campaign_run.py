@@ -4,6 +4,7 @@ dry runs and learning (nba_service/campaigns/run.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 from collections.abc import Callable
@@ -215,6 +216,20 @@ def test_night_time_sends_are_deferred_to_each_customers_morning(redis_client, r
         assert (when.hour, when.minute) == (9, 0)  # the send window's start, not dropped
         hours = (float(d["deliver_after"]) - report.started) / 3600
         assert 0 < hours < 11  # the coming morning
+
+
+def test_a_channel_that_drops_at_night_is_judged_at_the_morning_send(redis_client, redis_url):
+    """SMS drops in its quiet hours (21:00-08:00, ``on_quiet_hours: drop``); a campaign run at 23:00 local
+    time sends at 09:00, outside them: the SMS-only customers get their SMS then, they are not left out."""
+    publish(redis_client, campaign_yaml())
+    zone = night_zone(23)
+    sms_only = {c: c == "sms" for c in CHANNELS} | {"atm_screen": False}
+    load(redis_client, [dataclasses.replace(customer(i, timezone=zone), consents=sms_only) for i in range(0, 80, 2)])
+    report = run_campaign(redis_url, "test_cross_sell")
+    sent = deliveries(redis_client)["sms"]
+    assert report.suppressed.get("nothing_allowed", 0) == 0
+    assert len(sent) == report.total_delivered == sum(in_segment(i) for i in range(0, 80, 2))
+    assert {(local_time(float(d["deliver_after"]), zone).hour) for d in sent} == {9}
 
 
 @pytest.mark.parametrize("dies", ["after_checkpoint", "before_checkpoint"])
