@@ -36,10 +36,12 @@ __all__ = [
     "new_token",
 ]
 
-ROLES = ("decide", "agent", "crm", "pii", "admin")
+ROLES = ("decide", "agent", "crm", "pii", "viewer", "marketing", "publisher", "admin")
 """``decide``: Decide, DecideStream, ReportOutcome, RecordEvent. ``agent``: GetCustomerContext, and Decide on
 ``agent_contact`` events. ``crm``: UpsertCustomer, DeleteCustomer. ``pii``: sensitive attribute values
-in GetCustomerContext. ``admin``: everything."""
+in GetCustomerContext (and in the console). ``viewer``: the console's pages, read only. ``marketing``: the
+console's previews and edits, and the campaign service. ``publisher``: publishing and rolling back policy
+versions from the console. ``admin``: everything."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
