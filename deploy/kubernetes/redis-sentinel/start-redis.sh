@@ -25,26 +25,10 @@ FIRST="${FIRST:-redis-node-0.redis-node:6379}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 ME="${ANNOUNCE_NAME:-$HOSTNAME.$SERVICE_NAME}"  # the name others reach this pod by
 
-case "$REDIS_PASSWORD" in
-  *[!A-Za-z0-9_-]*) echo "REDIS_PASSWORD: use letters, digits, _ and - only (e.g. openssl rand -hex 32): it is written into redis.conf and URLs" >&2; exit 1 ;;
-esac
-
-primary=""
-port=6379
-for sentinel in ${SENTINELS:-}; do
-  answer="$(REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h "${sentinel%:*}" -p "${sentinel##*:}" \
-    sentinel get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | tr -d '\r' || true)"
-  host="$(echo "$answer" | sed -n 1p)"
-  if [ -n "$host" ] && [ "$(echo "$answer" | wc -l)" -eq 2 ]; then
-    primary="$host"
-    port="$(echo "$answer" | sed -n 2p)"
-    echo "sentinel $sentinel names $primary:$port as the primary of $MASTER_NAME"
-    break
-  fi
-done
-if [ -z "$primary" ]; then
-  primary="${FIRST%:*}"
-  port="${FIRST##*:}"
+. "$(dirname "$0")/ask-sentinels.sh"
+check_password
+ask_sentinels none
+if [ "$from_first" = 1 ]; then
   echo "no sentinel names a primary of $MASTER_NAME: a new installation, $FIRST is the primary"
 fi
 

@@ -27,27 +27,10 @@ FAILOVER_TIMEOUT_MS="${FAILOVER_TIMEOUT_MS:-60000}"
 SENTINEL_PORT="${SENTINEL_PORT:-26379}"
 ME="${ANNOUNCE_NAME:-$HOSTNAME.$SERVICE_NAME}"  # the name others reach this pod by
 
-case "$REDIS_PASSWORD" in
-  *[!A-Za-z0-9_-]*) echo "REDIS_PASSWORD: use letters, digits, _ and - only (e.g. openssl rand -hex 32)" >&2; exit 1 ;;
-esac
-
-primary=""
-port=6379
-for sentinel in ${SENTINELS:-}; do
-  [ "$sentinel" != "$ME:$SENTINEL_PORT" ] || continue
-  answer="$(REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h "${sentinel%:*}" -p "${sentinel##*:}" \
-    sentinel get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | tr -d '\r' || true)"
-  host="$(echo "$answer" | sed -n 1p)"
-  if [ -n "$host" ] && [ "$(echo "$answer" | wc -l)" -eq 2 ]; then
-    primary="$host"
-    port="$(echo "$answer" | sed -n 2p)"
-    echo "sentinel $sentinel follows $primary:$port"
-    break
-  fi
-done
-if [ -z "$primary" ]; then
-  primary="${FIRST%:*}"
-  port="${FIRST##*:}"
+. "$(dirname "$0")/ask-sentinels.sh"
+check_password
+ask_sentinels "$ME:$SENTINEL_PORT"
+if [ "$from_first" = 1 ]; then
   echo "no other sentinel names a primary of $MASTER_NAME: a new installation, monitoring $FIRST"
 fi
 
