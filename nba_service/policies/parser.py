@@ -45,7 +45,8 @@ import os
 import pathlib
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TypeVar
 
 from nba_service.policies.campaign_section import MAX_CAMPAIGNS, parse_campaigns
 from nba_service.policies.compiler import PLACE_COST, CompiledExpression
@@ -106,6 +107,7 @@ every channel rule, the variables of one offer, places scanned), in the units of
 _TOP_KEYS = {"settings", "channels", "offers", "places", "fallbacks", "reasons", "campaigns"}
 
 _Part = tuple[_Node, Collector]
+_Spec = TypeVar("_Spec", ReasonSpec, CampaignSpec)
 """A section of one file, with the collector of that file."""
 
 
@@ -338,18 +340,7 @@ def _read_offers(
 def _read_reasons(parts: list[_Part]) -> dict[str, ReasonSpec]:
     """Stage 7b (after the costs and the fallbacks): the likely-reason rules of every file, by id (a duplicate
     is an issue); at most :data:`~nba_service.policies.reason_section.MAX_REASONS`."""
-    reasons: dict[str, ReasonSpec] = {}
-    for node, col in parts:
-        for spec, item in parse_reasons(node, col):
-            if spec.id in reasons:
-                first = reasons[spec.id]
-                col.add(item, f"reasons: duplicate reason id {spec.id!r} (first in {first.file}:{first.line})")
-                continue
-            if len(reasons) == MAX_REASONS:
-                col.add(item, f"reasons: more than {MAX_REASONS} reason rules in the policy set")
-                break
-            reasons[spec.id] = spec
-    return reasons
+    return _by_id(parts, parse_reasons, "reasons", "reason id", f"{MAX_REASONS} reason rules", MAX_REASONS)
 
 
 def _read_campaigns(
@@ -357,18 +348,35 @@ def _read_campaigns(
 ) -> dict[str, CampaignSpec]:
     """Stage 7c: the outbound campaigns of every file, by id (a duplicate is an issue); at most
     :data:`~nba_service.policies.campaign_section.MAX_CAMPAIGNS`."""
-    campaigns: dict[str, CampaignSpec] = {}
+
+    def parse(node: _Node, col: Collector) -> Iterable[tuple[CampaignSpec, _Node]]:
+        return parse_campaigns(node, col, offers, channels)
+
+    return _by_id(parts, parse, "campaigns", "campaign id", f"{MAX_CAMPAIGNS} campaigns", MAX_CAMPAIGNS)
+
+
+def _by_id(
+    parts: list[_Part],
+    parse: Callable[[_Node, Collector], Iterable[tuple[_Spec, _Node]]],
+    section: str,
+    what: str,
+    most: str,
+    limit: int,
+) -> dict[str, _Spec]:
+    """The specs ``parse`` reads from every file's section, by id: a duplicate id, or a spec beyond ``limit``,
+    is an issue at its item."""
+    specs: dict[str, _Spec] = {}
     for node, col in parts:
-        for spec, item in parse_campaigns(node, col, offers, channels):
-            if spec.id in campaigns:
-                first = campaigns[spec.id]
-                col.add(item, f"campaigns: duplicate campaign id {spec.id!r} (first in {first.file}:{first.line})")
+        for spec, item in parse(node, col):
+            if spec.id in specs:
+                first = specs[spec.id]
+                col.add(item, f"{section}: duplicate {what} {spec.id!r} (first in {first.file}:{first.line})")
                 continue
-            if len(campaigns) == MAX_CAMPAIGNS:
-                col.add(item, f"campaigns: more than {MAX_CAMPAIGNS} campaigns in the policy set")
+            if len(specs) == limit:
+                col.add(item, f"{section}: more than {most} in the policy set")
                 break
-            campaigns[spec.id] = spec
-    return campaigns
+            specs[spec.id] = spec
+    return specs
 
 
 def _check_settings_targets(
