@@ -4,7 +4,6 @@ offers are read back with the context, within the window asked for."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import redis
@@ -12,23 +11,9 @@ import redis
 from nba_service.domain import CustomerProfile, Event
 from nba_service.store import codec, keys
 from nba_service.store.state import StateStore
-from tests.conftest import async_redis
-from tests.store.test_profile_races import before_first_script
+from tests.store.test_profile_races import before_first_script, run_with_store
 
 OPENED = Event("custom", {"name": "product_opened"}, {"product": "overdraft_protection"})
-
-
-def run_with_store(redis_url: str, scenario: Any) -> Any:
-    async def main() -> Any:
-        client = async_redis(redis_url)
-        store = StateStore(client, decision_ttl_seconds=3600, journey_max_events=50, url=redis_url)
-        try:
-            return await scenario(store)
-        finally:
-            await store.aclose()
-            await client.aclose()
-
-    return asyncio.run(main())
 
 
 def test_an_overtaken_product_event_is_recorded_once_and_keeps_the_other_change(
