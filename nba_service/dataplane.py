@@ -508,7 +508,7 @@ class DataPlane:
         if recorded.status is OutcomeStatus.DUPLICATE:
             self.metrics.outcomes_unmatched.labels("duplicate").inc()
             return recorded
-        self.metrics.outcomes.labels(outcome.value).inc()
+        self.metrics.count_outcome(outcome.value, recorded.offer_id, recorded.channel)
         return recorded
 
     async def customer_context(

@@ -35,6 +35,7 @@ COMMANDS = (
     "serve",
     "status",
     "demo",
+    "console",
     "policy",
     "customers",
     "campaign",

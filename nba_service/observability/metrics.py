@@ -38,6 +38,13 @@ class Metrics:
         self.outcomes = Counter(
             "nba_outcomes", "Outcomes reported and joined to a decision, by kind.", ["outcome"], registry=registry
         )
+        self.offer_outcomes = Counter(
+            "nba_offer_outcomes",
+            "Outcomes joined to a decision, by the decision's offer and channel and the outcome's kind (the "
+            "console's funnel and acceptance rates; offers and channels are the policy's, so the labels stay few).",
+            ["offer", "channel", "outcome"],
+            registry=registry,
+        )
         self.outcomes_unmatched = Counter(
             "nba_outcomes_unmatched",
             "Outcomes refused: unknown or expired decision, or a duplicate.",
@@ -212,6 +219,12 @@ class Metrics:
                 tally[reason] = tally.get(reason, 0) + 1
             for reason, n in tally.items():
                 self.count_filtered(reason, n)
+
+    def count_outcome(self, outcome: str, offer: str, channel: str) -> None:
+        """One outcome joined to its decision: by kind, and by the decision's offer and channel."""
+        self.outcomes.labels(outcome).inc()
+        if offer:
+            self.offer_outcomes.labels(offer, channel or "none", outcome).inc()
 
     def count_redis_event(self, kind: str, node: str) -> None:
         """A redirect (kind moved, ask, tryagain) or an error (connection, timeout, response, clusterdown) of a

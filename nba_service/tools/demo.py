@@ -26,6 +26,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -301,6 +302,55 @@ def _wait_ready(path: pathlib.Path, process: subprocess.Popen[bytes], log: pathl
     raise RuntimeError(f"nba serve was not ready after {READY_TIMEOUT_SECONDS:.0f} s:\n{log.read_text()}")
 
 
+CONSOLE_PORT = 8080
+"""Where the demo's console listens when the port is free (else on a free port)."""
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_console(
+    work: pathlib.Path, redis_url: str, customer_ids: list[str], seed: int
+) -> tuple[subprocess.Popen[bytes], int] | None:
+    """``nba console`` on the demo's Redis (no auth file: loopback, the local admin), its Levers preview over
+    1,000 simulated moments of the demo's customers; None (and why) when it does not start."""
+    from nba_service.api.event_log import append_request
+
+    events = work / "console-events.jsonl"
+    mix = ScenarioMix(customer_ids, seed=seed)
+    with events.open("w", encoding="utf-8") as out:
+        for i in range(1000):
+            append_request(out, mix.next().request, round(time.time() - 3600 + 3.6 * i, 3))
+    port = _free_port(CONSOLE_PORT)
+    log = (work / "console.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nba_service.cli", "console", "--port", str(port), "--redis-url", redis_url,
+         "--events", str(events)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "NBA_ISOLATED": "1", "NBA_AUTH_FILE": "", "NBA_REDIS_MODE": ""},
+    )  # fmt: skip
+    log.close()
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                print(f"console on http://127.0.0.1:{port}/ (the demo's traffic shows on its Overview)", flush=True)
+                return process, port
+        time.sleep(0.1)  # polling the console's port until it listens
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    print(f"nba demo: the console did not start:\n{(work / 'console.log').read_text()}", file=sys.stderr)
+    return None
+
+
 def run_demo(
     duration: float = 30.0,
     concurrency: int = 8,
@@ -344,6 +394,7 @@ def run_demo(
                 # a throwaway state in its embedded Redis (never a Redis of the environment), not advertised
                 env={**os.environ, "NBA_ISOLATED": "1", **{f"NBA_REDIS_{n}": "" for n in ("URL", "MODE", "SENTINELS")}},
             )
+        console: tuple[subprocess.Popen[bytes], int] | None = None
         try:
             info = _wait_ready(ready, process, log)
             print(
@@ -370,6 +421,7 @@ def run_demo(
                             segments[record["customer_id"]] = record.get("segment", "")
             finally:
                 client.close()
+            console = _start_console(work, str(info["redis_url"]), list(segments)[:2000], seed)
             print(
                 f"playing {duration:.0f} s of ATM, app, web and agent traffic from {concurrency} backends ...",
                 flush=True,
@@ -401,6 +453,13 @@ def run_demo(
             print()
             print(_summary(tally, duration, _server_quantiles(int(info["metrics_port"])), comparison))
         finally:
+            if console is not None and console[0].poll() is None:
+                console[0].send_signal(signal.SIGTERM)
+                try:
+                    console[0].wait(10)
+                except subprocess.TimeoutExpired:
+                    console[0].kill()
+                    console[0].wait()
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -408,5 +467,7 @@ def run_demo(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+        if console is not None:
+            print(f"\nstopped nba console (pid {console[0].pid})", end="")
         print(f"\nstopped nba serve (pid {process.pid}) and its embedded Redis")
         return 0 if not tally.errors else 1

@@ -1,0 +1,544 @@
+"""The console's web application: pages, sign-in, roles and CSRF.
+
+Server-rendered (Starlette, Jinja2 templates), htmx for the live Overview and the Levers preview, charts as
+SVG drawn on the server. Every page reads and writes the same Redis as ``nba serve`` through the library the
+CLI uses: :class:`~nba_service.store.policy_store.PolicyStore` (publish, history, rollback),
+:func:`~nba_service.policies.diff.diff_policies`, :func:`~nba_service.tools.preview.run_preview`,
+:func:`~nba_service.engine.explain.explain_decision`, the model store and the shadow report.
+
+Who may do what (docs/console.md): with an auth file, a caller signs in with its bearer token and the console
+knows it by its name; ``viewer`` sees the pages, ``marketing`` previews lever changes, ``publisher`` publishes
+and rolls back, ``pii`` sees sensitive profile attributes, ``admin`` everything. Without an auth file (a local
+demo) everyone is the local admin, and the header says so. Sessions live in signed cookies; every form that
+changes something carries the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hmac
+import pathlib
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from nba_service.api.auth import LOCAL, AuthFile, Caller
+from nba_service.api.event_log import EventLogError, event_object, parse_record, to_timed_request
+from nba_service.cli._sources import load_models, stored_contexts
+from nba_service.console import charts
+from nba_service.console.levers import Proposal, levers_of, propose, show_number
+from nba_service.console.live import LiveNumbers, scrape_servers
+from nba_service.domain import TimedRequest
+from nba_service.engine.agent_view import agent_scripts, likely_reasons
+from nba_service.engine.explain import explain_decision
+from nba_service.engine.pipeline import DecisionEngine
+from nba_service.learning.exploration import EpsilonGreedy
+from nba_service.policies.diff import diff_policies
+from nba_service.policies.model import PolicySet
+from nba_service.policies.parser import parse_policy_files
+from nba_service.policies.snapshot import PolicySnapshot
+from nba_service.store import heartbeats, keys
+from nba_service.store.context_reader import ContextReader
+from nba_service.store.model_store import ModelStore
+from nba_service.store.policy_store import PolicyStore
+from nba_service.tools.preview import NO_ACTION, PolicyRun, PreviewReport, run_preview
+
+__all__ = ["CONSOLE_ROLES", "ConsoleConfig", "create_app", "load_moments"]
+
+HERE = pathlib.Path(__file__).parent
+CONSOLE_ROLES = ("viewer", "marketing", "publisher", "admin")
+"""A caller of the auth file with one of these may sign in."""
+EDIT_ROLES = ("marketing", "publisher")
+LOOKUP_ROLES = ("agent", "marketing", "publisher")
+
+
+@dataclasses.dataclass(slots=True)
+class ConsoleConfig:
+    client: redis.Redis
+    """The Redis the servers use (the console opens no other)."""
+    auth: AuthFile | None = None
+    """The service's auth file; None: no sign-in, everyone is the local admin."""
+    secret_key: str = ""
+    """Signs the session cookies; empty: a random key (sessions end when the console stops)."""
+    moments: Sequence[TimedRequest] = ()
+    """The recorded events the Levers preview replays."""
+    moments_source: str = ""
+    https_only: bool = False
+
+
+def create_app(config: ConsoleConfig) -> Starlette:
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals.update(show_number=show_number, when=_when, percent=_percent, dom_id=_dom_id)
+    console = _Console(config, templates)
+    routes = [
+        Route("/", console.overview),
+        Route("/overview/live", console.overview_live),
+        Route("/login", console.login, methods=["GET", "POST"]),
+        Route("/logout", console.logout, methods=["POST"]),
+        Route("/offers", console.offers),
+        Route("/levers", console.levers),
+        Route("/levers/preview", console.levers_preview, methods=["POST"]),
+        Route("/levers/publish", console.levers_publish, methods=["POST"]),
+        Route("/history", console.history),
+        Route("/history/{version:int}", console.history_version),
+        Route("/history/{version:int}/rollback", console.rollback, methods=["GET", "POST"]),
+        Route("/learning", console.learning),
+        Route("/customer", console.customer),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    middleware = [
+        Middleware(
+            SessionMiddleware,
+            secret_key=config.secret_key or secrets.token_urlsafe(32),
+            session_cookie="nba_console",
+            same_site="strict",
+            https_only=config.https_only,
+            max_age=12 * 3600,
+        )
+    ]
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: console.error})
+    app.state.console = console
+    return app
+
+
+class _Console:
+    def __init__(self, config: ConsoleConfig, templates: Jinja2Templates) -> None:
+        self.config = config
+        self.templates = templates
+        self.live_numbers = LiveNumbers()
+
+    # --- who is asking ------------------------------------------------------------------
+
+    def user(self, request: Request) -> Caller | None:
+        """The signed-in caller (its roles as the auth file says now); the local admin without an auth file."""
+        auth = self.config.auth
+        if auth is None:
+            return LOCAL
+        name = request.session.get("user")
+        client = next((c for c in auth.clients if c.name == name), None) if name else None
+        if client is None or not any(role in client.roles for role in CONSOLE_ROLES):
+            return None
+        return Caller(client.name, client.roles)
+
+    def need(self, request: Request, *roles: str) -> Caller:
+        user = self.user(request)
+        if user is None:
+            raise HTTPException(401, "sign in first")
+        if roles and not any(user.has(role) for role in roles):
+            raise HTTPException(403, f"{user.name} may not do this: it needs the role {' or '.join(roles)}")
+        return user
+
+    def csrf(self, request: Request) -> str:
+        token = request.session.get("csrf")
+        if not token:
+            token = request.session["csrf"] = secrets.token_urlsafe(24)
+        return str(token)
+
+    async def form(self, request: Request) -> dict[str, str]:
+        """The POSTed form, refused (403) unless it carries the session's CSRF token."""
+        form = await request.form()
+        sent = str(form.get("csrf", "")) or request.headers.get("x-csrf-token", "")
+        expected = request.session.get("csrf", "")
+        if not sent or not expected or not hmac.compare_digest(sent, str(expected)):
+            raise HTTPException(403, "the form's CSRF token is missing or stale: reload the page and try again")
+        return {key: str(value) for key, value in form.items()}
+
+    def render(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+        user = self.user(request)
+        context.update(
+            request=request,
+            user=user,
+            local_admin=self.config.auth is None,
+            csrf=self.csrf(request),
+            can_edit=user is not None and any(user.has(r) for r in EDIT_ROLES),
+            can_publish=user is not None and user.has("publisher"),
+            can_lookup=user is not None and any(user.has(r) for r in LOOKUP_ROLES),
+            page=name.removesuffix(".html"),
+        )
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    async def error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 401 and request.method == "GET":
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return self.render(request, "error.html", status_code=exc.status_code, message=exc.detail)
+
+    # --- sign-in ------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        auth = self.config.auth
+        if auth is None:
+            return RedirectResponse("/", status_code=303)
+        target = request.query_params.get("next", "/")
+        target = target if target.startswith("/") and not target.startswith("//") else "/"
+        if request.method == "GET":
+            return self.render(request, "login.html", next=target, problem="")
+        form = await self.form(request)
+        client = auth.by_token(form.get("token", "").strip())
+        if client is None:
+            return self.render(request, "login.html", 401, next=target, problem="unknown token")
+        if not any(role in client.roles for role in CONSOLE_ROLES):
+            problem = f"{client.name} has no console role ({', '.join(CONSOLE_ROLES)})"
+            return self.render(request, "login.html", 403, next=target, problem=problem)
+        request.session.clear()
+        request.session.update(user=client.name, csrf=secrets.token_urlsafe(24))
+        return RedirectResponse(target, status_code=303)
+
+    async def logout(self, request: Request) -> Response:
+        await self.form(request)
+        request.session.clear()
+        return RedirectResponse("/login" if self.config.auth else "/", status_code=303)
+
+    # --- what is live -------------------------------------------------------------------
+
+    def live_policy(self) -> tuple[int, PolicySet] | None:
+        store = PolicyStore(self.config.client)
+        published = store.load_live()
+        if published is None:
+            return None
+        return published.version, parse_policy_files(published.files)
+
+    # --- Overview -----------------------------------------------------------------------
+
+    async def overview(self, request: Request) -> Response:
+        self.need(request)
+        return self.render(request, "overview.html")
+
+    async def overview_live(self, request: Request) -> Response:
+        self.need(request)
+        client = self.config.client
+        beats = heartbeats.servers(client)
+        numbers = self.live_numbers.add(await run_in_threadpool(scrape_servers, beats))
+        per_minute: dict[str, Any] = numbers["per_minute"]
+        acceptance: dict[str, float] = numbers["acceptance"]
+        filtered: dict[str, float] = numbers["filtered"]
+        context: dict[str, Any] = {
+            "n": numbers,
+            "beats": beats,
+            "policy_version": PolicyStore(client).live(),
+            "model_version": ModelStore(client).live(),
+            "events_chart": _ranked(per_minute.get("by_event", {})),
+            "channels_chart": _ranked(per_minute.get("by_channel", {})),
+            "acceptance_chart": _ranked({k: 100 * v for k, v in acceptance.items()}, unit="%"),
+            "filtered_chart": _ranked(dict(list(filtered.items())[:10])),
+            "value_per_action": self._value_per_action(numbers),
+        }
+        return self.render(request, "overview_live.html", **context)
+
+    def _value_per_action(self, numbers: dict[str, Any]) -> float | None:
+        """The offers' values (numbers only) earned by accepted actions, per action decided."""
+        live = self.live_policy()
+        actions = sum(numbers["actions"].values())
+        if live is None or not actions:
+            return None
+        values = {o.id: o.value for o in live[1].offers}
+        earned = sum(values.get(offer, 0.0) * n for offer, n in numbers["accepted"].items())
+        return earned / actions
+
+    # --- Offers -------------------------------------------------------------------------
+
+    async def offers(self, request: Request) -> Response:
+        self.need(request)
+        live = self.live_policy()
+        funnel: dict[str, dict[str, dict[str, float]]] = collections.defaultdict(
+            lambda: collections.defaultdict(lambda: collections.defaultdict(float))
+        )
+        numbers = self.live_numbers.add(await run_in_threadpool(scrape_servers, heartbeats.servers(self.config.client)))
+        for (offer, channel), n in numbers["by_offer_channel"].items():
+            funnel[offer][channel]["decided"] += n
+        for (offer, channel, outcome), n in numbers["outcomes"].items():
+            funnel[offer][channel][outcome] += n
+        return self.render(
+            request, "offers.html", live=live, funnel=funnel, stages=("decided", "impressed", "accepted", "converted")
+        )
+
+    # --- Levers -------------------------------------------------------------------------
+
+    async def levers(self, request: Request) -> Response:
+        self.need(request)
+        live = self.live_policy()
+        if live is None:
+            return self.render(request, "levers.html", live=None)
+        proposal = propose(live[1], {})
+        return self.render(request, "levers.html", **self._levers_context(live, proposal))
+
+    def _levers_context(self, live: tuple[int, PolicySet], proposal: Proposal, **extra: Any) -> dict[str, Any]:
+        groups: dict[str, list[Any]] = collections.defaultdict(list)
+        for lever in levers_of(live[1]):
+            groups[lever.group].append(lever)
+        return {"live": live, "groups": groups, "proposal": proposal, "moments": len(self.config.moments), **extra}
+
+    async def levers_preview(self, request: Request) -> Response:
+        self.need(request, *EDIT_ROLES)
+        form = await self.form(request)
+        live = self.live_policy()
+        if live is None:
+            raise HTTPException(409, "no policy version is live yet: publish one with `nba policy publish DIR`")
+        proposal = propose(live[1], form)
+        result = await run_in_threadpool(self._preview, live, proposal)
+        context = self._levers_context(live, proposal, **result)
+        return self._levers_answer(request, proposal.ok, context)
+
+    def _levers_answer(self, request: Request, ok: bool, context: dict[str, Any]) -> Response:
+        """The Levers page, or for htmx its result part (200 even when invalid: htmx swaps only a 2xx)."""
+        if request.headers.get("hx-request"):
+            return self.render(request, "levers_result.html", **context)
+        return self.render(request, "levers.html", 200 if ok else 422, **context)
+
+    def _preview(self, live: tuple[int, PolicySet], proposal: Proposal) -> dict[str, Any]:
+        if not proposal.ok or not proposal.changed or proposal.policy is None:
+            return {"diff": None, "report": None}
+        diff = diff_policies(live[1], proposal.policy)
+        report: PreviewReport | None = None
+        chart = None
+        if self.config.moments:
+            client = self.config.client
+            snapshots = [
+                PolicySnapshot.compile(live[1], str(live[0])),
+                PolicySnapshot.compile(proposal.policy, "candidate"),
+            ]
+            banks, _ = load_models(client, snapshots)
+            report = run_preview(
+                self.config.moments,
+                PolicyRun(f"v{live[0]} (live)", snapshots[0], DecisionEngine(banks[0], EpsilonGreedy(0.0))),
+                PolicyRun("candidate", snapshots[1], DecisionEngine(banks[1], EpsilonGreedy(0.0))),
+                stored_contexts(client),
+                now=time.time(),
+                sample_size=5,
+            )
+            keys = (set(report.live.decisions) | set(report.candidate.decisions)) - {NO_ACTION}
+            rows = sorted(
+                ((f"{o} on {c}", (report.live.decisions[(o, c)], report.candidate.decisions[(o, c)])) for o, c in keys),
+                key=lambda r: (-abs(r[1][1] - r[1][0]), -r[1][0], r[0]),
+            )[:25]
+            rows.append(("(no action)", (report.live.no_action, report.candidate.no_action)))
+            chart = charts.bars(
+                rows, (report.live.label, report.candidate.label), title="decisions by offer and channel"
+            )
+        return {"diff": diff, "report": report, "chart": chart}  # fmt: skip
+
+    async def levers_publish(self, request: Request) -> Response:
+        user = self.need(request, "publisher")
+        form = await self.form(request)
+        live = self.live_policy()
+        if live is None:
+            raise HTTPException(409, "no policy version is live yet: publish one with `nba policy publish DIR`")
+        proposal = propose(live[1], form)
+        message = form.get("message", "").strip()
+        if form.get("base") and form["base"] != str(live[0]):
+            proposal.other_errors.append(
+                f"policy version {live[0]} became live while you edited version {form['base']}: your changes are"
+                " shown against it; preview and publish again"
+            )
+        if not message:
+            proposal.field_errors["message"] = "say what changes and why"
+        if proposal.ok and not proposal.changed:
+            proposal.other_errors.append("nothing changed: the levers are those of the live version")
+        if not proposal.ok:
+            context = self._levers_context(live, proposal, message=message, diff=None, report=None)
+            return self._levers_answer(request, False, context)
+        store = PolicyStore(self.config.client)
+        version = store.publish(proposal.files, author=user.name, message=message)
+        target = f"/history?published={version}"
+        if request.headers.get("hx-request"):
+            return Response(status_code=200, headers={"HX-Redirect": target})
+        return RedirectResponse(target, status_code=303)
+
+    # --- History ------------------------------------------------------------------------
+
+    async def history(self, request: Request) -> Response:
+        self.need(request)
+        store = PolicyStore(self.config.client)
+        versions = {p.version: p for p in store.history()}
+        return self.render(
+            request,
+            "history.html",
+            live=store.live(),
+            changes=list(reversed(store.changes())),
+            versions=versions,
+            published=request.query_params.get("published", ""),
+            rolled_back=request.query_params.get("rolled_back", ""),
+        )
+
+    async def history_version(self, request: Request) -> Response:
+        self.need(request)
+        version = int(request.path_params["version"])
+        store = PolicyStore(self.config.client)
+        versions = [p.version for p in store.history()]
+        if version not in versions:
+            raise HTTPException(404, f"policy version {version} does not exist")
+        published = store.load(version)
+        earlier = [v for v in versions if v < version]
+        lines: list[str] = []
+        if earlier:
+            before = parse_policy_files(store.load(earlier[-1]).files)
+            lines = diff_policies(before, parse_policy_files(published.files)).render()
+        return self.render(
+            request, "version.html", published=published, previous=earlier[-1] if earlier else None, lines=lines,
+            live=store.live(),
+        )  # fmt: skip
+
+    async def rollback(self, request: Request) -> Response:
+        user = self.need(request, "publisher")
+        version = int(request.path_params["version"])
+        store = PolicyStore(self.config.client)
+        if version not in {p.version for p in store.history()}:
+            raise HTTPException(404, f"policy version {version} does not exist")
+        if request.method == "GET":
+            return self.render(request, "rollback.html", version=version, live=store.live())
+        form = await self.form(request)
+        if form.get("confirm") != "yes":
+            return RedirectResponse("/history", status_code=303)
+        store.rollback(version, author=user.name, message=form.get("message", "").strip())
+        return RedirectResponse(f"/history?rolled_back={version}", status_code=303)
+
+    # --- Learning -----------------------------------------------------------------------
+
+    async def learning(self, request: Request) -> Response:
+        self.need(request)
+        from nba_service.tools.shadow_report import shadow_report
+
+        client = self.config.client
+        store = ModelStore(client)
+        history = store.history()
+        report = await run_in_threadpool(shadow_report, client)
+        curve = None
+        if len(history) >= 2:
+            start = history[0].published_at
+            curve = charts.line(
+                [((v.published_at - start) / 60.0, float(v.updates)) for v in history],
+                x_label="minutes since the first version",
+                y_label="outcomes learned",
+            )
+        challenger = client.get(keys.MODEL_CHALLENGER_VERSION)
+        return self.render(
+            request,
+            "learning.html",
+            history=list(reversed(history)),
+            live=store.live(),
+            challenger=int(challenger) if challenger else None,
+            report=report,
+            curve=curve,
+        )
+
+    # --- Customer -----------------------------------------------------------------------
+
+    async def customer(self, request: Request) -> Response:
+        user = self.need(request)
+        query = request.query_params
+        customer_id = query.get("id", "").strip()
+        context: dict[str, Any] = {"customer_id": customer_id, "query": query, "found": None}
+        live = self.live_policy()
+        context["event_types"] = sorted({e for o in live[1].offers for e in o.events}) if live else []
+        if not customer_id:
+            return self.render(request, "customer.html", **context)
+        self.need(request, *LOOKUP_ROLES)
+        if live is None:
+            raise HTTPException(409, "no policy version is live yet")
+        context.update(await run_in_threadpool(self._customer, user, live, customer_id, query))
+        return self.render(request, "customer.html", 400 if context.get("problem") else 200, **context)
+
+    def _customer(self, user: Caller, live: tuple[int, PolicySet], customer_id: str, query: Any) -> dict[str, Any]:
+        client = self.config.client
+        snapshot = PolicySnapshot.compile(live[1], str(live[0]))
+        (models,), model_text = load_models(client, [snapshot])
+        event_type = query.get("event", "") or "agent_contact"
+        fields = {}
+        for line in query.get("fields", "").splitlines():
+            name, sep, value = line.partition("=")
+            if sep and name.strip():
+                fields[name.strip()] = value.strip()
+        try:
+            record = {
+                "customer_id": customer_id,
+                "origin_channel": query.get("origin", ""),
+                "event": event_object(event_type, fields),
+            }
+            moment = to_timed_request(parse_record(record))
+        except (EventLogError, ValueError) as exc:
+            return {"problem": str(exc)}
+        request = moment.request
+        now = time.time()
+        ctx = ContextReader(client).read_context(
+            customer_id,
+            now,
+            origin_channel=request.origin_channel,
+            request_attributes=request.attributes,
+            contact_window=snapshot.max_limit_window,
+            suppression_window=snapshot.max_suppression_window,
+            accepted_window=snapshot.max_accepted_window,
+        )
+        decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(
+            snapshot, ctx, request.event, top_k=max(len(snapshot.offers), 1)
+        )
+        offers = explain_decision(snapshot, models, ctx, request.event, decision)
+        sensitive = set(live[1].settings.sensitive)
+        attributes = {
+            name: (value if user.has("pii") or name not in sensitive else "hidden (needs the pii role)")
+            for name, value in sorted(ctx.profile.attributes.items())
+        }
+        best = [decision.offer_id] if decision.offer_id else []
+        best += [a.offer_id for a in decision.alternatives]
+        return {
+            "found": ctx.profile.known,
+            "profile": ctx.profile,
+            "attributes": attributes,
+            "journey": ctx.journey[:20],
+            "reasons": likely_reasons(snapshot, ctx),
+            "scripts": agent_scripts(snapshot, ctx, request.event, best),
+            "decision": decision,
+            "offers": offers,
+            "models": model_text,
+            "event_type": event_type,
+            "policy_version": live[0],
+        }
+
+
+def _ranked(values: dict[str, float], unit: str = "") -> Any:
+    """One bar per key, largest first."""
+    return charts.bars(sorted(((k, (v,)) for k, v in values.items()), key=lambda r: (-r[1][0], r[0])), (), unit=unit)
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp)) if timestamp else "-"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _dom_id(key: str) -> str:
+    """A form field's key as an HTML id (letters, digits, ``_`` and ``-`` only)."""
+    return "f-" + "".join(ch if ch.isalnum() or ch in "_-" else "--" for ch in key)
+
+
+def load_moments(path: str) -> tuple[list[TimedRequest], list[str]]:
+    """The recorded events of ``path`` (``nba serve --record-events``, ``nba events generate``) and the lines
+    refused."""
+    from nba_service.api.event_log import read_requests
+
+    moments: list[TimedRequest] = []
+    refused: list[str] = []
+    for recorded in read_requests(path):
+        if isinstance(recorded, EventLogError):
+            refused.append(str(recorded))
+            continue
+        try:
+            moments.append(to_timed_request(recorded))
+        except EventLogError as exc:
+            refused.append(str(exc))
+    return moments, refused
