@@ -21,8 +21,14 @@ from nba_service.store.model_store import ModelStore
 def cmd_learner(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        # Not stop.set() here: the handler runs in the main thread, which may hold the Event's lock (inside
+        # stop.wait); a second signal there would wait for that lock forever. A thread of its own waits its turn.
+        threading.Thread(target=stop.set, name="learner-stop", daemon=True).start()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     with state_client(settings) as client:
         try:
             ensure_layout(client)  # a Redis of the previous release is upgraded in place first
