@@ -18,8 +18,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hmac
+import logging
 import pathlib
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -40,7 +42,7 @@ from nba_service.api.auth import LOCAL, AuthFile, Caller
 from nba_service.api.event_log import EventLogError, event_object, parse_record, to_timed_request
 from nba_service.cli._sources import load_models, stored_contexts
 from nba_service.console import charts
-from nba_service.console.levers import Proposal, levers_of, propose, show_number
+from nba_service.console.levers import Lever, Proposal, levers_of, propose, show_number
 from nba_service.console.live import LiveNumbers, scrape_servers
 from nba_service.domain import TimedRequest
 from nba_service.engine.agent_view import agent_scripts, likely_reasons
@@ -56,13 +58,22 @@ from nba_service.store.context_reader import ContextReader
 from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
 from nba_service.tools.preview import NO_ACTION, PolicyRun, PreviewReport, run_preview
+from nba_service.tools.shadow_report import shadow_report
 
 __all__ = ["CONSOLE_ROLES", "ConsoleConfig", "create_app", "load_moments"]
 
 HERE = pathlib.Path(__file__).parent
+log = logging.getLogger(__name__)
 CONSOLE_ROLES = ("viewer", "marketing", "publisher", "admin")
 """A caller of the auth file with one of these may sign in."""
 EDIT_ROLES = ("marketing", "publisher")
+PREVIEW_CONTEXT_SECONDS = 60.0
+"""How long the Levers preview reuses a customer's context read from Redis."""
+PREVIEW_CONTEXTS = 20_000
+"""At most this many contexts are kept (the preview replays at most a few thousand events)."""
+SHADOW_REPORT_SECONDS = 60.0
+"""The shadow report reads every logged decision (a SCAN of the keyspace): the Learning page shows the last
+one computed, and a new one is computed in the background when it is older than this."""
 LOOKUP_ROLES = ("agent", "marketing", "publisher")
 
 
@@ -97,6 +108,7 @@ def create_app(config: ConsoleConfig) -> Starlette:
         Route("/history/{version:int}", console.history_version),
         Route("/history/{version:int}/rollback", console.rollback, methods=["GET", "POST"]),
         Route("/learning", console.learning),
+        Route("/learning/shadow", console.learning_shadow),
         Route("/customer", console.customer),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
@@ -120,6 +132,13 @@ class _Console:
         self.config = config
         self.templates = templates
         self.live_numbers = LiveNumbers()
+        self._parsed: dict[int, tuple[PolicySet, list[Lever]]] = {}
+        """Policy version -> its policy set and levers: a published version never changes, so each is parsed
+        once (parsing the YAML of 30 offers takes longer than rendering any page)."""
+        self._parsed_lock = threading.Lock()
+        self._context_cache: dict[tuple[str, float, float], tuple[float, Any]] = {}
+        self._context_lock = threading.Lock()
+        self.shadow = Refreshed(lambda: shadow_report(self.config.client), max_age=SHADOW_REPORT_SECONDS)
 
     # --- who is asking ------------------------------------------------------------------
 
@@ -206,11 +225,24 @@ class _Console:
     # --- what is live -------------------------------------------------------------------
 
     def live_policy(self) -> tuple[int, PolicySet] | None:
-        store = PolicyStore(self.config.client)
-        published = store.load_live()
-        if published is None:
+        version = PolicyStore(self.config.client).live()
+        if version is None:
             return None
-        return published.version, parse_policy_files(published.files)
+        return version, self._version(version)[0]
+
+    def _version(self, version: int) -> tuple[PolicySet, list[Lever]]:
+        """Policy version ``version`` parsed, and its levers (cached: versions are immutable)."""
+        with self._parsed_lock:
+            cached = self._parsed.get(version)
+        if cached is None:
+            policy = parse_policy_files(PolicyStore(self.config.client).load(version).files)
+            cached = (policy, levers_of(policy))
+            with self._parsed_lock:
+                self._parsed[version] = cached
+        return cached
+
+    def levers_of(self, live: tuple[int, PolicySet]) -> list[Lever]:
+        return self._version(live[0])[1]
 
     # --- Overview -----------------------------------------------------------------------
 
@@ -273,12 +305,12 @@ class _Console:
         live = self.live_policy()
         if live is None:
             return self.render(request, "levers.html", live=None)
-        proposal = propose(live[1], {})
+        proposal = propose(live[1], {}, self.levers_of(live))
         return self.render(request, "levers.html", **self._levers_context(live, proposal))
 
     def _levers_context(self, live: tuple[int, PolicySet], proposal: Proposal, **extra: Any) -> dict[str, Any]:
         groups: dict[str, list[Any]] = collections.defaultdict(list)
-        for lever in levers_of(live[1]):
+        for lever in self.levers_of(live):
             groups[lever.group].append(lever)
         return {"live": live, "groups": groups, "proposal": proposal, "moments": len(self.config.moments), **extra}
 
@@ -288,7 +320,7 @@ class _Console:
         live = self.live_policy()
         if live is None:
             raise HTTPException(409, "no policy version is live yet: publish one with `nba policy publish DIR`")
-        proposal = propose(live[1], form)
+        proposal = propose(live[1], form, self.levers_of(live))
         result = await run_in_threadpool(self._preview, live, proposal)
         context = self._levers_context(live, proposal, **result)
         return self._levers_answer(request, proposal.ok, context)
@@ -316,7 +348,7 @@ class _Console:
                 self.config.moments,
                 PolicyRun(f"v{live[0]} (live)", snapshots[0], DecisionEngine(banks[0], EpsilonGreedy(0.0))),
                 PolicyRun("candidate", snapshots[1], DecisionEngine(banks[1], EpsilonGreedy(0.0))),
-                stored_contexts(client),
+                self._contexts(),
                 now=time.time(),
                 sample_size=5,
             )
@@ -331,13 +363,33 @@ class _Console:
             )
         return {"diff": diff, "report": report, "chart": chart}  # fmt: skip
 
+    def _contexts(self) -> Any:
+        """The stored contexts the preview replays its events with, each read from Redis at most once a
+        minute (reading them takes as long as deciding: a preview that follows another reads none)."""
+        read = stored_contexts(self.config.client)
+
+        def context(customer_id: str, now: float, window: float) -> Any:
+            key = (customer_id, now, window)  # the same events give the same keys
+            with self._context_lock:
+                cached = self._context_cache.get(key)
+            if cached is not None and time.monotonic() - cached[0] < PREVIEW_CONTEXT_SECONDS:
+                return cached[1]
+            found = read(customer_id, now, window)
+            with self._context_lock:
+                if len(self._context_cache) >= PREVIEW_CONTEXTS:
+                    self._context_cache.clear()
+                self._context_cache[key] = (time.monotonic(), found)
+            return found
+
+        return context
+
     async def levers_publish(self, request: Request) -> Response:
         user = self.need(request, "publisher")
         form = await self.form(request)
         live = self.live_policy()
         if live is None:
             raise HTTPException(409, "no policy version is live yet: publish one with `nba policy publish DIR`")
-        proposal = propose(live[1], form)
+        proposal = propose(live[1], form, self.levers_of(live))
         message = form.get("message", "").strip()
         if form.get("base") and form["base"] != str(live[0]):
             proposal.other_errors.append(
@@ -410,12 +462,10 @@ class _Console:
 
     async def learning(self, request: Request) -> Response:
         self.need(request)
-        from nba_service.tools.shadow_report import shadow_report
-
         client = self.config.client
         store = ModelStore(client)
         history = store.history()
-        report = await run_in_threadpool(shadow_report, client)
+        report, report_at = self.shadow.get()
         curve = None
         if len(history) >= 2:
             start = history[0].published_at
@@ -432,8 +482,15 @@ class _Console:
             live=store.live(),
             challenger=int(challenger) if challenger else None,
             report=report,
+            report_at=report_at,
             curve=curve,
         )
+
+    async def learning_shadow(self, request: Request) -> Response:
+        """The shadow/challenger report's panel (polled by the Learning page while the report is computed)."""
+        self.need(request)
+        report, report_at = self.shadow.get()
+        return self.render(request, "learning_shadow.html", report=report, report_at=report_at)
 
     # --- Customer -----------------------------------------------------------------------
 
@@ -506,6 +563,39 @@ class _Console:
             "event_type": event_type,
             "policy_version": live[0],
         }
+
+
+class Refreshed:
+    """The last value of a slow computation, computed again in a background thread once it is ``max_age``
+    seconds old: :meth:`get` never waits for it (None until the first computation ends)."""
+
+    def __init__(self, compute: Any, max_age: float) -> None:
+        self._compute = compute
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._at = 0.0
+        self._running = False
+
+    def get(self) -> tuple[Any, float]:
+        """(the last value, when it was computed); a computation is started when none runs and it is stale."""
+        with self._lock:
+            if not self._running and time.time() - self._at >= self._max_age:
+                self._running = True
+                threading.Thread(target=self._run, name="console-refresh", daemon=True).start()
+            return self._value, self._at
+
+    def _run(self) -> None:
+        try:
+            value = self._compute()
+        except Exception:  # the page keeps the last value; tried again later
+            log.exception("the console's background computation failed")
+            with self._lock:
+                self._running = False
+                self._at = time.time() - self._max_age / 2  # try again soon, not at every request
+            return
+        with self._lock:
+            self._value, self._at, self._running = value, time.time(), False
 
 
 def _ranked(values: dict[str, float], unit: str = "") -> Any:

@@ -19,6 +19,9 @@ __all__ = ["bars", "line"]
 COLOURS = ("#4e79a7", "#f28e2b", "#59a14f")
 ROW = 22
 LABEL_WIDTH = 230
+"""At least; wider when a label needs it (the whole chart scales down to the page's width)."""
+CHAR_WIDTH = 7
+"""A generous width of one character of the 12 px labels."""
 BAR_WIDTH = 380
 
 
@@ -29,7 +32,8 @@ def bars(
     n = max(len(series), 1)
     top = 26 if series else 6
     height = top + len(rows) * (ROW * n + 6) + 4
-    width = LABEL_WIDTH + BAR_WIDTH + 70
+    label_width = max([LABEL_WIDTH] + [CHAR_WIDTH * len(label) + 10 for label, _ in rows])
+    width = label_width + BAR_WIDTH + 70
     peak = max([v for _, values in rows for v in values] + [0.0]) or 1.0
     out = [
         f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
@@ -38,23 +42,23 @@ def bars(
     if title:
         out.append(f"<title>{escape(title)}</title>")
     for i, name in enumerate(series):
-        x = LABEL_WIDTH + i * 120
+        x = label_width + i * 120
         out.append(f'<rect x="{x}" y="6" width="12" height="12" fill="{COLOURS[i % len(COLOURS)]}"/>')
         out.append(f'<text x="{x + 16}" y="16" font-size="12">{escape(name)}</text>')
     y = top
     for label, values in rows:
         out.append(
-            f'<text x="{LABEL_WIDTH - 6}" y="{y + ROW * n / 2 + 4:.0f}" font-size="12" text-anchor="end">'
+            f'<text x="{label_width - 6}" y="{y + ROW * n / 2 + 4:.0f}" font-size="12" text-anchor="end">'
             f"{escape(label)}</text>"
         )
         for i, value in enumerate(values):
             w = BAR_WIDTH * value / peak
             out.append(
-                f'<rect x="{LABEL_WIDTH}" y="{y + i * ROW + 2}" width="{w:.1f}" height="{ROW - 4}" '
+                f'<rect x="{label_width}" y="{y + i * ROW + 2}" width="{w:.1f}" height="{ROW - 4}" '
                 f'fill="{COLOURS[i % len(COLOURS)]}"><title>{escape(label)}: {_num(value)}{unit}</title></rect>'
             )
             out.append(
-                f'<text x="{LABEL_WIDTH + w + 4:.1f}" y="{y + i * ROW + ROW - 7}" font-size="11">'
+                f'<text x="{label_width + w + 4:.1f}" y="{y + i * ROW + ROW - 7}" font-size="11">'
                 f"{_num(value)}{escape(unit)}</text>"
             )
         y += ROW * n + 6

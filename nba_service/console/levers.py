@@ -138,10 +138,11 @@ class Proposal:
         return not self.field_errors and not self.other_errors and self.policy is not None
 
 
-def propose(live: PolicySet, form: Mapping[str, str]) -> Proposal:
+def propose(live: PolicySet, form: Mapping[str, str], levers: Sequence[Lever] | None = None) -> Proposal:
     """The live policy set with the levers of ``form`` (field -> text; fields left out keep their value),
-    validated as a publish is. Nothing is written anywhere."""
-    levers = levers_of(live)
+    validated as a publish is. Nothing is written anywhere. ``levers``: those of ``live``, when known."""
+    if levers is None:
+        levers = levers_of(live)
     proposal = Proposal({lever.key: show_number(lever.value) for lever in levers})
     for lever in levers:
         if lever.key not in form:
@@ -154,6 +155,9 @@ def propose(live: PolicySet, form: Mapping[str, str]) -> Proposal:
         elif number != lever.value:
             proposal.changed[lever.key] = number
     if proposal.field_errors:
+        return proposal
+    if not proposal.changed:  # the live set as it is: valid, nothing to parse again
+        proposal.files, proposal.policy = dict(live.files), live
         return proposal
     by_key = {lever.key: lever for lever in levers}
     try:

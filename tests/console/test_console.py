@@ -225,3 +225,13 @@ def test_the_overview_and_offers_show_the_running_servers_numbers(console, serve
     assert 'id="live-versions">v1 ·' in live and "1</div><div class=\"l\">servers scraped" in live
     offers = client.get("/offers").text
     assert f'id="offer-{acted[0].action.offer_id}"' in offers
+
+
+def test_the_learning_page_shows_the_shadow_report_computed_in_the_background(console):
+    client = console(auth=False)
+    first = client.get("/learning")
+    assert first.status_code == 200 and 'id="shadow-panel"' in first.text
+    wait_until(lambda: "Computed " in client.get("/learning/shadow").text, what="the shadow report to be computed")
+    panel = client.get("/learning/shadow").text
+    assert "No settled decision logged a shadow choice yet" in panel and 'hx-get="/learning/shadow"' not in panel
+    assert "No settled decision logged a shadow choice yet" in client.get("/learning").text
