@@ -320,6 +320,7 @@ class DataPlane:
             decision.offer_id or "none",
             decision.channel or "none",
             [r.code for r in decision.reasons if r.offer_id and r.code != "chosen" and not r.channel],
+            next((r.code for r in reversed(decision.reasons) if not r.offer_id), "") if decision.no_action else "",
         )
 
     async def _read_context(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Sequence
 
 import redis
 
@@ -17,9 +18,17 @@ from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.store.context_reader import ContextReader
 from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
-from nba_service.tools.preview import StoredContext
+from nba_service.tools.preview import StoredContext, StoredContexts
 
-__all__ = ["PolicySource", "SourceError", "load_models", "moment_time", "policy_source", "stored_contexts"]
+__all__ = [
+    "PolicySource",
+    "SourceError",
+    "load_models",
+    "moment_time",
+    "policy_source",
+    "stored_contexts",
+    "stored_contexts_many",
+]
 
 
 class SourceError(ValueError):
@@ -102,6 +111,21 @@ def stored_contexts(client: redis.Redis | None) -> StoredContext:
     return lambda customer_id, now, window: reader.read_context(
         customer_id, now, contact_window=window, suppression_window=365 * 86400, accepted_window=365 * 86400
     )
+
+
+def stored_contexts_many(client: redis.Redis | None) -> StoredContexts:
+    """:func:`stored_contexts` of many customers at once: one pipelined round trip."""
+    if client is None:
+        return lambda moments, window: {c: CustomerContext(CustomerProfile.unknown(c), now) for c, now in moments}
+    reader = ContextReader(client)
+
+    def read(moments: Sequence[tuple[str, float]], window: float) -> dict[str, CustomerContext]:
+        contexts = reader.read_contexts(
+            moments, contact_window=window, suppression_window=365 * 86400, accepted_window=365 * 86400
+        )
+        return {customer_id: ctx for (customer_id, _), ctx in zip(moments, contexts, strict=True)}
+
+    return read
 
 
 def moment_time(text: str | None, default: float) -> float:

@@ -9,7 +9,14 @@ import time
 
 from nba_service.api.event_log import EventLogError, read_requests, to_timed_request
 from nba_service.cli._common import settings_from, state_client, state_options, write_json
-from nba_service.cli._sources import SourceError, load_models, moment_time, policy_source, stored_contexts
+from nba_service.cli._sources import (
+    SourceError,
+    load_models,
+    moment_time,
+    policy_source,
+    stored_contexts,
+    stored_contexts_many,
+)
 from nba_service.cli.history import print_changes
 from nba_service.domain import TimedRequest
 from nba_service.engine.pipeline import DecisionEngine
@@ -142,6 +149,7 @@ def cmd_policy_preview(args: argparse.Namespace) -> int:
             stored_contexts(client if args.customers_from_redis else None),
             now=now,
             sample_size=args.sample,
+            stored_many=stored_contexts_many(client if args.customers_from_redis else None),
         )
     print(f"preview of {candidate.label} against {live.label}")
     print(f"  events:    {report.events} from {events}, {report.customers} customers")

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hmac
 import logging
+import math
 import pathlib
+import random
 import secrets
 import threading
 import time
@@ -39,15 +42,23 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from nba_service.api.auth import LOCAL, AuthFile, Caller
-from nba_service.api.event_log import EventLogError, event_object, parse_record, to_timed_request
-from nba_service.cli._sources import load_models, stored_contexts
+from nba_service.api.event_log import (
+    EventLogError,
+    event_object,
+    parse_line,
+    parse_record,
+    request_to_line,
+    to_timed_request,
+)
+from nba_service.cli._sources import load_models, stored_contexts, stored_contexts_many
 from nba_service.console import charts
+from nba_service.console.estimate import OffPolicy, logged_decisions, off_policy
 from nba_service.console.levers import Lever, Proposal, levers_of, propose, show_number
 from nba_service.console.live import LiveNumbers, scrape_servers
-from nba_service.domain import TimedRequest
+from nba_service.domain import CustomerContext, CustomerProfile, Decision, Event, RenderedContent, TimedRequest
 from nba_service.engine.agent_view import agent_scripts, likely_reasons
 from nba_service.engine.explain import explain_decision
-from nba_service.engine.pipeline import DecisionEngine
+from nba_service.engine.pipeline import DecisionEngine, render_content
 from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.policies.diff import diff_policies
 from nba_service.policies.model import PolicySet
@@ -59,6 +70,7 @@ from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
 from nba_service.tools.preview import NO_ACTION, PolicyRun, PreviewReport, run_preview
 from nba_service.tools.shadow_report import shadow_report
+from nba_service.tools.traffic import SCENARIOS, scenario_call
 
 __all__ = ["CONSOLE_ROLES", "ConsoleConfig", "create_app", "load_moments"]
 
@@ -75,6 +87,10 @@ SHADOW_REPORT_SECONDS = 60.0
 """The shadow report reads every logged decision (a SCAN of the keyspace): the Learning page shows the last
 one computed, and a new one is computed in the background when it is older than this."""
 LOOKUP_ROLES = ("agent", "marketing", "publisher")
+SIGN_IN_FAILURES = 10
+"""Failed sign-ins a client address may make in :data:`SIGN_IN_WINDOW` seconds; then 429 until the oldest
+of them is that old."""
+SIGN_IN_WINDOW = 60.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -136,9 +152,11 @@ class _Console:
         """Policy version -> its policy set and levers: a published version never changes, so each is parsed
         once (parsing the YAML of 30 offers takes longer than rendering any page)."""
         self._parsed_lock = threading.Lock()
+        self._snapshots: dict[int, PolicySnapshot] = {}
         self._context_cache: dict[tuple[str, float, float], tuple[float, Any]] = {}
         self._context_lock = threading.Lock()
         self.shadow = Refreshed(lambda: shadow_report(self.config.client), max_age=SHADOW_REPORT_SECONDS)
+        self.sign_in_failures = FailureLimit(SIGN_IN_FAILURES, SIGN_IN_WINDOW)
 
     # --- who is asking ------------------------------------------------------------------
 
@@ -206,9 +224,17 @@ class _Console:
         target = target if target.startswith("/") and not target.startswith("//") else "/"
         if request.method == "GET":
             return self.render(request, "login.html", next=target, problem="")
+        address = request.client.host if request.client else ""
+        wait = self.sign_in_failures.wait(address)
+        if wait > 0:
+            problem = f"too many failed sign-ins from {address}: try again in {wait} s"
+            answer = self.render(request, "login.html", 429, next=target, problem=problem)
+            answer.headers["Retry-After"] = str(wait)
+            return answer
         form = await self.form(request)
         client = auth.by_token(form.get("token", "").strip())
         if client is None:
+            self.sign_in_failures.fail(address)
             return self.render(request, "login.html", 401, next=target, problem="unknown token")
         if not any(role in client.roles for role in CONSOLE_ROLES):
             problem = f"{client.name} has no console role ({', '.join(CONSOLE_ROLES)})"
@@ -267,6 +293,8 @@ class _Console:
             "channels_chart": _ranked(per_minute.get("by_channel", {})),
             "acceptance_chart": _ranked({k: 100 * v for k, v in acceptance.items()}, unit="%"),
             "filtered_chart": _ranked(dict(list(filtered.items())[:10])),
+            "no_action_chart": _ranked(numbers["no_action_reasons"]),
+            "window_note": f" (at the pace of the last {per_minute['window']:.0f} s)" if per_minute else "",
             "value_per_action": self._value_per_action(numbers),
         }
         return self.render(request, "overview_live.html", **context)
@@ -284,7 +312,10 @@ class _Console:
     # --- Offers -------------------------------------------------------------------------
 
     async def offers(self, request: Request) -> Response:
-        self.need(request)
+        user = self.need(request)
+        customer_id = request.query_params.get("customer", "").strip()
+        if customer_id:
+            self.need(request, *LOOKUP_ROLES)
         live = self.live_policy()
         funnel: dict[str, dict[str, dict[str, float]]] = collections.defaultdict(
             lambda: collections.defaultdict(lambda: collections.defaultdict(float))
@@ -294,9 +325,57 @@ class _Console:
             funnel[offer][channel]["decided"] += n
         for (offer, channel, outcome), n in numbers["outcomes"].items():
             funnel[offer][channel][outcome] += n
+        content = await run_in_threadpool(self._offer_content, user, live, customer_id) if live else {}
         return self.render(
-            request, "offers.html", live=live, funnel=funnel, stages=("decided", "impressed", "accepted", "converted")
-        )
+            request, "offers.html", live=live, funnel=funnel, stages=("decided", "impressed", "accepted", "converted"),
+            deliveries=numbers["deliveries"], customer_id=customer_id, **content,
+        )  # fmt: skip
+
+    def _snapshot(self, live: tuple[int, PolicySet]) -> PolicySnapshot:
+        """The live version compiled (kept: a version never changes)."""
+        with self._parsed_lock:
+            found = self._snapshots.get(live[0])
+        if found is None:
+            found = PolicySnapshot.compile(live[1], str(live[0]))
+            with self._parsed_lock:
+                self._snapshots = {live[0]: found}
+        return found
+
+    def _offer_content(self, user: Caller, live: tuple[int, PolicySet], customer_id: str) -> dict[str, Any]:
+        """Every offer's content rendered by the engine's own :func:`render_content` for each channel and
+        language, for a looked-up customer (sensitive attributes left out without ``pii``) or a sample one,
+        at a sample moment of the offer's first event type."""
+        policy = live[1]
+        now = time.time()
+        if customer_id:
+            ctx = ContextReader(self.config.client).read_context(customer_id, now)
+            profile = ctx.profile
+            hidden = sorted(set(policy.settings.sensitive) & set(profile.attributes)) if not user.has("pii") else []
+            if hidden:
+                shown = {k: v for k, v in profile.attributes.items() if k not in hidden}
+                profile = dataclasses.replace(profile, attributes=shown)
+        else:
+            profile = CustomerProfile("sample", first_name=SAMPLE_FIRST_NAME, known=False)
+            hidden = []
+        snapshot = self._snapshot(live)
+        rendered: dict[str, list[tuple[str, str, RenderedContent | str]]] = {}
+        for offer in policy.offers:
+            event, origin = _sample_event(offer.events[0] if offer.events else "app_open", customer_id or "sample")
+            ctx = CustomerContext(profile, now, origin_channel=origin)
+            scope = snapshot.scope(ctx, event)
+            rows: list[tuple[str, str, RenderedContent | str]] = []
+            for channel in offer.channels:
+                content = offer.channel_content.get(channel)
+                for language in [v.language for v in content.variants] if content else [""]:
+                    try:
+                        text: RenderedContent | str = render_content(
+                            offer, channel, policy.settings.default_language, scope, ctx, event, language=language
+                        )
+                    except Exception as exc:  # shown at the offer: the server would fail the same way
+                        text = f"cannot be rendered: {type(exc).__name__}: {exc}"
+                    rows.append((channel, language, text))
+            rendered[offer.id] = rows
+        return {"rendered": rendered, "content_for": profile, "hidden": hidden}
 
     # --- Levers -------------------------------------------------------------------------
 
@@ -337,6 +416,7 @@ class _Console:
         diff = diff_policies(live[1], proposal.policy)
         report: PreviewReport | None = None
         chart = None
+        estimate: OffPolicy | None = None
         if self.config.moments:
             client = self.config.client
             snapshots = [
@@ -344,6 +424,12 @@ class _Console:
                 PolicySnapshot.compile(proposal.policy, "candidate"),
             ]
             banks, _ = load_models(client, snapshots)
+            sides: tuple[list[Decision], list[Decision]] = ([], [])
+
+            def decided(_moment: TimedRequest, old: Decision, new: Decision) -> None:
+                sides[0].append(old)
+                sides[1].append(new)
+
             report = run_preview(
                 self.config.moments,
                 PolicyRun(f"v{live[0]} (live)", snapshots[0], DecisionEngine(banks[0], EpsilonGreedy(0.0))),
@@ -351,7 +437,10 @@ class _Console:
                 self._contexts(),
                 now=time.time(),
                 sample_size=5,
+                stored_many=self._contexts_many,
+                decided=decided,
             )
+            estimate = off_policy(logged_decisions(client, self.config.moments), *sides)
             keys = (set(report.live.decisions) | set(report.candidate.decisions)) - {NO_ACTION}
             rows = sorted(
                 ((f"{o} on {c}", (report.live.decisions[(o, c)], report.candidate.decisions[(o, c)])) for o, c in keys),
@@ -361,7 +450,7 @@ class _Console:
             chart = charts.bars(
                 rows, (report.live.label, report.candidate.label), title="decisions by offer and channel"
             )
-        return {"diff": diff, "report": report, "chart": chart}  # fmt: skip
+        return {"diff": diff, "report": report, "chart": chart, "estimate": estimate}  # fmt: skip
 
     def _contexts(self) -> Any:
         """The stored contexts the preview replays its events with, each read from Redis at most once a
@@ -382,6 +471,29 @@ class _Console:
             return found
 
         return context
+
+    def _contexts_many(self, moments: Sequence[tuple[str, float]], window: float) -> dict[str, Any]:
+        """The contexts of ``moments`` (customer, time of its first event), those not kept from a preview of
+        the last minute read from Redis in one pipelined round trip, and kept."""
+        out: dict[str, Any] = {}
+        missing: list[tuple[str, float]] = []
+        fresh = time.monotonic()
+        with self._context_lock:
+            for customer_id, now in moments:
+                cached = self._context_cache.get((customer_id, now, window))
+                if cached is not None and fresh - cached[0] < PREVIEW_CONTEXT_SECONDS:
+                    out[customer_id] = cached[1]
+                else:
+                    missing.append((customer_id, now))
+        if missing:
+            read = stored_contexts_many(self.config.client)(missing, window)
+            with self._context_lock:
+                if len(self._context_cache) + len(read) > PREVIEW_CONTEXTS:
+                    self._context_cache.clear()
+                for customer_id, now in missing:
+                    self._context_cache[(customer_id, now, window)] = (fresh, read[customer_id])
+            out.update(read)
+        return out
 
     async def levers_publish(self, request: Request) -> Response:
         user = self.need(request, "publisher")
@@ -563,6 +675,63 @@ class _Console:
             "event_type": event_type,
             "policy_version": live[0],
         }
+
+
+SAMPLE_FIRST_NAME = "Alex"
+"""The Offers page renders content for a sample customer of this first name (no stored profile)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_event(event_type: str, customer_id: str) -> tuple[Event, str]:
+    """A moment of ``event_type`` as the traffic simulator draws it (seeded: always the same), checked as
+    ``Decide`` checks it; an event type the simulator does not know gets its fields' zero values (a custom
+    event, the name ``sample``). With the
+    channel it usually comes from."""
+    if event_type in SCENARIOS:
+        call = scenario_call(event_type, customer_id, random.Random(0))
+        moment = to_timed_request(parse_line(request_to_line(call.request)))
+    else:
+        event = event_object(event_type, {"name": "sample"} if event_type == "custom" else {})
+        moment = to_timed_request(parse_record({"customer_id": customer_id, "event": event}))
+    return moment.request.event, moment.request.origin_channel
+
+
+class FailureLimit:
+    """At most ``limit`` failures per key (a client address) in any ``window`` seconds, in this process."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> collections.deque[float]:
+        failures = self._failures.get(key)
+        if failures is None:
+            return collections.deque()
+        while failures and now - failures[0] >= self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[key]
+        return failures
+
+    def wait(self, key: str) -> int:
+        """Seconds (rounded up) before ``key`` may try again; 0: now."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._recent(key, now)
+            if len(failures) < self.limit:
+                return 0
+            return max(1, math.ceil(failures[-self.limit] + self.window - now))
+
+    def fail(self, key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._recent(key, now)
+            self._failures.setdefault(key, collections.deque()).append(now)
+            if len(self._failures) > 100_000:  # addresses that stopped trying are dropped with the oldest
+                for stale in [k for k, v in self._failures.items() if now - v[-1] >= self.window]:
+                    del self._failures[stale]
 
 
 class Refreshed:

@@ -42,6 +42,10 @@ class Scrape:
     by_event: dict[str, float] = dataclasses.field(default_factory=_tally)
     filtered: dict[str, float] = dataclasses.field(default_factory=_tally)
     """Reason code -> candidate offers left out."""
+    no_action: dict[str, float] = dataclasses.field(default_factory=_tally)
+    """The decision's reason code -> decisions that ended with no action."""
+    deliveries: dict[str, float] = dataclasses.field(default_factory=_tally)
+    """Channel -> campaign deliveries handed to the channel's stream (every campaign added up)."""
     outcomes: dict[tuple[str, str, str], float] = dataclasses.field(default_factory=_tally)
     """(offer, channel, outcome) -> outcomes joined to a decision."""
     latency: dict[float, float] = dataclasses.field(default_factory=dict)
@@ -52,6 +56,8 @@ class Scrape:
         _add(self.decisions, other.decisions)
         _add(self.by_event, other.by_event)
         _add(self.filtered, other.filtered)
+        _add(self.no_action, other.no_action)
+        _add(self.deliveries, other.deliveries)
         _add(self.outcomes, other.outcomes)
         for bound, count in other.latency.items():
             self.latency[bound] = self.latency.get(bound, 0.0) + count
@@ -77,6 +83,10 @@ def parse_metrics(text: str, at: float = 0.0) -> Scrape:
                 scrape.latency[bound] = scrape.latency.get(bound, 0.0) + value
             elif sample.name == "nba_offers_filtered_total":
                 scrape.filtered[labels.get("reason", "")] += value
+            elif sample.name == "nba_no_action_total":
+                scrape.no_action[labels.get("reason", "")] += value
+            elif sample.name == "nba_campaign_deliveries_total":
+                scrape.deliveries[labels.get("channel", "")] += value
             elif sample.name == "nba_offer_outcomes_total":
                 key = (labels.get("offer", ""), labels.get("channel", ""), labels.get("outcome", ""))
                 scrape.outcomes[key] += value
@@ -122,14 +132,21 @@ class LiveNumbers:
 
 
 def summarise(now: Scrape, before: Scrape | None) -> dict[str, Any]:
-    """Totals and, when an earlier scrape is given (and no server restarted in between), per-minute rates."""
+    """Totals and, when an earlier scrape is given (and no server restarted in between), the decisions
+    between the two scrapes: their count, the window they were counted over (up to a minute: the oldest
+    scrape kept) and the rates per minute over that window (not extrapolated from a few seconds to a
+    minute without saying so: ``window`` goes with every rate)."""
     decided = sum(now.decisions.values())
     no_action = sum(v for (offer, _), v in now.decisions.items() if offer == "none")
     per_minute: dict[str, Any] = {}
     if before is not None and now.at > before.at and decided >= sum(before.decisions.values()):
-        scale = 60.0 / (now.at - before.at)
+        window = now.at - before.at
+        scale = 60.0 / window
+        counted = decided - sum(before.decisions.values())
         per_minute = {
-            "decisions": (decided - sum(before.decisions.values())) * scale,
+            "window": window,
+            "count": counted,
+            "decisions": counted * scale,
             "by_event": {k: v * scale for k, v in _delta(now.by_event, before.by_event).items()},
             "by_channel": {
                 k: v * scale for k, v in _delta(_by_channel(now.decisions), _by_channel(before.decisions)).items()
@@ -149,6 +166,8 @@ def summarise(now: Scrape, before: Scrape | None) -> dict[str, Any]:
         "decisions": decided,
         "no_action": no_action,
         "no_action_share": no_action / decided if decided else 0.0,
+        "no_action_reasons": dict(sorted(now.no_action.items(), key=lambda item: (-item[1], item[0]))),
+        "deliveries": dict(now.deliveries),
         "by_event": dict(now.by_event),
         "by_channel": _by_channel(now.decisions),
         "by_offer_channel": {k: v for k, v in now.decisions.items() if k[0] != "none"},

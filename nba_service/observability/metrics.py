@@ -54,6 +54,13 @@ class Metrics:
         self.offers_filtered = Counter(
             "nba_offers_filtered", "Candidate offers left out of a decision, by reason.", ["reason"], registry=registry
         )
+        self.no_action = Counter(
+            "nba_no_action",
+            "Decisions that ended with no action, by the decision's reason (no_candidates, frequency_cap, "
+            "nothing_allowed, below_threshold).",
+            ["reason"],
+            registry=registry,
+        )
         self.redis_errors = Counter(
             "nba_redis_errors", "Redis calls that failed, by operation.", ["operation"], registry=registry
         )
@@ -195,14 +202,21 @@ class Metrics:
         self._decision_children: dict[str, Histogram] = {}
         self._decided_children: dict[tuple[str, str], Counter] = {}
         self._filtered_children: dict[str, Counter] = {}
+        self._no_action_children: dict[str, Counter] = {}
         self._event_children: dict[str, Counter] = {}
         self._redis_event_children: dict[tuple[str, str], Counter] = {}
 
     def observe_decision(
-        self, event_type: str, seconds: float | None, offer: str, channel: str, filtered: Iterable[str] = ()
+        self,
+        event_type: str,
+        seconds: float | None,
+        offer: str,
+        channel: str,
+        filtered: Iterable[str] = (),
+        no_action_reason: str = "",
     ) -> None:
-        """One decision: its time (None: not timed), its choice (offer and channel, "none" for no action)
-        and the reason code of every candidate offer it left out."""
+        """One decision: its time (None: not timed), its choice (offer and channel, "none" for no action),
+        the reason code of every candidate offer it left out and, for no action, the decision's reason."""
         if seconds is not None:
             child = self._decision_children.get(event_type)
             if child is None:
@@ -213,6 +227,12 @@ class Metrics:
         if counter is None:
             counter = self._decided_children[key] = self.decisions.labels(offer, channel)
         counter.inc()
+        if offer == "none":
+            reason = no_action_reason or "unknown"
+            no_action = self._no_action_children.get(reason)
+            if no_action is None:
+                no_action = self._no_action_children[reason] = self.no_action.labels(reason)
+            no_action.inc()
         if filtered:  # one increment per reason code, not per filtered offer
             tally: dict[str, int] = {}
             for reason in filtered:

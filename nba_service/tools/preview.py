@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from nba_service.domain import (
     ContactRecord,
@@ -42,6 +42,8 @@ _JOURNEY_EVENTS = 50
 
 StoredContext = Callable[[str, float, float], CustomerContext]
 """(customer id, now, contact window) -> the customer's stored context."""
+StoredContexts = Callable[[Sequence[tuple[str, float]], float], Mapping[str, CustomerContext]]
+"""([(customer id, now)], contact window) -> each customer's stored context, read together."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -212,10 +214,23 @@ def run_preview(
     *,
     now: float,
     sample_size: int = 10,
+    stored_many: StoredContexts | None = None,
+    decided: Callable[[TimedRequest, Decision, Decision], None] | None = None,
 ) -> PreviewReport:
-    """Decide every moment with both policy sets; ``now`` is the time of moments without a timestamp."""
+    """Decide every moment with both policy sets; ``now`` is the time of moments without a timestamp.
+
+    ``stored_many`` given, every customer's context is read with it before the first decision, all at
+    once (one round trip), at the time of the customer's first moment, as ``stored`` would read it then:
+    the report is the same. ``decided`` is called with each moment and the live and candidate decisions."""
     report = PreviewReport(SideReport(live.label), SideReport(candidate.label))
     window = max(live.snapshot.max_limit_window, candidate.snapshot.max_limit_window)
+    if stored_many is not None:
+        moments = list(moments)
+        first: dict[str, float] = {}
+        for moment in moments:
+            first.setdefault(moment.request.customer_id, moment.timestamp if moment.timestamp is not None else now)
+        read = stored_many(list(first.items()), window)
+        stored = lambda customer_id, at, _window: read[customer_id]  # noqa: E731
     customers: dict[str, _CustomerState] = {}
     for moment in moments:
         at = moment.timestamp if moment.timestamp is not None else now
@@ -233,6 +248,8 @@ def run_preview(
             decisions.append(decision)
         state.record_event(at, request)
         old, new = decisions
+        if decided is not None:
+            decided(moment, old, new)
         if (old.offer_id, old.channel) != (new.offer_id, new.channel):
             report.changed += 1
             if len(report.samples) < sample_size:
