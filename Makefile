@@ -35,11 +35,16 @@ debian-tools:
 demo: install  ## embedded Redis + server + sample policies + 30 s of simulated traffic
 	$(NBA) demo
 
-test: lint  ## lint and types, then the whole test suite, against a real Redis (and a local Redis Cluster where a test says so) and real gRPC servers
-	$(PY) -m pytest
+# Two workers (pytest-xdist), each with its own Redis (its own local cluster in the cluster pass), a test file
+# per worker at a time; `pytest` alone runs in one process.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
+test: lint  ## lint and types, then the whole test suite against a real Redis and real gRPC servers, then the tests that use the suite's Redis again against a local 3-primary Redis Cluster
+	$(PY) -m pytest $(PYTEST_PARALLEL)
+	NBA_TEST_REDIS_MODE=cluster $(PY) -m pytest $(PYTEST_PARALLEL)
 
 test-cluster: install  ## the tests that use the suite's Redis again, against a local 3-primary Redis Cluster
-	NBA_TEST_REDIS_MODE=cluster $(PY) -m pytest
+	NBA_TEST_REDIS_MODE=cluster $(PY) -m pytest $(PYTEST_PARALLEL)
 
 lint: install  ## ruff (lint + format check) and mypy over nba_service/, as configured in pyproject.toml
 	$(VENV)/bin/ruff check nba_service

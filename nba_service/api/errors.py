@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import grpc
 
 from nba_service.api.admission import Draining, Overloaded, TooLate
+from nba_service.campaigns.run import RunStateError, UnknownCampaignError
 from nba_service.dataplane import AbandonedError
 from nba_service.domain import NoPolicyError, NotFoundError, StoreUnavailableError
 from nba_service.domain.validation import ValidationError
@@ -53,6 +54,8 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     TooLate: grpc.StatusCode.DEADLINE_EXCEEDED,
     AbandonedError: grpc.StatusCode.DEADLINE_EXCEEDED,
     Draining: grpc.StatusCode.UNAVAILABLE,
+    UnknownCampaignError: grpc.StatusCode.NOT_FOUND,
+    RunStateError: grpc.StatusCode.FAILED_PRECONDITION,  # already running, nothing to resume, ...
 }
 
 RETRY_AFTER_KEYS = ("retry-after-ms", "grpc-retry-pushback-ms")

@@ -282,6 +282,10 @@ METHOD_ROLES: dict[str, str] = {
     _SERVICE + "GetCustomerContext": "agent",
     _SERVICE + "UpsertCustomer": "crm",
     _SERVICE + "DeleteCustomer": "crm",
+    **{
+        f"/nba.v1.CampaignService/{name}": "marketing"
+        for name in ("StartCampaign", "GetCampaignRun", "SuspendCampaign", "ResumeCampaign", "ListCampaignRuns")
+    },
 }
 """The role each method needs (``admin`` has them all; ``agent`` may also Decide on ``agent_contact``).
 Methods not listed need ``admin``; health checks need nothing, reflection any known caller."""

@@ -34,6 +34,7 @@ from redis.retry import Retry
 from nba_service import __version__
 from nba_service.api import errors
 from nba_service.api.admission import Admission
+from nba_service.api.campaign_service import CampaignServicer
 from nba_service.api.interceptors import AuthInterceptor, MetricsInterceptor
 from nba_service.api.servicer import DecisionServicer
 from nba_service.app import discovery
@@ -44,7 +45,7 @@ from nba_service.learning.learner import Learner
 from nba_service.observability.metrics import Metrics
 from nba_service.observability.ratelimit import RateLimitedLog
 from nba_service.policies.parser import load_policy_dir
-from nba_service.proto.nba.v1 import decision_pb2
+from nba_service.proto.nba.v1 import campaign_pb2, campaign_pb2_grpc, decision_pb2
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.settings import Settings, SettingsError
 from nba_service.store import connect, heartbeats, keys
@@ -54,6 +55,7 @@ from nba_service.store.migrate import ensure_layout
 from nba_service.store.policy_store import PolicyStore, content_digest
 
 __all__ = [
+    "CAMPAIGN_SERVICE_NAME",
     "SERVICE_NAME",
     "NbaServer",
     "connection_limit",
@@ -67,6 +69,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
+CAMPAIGN_SERVICE_NAME = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
 
 RESERVED_FILES = 1024
 """File descriptors kept out of the connection limit (``max_connections`` 0): Redis, logs, the metrics port."""
@@ -148,10 +151,12 @@ def grpc_server(
     settings: Settings | None = None,
     calls: MetricsInterceptor | None = None,
     max_connections: int = 0,
+    campaigns: campaign_pb2_grpc.CampaignServiceServicer | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The gRPC server every nba process (and the bench's echo) runs: ``calls``, the metrics interceptor (and
     the auth interceptor, after it, so refused calls are counted too), ``servicer`` as
-    ``nba.v1.DecisionService``, the standard health service and, unless turned off, reflection; with the
+    ``nba.v1.DecisionService`` (and ``campaigns`` as ``nba.v1.CampaignService``), the standard health service
+    and, unless turned off, reflection; with the
     limits of :func:`server_options` (``settings``, default ones if not given)."""
     interceptors: list[grpc.aio.ServerInterceptor] = [calls or MetricsInterceptor(metrics)]
     if auth is not None:
@@ -159,10 +164,14 @@ def grpc_server(
     options = server_options(settings or Settings(), reuse_port=reuse_port, max_connections=max_connections)
     server = grpc.aio.server(interceptors=interceptors, options=options)
     pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)
+    services = [SERVICE_NAME]
+    if campaigns is not None:
+        campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
+        services.append(CAMPAIGN_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_on:
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return server, health_servicer
 
 
@@ -221,6 +230,8 @@ class NbaServer:
         self._recorder: Any = None
         self._learner_stop = threading.Event()
         self.dataplane: DataPlane | None = None
+        self.campaigns: CampaignServicer | None = None
+        """The campaign service: the runs it started work in threads of this process."""
         self.tls: ServerTls | None = None
         self.auth: AuthInterceptor | None = None
         self.calls = MetricsInterceptor(self.metrics, settings.log_interval_seconds)
@@ -265,6 +276,7 @@ class NbaServer:
         servicer = DecisionServicer(
             self.dataplane, self._recorder, settings.record_sample, settings.seed, admission=self.admission
         )
+        self.campaigns = CampaignServicer(self.dataplane, self.redis_target, self._sync_redis, self.registry)
         server, self._health = grpc_server(
             self.metrics,
             reuse_port=bool(settings.reuse_port),
@@ -274,6 +286,7 @@ class NbaServer:
             settings=settings,
             calls=self.calls,
             max_connections=self.max_connections,
+            campaigns=self.campaigns,
         )
         address = f"{settings.host}:{settings.port}"
         if self.tls is not None:
@@ -323,6 +336,7 @@ class NbaServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", status)
         await self._health.set(SERVICE_NAME, status)
+        await self._health.set(CAMPAIGN_SERVICE_NAME, status)
 
     def _start_learner(self) -> None:
         """The embedded learner: a thread with its own Redis client; one replica at a time learns."""
@@ -436,8 +450,12 @@ class NbaServer:
         a version is swapped."""
         assert self._beat_now is not None
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns instead of raising when the task is
+            # cancelled just as the event is set (a version swapped as the server stops), and stop() then waited
+            # for a heartbeat that kept beating
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), heartbeats.HEARTBEAT_SECONDS)
+                async with asyncio.timeout(heartbeats.HEARTBEAT_SECONDS):
+                    await self._beat_now.wait()
             self._beat_now.clear()
             await self._beat()
 
@@ -466,11 +484,18 @@ class NbaServer:
             await self._health.enter_graceful_shutdown()  # NOT_SERVING for "" and every service, from now on
         if self._server is not None:
             await self._drain(began, grace)
+        if self.campaigns is not None:  # its runs are suspended: they stop after their batch
+            await asyncio.to_thread(self.campaigns.stop, 30)
         if self._learner_thread is not None:
             self._learner_stop.set()
             await asyncio.to_thread(self._learner_thread.join, 30)
         for task in self._tasks:
             task.cancel()
+        running = set(self._tasks)
+        while running:  # a task that went on (a cancel swallowed where it was, seen in cluster mode) is cancelled again
+            _, running = await asyncio.wait(running, timeout=1.0)
+            for task in running:
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -25,9 +25,12 @@ One batch at a time (:meth:`CampaignRunner.run`):
 Safe to stop and start: killed anywhere, ``resume`` starts from the last checkpoint. The batch in flight is
 scanned again; its customers claimed by this run are counted from their claim (decided, and delivered on the
 channel it names) and not decided again, so no customer gets two deliveries and the totals are those of an
-uninterrupted run. The window: a process killed between a decision's write and its delivery's ``XADD`` leaves
-the customer claimed without a delivery (at most once, never twice: the claim is what every later attempt
-checks first); between the ``XADD`` and the claim's update, the delivery exists and the counters miss it.
+uninterrupted run. Its actions per channel, written to the run's hash before its writes, are held against the
+volume limits until their claims are read again: a rescan returns them in smaller pages when the node's table
+grew meanwhile, on a cluster after other nodes' pages of new customers. The window: a process killed between
+a decision's write and its delivery's ``XADD`` leaves the customer claimed without a delivery (at most once,
+never twice: the claim is what every later attempt checks first); between the ``XADD`` and the claim's update,
+the delivery exists and the counters miss it.
 
 ``deliver_after`` is the later of now, the quiet-hours deferral the decision carries (a channel with
 ``on_quiet_hours: defer``) and the start of the campaign's ``send_window`` in the customer's time zone when
@@ -36,7 +39,6 @@ that time is outside it: a send outside the window is scheduled, not dropped.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import json
@@ -49,23 +51,44 @@ from typing import Any
 
 import redis
 
+from nba_service.campaigns.lease import LEASE_TTL_MS, RunLease
 from nba_service.campaigns.metrics import CampaignMetrics
 from nba_service.campaigns.plan import CAMPAIGN_ORIGIN, campaign_event, campaign_snapshot
+from nba_service.campaigns.workers import (
+    MAX_WORKERS,
+    Allowance,
+    MustWait,
+    WorkersStopped,
+    run_shares,
+    share_names,
+    share_of,
+)
 from nba_service.dataplane import CONTENTION_RETRIES, DataPlane
-from nba_service.domain import CustomerContext, Decision, DecisionRequest, NoPolicyError, WriteResult
+from nba_service.domain import (
+    CustomerContext,
+    Decision,
+    DecisionRequest,
+    NoPolicyError,
+    RenderedContent,
+    WriteResult,
+)
 from nba_service.domain.localtime import local_time, next_local_time
 from nba_service.policies.model import CampaignSpec
 from nba_service.policies.scope import evaluation_globals
 from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.store import codec, keys
-from nba_service.store.state import Budget, budget_key
+from nba_service.store.connect import RedisTarget
+from nba_service.store.state import Budget, DecisionWrite, budget_key
 
 __all__ = [
     "BATCH_SIZE",
     "CampaignRunner",
+    "LeaseLostError",
+    "RunBusyError",
     "RunReport",
     "RunStateError",
     "RunStore",
+    "UnknownCampaignError",
     "deliver_after",
     "find_campaign",
 ]
@@ -83,6 +106,18 @@ Progress = Callable[["RunReport"], None]
 
 class RunStateError(ValueError):
     """A run cannot start, resume or change state as asked (the message says why)."""
+
+
+class UnknownCampaignError(RunStateError):
+    """The live policy has no campaign of that id."""
+
+
+class RunBusyError(RunStateError):
+    """Another process runs the campaign now (it holds the campaign's lease, :mod:`nba_service.campaigns.lease`)."""
+
+
+class LeaseLostError(RunStateError):
+    """The run's lease lapsed while it worked (Redis did not answer for its TTL): the run stopped, resumable."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -111,6 +146,12 @@ class RunReport:
     """Deliveries per ``offer|channel``."""
     ended: str = ""
     """Why a finished run ended early (``--limit``, ``max_total``), empty otherwise."""
+    started_by: str = ""
+    """Who started the run: ``cli``, ``scheduler`` (with the occurrence it is for) or ``grpc:<caller>``."""
+    held: Counter[str] = dataclasses.field(default_factory=Counter)
+    """Actions per channel of the batch being recorded when the run stopped, not in its checkpoint: counted
+    against the volume limits on resume until the rescan reads their claims (on a cluster it may read some
+    only after other nodes' pages: a page scanned again after the node's table grew holds fewer keys)."""
 
     @property
     def total_delivered(self) -> int:
@@ -133,6 +174,7 @@ class RunReport:
             "suppressed": dict(sorted(self.suppressed.items())),
             "by_offer": dict(sorted(self.by_offer.items())),
             "ended": self.ended,
+            "started_by": self.started_by,
         }
 
     def to_hash(self) -> dict[str, str]:
@@ -145,6 +187,8 @@ class RunReport:
             "policy_version": self.policy_version,
             "cursors": json.dumps(self.cursors, sort_keys=True),
             "ended": self.ended,
+            "started_by": self.started_by,
+            "held": json.dumps({name: n for name, n in sorted(self.held.items()) if n > 0}),
             "n:scanned": str(self.scanned),
             "n:in_segment": str(self.in_segment),
             "n:decided": str(self.decided),
@@ -169,6 +213,8 @@ class RunReport:
             policy_version=h.get("policy_version", ""),
             cursors={str(k): int(v) for k, v in json.loads(h.get("cursors", "{}")).items()},
             ended=h.get("ended", ""),
+            started_by=h.get("started_by", ""),
+            held=Counter({str(k): int(v) for k, v in json.loads(h.get("held", "{}")).items()}),
             scanned=int(h.get("n:scanned", 0)),
             in_segment=int(h.get("n:in_segment", 0)),
             decided=int(h.get("n:decided", 0)),
@@ -195,6 +241,13 @@ class RunStore:
         """Write the whole state in one ``HSET`` (atomic: a checkpoint is all or nothing)."""
         report.updated = time.time()
         self._redis.hset(keys.campaign_run(report.campaign, report.run_id), mapping=report.to_hash())
+
+    def hold(self, report: RunReport, actions: Counter[str]) -> None:
+        """Before a batch's writes: its actions per channel, held against the limits if the run stops before
+        its checkpoint (:attr:`RunReport.held`)."""
+        self._redis.hset(
+            keys.campaign_run(report.campaign, report.run_id), "held", json.dumps(dict(report.held + actions))
+        )
 
     def add(self, report: RunReport) -> None:
         self.save(report)
@@ -237,7 +290,7 @@ def find_campaign(snapshot: PolicySnapshot | None, name: str) -> CampaignSpec:
         if campaign.id == name:
             return campaign
     known = ", ".join(c.id for c in snapshot.policy.campaigns) or "none"
-    raise RunStateError(f"no campaign {name!r} in live policy version {snapshot.version} (campaigns: {known})")
+    raise UnknownCampaignError(f"no campaign {name!r} in live policy version {snapshot.version} (campaigns: {known})")
 
 
 def deliver_after(now: float, deferred: float | None, timezone: str, window: tuple[int, int] | None) -> float:
@@ -259,9 +312,34 @@ def deliver_after(now: float, deferred: float | None, timezone: str, window: tup
     return at if inside else next_local_time(at, timezone, start)
 
 
+_RENDERED_FIELDS = tuple(f.name for f in dataclasses.fields(RenderedContent))
+
+
 def _customer_id(key: bytes) -> str:
     text = key.decode()
     return text[text.index("}:c:") + 4 : -len(":profile")]
+
+
+class _Picks(list["_Pick"]):
+    """A batch's picks, with the actions per channel counted as they are added (the volume limits' pending)."""
+
+    def __init__(self, picks: Iterable[_Pick] = ()) -> None:
+        super().__init__()
+        self.actions: Counter[str] = Counter()
+        for pick in picks:
+            self.append(pick)
+
+    def append(self, pick: _Pick) -> None:
+        super().append(pick)
+        if pick.decision.offer_id:
+            self.actions[pick.decision.channel] += 1
+
+
+def _actions(picks: list[_Pick]) -> Counter[str]:
+    """The actions per channel among ``picks``."""
+    if isinstance(picks, _Picks):
+        return picks.actions
+    return Counter(p.decision.channel for p in picks if p.decision.offer_id)
 
 
 @dataclasses.dataclass(slots=True)
@@ -291,6 +369,9 @@ class CampaignRunner:
         progress: Progress | None = None,
         export_dir: str | os.PathLike[str] | None = None,
         metrics: CampaignMetrics | None = None,
+        lease_ttl_ms: int = LEASE_TTL_MS,
+        workers: int = 1,
+        target: RedisTarget | None = None,
     ) -> None:
         self.dataplane = dataplane
         self._redis: Any = client  # bytes replies; a RedisCluster on a cluster
@@ -300,10 +381,28 @@ class CampaignRunner:
         self.export_dir = pathlib.Path(export_dir) if export_dir else None
         self.store = RunStore(client)
         self.metrics = metrics
+        self.lease_ttl_ms = lease_ttl_ms
+        """How long the run's lease outlives this process if it dies (renewed every third of it)."""
+        self._lease: RunLease | None = None
+        self._begun: RunReport | None = None
         self._event = campaign_event(campaign)
         self._exhausted: set[str] = set()
+        self._exhausted_now: frozenset[str] = frozenset()
+        """:attr:`_exhausted` as the engine takes it (changed only when a write finds a budget used up)."""
+        self._when: dict[tuple[float, float | None, str], float] = {}
+        self._local: dict[tuple[float, str], str] = {}
         names = set(campaign.segment.code.co_names) if campaign.segment is not None else set()
         self._profile_only = not names & _JOURNEY_NAMES
+        if not 1 <= workers <= MAX_WORKERS:
+            raise RunStateError(f"workers: {workers} is not in 1..{MAX_WORKERS}")
+        self.workers = workers if target is not None else 1
+        """Processes a new run uses (``--workers``): each scans a share of the buckets (see workers.py)."""
+        self.target = target
+        """The Redis of the run, for the worker processes' own connections."""
+        self._match = keys.PROFILE_PATTERN
+        """What this process scans (a worker: its share's profiles)."""
+        self._allow: Allowance | None = None
+        """A worker's units of the run's volume limits (None in a one-process run)."""
         """The segment reads the profile only: it is evaluated before the contexts are read."""
 
     # --- the run ----------------------------------------------------------------------
@@ -320,9 +419,9 @@ class CampaignRunner:
             if target is None:
                 raise RunStateError(f"Redis node {node} of this run is gone (resharded?): start a new run")
             scan: Any = client.scan  # redis-py types a cluster's SCAN as a standalone one's
-            cursors, found = scan(cursor=cursor, match=keys.PROFILE_PATTERN, count=self.batch_size, target_nodes=target)
+            cursors, found = scan(cursor=cursor, match=self._match, count=self.batch_size, target_nodes=target)
             return int(cursors[node]), list(found)
-        next_cursor, found = self._redis.scan(cursor=cursor, match=keys.PROFILE_PATTERN, count=self.batch_size)
+        next_cursor, found = self._redis.scan(cursor=cursor, match=self._match, count=self.batch_size)
         return int(next_cursor), list(found)
 
     def new_run(self, *, dry_run: bool = False) -> RunReport:
@@ -340,7 +439,9 @@ class CampaignRunner:
             run_id=f"{stamp}-{os.urandom(3).hex()}",
             dry_run=dry_run,
             started=now,
-            cursors=dict.fromkeys(self._nodes(), 0),
+            cursors=dict.fromkeys(
+                share_names(self._nodes(), self.workers) if self.workers > 1 and not dry_run else self._nodes(), 0
+            ),
         )
 
     def resumable(self) -> RunReport:
@@ -350,37 +451,94 @@ class CampaignRunner:
             raise RunStateError(f"campaign {self.campaign.id} has no run to resume: `nba campaign run` starts one")
         return latest
 
+    def begin(self, report: RunReport | None = None, *, dry_run: bool = False, started_by: str = "") -> RunReport:
+        """What :meth:`run` does first: take the campaign's lease (:class:`RunLease`; refused with
+        :class:`RunBusyError`, naming the run and the process holding it, while another process runs the
+        campaign), then create the run (or, given a report from :meth:`resumable`, mark it running again from
+        its stored checkpoint). A dry run takes no lease and stores nothing. The server calls it to answer with
+        the run's id before the run works."""
+        snapshot = self.dataplane.snapshot
+        if snapshot is None:
+            raise NoPolicyError("no policy set is published yet: run `nba policy publish DIR`")
+        if report is None and dry_run:
+            report = self.new_run(dry_run=True)
+            report.policy_version, report.started_by = snapshot.version, started_by
+            self._begun = report
+            return report
+        campaign = self.campaign.id
+        lease = RunLease(self._redis, campaign, self.lease_ttl_ms)
+        holder = lease.take()
+        if holder is not None:
+            latest = self.store.latest(campaign)
+            what = f"run {latest.run_id} of {campaign}" if latest is not None else f"campaign {campaign}"
+            raise RunBusyError(
+                f"{what} is running in process {holder}: wait for it to end, or `nba campaign suspend {campaign}` "
+                "stops it after its batch"
+            )
+        try:
+            if report is None:
+                report = self.new_run()
+                report.policy_version, report.started_by = snapshot.version, started_by
+                self.store.add(report)
+            else:  # the stored checkpoint: another process may have moved the run on since it was read
+                stored = self.store.load(campaign, report.run_id)
+                if stored is None or stored.status == DONE:
+                    raise RunStateError(f"campaign {campaign} has no run to resume: `nba campaign run` starts one")
+                report = stored
+                report.status = RUNNING
+                self.store.save(report)
+        except BaseException:
+            lease.release()
+            raise
+        self._lease, self._begun = lease, report
+        return report
+
     async def run(
         self, report: RunReport | None = None, *, dry_run: bool = False, limit: int | None = None
     ) -> RunReport:
         """Run (or, given a report from :meth:`resumable`, resume) the campaign; returns its figures.
 
         ``limit``: decide at most this many customers, then end the run. A dry run writes nothing
-        (no run state, claims, decisions or deliveries) and counts what would be delivered.
+        (no run state, claims, decisions or deliveries) and counts what would be delivered. The campaign's
+        lease is held until the run stops (:meth:`begin`, unless called already with this report); a run
+        whose lease lapses stops after its batch with :class:`LeaseLostError`.
         """
+        if report is None or report is not self._begun:
+            report = self.begin(report, dry_run=dry_run)
         snapshot = self.dataplane.snapshot
-        if snapshot is None:
-            raise NoPolicyError("no policy set is published yet: run `nba policy publish DIR`")
-        if report is None:
-            report = self.new_run(dry_run=dry_run)
-            report.policy_version = snapshot.version
-            if not dry_run:
-                self.store.add(report)
-        else:
-            report.status = RUNNING
-            self.store.save(report)
+        assert snapshot is not None
+        lease, progress = self._lease, self.progress
+
+        def guarded(figures: RunReport) -> None:
+            if lease is not None and lease.lost:
+                raise LeaseLostError(
+                    f"run {figures.run_id} of {figures.campaign} lost its lease (Redis did not answer for "
+                    f"{self.lease_ttl_ms / 1000:g} s, or another process took it): stopped after its batch; "
+                    f"`nba campaign resume {figures.campaign}` continues it"
+                )
+            if progress is not None:
+                progress(figures)
+
+        self.progress = guarded
         if self.metrics is not None:
             self.metrics.start(report)
         try:
             return await self._run(snapshot, report, limit)
         finally:
+            self.progress = progress
+            self._begun = None
             if self.metrics is not None:
                 self.metrics.stop(report)
+            if lease is not None:
+                self._lease = None
+                lease.release()
 
     async def _run(self, snapshot: PolicySnapshot, report: RunReport, limit: int | None) -> RunReport:
+        if any(share_of(name) is not None for name in report.cursors):  # a run over several workers
+            return await run_shares(self, snapshot, report, limit)
         dry_run = report.dry_run
         limits = self.campaign.max_per_channel
-        closed = {ch for ch, most in limits.items() if report.delivered[ch] >= most}
+        closed = {ch for ch, most in limits.items() if report.delivered[ch] + report.held[ch] >= most}
         plan = campaign_snapshot(snapshot, self.campaign, closed)
         decided_here = 0
         while plan is not None and any(cursor >= 0 for cursor in report.cursors.values()):
@@ -424,48 +582,83 @@ class CampaignRunner:
         if not found or plan is None:
             return plan, 0, False
         now = time.time()
-        dataplane = self.dataplane
         customers = [_customer_id(k) for k in found]
-        if self._profile_only:  # the profiles first (one pipelined GET each); the contexts of the segment only
-            pipe = self._redis.pipeline(transaction=False)
-            for key in found:
-                pipe.get(key)
+        if self._profile_only:  # the profiles first (one MGET: per slot on a cluster); the segment's contexts only
             profiles = [
                 CustomerContext(codec.decode_profile(c, raw), now, CAMPAIGN_ORIGIN)
-                for c, raw in zip(customers, pipe.execute(), strict=True)
+                for c, raw in zip(customers, self._get_many(found), strict=True)
                 if raw is not None
             ]
             customers = [ctx.profile.customer_id for ctx in profiles if self._in_segment(snapshot, ctx, report)]
-        contexts = await asyncio.gather(
-            *(dataplane._read_context(snapshot, c, now, CAMPAIGN_ORIGIN, {}) for c in customers)
-        )
+        contexts = await self._read_contexts(snapshot, customers, now)
         if self._profile_only:
             members = [ctx for ctx in contexts if ctx.profile.known]  # erased meanwhile: left out
         else:
             members = [ctx for ctx in contexts if self._in_segment(snapshot, ctx, report)]
         report.in_segment += len(members)
-        claimed = self._claim(members, report)
-        picks: list[_Pick] = []
+        claimed = await self._claim(members, report)
+        picks = _Picks()
         stop = False
         released: list[str] = []
-        for index, ctx in enumerate(claimed):
-            if (budget is not None and len(picks) >= budget) or self._total_reached(report, picks):
-                report.ended = "--limit" if budget is not None and len(picks) >= budget else "max_total"
-                released += [c.profile.customer_id for c in claimed[index:]]
-                stop = True
-                break
-            pick, plan = self._decide(snapshot, plan, ctx, report, picks)
+        decided = index = 0
+        allow = self._allow
+        while index < len(claimed):
+            ctx = claimed[index]
+            try:
+                ended = self._ended(report, picks, budget, len(claimed) - index)
+                if ended:
+                    report.ended = ended
+                    released += [c.profile.customer_id for c in claimed[index:]]
+                    stop = True
+                    break
+                pick, plan = self._decide(snapshot, plan, ctx, report, picks)
+            except MustWait as wait:  # a worker: record what it decided (it then holds no unit), then wait
+                assert allow is not None
+                decided += len(picks)
+                await self._record(snapshot, plan, picks, report)
+                picks = _Picks()
+                try:
+                    await allow.wait(wait.name)
+                except WorkersStopped:  # the run stops: the customers not decided are left for its resume
+                    await self._release([c.profile.customer_id for c in claimed[index:]])
+                    raise
+                continue  # this customer again
             if pick is None:  # no channel left in the plan
                 released += [c.profile.customer_id for c in claimed[index:]]
                 break
             picks.append(pick)
+            index += 1
         if not report.dry_run:
-            self._release(released)
+            await self._release(released)
+            limited = self.campaign.max_per_channel or self.campaign.max_total is not None
+            if picks and limited and self._allow is None:  # (a worker's units are counted in Redis: workers.py)
+                self.store.hold(report, _actions(picks))
             await self._record(snapshot, plan, picks, report)
         else:
             for pick in picks:
                 self._count(pick.decision, report)
-        return plan, len(picks), stop
+        return plan, decided + len(picks), stop
+
+    def _ended(self, report: RunReport, picks: list[_Pick], budget: int | None, left: int) -> str:
+        """Why the run ends before the next customer ("" if it goes on): ``--limit`` or ``max_total`` reached.
+        A worker takes a unit of each first (:class:`~nba_service.campaigns.workers.Allowance`)."""
+        allow = self._allow
+        if allow is None:
+            if budget is not None and len(picks) >= budget:
+                return "--limit"
+            return "max_total" if self._total_reached(report, picks) else ""
+        if not allow.take("*limit", left):
+            return "--limit"
+        if not allow.take("*total", left):
+            allow.untake("*limit")
+            return "max_total"
+        return ""
+
+    def _get_many(self, found: list[bytes]) -> list[bytes | None]:
+        """The values of ``found`` keys: one ``MGET`` (a cluster's client splits it by slot)."""
+        if isinstance(self._redis, redis.RedisCluster):
+            return list(self._redis.mget_nonatomic(found))
+        return list(self._redis.mget(found))
 
     def _in_segment(self, snapshot: PolicySnapshot, ctx: CustomerContext, report: RunReport) -> bool:
         segment = self.campaign.segment
@@ -477,28 +670,37 @@ class CampaignRunner:
             report.suppressed["segment_error"] += 1
             return False
 
-    def _claim(self, members: list[CustomerContext], report: RunReport) -> list[CustomerContext]:
+    async def _commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Plain commands sent together, their replies in order: on one Redis through the state store's
+        pipelined connection (one write, no per-command objects), on a cluster through its client's pipeline."""
+        if not commands:
+            return []
+        state = self.dataplane.state
+        if state.one_node:
+            return await state.command_many(commands)
+        pipe = self._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute())
+
+    async def _claim(self, members: list[CustomerContext], report: RunReport) -> list[CustomerContext]:
         """The members this run may decide: claimed now (``SET NX``; a dry run only checks), and not reached
         by another run; those this run claimed before a crash are counted from their claim."""
         if not members:
             return []
         claims = [keys.campaign_claim(ctx.profile.customer_id, self.campaign.id) for ctx in members]
-        pipe = self._redis.pipeline(transaction=False)
         ttl = self.campaign.repeat_after_seconds
-        for key in claims:
-            if report.dry_run:
-                pipe.get(key)
-            else:
-                pipe.set(key, report.run_id, nx=True, ex=max(1, int(ttl)) if ttl else None)
-        previous = pipe.execute()
-        if not report.dry_run:  # SET NX GET needs Redis 7: the claims taken already are read in a second trip
+        expiry = ("EX", max(1, int(ttl))) if ttl else ()
+        if report.dry_run:
+            previous = await self._commands([("GET", key) for key in claims])
+        else:
+            run_id = report.run_id
+            previous = await self._commands([("SET", key, run_id, "NX", *expiry) for key in claims])
+            # SET NX GET needs Redis 7: the claims taken already are read in a second trip
             taken = [i for i, ok in enumerate(previous) if not ok]
             previous = [None] * len(members)
             if taken:
-                pipe = self._redis.pipeline(transaction=False)
-                for i in taken:
-                    pipe.get(claims[i])
-                for i, value in zip(taken, pipe.execute(), strict=True):
+                for i, value in zip(taken, await self._commands([("GET", claims[i]) for i in taken]), strict=True):
                     previous[i] = value if value is not None else b"-"  # expired meanwhile: left for a later run
         out = []
         for ctx, value in zip(members, previous, strict=True):
@@ -514,20 +716,17 @@ class CampaignRunner:
             if channel:
                 report.delivered[channel] += 1
                 report.by_offer[f"{offer}|{channel}"] += 1
+                if report.held[channel] > 0:  # held since the stop: now counted
+                    report.held[channel] -= 1
         return out
 
-    def _release(self, customers: list[str]) -> None:
+    async def _release(self, customers: list[str]) -> None:
         """Delete the claims of customers this run claimed and will not decide."""
-        if not customers:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for customer in customers:
-            pipe.delete(keys.campaign_claim(customer, self.campaign.id))
-        pipe.execute()
+        await self._commands([("DEL", keys.campaign_claim(customer, self.campaign.id)) for customer in customers])
 
     def _total_reached(self, report: RunReport, picks: list[_Pick]) -> bool:
         most = self.campaign.max_total
-        return most is not None and report.total_delivered + sum(1 for p in picks if p.decision.offer_id) >= most
+        return most is not None and report.total_delivered + report.held.total() + _actions(picks).total() >= most
 
     def _decide(
         self,
@@ -541,24 +740,38 @@ class CampaignRunner:
         without it) and the customer decided again."""
         limits = self.campaign.max_per_channel
         if self.campaign.send_window is not None:  # quiet hours judged when the send window lets it go
-            send_at = deliver_after(ctx.now, None, ctx.profile.timezone, self.campaign.send_window)
+            send_at = self._deliver_after(ctx.now, None, ctx.profile.timezone)
             ctx = dataclasses.replace(ctx, send_at=send_at if send_at > ctx.now else None)
         current: PolicySnapshot | None = plan
+        allow = self._allow
         while current is not None:
-            decision, shadow, trial = self.dataplane._decide(current, ctx, self._event, 0, frozenset(self._exhausted))
+            decision, shadow, trial = self.dataplane._decide(current, ctx, self._event, 0, self._exhausted_now)
             channel = decision.channel
             if decision.offer_id and channel in limits:
-                pending = sum(1 for p in picks if p.decision.channel == channel and p.decision.offer_id)
-                if report.delivered[channel] + pending >= limits[channel]:
-                    closed = {c for c, most in limits.items() if report.delivered[c] + self._pending(picks, c) >= most}
+                if allow is not None:  # a worker: a unit of the channel, or the channel is closed for every worker
+                    if not allow.take(channel, 2 * len(picks) + 16):
+                        current = campaign_snapshot(snapshot, self.campaign, allow.closed)
+                        continue
+                    return self._pick(current, ctx, decision, shadow, trial), current
+                pending = _actions(picks)
+                held = report.held
+                if report.delivered[channel] + held[channel] + pending[channel] >= limits[channel]:
+                    closed = {c for c, most in limits.items() if report.delivered[c] + held[c] + pending[c] >= most}
                     current = campaign_snapshot(snapshot, self.campaign, closed)
                     continue
             return self._pick(current, ctx, decision, shadow, trial), current
         return None, None
 
-    @staticmethod
-    def _pending(picks: list[_Pick], channel: str) -> int:
-        return sum(1 for p in picks if p.decision.channel == channel and p.decision.offer_id)
+    def _deliver_after(self, now: float, deferred: float | None, timezone: str) -> float:
+        """:func:`deliver_after` in the campaign's send window, remembered (a batch shares ``now``; a few time
+        zones)."""
+        key = (now, deferred, timezone)
+        when = self._when.get(key)
+        if when is None:
+            if len(self._when) > 4096:
+                self._when.clear()
+            when = self._when[key] = deliver_after(now, deferred, timezone, self.campaign.send_window)
+        return when
 
     def _pick(
         self,
@@ -592,10 +805,12 @@ class CampaignRunner:
     ) -> None:
         """Write the batch's decisions (all at once); a refused one is read, decided and written again."""
         done: list[_Pick] = []
+        waited: list[str] = []
+        decided = len(picks)
         for _ in range(CONTENTION_RETRIES):
             if not picks:
                 break
-            results = await asyncio.gather(*(self._write(snapshot, p) for p in picks))
+            results = await self._write(snapshot, picks)
             retry = []
             for pick, result in zip(picks, results, strict=True):
                 if result is WriteResult.WRITTEN:
@@ -603,37 +818,63 @@ class CampaignRunner:
                     continue
                 if result is WriteResult.BUDGET_USED_UP and pick.decision.offer_id:
                     self._exhausted.add(pick.decision.offer_id)
+                    self._exhausted_now = frozenset(self._exhausted)
                 retry.append(pick.ctx.profile.customer_id)
             picks = []
             if retry and plan is not None:
-                now = time.time()
-                for customer in retry:
-                    ctx = await self.dataplane._read_context(snapshot, customer, now, CAMPAIGN_ORIGIN, {})
-                    again, plan = self._decide(snapshot, plan, ctx, report, done + picks)
+                for ctx in await self._read_contexts(snapshot, retry, time.time()):
+                    try:
+                        again, plan = self._decide(snapshot, plan, ctx, report, _Picks([*done, *picks]))
+                    except MustWait:  # a worker with no unit of the channel now: left for a later run
+                        waited.append(ctx.profile.customer_id)
+                        continue
                     if again is not None:
                         picks.append(again)
-        unrecorded = [p.ctx.profile.customer_id for p in picks]
+        unrecorded = [p.ctx.profile.customer_id for p in picks] + waited
         if unrecorded:
             report.suppressed["contention"] += len(unrecorded)
-        self._deliver(done, report, unrecorded)
+        used = dict(_actions(done))
+        used["*total"], used["*limit"] = sum(used.values()), decided
+        await self._deliver(done, report, unrecorded, used)
+        if self._allow is not None:  # the units used; the others given back
+            self._allow.settle(used)
 
-    async def _write(self, snapshot: PolicySnapshot, pick: _Pick) -> WriteResult:
-        dataplane = self.dataplane
+    async def _read_contexts(self, snapshot: PolicySnapshot, customers: list[str], now: float) -> list[CustomerContext]:
+        """The customers' contexts as a live decision reads them, the reads sent together."""
         try:
-            return await dataplane.state.write_decision(
+            return await self.dataplane.state.read_contexts(
+                customers,
+                now,
+                origin_channel=CAMPAIGN_ORIGIN,
+                contact_window=snapshot.max_limit_window,
+                suppression_window=snapshot.max_suppression_window,
+                accepted_window=snapshot.max_accepted_window,
+            )
+        except redis.RedisError as exc:
+            raise self.dataplane._unavailable("read_context", exc) from exc
+
+    async def _write(self, snapshot: PolicySnapshot, picks: list[_Pick]) -> list[WriteResult]:
+        """The live write of each pick (:meth:`StateStore.write_decisions`: the scripts sent together)."""
+        dataplane = self.dataplane
+        attribution = dataplane.settings.attribution_seconds
+        writes = [
+            DecisionWrite(
                 pick.decision_id,
                 f"campaign:{self.campaign.id}:{pick.decision_id}",
                 pick.ctx,
                 self._event,
                 pick.decision,
-                contact_window=snapshot.max_limit_window,
                 prior=pick.prior,
-                attribution_seconds=dataplane.settings.attribution_seconds,
+                attribution_seconds=attribution,
                 shadow=pick.shadow,
                 budget=pick.budget,
                 reward_on=pick.reward_on,
                 trial=pick.trial,
             )
+            for pick in picks
+        ]
+        try:
+            return await dataplane.state.write_decisions(writes, contact_window=snapshot.max_limit_window)
         except redis.RedisError as exc:
             raise dataplane._unavailable("write_decision", exc) from exc
 
@@ -646,9 +887,12 @@ class CampaignRunner:
             code = decision.reasons[-1].code if decision.reasons else "no_action"
             report.suppressed[code] += 1
 
-    def _deliver(self, done: list[_Pick], report: RunReport, unrecorded: list[str]) -> None:
-        """Deliveries to the channels' streams (and the export files), the claims updated or released."""
-        pipe = self._redis.pipeline(transaction=False)
+    async def _deliver(
+        self, done: list[_Pick], report: RunReport, unrecorded: list[str], used: Mapping[str, int]
+    ) -> None:
+        """Deliveries to the channels' streams (and the export files), the claims updated or released; a
+        worker's units ``used`` counted in the same write (see workers.py)."""
+        commands: list[tuple[Any, ...]] = []
         exports: dict[str, list[str]] = {}
         for pick in done:
             decision, customer = pick.decision, pick.ctx.profile.customer_id
@@ -658,30 +902,38 @@ class CampaignRunner:
             self._count(decision, report)
             claim = keys.campaign_claim(customer, self.campaign.id)
             if not decision.offer_id:
-                pipe.delete(claim)
+                commands.append(("DEL", claim))
                 continue
             entry = self._delivery(pick, report)
-            pipe.xadd(
-                keys.deliveries(decision.channel),
-                {k: v if isinstance(v, str) else json.dumps(v) for k, v in entry.items()},
-            )
-            pipe.set(claim, f"{report.run_id}|{decision.channel}|{decision.offer_id}", xx=True, keepttl=True)
+            fields = [x for k, v in entry.items() for x in (k, v if isinstance(v, str) else json.dumps(v))]
+            commands.append(("XADD", keys.deliveries(decision.channel), "*", *fields))
+            commands.append(("SET", claim, f"{report.run_id}|{decision.channel}|{decision.offer_id}", "XX", "KEEPTTL"))
             if self.export_dir is not None:
                 exports.setdefault(decision.channel, []).append(json.dumps(entry, ensure_ascii=False))
-        for customer in unrecorded:
-            pipe.delete(keys.campaign_claim(customer, self.campaign.id))
-        pipe.execute()
+        commands += [("DEL", keys.campaign_claim(customer, self.campaign.id)) for customer in unrecorded]
+        if self._allow is not None:
+            commands += self._allow.used_commands(used)
+        await self._commands(commands)
         if self.export_dir is not None:
             self.export_dir.mkdir(parents=True, exist_ok=True)
-            for channel, lines in exports.items():
-                with (self.export_dir / f"{channel}.jsonl").open("a", encoding="utf-8") as out:
-                    out.write("\n".join(lines) + "\n")
+            for channel, lines in exports.items():  # one write, appended whole (workers share the files)
+                with (self.export_dir / f"{channel}.jsonl").open("ab", buffering=0) as out:
+                    data = ("\n".join(lines) + "\n").encode()
+                    while data:
+                        data = data[out.write(data) or 0 :]
 
     def _delivery(self, pick: _Pick, report: RunReport) -> dict[str, Any]:
         decision, ctx = pick.decision, pick.ctx
-        when = deliver_after(ctx.now, decision.deliver_after, ctx.profile.timezone, self.campaign.send_window)
+        timezone = ctx.profile.timezone
+        when = self._deliver_after(ctx.now, decision.deliver_after, timezone)
+        local = self._local.get((when, timezone))
+        if local is None:
+            if len(self._local) > 4096:
+                self._local.clear()
+            local = self._local[when, timezone] = local_time(when, timezone).isoformat(timespec="minutes")
+        content = decision.rendered
         rendered = (
-            dataclasses.asdict(decision.rendered) if decision.rendered is not None else {"body": decision.content}
+            {f: getattr(content, f) for f in _RENDERED_FIELDS} if content is not None else {"body": decision.content}
         )
         return {
             "decision_id": pick.decision_id,
@@ -690,7 +942,7 @@ class CampaignRunner:
             "channel": decision.channel,
             "content": {k: v for k, v in rendered.items() if v},
             "deliver_after": round(when, 3),
-            "deliver_after_local": local_time(when, ctx.profile.timezone).isoformat(timespec="minutes"),
+            "deliver_after_local": local,
             "campaign": self.campaign.id,
             "run_id": report.run_id,
             "policy_version": decision.policy_version,

@@ -13,7 +13,7 @@ from nba_service.observability.metrics import Metrics
 from nba_service.settings import Settings
 from nba_service.store.connect import RedisTarget, clients
 
-__all__ = ["campaign_session"]
+__all__ = ["RedisTarget", "campaign_session"]  # RedisTarget: the type campaign_session takes
 
 
 @contextlib.asynccontextmanager

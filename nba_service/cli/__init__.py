@@ -39,6 +39,7 @@ COMMANDS = (
     "policy",
     "customers",
     "campaign",
+    "scheduler",
     "models",
     "history",
     "store",

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from nba_service.campaigns.metrics import CampaignMetrics
 from nba_service.campaigns.run import BATCH_SIZE, CampaignRunner, RunReport, RunStateError, RunStore, find_campaign
 from nba_service.campaigns.session import campaign_session
+from nba_service.campaigns.workers import MAX_WORKERS
 from nba_service.cli._common import settings_from, state_client, state_options, write_json
 from nba_service.domain import NoPolicyError
 from nba_service.settings import Settings
@@ -41,7 +43,7 @@ class _ProgressLine:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.tty = sys.stderr.isatty()
-        self.last = 0.0
+        self.last = self.started  # elsewhere: the first line after 5 s (a short run's workers: one line)
         self.report: RunReport | None = None
         self.shown: tuple[int, int, int] | None = None
 
@@ -86,13 +88,16 @@ def _execute(args: argparse.Namespace, *, resume: bool) -> int:
                     client,
                     find_campaign(dataplane.snapshot, args.name),
                     batch_size=args.batch_size,
+                    workers=args.workers,
+                    target=target,
                     progress=progress,
                     export_dir=getattr(args, "export", None),
                     metrics=metrics,
                 )
                 if resume:
                     return await runner.run(runner.resumable())
-                return await runner.run(dry_run=args.dry_run, limit=args.limit)
+                report = runner.begin(dry_run=args.dry_run, started_by="cli")
+                return await runner.run(report, limit=args.limit)
 
     try:
         report = asyncio.run(go())
@@ -124,6 +129,20 @@ def _print_report(report: RunReport) -> None:
         print("not delivered, by reason:")
         for reason, count in sorted(report.suppressed.items(), key=lambda kv: (-kv[1], kv[0])):
             print(f"  {reason:41} {count:>8,}")
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"--workers: {text!r} is not a whole number in 1..{MAX_WORKERS}")
+    return value
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -215,6 +234,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--batch-size", type=int, default=BATCH_SIZE, metavar="N", help=f"keys scanned per batch ({BATCH_SIZE})"
     )
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=_default_workers(),
+        metavar="N",
+        help="processes deciding the run, each on a share of the customers (default: the CPUs, "
+        f"{_default_workers()} here; at most {MAX_WORKERS}; a dry run uses one)",
+    )
     run.add_argument("--json", metavar="FILE", help="also write the run's figures as JSON here")
     run.add_argument(
         "--metrics-port",
@@ -229,6 +256,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     resume.add_argument("name")
     resume.add_argument("--export", metavar="DIR", help="also write the deliveries as one JSONL file per channel here")
     resume.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="N")
+    resume.add_argument(  # a run resumes with the workers it started with: its checkpoints are per share
+        "--workers", type=_workers, default=1, help=argparse.SUPPRESS
+    )
     resume.add_argument("--json", metavar="FILE", help="also write the run's figures as JSON here")
     resume.add_argument(
         "--metrics-port",

@@ -9,9 +9,9 @@ import sys
 import time
 
 from nba_service.api.event_log import append_request
-from nba_service.cli._sources import SourceError, moment_time
 from nba_service.policies.rule_functions import parse_duration
 from nba_service.store.customer_import import read_records
+from nba_service.tools.sources import SourceError, moment_time
 from nba_service.tools.traffic import ScenarioMix
 
 

@@ -9,7 +9,6 @@ import time
 
 from nba_service.api.event_log import EventLogError, event_object, parse_record, to_timed_request
 from nba_service.cli._common import settings_from, state_client, state_options
-from nba_service.cli._sources import SourceError, load_models, moment_time, policy_source
 from nba_service.domain import CustomerContext, Decision, RenderedContent, TimedRequest
 from nba_service.domain.localtime import local_time
 from nba_service.engine.explain import ArmScore, OfferExplanation, explain_decision
@@ -17,6 +16,7 @@ from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.store.context_reader import ContextReader
 from nba_service.store.policy_store import PolicyStore
+from nba_service.tools.sources import SourceError, load_models, moment_time, policy_source
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

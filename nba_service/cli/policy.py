@@ -9,14 +9,6 @@ import time
 
 from nba_service.api.event_log import EventLogError, read_requests, to_timed_request
 from nba_service.cli._common import settings_from, state_client, state_options, write_json
-from nba_service.cli._sources import (
-    SourceError,
-    load_models,
-    moment_time,
-    policy_source,
-    stored_contexts,
-    stored_contexts_many,
-)
 from nba_service.cli.history import print_changes
 from nba_service.domain import TimedRequest
 from nba_service.engine.pipeline import DecisionEngine
@@ -26,6 +18,14 @@ from nba_service.policies.model import PolicyValidationError
 from nba_service.policies.parser import load_policy_dir
 from nba_service.store.policy_store import PolicyStore
 from nba_service.tools.preview import PolicyRun, run_preview
+from nba_service.tools.sources import (
+    SourceError,
+    load_models,
+    moment_time,
+    policy_source,
+    stored_contexts,
+    stored_contexts_many,
+)
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:

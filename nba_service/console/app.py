@@ -50,7 +50,6 @@ from nba_service.api.event_log import (
     request_to_line,
     to_timed_request,
 )
-from nba_service.cli._sources import load_models, stored_contexts, stored_contexts_many
 from nba_service.console import charts
 from nba_service.console.estimate import OffPolicy, logged_decisions, off_policy
 from nba_service.console.levers import Lever, Proposal, levers_of, propose, show_number
@@ -70,6 +69,7 @@ from nba_service.store.model_store import ModelStore
 from nba_service.store.policy_store import PolicyStore
 from nba_service.tools.preview import NO_ACTION, PolicyRun, PreviewReport, run_preview
 from nba_service.tools.shadow_report import shadow_report
+from nba_service.tools.sources import load_models, stored_contexts, stored_contexts_many
 from nba_service.tools.traffic import SCENARIOS, scenario_call
 
 __all__ = ["CONSOLE_ROLES", "ConsoleConfig", "create_app", "load_moments"]

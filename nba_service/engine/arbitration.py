@@ -32,6 +32,9 @@ def rank_offers(priorities: np.ndarray, offer_of_arm: np.ndarray) -> Ranking:
     n = len(priorities)
     if not n:
         return Ranking(np.empty(0, dtype=np.intp), np.empty(0))
+    if offer_of_arm[0] == offer_of_arm[-1] and (n < 3 or (offer_of_arm == offer_of_arm[0]).all()):
+        best = np.array([int(np.argmax(priorities))], dtype=np.intp)  # one offer: its best arm (ties: the lower)
+        return Ranking(best, priorities[best])
     order = np.lexsort((-priorities, offer_of_arm))  # by offer, its best arm first (ties: the lower arm)
     grouped = offer_of_arm[order]
     first = np.empty(n, dtype=bool)

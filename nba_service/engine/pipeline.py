@@ -434,8 +434,10 @@ class DecisionEngine:
         offer_of_arm = snapshot.arm_offer[scored.arms]
         option_offers = offer_of_arm[ranking.arms[options]]
         threshold = snapshot.settings.no_action_threshold
+        is_option = np.zeros(len(snapshot.offers), dtype=bool)  # np.isin, without its cost on a few arms
+        is_option[option_offers] = True
         candidates = np.flatnonzero(
-            np.isin(offer_of_arm, option_offers) & (scored.priorities >= threshold) & (scored.priorities > 0)
+            is_option[offer_of_arm] & (scored.priorities >= threshold) & (scored.priorities > 0)
         )
         position = {int(arm): i for i, arm in enumerate(candidates)}
         choice = Options(

@@ -52,11 +52,14 @@ __all__ = [
     "POLICY_VERSIONS",
     "PROFILE_PATTERN",
     "PSEUDONYM_SECRET",
+    "SCHEDULER_LOCK",
+    "SCHEDULER_STATE",
     "Legacy",
     "accepted",
     "bucket_of",
     "budget",
     "campaign_claim",
+    "campaign_lease",
     "campaign_run",
     "campaign_runs",
     "consent_audit",
@@ -240,6 +243,18 @@ def campaign_run(campaign_id: str, run_id: str) -> str:
 def campaign_runs(campaign_id: str) -> str:
     """The campaign's run ids, scored by when each started."""
     return f"{_G}campaign:{campaign_id}:runs"
+
+
+def campaign_lease(campaign_id: str) -> str:
+    """The lease of the process running the campaign (``SET NX PX``, renewed while the run works): at most one
+    process runs (or resumes) a campaign at a time (:mod:`nba_service.campaigns.lease`)."""
+    return f"{_G}campaign:{campaign_id}:lease"
+
+
+SCHEDULER_LOCK = _G + "scheduler:lock"
+"""Held by the active ``nba scheduler`` (the others wait as standbys): :mod:`nba_service.campaigns.scheduler`."""
+SCHEDULER_STATE = _G + "scheduler:state"
+"""Per scheduled campaign, the last occurrence of its schedule the scheduler handled (a hash of JSON)."""
 
 
 def deliveries(channel: str) -> str:

@@ -279,18 +279,27 @@ class OutcomeStream:
 
 
 class LearnerLock:
-    """At most one active learner: a Redis key held with a TTL and renewed while learning."""
+    """At most one active learner: a Redis key held with a TTL and renewed while learning.
 
-    def __init__(self, client: redis.Redis, owner: str, ttl_ms: int = 10_000) -> None:
+    The same lock, on another ``key``, keeps one ``nba scheduler`` active and one process per campaign run
+    (:mod:`nba_service.campaigns.lease`)."""
+
+    def __init__(self, client: redis.Redis, owner: str, ttl_ms: int = 10_000, key: str = keys.LEARNER_LOCK) -> None:
         self.owner = owner
         self.ttl_ms = ttl_ms
+        self.key = key
         self._renew = client.register_script(_RENEW_SCRIPT)
         self._redis = client
 
     def hold(self) -> bool:
         """Take or renew the lock; False while another learner holds it."""
-        return bool(self._renew(keys=[keys.LEARNER_LOCK], args=[self.owner, self.ttl_ms]))
+        return bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+
+    def holder(self) -> str | None:
+        """Who holds the lock now (None: nobody)."""
+        value = self._redis.get(self.key)
+        return value.decode() if isinstance(value, bytes) else value
 
     def release(self) -> None:
-        if self._redis.get(keys.LEARNER_LOCK) == self.owner.encode():
-            self._redis.delete(keys.LEARNER_LOCK)
+        if self._redis.get(self.key) == self.owner.encode():
+            self._redis.delete(self.key)

@@ -389,6 +389,61 @@ class ScriptConnection:
         key_values, arg_values = script.bind(keys, args)
         return await self.evalsha(script, key_values, arg_values, retry)
 
+    async def evalsha_many(
+        self, script: LuaScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]], retry: bool = False
+    ) -> list[Any]:
+        """Run a script once per ``(keys, args)`` of ``calls``: every call packed in one write on the
+        connection, the replies in order (a campaign batch: no future or task per call). A call answered
+        ``NOSCRIPT`` or :data:`FAILOVER_REPLIES` (it did not run) is sent again alone by :meth:`evalsha`;
+        another error reply fails the whole (``ResponseError``). ``retry``: as for :meth:`evalsha` (reads)."""
+        if not calls:
+            return []
+        sha = script.sha
+        payload = b"".join(_command(b"EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls)
+        try:
+            replies = await self._send_many(payload, len(calls))
+        except redis.ConnectionError:
+            if not retry:
+                raise
+            replies = await self._send_many(payload, len(calls))
+        out = list(replies)
+        for i, reply in enumerate(out):
+            if isinstance(reply, hiredis.ReplyError):
+                if not (_failover(reply) or str(reply).startswith("NOSCRIPT")):
+                    self._event("response", self.node)
+                    raise redis.ResponseError(str(reply))
+                out[i] = await self.evalsha(script, *calls[i], retry)
+        return out
+
+    async def command_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Plain commands (not scripts) packed in one write, their replies in order; an error reply is returned
+        as a ``ResponseError`` (not raised). One connection: not for a cluster (see :class:`ClusterScriptConnection`).
+        """
+        if not commands:
+            return []
+        replies = await self._send_many(b"".join(_command(*command) for command in commands), len(commands))
+        return [redis.ResponseError(str(r)) if isinstance(r, hiredis.ReplyError) else r for r in replies]
+
+    async def _send_many(self, payload: bytes, replies: int) -> list[Any]:
+        protocol = self._protocol
+        try:
+            if protocol is None or protocol.closed or protocol.retiring:
+                protocol = await self._connect()
+            waiters = protocol.send_many(payload, replies)
+            try:
+                await waiters[-1]  # replies come in order: the last one done, every one is
+            finally:
+                for waiter in waiters:  # failed together: each failure retrieved (no "never retrieved" log)
+                    if waiter.done() and not waiter.cancelled():
+                        waiter.exception()
+            return [waiter.result() for waiter in waiters]
+        except redis.TimeoutError:
+            self._event("timeout", self.node)
+            raise
+        except redis.ConnectionError:
+            self._event("connection", self.node)
+            raise
+
     async def aclose(self) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
@@ -554,6 +609,16 @@ class ClusterScriptConnection(ScriptConnection):
                 if _failover(reply):
                     raise redis.ConnectionError(f"Redis cannot run the script, it is not a writable primary: {error}")
                 raise redis.ResponseError(error)
+
+    async def evalsha_many(
+        self, script: LuaScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]], retry: bool = False
+    ) -> list[Any]:
+        """Each call on its slot's primary (:meth:`evalsha`, with its redirects), all in flight at once."""
+        return list(await asyncio.gather(*(self.evalsha(script, keys, args, retry) for keys, args in calls)))
+
+    async def command_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Not on a cluster: its commands' keys are on many nodes (use redis-py's cluster pipeline)."""
+        raise NotImplementedError("command_many needs one Redis: a cluster's client pipelines by slot")
 
     async def _call_node(self, node: str, payload: bytes, asking: bool) -> Any:
         """One command (after ``ASKING`` with ``asking``) on the node's connection, connected if need be."""

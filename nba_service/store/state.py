@@ -10,10 +10,13 @@ key it touches in KEYS.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Mapping
+from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from nba_service.domain import (
@@ -34,10 +37,10 @@ from nba_service.domain.journeys import journey_fields, open_journey_change, ope
 from nba_service.domain.profile_update import Erasure, ProfileMask, apply_update, consent_changes, with_holding
 from nba_service.store import audit, codec, keys
 from nba_service.store.connect import script_connection_for
-from nba_service.store.script_connection import LuaScript, ScriptConnection
+from nba_service.store.script_connection import ClusterScriptConnection, LuaScript, ScriptConnection
 from nba_service.store.urls import url_from_options
 
-__all__ = ["Budget", "StateStore", "budget_key"]
+__all__ = ["Budget", "DecisionWrite", "StateStore", "budget_key"]
 
 JOURNEY_TTL_SECONDS = 90 * 86400
 DECLINES_KEPT_SECONDS = 365 * 86400
@@ -350,6 +353,36 @@ return {stored, deleted}
 )
 
 
+def _read_keys(customer_id: str) -> list[str]:
+    """KEYS of :data:`_READ_SCRIPT`, in its order."""
+    return [
+        keys.profile(customer_id),
+        keys.journey(customer_id),
+        keys.contacts(customer_id),
+        keys.open_journeys(customer_id),
+        keys.declines(customer_id),
+        keys.accepted(customer_id),
+    ]
+
+
+def _decode_read(
+    customer_id: str, now: float, origin_channel: str, request_attributes: Mapping[str, str], reply: list[object]
+) -> CustomerContext:
+    raw_profile, raw_journey, raw_contacts, raw_open, raw_declines, raw_accepted = reply
+    return codec.decode_context(
+        customer_id,
+        now,
+        origin_channel,
+        request_attributes,
+        raw_profile,  # type: ignore[arg-type]
+        raw_journey,  # type: ignore[arg-type]
+        codec.pairs(raw_contacts),  # type: ignore[arg-type]
+        codec.pairs(raw_open),  # type: ignore[arg-type]
+        codec.pairs(raw_declines),  # type: ignore[arg-type]
+        codec.pairs(raw_accepted),  # type: ignore[arg-type]
+    )
+
+
 def logged_features(features: Mapping[str, float], customer_id: str) -> Mapping[str, float]:
     """The features as a decision logs them (for the outcome stream and the learner).
 
@@ -368,6 +401,23 @@ def logged_features(features: Mapping[str, float], customer_id: str) -> Mapping[
             name = name.replace(customer_id, CUSTOMER_PLACEHOLDER)
         logged[name] = logged.get(name, 0.0) + value
     return logged
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecisionWrite:
+    """One decision of :meth:`StateStore.write_decisions`: the arguments of :meth:`StateStore.write_decision`."""
+
+    decision_id: str
+    request_id: str
+    ctx: CustomerContext
+    event: Event
+    decision: Decision
+    prior: float = 0.0
+    attribution_seconds: float = 0.0
+    shadow: Mapping[str, object] | None = None
+    budget: Budget | None = None
+    reward_on: str = "accepted"
+    trial: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -403,6 +453,20 @@ class StateStore:
         """Close the scripts' connection (the client passed in belongs to the caller)."""
         await self._scripts.aclose()
 
+    @property
+    def one_node(self) -> bool:
+        """The scripts' connection reaches one Redis (not a cluster): :meth:`command_many` works."""
+        return not isinstance(self._scripts, ClusterScriptConnection)
+
+    async def command_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Plain commands sent together on the scripts' connection (:attr:`one_node` only), raw replies in order
+        (``SET`` answers ``b"OK"`` or None); an error reply raises ``ResponseError`` once all are in."""
+        replies = await self._scripts.command_many(commands)
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
+
     async def read_context(
         self,
         customer_id: str,
@@ -417,36 +481,39 @@ class StateStore:
         """Profile, recent journey, contact history, open journeys, declines and accepted offers in one round
         trip (declines within ``suppression_window``, accepted offers within ``accepted_window``: none
         when 0)."""
-        raw_profile, raw_journey, raw_contacts, raw_open, raw_declines, raw_accepted = await self._scripts.run(
-            _READ_SCRIPT,
-            keys={
-                "profile": keys.profile(customer_id),
-                "journey": keys.journey(customer_id),
-                "contacts": keys.contacts(customer_id),
-                "open_journeys": keys.open_journeys(customer_id),
-                "declines": keys.declines(customer_id),
-                "accepted": keys.accepted(customer_id),
-            },
-            args={
-                "last_event": self.context_events - 1,
-                "contacts_since": f"{now - contact_window:.3f}",
-                "declines_since": f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf",
-                "accepted_since": f"{now - accepted_window:.3f}" if accepted_window > 0 else "+inf",
-            },
-            retry=True,
+        args = self._read_args(now, contact_window, suppression_window, accepted_window)
+        reply = await self._scripts.evalsha(
+            _READ_SCRIPT, _read_keys(customer_id), args, retry=True
         )  # a read: safe to run again after a dropped connection
-        return codec.decode_context(
-            customer_id,
-            now,
-            origin_channel,
-            request_attributes or {},
-            raw_profile,
-            raw_journey,
-            codec.pairs(raw_contacts),
-            codec.pairs(raw_open),
-            codec.pairs(raw_declines),
-            codec.pairs(raw_accepted),
+        return _decode_read(customer_id, now, origin_channel, request_attributes or {}, reply)
+
+    async def read_contexts(
+        self,
+        customer_ids: list[str],
+        now: float,
+        *,
+        origin_channel: str = "",
+        contact_window: float = 0.0,
+        suppression_window: float = 0.0,
+        accepted_window: float = 0.0,
+    ) -> list[CustomerContext]:
+        """:meth:`read_context` of many customers, their reads sent together (a campaign batch)."""
+        args = self._read_args(now, contact_window, suppression_window, accepted_window)
+        replies = await self._scripts.evalsha_many(
+            _READ_SCRIPT, [(_read_keys(c), args) for c in customer_ids], retry=True
         )
+        return [_decode_read(c, now, origin_channel, {}, r) for c, r in zip(customer_ids, replies, strict=True)]
+
+    def _read_args(
+        self, now: float, contact_window: float, suppression_window: float, accepted_window: float
+    ) -> list[object]:
+        """ARGV of :data:`_READ_SCRIPT`, in its order."""
+        return [
+            self.context_events - 1,
+            f"{now - contact_window:.3f}",
+            f"{now - suppression_window:.3f}" if suppression_window > 0 else "+inf",
+            f"{now - accepted_window:.3f}" if accepted_window > 0 else "+inf",
+        ]
 
     async def write_decision(
         self,
@@ -514,6 +581,87 @@ class StateStore:
         reward_on: str,
         trial: str,
     ) -> WriteResult:
+        written = await self._scripts.evalsha(
+            _WRITE_SCRIPT,
+            *self._write_call(
+                decision_id,
+                request_id,
+                ctx,
+                event,
+                decision,
+                contact_window=contact_window,
+                prior=prior,
+                attribution_seconds=attribution_seconds,
+                shadow=shadow,
+                reward_on=reward_on,
+                trial=trial,
+            ),
+        )
+        return WriteResult(int(written))
+
+    async def write_decisions(self, writes: list[DecisionWrite], *, contact_window: float) -> list[WriteResult]:
+        """:meth:`write_decision` of many decisions (a campaign batch), their scripts sent together; each is
+        atomic on its own and answers as it would alone. A write with a budget reserves its unit first."""
+        results: list[WriteResult | None] = [None] * len(writes)
+        budgeted = [i for i, w in enumerate(writes) if w.budget is not None]
+        budgeted_results = await asyncio.gather(  # a unit of the offer's budget first, on the budget's own slot
+            *(
+                self.write_decision(
+                    w.decision_id,
+                    w.request_id,
+                    w.ctx,
+                    w.event,
+                    w.decision,
+                    contact_window=contact_window,
+                    prior=w.prior,
+                    attribution_seconds=w.attribution_seconds,
+                    shadow=w.shadow,
+                    budget=w.budget,
+                    reward_on=w.reward_on,
+                    trial=w.trial,
+                )
+                for w in (writes[i] for i in budgeted)
+            )
+        )
+        for i, result in zip(budgeted, budgeted_results, strict=True):
+            results[i] = result
+        plain = [i for i, result in enumerate(results) if result is None]
+        calls = [
+            self._write_call(
+                w.decision_id,
+                w.request_id,
+                w.ctx,
+                w.event,
+                w.decision,
+                contact_window=contact_window,
+                prior=w.prior,
+                attribution_seconds=w.attribution_seconds,
+                shadow=w.shadow,
+                reward_on=w.reward_on,
+                trial=w.trial,
+            )
+            for w in (writes[i] for i in plain)
+        ]
+        for i, written in zip(plain, await self._scripts.evalsha_many(_WRITE_SCRIPT, calls), strict=True):
+            results[i] = WriteResult(int(written))
+        return [r for r in results if r is not None]
+
+    def _write_call(
+        self,
+        decision_id: str,
+        request_id: str,
+        ctx: CustomerContext,
+        event: Event,
+        decision: Decision,
+        *,
+        contact_window: float,
+        prior: float,
+        attribution_seconds: float,
+        shadow: Mapping[str, object] | None,
+        reward_on: str,
+        trial: str,
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of :data:`_WRITE_SCRIPT` for one decision."""
         customer_id = ctx.profile.customer_id
         bucket = keys.bucket_of(customer_id)
         now = ctx.now
@@ -537,8 +685,7 @@ class StateStore:
             meta["shadow"] = shadow
         if decision.deliver_after is not None:  # deferred by quiet hours: when to deliver (Unix seconds)
             meta["deliver_after"] = round(decision.deliver_after, 3)
-        written = await self._scripts.run(
-            _WRITE_SCRIPT,
+        return _WRITE_SCRIPT.bind(
             keys={
                 "decision": keys.decision(decision_id, bucket),
                 "journey": keys.journey(customer_id),
@@ -567,7 +714,6 @@ class StateStore:
                 "trial": trial,
             },
         )
-        return WriteResult(int(written))
 
     def _journey_args(self, now: float, origin_channel: str, event: Event) -> dict[str, object]:
         """The arguments of :data:`_JOURNEY_LUA`: the event's journey entry and its open-journey change."""

@@ -316,17 +316,23 @@ def _free_port(preferred: int) -> int:
 
 
 def _start_console(
-    work: pathlib.Path, redis_url: str, customer_ids: list[str], seed: int
+    work: pathlib.Path, redis_url: str, customers: pathlib.Path, seed: int
 ) -> tuple[subprocess.Popen[bytes], int] | None:
     """``nba console`` on the demo's Redis (no auth file: loopback, the local admin), its Levers preview over
-    1,000 simulated moments of the demo's customers; None (and why) when it does not start."""
-    from nba_service.api.event_log import append_request
-
+    1,000 moments of the customers of ``customers`` over the last hour (written by ``nba events generate``);
+    None (and why) when it does not start."""
     events = work / "console-events.jsonl"
-    mix = ScenarioMix(customer_ids, seed=seed)
-    with events.open("w", encoding="utf-8") as out:
-        for i in range(1000):
-            append_request(out, mix.next().request, round(time.time() - 3600 + 3.6 * i, 3))
+    with events.open("wb") as out:
+        generated = subprocess.run(
+            [sys.executable, "-m", "nba_service.cli", "events", "generate", "--count", "1000", "--seed", str(seed),
+             "--customers", str(customers), "--span", "1h"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            check=False,
+        )  # fmt: skip
+    if generated.returncode != 0:
+        print(f"nba demo: no events for the console: {generated.stderr.decode().strip()}", file=sys.stderr)
+        return None
     port = _free_port(CONSOLE_PORT)
     log = (work / "console.log").open("wb")
     process = subprocess.Popen(
@@ -421,7 +427,7 @@ def run_demo(
                             segments[record["customer_id"]] = record.get("segment", "")
             finally:
                 client.close()
-            console = _start_console(work, str(info["redis_url"]), list(segments)[:2000], seed)
+            console = _start_console(work, str(info["redis_url"]), pathlib.Path(customers), seed)
             print(
                 f"playing {duration:.0f} s of ATM, app, web and agent traffic from {concurrency} backends ...",
                 flush=True,

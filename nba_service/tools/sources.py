@@ -1,4 +1,4 @@
-"""Where the marketer tools (``policy diff``, ``policy preview``, ``explain``) get
+"""Where the marketer tools (``policy diff``, ``policy preview``, ``explain``, the console) get
 policy sets, models and customer contexts from. All of it read only."""
 
 from __future__ import annotations
