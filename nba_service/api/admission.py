@@ -43,11 +43,12 @@ MAX_RETRY_AFTER = 10.0
 LIFO_SHARE = 0.5
 """Turns go to the newest first once the waiting decisions are more work than this share of the time callers
 allow (their remaining deadline on arrival, averaged): a first-come queue would make them late."""
-MIN_FINISH_MARGIN = 0.020
+MIN_FINISH_MARGIN = 0.050
 """The least deadline a caller must still have for its decision to be recorded. With 10 ms, bursts of 5,000 and
 10,000 calls on the 2-core machine left 1-3% of the decisions recorded after their caller had given up (the
-answer leaves the process later than the servicer returns it); a caller with 20 ms left has waited most of
-its deadline in the queue already."""
+answer leaves the process later than the servicer returns it); with 20 ms, on the same machine when it ran
+1.75x slower, 4.8% (`make chaos`, 2026-12-01). A caller with 50 ms left has waited most of its deadline in the
+queue already."""
 MAX_WAIT_SECONDS = 5.0
 """The longest a decision waits for its turn (one without a deadline, under sustained overload)."""
 
