@@ -41,7 +41,7 @@ TARGETS = [
     ("corrupt_input", "the server log stays small"),
     ("corrupt_input", "a valid call right after"),
     ("stalled_streams", "the stalled streams stop deciding"),
-    ("sigterm", "every call OK or UNAVAILABLE, none CANCELLED"),
+    ("sigterm", "the calls in flight at SIGTERM OK or UNAVAILABLE, none CANCELLED"),
     ("sigterm", "health NOT_SERVING during the drain"),
     ("sigterm", "the server exits"),
     ("sigterm", "no returned decision missing"),

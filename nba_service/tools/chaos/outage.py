@@ -196,7 +196,8 @@ async def _watch_health(port: int, seen: list[tuple[float, str]], stop: asyncio.
 def sigterm(config: ChaosConfig, progress: Progress) -> FaultResult:
     """SIGTERM to ``nba serve`` while ``sigterm_in_flight`` callers keep calls in flight.
 
-    Every call should end OK or UNAVAILABLE (none CANCELLED), the health service should say
+    Every call in flight at SIGTERM should end OK or UNAVAILABLE (none CANCELLED; before it, under the load of
+    the callers, admission may refuse one whose deadline its wait would pass), the health service should say
     NOT_SERVING while the server drains, no returned decision or acknowledged outcome should be
     lost, and the server should exit.
     """
@@ -273,8 +274,9 @@ def sigterm(config: ChaosConfig, progress: Progress) -> FaultResult:
         )
         every = tally.all_codes()
         result.check(
-            "every call OK or UNAVAILABLE, none CANCELLED",
-            set(every) <= ALLOWED,
+            "the calls in flight at SIGTERM OK or UNAVAILABLE, none CANCELLED (before it, admission may also refuse "
+            "a call whose deadline its wait would pass: DEADLINE_EXCEEDED, nothing recorded)",
+            set(in_flight) <= ALLOWED and set(every) <= ALLOWED | {"DEADLINE_EXCEEDED"},
             f"Decide and ReportOutcome: {dict(every)}; the {int(marks['in_flight'])} in flight at SIGTERM: "
             f"{dict(in_flight)}",
         )
