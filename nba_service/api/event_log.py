@@ -56,6 +56,7 @@ __all__ = [
     "parse_line",
     "parse_record",
     "read_requests",
+    "read_timed_requests",
     "request_to_line",
     "to_timed_request",
 ]
@@ -155,6 +156,22 @@ def read_requests(source: str | os.PathLike[str] | TextIO) -> Iterator[RecordedR
             yield parse_line(text, number)
         except EventLogError as exc:
             yield exc
+
+
+def read_timed_requests(source: str | os.PathLike[str] | TextIO) -> tuple[list[TimedRequest], list[str]]:
+    """Every request of an event file checked as ``Decide`` checks it (:func:`to_timed_request`), and the
+    errors of the lines refused (with their line numbers)."""
+    moments: list[TimedRequest] = []
+    refused: list[str] = []
+    for recorded in read_requests(source):
+        if isinstance(recorded, EventLogError):
+            refused.append(str(recorded))
+            continue
+        try:
+            moments.append(to_timed_request(recorded))
+        except EventLogError as exc:
+            refused.append(str(exc))
+    return moments, refused
 
 
 def to_timed_request(recorded: RecordedRequest) -> TimedRequest:

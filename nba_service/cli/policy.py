@@ -7,10 +7,9 @@ import pathlib
 import sys
 import time
 
-from nba_service.api.event_log import EventLogError, read_requests, to_timed_request
+from nba_service.api.event_log import read_timed_requests
 from nba_service.cli._common import settings_from, state_client, state_options, write_json
 from nba_service.cli.history import print_changes
-from nba_service.domain import TimedRequest
 from nba_service.engine.pipeline import DecisionEngine
 from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.policies.diff import diff_policies
@@ -122,16 +121,7 @@ def cmd_policy_preview(args: argparse.Namespace) -> int:
     except SourceError as exc:
         print(f"nba policy preview: {exc}", file=sys.stderr)
         return 1
-    moments: list[TimedRequest] = []
-    refused: list[str] = []
-    for recorded in read_requests(events):
-        if isinstance(recorded, EventLogError):
-            refused.append(str(recorded))
-            continue
-        try:
-            moments.append(to_timed_request(recorded))
-        except EventLogError as exc:
-            refused.append(str(exc))
+    moments, refused = read_timed_requests(events)
     with state_client(settings_from(args)) as client:
         store = PolicyStore(client)
         try:

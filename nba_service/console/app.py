@@ -47,6 +47,7 @@ from nba_service.api.event_log import (
     event_object,
     parse_line,
     parse_record,
+    read_timed_requests,
     request_to_line,
     to_timed_request,
 )
@@ -788,16 +789,4 @@ def _dom_id(key: str) -> str:
 def load_moments(path: str) -> tuple[list[TimedRequest], list[str]]:
     """The recorded events of ``path`` (``nba serve --record-events``, ``nba events generate``) and the lines
     refused."""
-    from nba_service.api.event_log import read_requests
-
-    moments: list[TimedRequest] = []
-    refused: list[str] = []
-    for recorded in read_requests(path):
-        if isinstance(recorded, EventLogError):
-            refused.append(str(recorded))
-            continue
-        try:
-            moments.append(to_timed_request(recorded))
-        except EventLogError as exc:
-            refused.append(str(exc))
-    return moments, refused
+    return read_timed_requests(path)

@@ -419,6 +419,10 @@ class DecisionWrite:
     reward_on: str = "accepted"
     trial: str = ""
 
+    def arguments(self, *, budget: bool = True) -> dict[str, Any]:
+        """The arguments of :meth:`StateStore.write_decision` (without ``budget``: of the write script's call)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if budget or f.name != "budget"}
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Budget:
@@ -605,43 +609,12 @@ class StateStore:
         results: list[WriteResult | None] = [None] * len(writes)
         budgeted = [i for i, w in enumerate(writes) if w.budget is not None]
         budgeted_results = await asyncio.gather(  # a unit of the offer's budget first, on the budget's own slot
-            *(
-                self.write_decision(
-                    w.decision_id,
-                    w.request_id,
-                    w.ctx,
-                    w.event,
-                    w.decision,
-                    contact_window=contact_window,
-                    prior=w.prior,
-                    attribution_seconds=w.attribution_seconds,
-                    shadow=w.shadow,
-                    budget=w.budget,
-                    reward_on=w.reward_on,
-                    trial=w.trial,
-                )
-                for w in (writes[i] for i in budgeted)
-            )
+            *(self.write_decision(**writes[i].arguments(), contact_window=contact_window) for i in budgeted)
         )
         for i, result in zip(budgeted, budgeted_results, strict=True):
             results[i] = result
         plain = [i for i, result in enumerate(results) if result is None]
-        calls = [
-            self._write_call(
-                w.decision_id,
-                w.request_id,
-                w.ctx,
-                w.event,
-                w.decision,
-                contact_window=contact_window,
-                prior=w.prior,
-                attribution_seconds=w.attribution_seconds,
-                shadow=w.shadow,
-                reward_on=w.reward_on,
-                trial=w.trial,
-            )
-            for w in (writes[i] for i in plain)
-        ]
+        calls = [self._write_call(**writes[i].arguments(budget=False), contact_window=contact_window) for i in plain]
         for i, written in zip(plain, await self._scripts.evalsha_many(_WRITE_SCRIPT, calls), strict=True):
             results[i] = WriteResult(int(written))
         return [r for r in results if r is not None]
