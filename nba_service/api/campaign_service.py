@@ -125,6 +125,12 @@ class CampaignServicer(pb_grpc.CampaignServiceServicer):
                 return report.as_dict()
 
         def main() -> None:
+            # From here the call's cancellation (its deadline, a client gone) no longer cancels ``began``: a run
+            # that took its lease goes on and ends (a cancelled ``began`` would make set_result raise after the
+            # lease was taken, and the lease would never be released). Cancelled before: nothing is started.
+            if not work.began.set_running_or_notify_cancel():
+                work.done.set_exception(asyncio.CancelledError())
+                return
             try:
                 figures = asyncio.run(go())
             except BaseException as exc:

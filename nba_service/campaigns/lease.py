@@ -93,15 +93,18 @@ class LockKeeper:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            asked = time.monotonic()  # before the call: the lock lives its TTL from no later than this
             try:
                 ok = self.lock.hold()
                 if ok:
-                    self._last_ok = time.monotonic()
+                    self._last_ok = asked
                 self._set(ok)
             except redis.RedisError as exc:
                 log.warning("lock %s not renewed: %s", self.lock.key, exc)
-                if self.held and time.monotonic() - self._last_ok > self.lock.ttl_ms / 1000:
-                    self._set(False)  # it has lapsed in Redis by now
+                # Given up one interval before it lapses in Redis: the holder learns it between two batches at
+                # the latest, before another process can take the lock.
+                if self.held and time.monotonic() - self._last_ok > self.lock.ttl_ms / 1000 - self.interval:
+                    self._set(False)
             if self.lost.is_set() and not self.standby:
                 return
             self._stop.wait(self.interval)

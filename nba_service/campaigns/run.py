@@ -237,10 +237,15 @@ class RunStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis: Any = client  # bytes replies (no decode_responses); typed loosely as redis-py's stubs are
 
-    def save(self, report: RunReport) -> None:
-        """Write the whole state in one ``HSET`` (atomic: a checkpoint is all or nothing)."""
+    def save(self, report: RunReport, *, status: bool | None = None) -> None:
+        """Write the whole state in one ``HSET`` (atomic: a checkpoint is all or nothing). The status is written
+        when ``status`` says so; by default unless the run is running: a checkpoint of a running run leaves
+        it, so a ``suspend`` written meanwhile (by another process) is not overwritten and the run sees it."""
         report.updated = time.time()
-        self._redis.hset(keys.campaign_run(report.campaign, report.run_id), mapping=report.to_hash())
+        fields = report.to_hash()
+        if not (status if status is not None else report.status != RUNNING):
+            del fields["status"]
+        self._redis.hset(keys.campaign_run(report.campaign, report.run_id), mapping=fields)
 
     def hold(self, report: RunReport, actions: Counter[str]) -> None:
         """Before a batch's writes: its actions per channel, held against the limits if the run stops before
@@ -250,7 +255,7 @@ class RunStore:
         )
 
     def add(self, report: RunReport) -> None:
-        self.save(report)
+        self.save(report, status=True)
         self._redis.zadd(keys.campaign_runs(report.campaign), {report.run_id: report.started})
 
     def load(self, campaign: str, run_id: str) -> RunReport | None:
@@ -486,7 +491,7 @@ class CampaignRunner:
                     raise RunStateError(f"campaign {campaign} has no run to resume: `nba campaign run` starts one")
                 report = stored
                 report.status = RUNNING
-                self.store.save(report)
+                self.store.save(report, status=True)
         except BaseException:
             lease.release()
             raise

@@ -182,6 +182,8 @@ class Scheduler:
                             break
                         except redis.RedisError as exc:
                             log.warning("scheduler %s: %s; retrying", self.name, exc)
+                        except Exception:  # a run that failed (Redis lost mid-run, ...): the next round goes on
+                            log.exception("scheduler %s: a round failed; the next one starts as usual", self.name)
                     await asyncio.to_thread(stop.wait, self.poll_seconds)
             finally:
                 keeper.stop(release=self.release_on_stop)

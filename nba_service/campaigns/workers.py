@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
+import os
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -188,7 +189,7 @@ class Allowance:
         """Until a unit of ``name`` is given back or every unit is used (this worker holding none)."""
         limit = self.limits[name]
         while True:
-            if self._stop.is_set():
+            if self._stop.is_set() or _orphaned():
                 raise WorkersStopped("stopped by the run's process")
             reserved, used = self._redis.hmget(self._key, f"u:{name}", f"d:{name}")
             if int(reserved or 0) < limit or int(used or 0) >= limit:
@@ -352,15 +353,29 @@ def _worker(
     ending: Any,
 ) -> None:
     """A worker process (forked): its share's batches, a message to the run's process after each."""
+    global _PARENT_PID
+    _PARENT_PID = os.getppid()
     try:
         asyncio.run(_work(parent, report, cursors, index, limits, conn, stop, ending))
         conn.send(("done",))
     except WorkersStopped:
-        conn.send(("done",))
+        with contextlib.suppress(OSError):  # the run's process may be gone (killed): nobody to tell
+            conn.send(("done",))
     except BaseException as exc:
-        conn.send(("error", f"worker {index}: {type(exc).__name__}: {exc}"))
+        with contextlib.suppress(OSError):
+            conn.send(("error", f"worker {index}: {type(exc).__name__}: {exc}"))
     finally:
         conn.close()
+
+
+_PARENT_PID = 0
+"""In a worker: the run's process that forked it."""
+
+
+def _orphaned() -> bool:
+    """In a worker: the run's process is gone (killed): the worker stops before its next batch or wait, so it
+    cannot deliver units a resumed run counts as free again."""
+    return _PARENT_PID != 0 and os.getppid() != _PARENT_PID
 
 
 @contextlib.asynccontextmanager
@@ -433,7 +448,7 @@ async def _work(
         stop_run = False
         while plan is not None and not stop_run and any(c >= 0 for c in mine.cursors.values()):
             for name in [n for n, c in mine.cursors.items() if c >= 0]:
-                if stop.is_set():
+                if stop.is_set() or _orphaned():
                     return
                 node, share, shares = share_of(name)  # type: ignore[misc]
                 runner._match = share_pattern(share, shares)

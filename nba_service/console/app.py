@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import hmac
 import logging
 import math
@@ -41,7 +42,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from nba_service.api.auth import LOCAL, AuthFile, Caller
+from nba_service.api.auth import LOCAL, AuthFile, Caller, Client
 from nba_service.api.event_log import (
     EventLogError,
     event_object,
@@ -170,6 +171,8 @@ class _Console:
         client = next((c for c in auth.clients if c.name == name), None) if name else None
         if client is None or not any(role in client.roles for role in CONSOLE_ROLES):
             return None
+        if not hmac.compare_digest(request.session.get("token", ""), _token_mark(client)):
+            return None  # signed in with a token the auth file no longer lists (rotated): sign in again
         return Caller(client.name, client.roles)
 
     def need(self, request: Request, *roles: str) -> Caller:
@@ -241,7 +244,7 @@ class _Console:
             problem = f"{client.name} has no console role ({', '.join(CONSOLE_ROLES)})"
             return self.render(request, "login.html", 403, next=target, problem=problem)
         request.session.clear()
-        request.session.update(user=client.name, csrf=secrets.token_urlsafe(24))
+        request.session.update(user=client.name, token=_token_mark(client), csrf=secrets.token_urlsafe(24))
         return RedirectResponse(target, status_code=303)
 
     async def logout(self, request: Request) -> Response:
@@ -652,21 +655,26 @@ class _Console:
             suppression_window=snapshot.max_suppression_window,
             accepted_window=snapshot.max_accepted_window,
         )
-        decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(
-            snapshot, ctx, request.event, top_k=max(len(snapshot.offers), 1)
-        )
-        offers = explain_decision(snapshot, models, ctx, request.event, decision)
         sensitive = set(live[1].settings.sensitive)
         attributes = {
             name: (value if user.has("pii") or name not in sensitive else "hidden (needs the pii role)")
             for name, value in sorted(ctx.profile.attributes.items())
         }
+        hidden = sorted(sensitive & set(ctx.profile.attributes)) if not user.has("pii") else []
+        if hidden:  # decided, explained and rendered without them: no content or script can show their values
+            shown = {k: v for k, v in ctx.profile.attributes.items() if k not in sensitive}
+            ctx = dataclasses.replace(ctx, profile=dataclasses.replace(ctx.profile, attributes=shown))
+        decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(
+            snapshot, ctx, request.event, top_k=max(len(snapshot.offers), 1)
+        )
+        offers = explain_decision(snapshot, models, ctx, request.event, decision)
         best = [decision.offer_id] if decision.offer_id else []
         best += [a.offer_id for a in decision.alternatives]
         return {
             "found": ctx.profile.known,
             "profile": ctx.profile,
             "attributes": attributes,
+            "decided_without": hidden,
             "journey": ctx.journey[:20],
             "reasons": likely_reasons(snapshot, ctx),
             "scripts": agent_scripts(snapshot, ctx, request.event, best),
@@ -676,6 +684,12 @@ class _Console:
             "event_type": event_type,
             "policy_version": live[0],
         }
+
+
+def _token_mark(client: Client) -> str:
+    """What a session keeps of the token it signed in with: a digest of the token's digest (the cookie is
+    signed, not encrypted), so a session ends when the auth file's token for that name changes."""
+    return hashlib.sha256(client.token_sha256 or b"").hexdigest()[:32]
 
 
 SAMPLE_FIRST_NAME = "Alex"

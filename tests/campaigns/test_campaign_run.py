@@ -258,11 +258,11 @@ def test_a_run_killed_mid_way_and_resumed_delivers_once_with_the_same_totals(red
     def dies_before_checkpoint(runner: CampaignRunner) -> None:  # ... or with its 4th batch written, unsaved
         save = runner.store.save
 
-        def save_or_die(report: RunReport) -> None:
+        def save_or_die(report: RunReport, **how: Any) -> None:
             batches.append(report.scanned)
             if len(batches) == 5:  # the first save creates the run
                 raise KeyboardInterrupt("killed")
-            save(report)
+            save(report, **how)
 
         runner.store.save = save_or_die  # type: ignore[method-assign]
 
@@ -334,3 +334,29 @@ def test_an_outcome_of_a_campaign_decision_is_learned_like_a_live_one(redis_clie
     models = ModelBank.from_bytes(ModelStore(redis_client).load())
     assert models.updates == 1
     assert datetime.datetime.now(datetime.UTC)  # the learner published a version with the campaign's outcome
+
+
+def test_a_suspend_written_while_a_batch_works_stops_the_run_after_that_batch(redis_client, redis_url):
+    """``nba campaign suspend`` from another process lands while a batch is being decided: the batch's
+    checkpoint must not write the run's status back to running, and the run stops after it."""
+    publish(redis_client, campaign_yaml())
+    load(redis_client, [customer(i, timezone=daytime_zone()) for i in range(2000)])
+    pages = []
+
+    def suspend_during_second_batch(runner: CampaignRunner) -> None:
+        scan = runner._scan
+
+        def scan_then_suspend(node: str, cursor: int) -> tuple[int, list[bytes]]:
+            pages.append(cursor)
+            if len(pages) == 2:  # as another process would, while this batch is decided
+                RunStore(redis_client).set_status("test_cross_sell", "suspended", expect=("running",))
+            return scan(node, cursor)
+
+        runner._scan = scan_then_suspend  # type: ignore[method-assign]
+
+    report = run_campaign(redis_url, "test_cross_sell", batch_size=200, patch=suspend_during_second_batch)
+    assert report.status == "suspended" and 0 < report.scanned < 2000
+    stored = RunStore(redis_client).latest("test_cross_sell")
+    assert stored is not None and stored.status == "suspended" and stored.scanned == report.scanned
+    resumed = run_campaign(redis_url, "test_cross_sell", resume=True, batch_size=200)
+    assert resumed.status == "done" and resumed.scanned == 2000

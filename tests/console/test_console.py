@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
+from nba_service.api.auth import AuthFile
 from nba_service.api.event_log import parse_line, request_to_line, to_timed_request
 from nba_service.console.app import ConsoleConfig, create_app
 from nba_service.domain import TimedRequest
@@ -200,10 +202,13 @@ def test_customer_lookup_is_role_gated_and_hides_sensitive_attributes_without_pi
     assert 'data-name="credit_score">hidden (needs the pii role)<' in page.text
     assert 'data-name="city">Berlin<' in page.text
     assert "micro_loan" in page.text and "nba explain: atm_decline now" in page.text
+    assert "704" not in page.text  # c00001's credit score: in no content, script or explain detail either
+    assert "Decided and explained without birthday, credit_score, income" in page.text
     client = console()
     sign_in(client, "paula")
     page = client.get("/customer?id=c00001")
     assert 'data-name="credit_score">704<' in page.text
+    assert "Decided and explained without" not in page.text
 
 
 def test_the_overview_and_offers_show_the_running_servers_numbers(console, server_with_metrics, redis_client):
@@ -235,3 +240,26 @@ def test_the_learning_page_shows_the_shadow_report_computed_in_the_background(co
     panel = client.get("/learning/shadow").text
     assert "No settled decision logged a shadow choice yet" in panel and 'hx-get="/learning/shadow"' not in panel
     assert "No settled decision logged a shadow choice yet" in client.get("/learning").text
+
+
+def test_a_session_ends_when_its_token_is_rotated_even_with_the_same_cookie_key(redis_client, published):
+    """A console restarted with the same NBA_CONSOLE_SECRET and an auth file where alice's token changed: her
+    old cookie, still validly signed, no longer signs her in."""
+    first = TestClient(create_app(ConsoleConfig(client=redis_client, auth=auth_file(), secret_key="k")))
+    sign_in(first, "alice")
+    assert first.get("/levers").status_code == 200
+    rotated = AuthFile.parse(
+        "clients:\n  - {name: alice, token_sha256: '"
+        + hashlib.sha256(b"alice-new-token").hexdigest()
+        + "', roles: [publisher, marketing]}\n",
+        "auth.yaml",
+    )
+    again = TestClient(create_app(ConsoleConfig(client=redis_client, auth=auth_file(), secret_key="k")))
+    again.cookies = first.cookies
+    assert again.get("/levers").status_code == 200  # same key, same token: still signed in
+    second = TestClient(create_app(ConsoleConfig(client=redis_client, auth=rotated, secret_key="k")))
+    second.cookies = first.cookies
+    answer = second.get("/levers", follow_redirects=False)
+    assert answer.status_code in (303, 401) and "alice" not in answer.text
+    for client in (first, again, second):
+        client.close()
