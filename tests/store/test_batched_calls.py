@@ -14,7 +14,7 @@ from nba_service.domain import CustomerContext, CustomerProfile, Decision, Event
 from nba_service.store import codec, keys
 from nba_service.store.script_connection import LuaScript, ScriptConnection
 from nba_service.store.state import Budget, DecisionWrite, StateStore
-from tests.conftest import async_redis
+from tests.store.test_profile_races import run_with_store
 
 ECHO = LuaScript("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}")
 FAIL = LuaScript("if ARGV[1] == 'fail' then return redis.error_reply('no such thing') end return 1")
@@ -24,19 +24,6 @@ EVENT = Event("campaign", {"balance": 0})
 # the campaign path there), and these tests' cluster runs leave a socket of the script connection open at times
 # (write_decision alone does too).
 pytestmark = pytest.mark.standalone_only
-
-
-def with_store(redis_url: str, scenario: Any) -> Any:
-    async def main() -> Any:
-        client = async_redis(redis_url)
-        store = StateStore(client, decision_ttl_seconds=3600, journey_max_events=50, url=redis_url)
-        try:
-            return await scenario(store)
-        finally:
-            await store.aclose()
-            await client.aclose()
-
-    return asyncio.run(main())
 
 
 def action(offer: str = "overdraft_protection", channel: str = "push") -> Decision:
@@ -90,7 +77,7 @@ def test_contexts_read_together_are_those_read_one_at_a_time(redis_url, redis_cl
         alone = [await store.read_context(c, now, origin_channel="campaign", **windows) for c in customers]
         return together, alone
 
-    together, alone = with_store(redis_url, scenario)
+    together, alone = run_with_store(redis_url, scenario)
     assert together == alone
     assert [c.profile.first_name for c in together] == ["N0", "N1", "N2", "N3", "N4", ""]
     assert len(together[1].contacts) == 1 and not together[5].profile.known
@@ -138,7 +125,7 @@ def test_decisions_written_together_are_recorded_as_one_at_a_time(redis_url, red
         )
         return results, single
 
-    results, single = with_store(redis_url, scenario)
+    results, single = run_with_store(redis_url, scenario)
     assert single is WriteResult.WRITTEN
     assert results[:4] == [WriteResult.WRITTEN] * 4
     assert results[4:] == [WriteResult.CONTACTS_CHANGED]
@@ -179,7 +166,7 @@ def test_a_budgeted_decision_among_them_takes_its_unit_first_and_never_overspend
         )
         for c in ("u0", "u1", "u2")
     ]
-    results = with_store(redis_url, lambda store: store.write_decisions(writes, contact_window=0.0))
+    results = run_with_store(redis_url, lambda store: store.write_decisions(writes, contact_window=0.0))
     assert results[0] is WriteResult.WRITTEN  # no budget
     assert sorted(r.value for r in results[1:]) == [WriteResult.BUDGET_USED_UP.value, WriteResult.WRITTEN.value]
     assert int(redis_client.get(budget.key)) == 1  # one unit, taken once
