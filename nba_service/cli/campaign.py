@@ -214,6 +214,23 @@ def cmd_suspend(args: argparse.Namespace) -> int:
     return 0
 
 
+def working_options(parser: argparse.ArgumentParser, *, workers: int, workers_help: str) -> None:
+    """The options of a command that works a run (``run``, ``resume``)."""
+    parser.add_argument("--export", metavar="DIR", help="also write the deliveries as one JSONL file per channel here")
+    parser.add_argument(
+        "--batch-size", type=int, default=BATCH_SIZE, metavar="N", help=f"keys scanned per batch ({BATCH_SIZE})"
+    )
+    parser.add_argument("--workers", type=_workers, default=workers, metavar="N", help=workers_help)
+    parser.add_argument("--json", metavar="FILE", help="also write the run's figures as JSON here")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the run's Prometheus metrics on this port while it works",
+    )
+    state_options(parser)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     campaign = sub.add_parser(
         "campaign",
@@ -230,43 +247,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="decide without writing anything: counts by offer and channel"
     )
     run.add_argument("--limit", type=int, metavar="N", help="decide at most N customers, then end the run")
-    run.add_argument("--export", metavar="DIR", help="also write the deliveries as one JSONL file per channel here")
-    run.add_argument(
-        "--batch-size", type=int, default=BATCH_SIZE, metavar="N", help=f"keys scanned per batch ({BATCH_SIZE})"
-    )
-    run.add_argument(
-        "--workers",
-        type=_workers,
-        default=_default_workers(),
-        metavar="N",
-        help="processes deciding the run, each on a share of the customers (default: the CPUs, "
+    working_options(
+        run,
+        workers=_default_workers(),
+        workers_help="processes deciding the run, each on a share of the customers (default: the CPUs, "
         f"{_default_workers()} here; at most {MAX_WORKERS}; a dry run uses one)",
     )
-    run.add_argument("--json", metavar="FILE", help="also write the run's figures as JSON here")
-    run.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve the run's Prometheus metrics on this port while it works",
-    )
-    state_options(run)
     run.set_defaults(func=cmd_run)
 
     resume = commands.add_parser("resume", help="continue the campaign's suspended or interrupted run")
     resume.add_argument("name")
-    resume.add_argument("--export", metavar="DIR", help="also write the deliveries as one JSONL file per channel here")
-    resume.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="N")
-    resume.add_argument(  # a run resumes with the workers it started with: its checkpoints are per share
-        "--workers", type=_workers, default=1, help=argparse.SUPPRESS
-    )
-    resume.add_argument("--json", metavar="FILE", help="also write the run's figures as JSON here")
-    resume.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve the run's Prometheus metrics on this port while it works",
-    )
-    state_options(resume)
+    # a run resumes with the workers it started with: its checkpoints are per share
+    working_options(resume, workers=1, workers_help=argparse.SUPPRESS)
     resume.set_defaults(func=cmd_resume)
 
     suspend = commands.add_parser("suspend", help="stop the campaign's running run after its current batch")

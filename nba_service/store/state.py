@@ -419,9 +419,9 @@ class DecisionWrite:
     reward_on: str = "accepted"
     trial: str = ""
 
-    def arguments(self, *, budget: bool = True) -> dict[str, Any]:
-        """The arguments of :meth:`StateStore.write_decision` (without ``budget``: of the write script's call)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if budget or f.name != "budget"}
+    def arguments(self) -> dict[str, Any]:
+        """The arguments of :meth:`StateStore.write_decision`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -553,55 +553,13 @@ class StateStore:
             )
             if not int(reserved):
                 return WriteResult.BUDGET_USED_UP
-        result = await self._write(
-            decision_id,
-            request_id,
-            ctx,
-            event,
-            decision,
-            contact_window=contact_window,
-            prior=prior,
-            attribution_seconds=attribution_seconds,
-            shadow=shadow,
-            reward_on=reward_on,
-            trial=trial,
+        write = DecisionWrite(
+            decision_id, request_id, ctx, event, decision, prior, attribution_seconds, shadow, budget, reward_on, trial
         )
+        result = WriteResult(int(await self._scripts.evalsha(_WRITE_SCRIPT, *self._write_call(write, contact_window))))
         if budget is not None and result is not WriteResult.WRITTEN:
             await self._scripts.run(_RELEASE_SCRIPT, keys={"budget": budget.key}, args={})
         return result
-
-    async def _write(
-        self,
-        decision_id: str,
-        request_id: str,
-        ctx: CustomerContext,
-        event: Event,
-        decision: Decision,
-        *,
-        contact_window: float,
-        prior: float,
-        attribution_seconds: float,
-        shadow: Mapping[str, object] | None,
-        reward_on: str,
-        trial: str,
-    ) -> WriteResult:
-        written = await self._scripts.evalsha(
-            _WRITE_SCRIPT,
-            *self._write_call(
-                decision_id,
-                request_id,
-                ctx,
-                event,
-                decision,
-                contact_window=contact_window,
-                prior=prior,
-                attribution_seconds=attribution_seconds,
-                shadow=shadow,
-                reward_on=reward_on,
-                trial=trial,
-            ),
-        )
-        return WriteResult(int(written))
 
     async def write_decisions(self, writes: list[DecisionWrite], *, contact_window: float) -> list[WriteResult]:
         """:meth:`write_decision` of many decisions (a campaign batch), their scripts sent together; each is
@@ -614,27 +572,27 @@ class StateStore:
         for i, result in zip(budgeted, budgeted_results, strict=True):
             results[i] = result
         plain = [i for i, result in enumerate(results) if result is None]
-        calls = [self._write_call(**writes[i].arguments(budget=False), contact_window=contact_window) for i in plain]
+        calls = [self._write_call(writes[i], contact_window) for i in plain]
         for i, written in zip(plain, await self._scripts.evalsha_many(_WRITE_SCRIPT, calls), strict=True):
             results[i] = WriteResult(int(written))
         return [r for r in results if r is not None]
 
-    def _write_call(
-        self,
-        decision_id: str,
-        request_id: str,
-        ctx: CustomerContext,
-        event: Event,
-        decision: Decision,
-        *,
-        contact_window: float,
-        prior: float,
-        attribution_seconds: float,
-        shadow: Mapping[str, object] | None,
-        reward_on: str,
-        trial: str,
-    ) -> tuple[list[Any], list[Any]]:
-        """KEYS and ARGV of :data:`_WRITE_SCRIPT` for one decision."""
+    def _write_call(self, write: DecisionWrite, contact_window: float) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of :data:`_WRITE_SCRIPT` for one decision (its budget is not the script's)."""
+        decision_id, request_id, ctx, event, decision = (
+            write.decision_id,
+            write.request_id,
+            write.ctx,
+            write.event,
+            write.decision,
+        )
+        prior, attribution_seconds, shadow, reward_on, trial = (
+            write.prior,
+            write.attribution_seconds,
+            write.shadow,
+            write.reward_on,
+            write.trial,
+        )
         customer_id = ctx.profile.customer_id
         bucket = keys.bucket_of(customer_id)
         now = ctx.now
