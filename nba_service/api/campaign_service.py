@@ -84,6 +84,15 @@ class _Work:
         self.done: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self.thread: threading.Thread | None = None
 
+    def run_id(self) -> str:
+        """The id of the run this work began; "" before it began, for a dry run (it stores nothing) or when it
+        could not begin."""
+        began = self.began
+        if not began.done() or began.cancelled() or began.exception() is not None:
+            return ""
+        figures = began.result()
+        return "" if figures["dry_run"] else str(figures["run_id"])
+
 
 class CampaignServicer(pb_grpc.CampaignServiceServicer):
     def __init__(self, dataplane: DataPlane, target: RedisTarget, client: redis.Redis, registry: CollectorRegistry):
@@ -154,12 +163,16 @@ class CampaignServicer(pb_grpc.CampaignServiceServicer):
         return work
 
     def stop(self, timeout: float = 30.0) -> None:
-        """The server stops: the runs working here are marked suspended and stop after their batch."""
+        """The server stops: the runs working here are marked suspended and stop after their batch (each by its
+        run id: a newer run of the campaign that another process started is left running)."""
         with self._lock:
             working = [w for w in self._work if not w.done.done()]
         for work in working:
+            run_id = work.run_id()  # its own run, never a newer one another process started
+            if not run_id:
+                continue  # not begun: nothing to suspend
             try:
-                report = self.store.set_status(work.campaign, SUSPENDED, expect=(RUNNING,))
+                report = self.store.set_status(work.campaign, SUSPENDED, expect=(RUNNING,), run_id=run_id)
                 log.info(
                     "campaign %s: run %s suspended as the server stops (ResumeCampaign or `nba campaign resume` "
                     "continues it)",

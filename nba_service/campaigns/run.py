@@ -15,7 +15,8 @@ One batch at a time (:meth:`CampaignRunner.run`):
    are exact (a channel that reaches its limit leaves the plan);
 6. **record**: :meth:`StateStore.write_decision`, the live write (decision, journey, contact, pending outcome,
    budget unit), all the batch's writes issued at once (pipelined); a write refused because a live decision
-   contacted the customer meanwhile is read and decided again;
+   contacted the customer meanwhile is read and decided again; a write Redis answers with an error fails
+   that customer only (not delivered, the claim released, counted as ``write_failed``);
 7. **deliver**: for each action, ``XADD`` to the channel's stream (:func:`nba_service.store.keys.deliveries`)
    and the claim's value set to ``<run>|<channel>|<offer>``; a claim whose decision took no action is
    deleted (the customer can be reached by a later run);
@@ -42,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import pathlib
 import time
@@ -73,6 +75,7 @@ from nba_service.domain import (
     WriteResult,
 )
 from nba_service.domain.localtime import local_time, next_local_time
+from nba_service.observability.ratelimit import RateLimitedLog
 from nba_service.policies.model import CampaignSpec
 from nba_service.policies.scope import evaluation_globals
 from nba_service.policies.snapshot import PolicySnapshot
@@ -96,6 +99,7 @@ __all__ = [
 BATCH_SIZE = 5000
 """Keys a SCAN page asks each node for (``COUNT``): a batch is the profiles among them."""
 RUNNING, SUSPENDED, DONE = "running", "suspended", "done"
+log = logging.getLogger(__name__)
 _GLOBALS = evaluation_globals()
 _JOURNEY_NAMES = {"_f_count_events", "_f_days_since", "open_cart_value", "_f_request_attr"}
 """What a rule reads beyond the profile (the journey, open journeys, the request)."""
@@ -140,8 +144,8 @@ class RunReport:
     delivered: Counter[str] = dataclasses.field(default_factory=Counter)
     """Deliveries per channel (in a dry run: what would be delivered)."""
     suppressed: Counter[str] = dataclasses.field(default_factory=Counter)
-    """Customers of the segment not delivered to, by reason (``already_reached``, or the decision's no-action
-    code: ``frequency_cap``, ``nothing_allowed``, ``below_threshold`` ...)."""
+    """Customers of the segment not delivered to, by reason (``already_reached``, ``contention``, ``write_failed``,
+    or the decision's no-action code: ``frequency_cap``, ``nothing_allowed``, ``below_threshold`` ...)."""
     by_offer: Counter[str] = dataclasses.field(default_factory=Counter)
     """Deliveries per ``offer|channel``."""
     ended: str = ""
@@ -275,16 +279,34 @@ class RunStore:
         ids = self._redis.zrange(keys.campaign_runs(campaign), -1, -1)
         return self.load(campaign, ids[0].decode()) if ids else None
 
-    def set_status(self, campaign: str, status: str, *, expect: Iterable[str]) -> RunReport:
-        """Set the latest run's status (suspend: the running process stops after its batch)."""
-        report = self.latest(campaign)
+    def set_status(self, campaign: str, status: str, *, expect: Iterable[str], run_id: str = "") -> RunReport:
+        """Set the status of run ``run_id`` (default: the campaign's latest run) if it is one of ``expect``
+        (suspend: the running process stops after its batch). The check and the write are one step in Redis
+        (a script on the run's hash): a run that changed status meanwhile is left as it is."""
+        report = self.load(campaign, run_id) if run_id else self.latest(campaign)
         if report is None:
-            raise RunStateError(f"campaign {campaign} has no run")
-        if report.status not in set(expect):
-            raise RunStateError(f"run {report.run_id} of {campaign} is {report.status}")
-        self._redis.hset(keys.campaign_run(campaign, report.run_id), "status", status)
+            what = f"run {run_id} of {campaign} not found" if run_id else f"campaign {campaign} has no run"
+            raise RunStateError(what)
+        script: Any = self._redis.register_script(_SET_STATUS_SCRIPT)
+        changed, current = script(keys=[keys.campaign_run(campaign, report.run_id)], args=[status, *expect])
+        if not changed:
+            now = current.decode() if isinstance(current, bytes) else str(current or "")
+            raise RunStateError(f"run {report.run_id} of {campaign} is {now or 'gone'}")
         report.status = status
         return report
+
+
+_SET_STATUS_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {0, ''} end
+for i = 2, #ARGV do
+  if current == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1])
+    return {1, current}
+  end
+end
+return {0, current}
+"""
 
 
 def find_campaign(snapshot: PolicySnapshot | None, name: str) -> CampaignSpec:
@@ -396,6 +418,8 @@ class CampaignRunner:
         """:attr:`_exhausted` as the engine takes it (changed only when a write finds a budget used up)."""
         self._when: dict[tuple[float, float | None, str], float] = {}
         self._local: dict[tuple[float, str], str] = {}
+        self._limited_log: RateLimitedLog | None = None
+        """Failed writes, one line per interval (created on first use)."""
         names = set(campaign.segment.code.co_names) if campaign.segment is not None else set()
         self._profile_only = not names & _JOURNEY_NAMES
         if not 1 <= workers <= MAX_WORKERS:
@@ -808,9 +832,13 @@ class CampaignRunner:
     async def _record(
         self, snapshot: PolicySnapshot, plan: PolicySnapshot | None, picks: list[_Pick], report: RunReport
     ) -> None:
-        """Write the batch's decisions (all at once); a refused one is read, decided and written again."""
+        """Write the batch's decisions (all at once); a refused one is read, decided and written again. A write
+        Redis answered with an error is not delivered: its claim is released (a later run, or the resume,
+        reaches the customer) and it is counted as ``write_failed``; the batch's other writes go on."""
         done: list[_Pick] = []
         waited: list[str] = []
+        failed: list[str] = []
+        first_error: redis.ResponseError | None = None
         decided = len(picks)
         for _ in range(CONTENTION_RETRIES):
             if not picks:
@@ -820,6 +848,10 @@ class CampaignRunner:
             for pick, result in zip(picks, results, strict=True):
                 if result is WriteResult.WRITTEN:
                     done.append(pick)
+                    continue
+                if isinstance(result, redis.ResponseError):  # this customer's write only: not tried again
+                    failed.append(pick.ctx.profile.customer_id)
+                    first_error = first_error or result
                     continue
                 if result is WriteResult.BUDGET_USED_UP and pick.decision.offer_id:
                     self._exhausted.add(pick.decision.offer_id)
@@ -838,9 +870,12 @@ class CampaignRunner:
         unrecorded = [p.ctx.profile.customer_id for p in picks] + waited
         if unrecorded:
             report.suppressed["contention"] += len(unrecorded)
+        if failed:
+            report.suppressed["write_failed"] += len(failed)
+            self._write_failed(report, failed, first_error)
         used = dict(_actions(done))
         used["*total"], used["*limit"] = sum(used.values()), decided
-        await self._deliver(done, report, unrecorded, used)
+        await self._deliver(done, report, unrecorded + failed, used)
         if self._allow is not None:  # the units used; the others given back
             self._allow.settle(used)
 
@@ -858,8 +893,25 @@ class CampaignRunner:
         except redis.RedisError as exc:
             raise self.dataplane._unavailable("read_context", exc) from exc
 
-    async def _write(self, snapshot: PolicySnapshot, picks: list[_Pick]) -> list[WriteResult]:
-        """The live write of each pick (:meth:`StateStore.write_decisions`: the scripts sent together)."""
+    def _write_failed(self, report: RunReport, failed: list[str], error: redis.ResponseError | None) -> None:
+        """Counted as Redis errors of ``write_decision``; one log line for the batch (rate-limited)."""
+        self.dataplane.metrics.redis_errors.labels("write_decision").inc(len(failed))
+        if self._limited_log is None:
+            self._limited_log = RateLimitedLog(log, self.dataplane.settings.log_interval_seconds)
+        self._limited_log.warning(
+            ("write_failed", report.campaign),
+            "campaign %s run %s: Redis failed %d write(s) of a batch (customer %s first: %s); not delivered, "
+            "their claims released for a later run",
+            report.campaign,
+            report.run_id,
+            len(failed),
+            failed[0],
+            error,
+        )
+
+    async def _write(self, snapshot: PolicySnapshot, picks: list[_Pick]) -> list[WriteResult | redis.ResponseError]:
+        """The live write of each pick (:meth:`StateStore.write_decisions`: the scripts sent together; a write
+        Redis answered with an error has it as its result)."""
         dataplane = self.dataplane
         attribution = dataplane.settings.attribution_seconds
         writes = [

@@ -390,12 +390,19 @@ class ScriptConnection:
         return await self.evalsha(script, key_values, arg_values, retry)
 
     async def evalsha_many(
-        self, script: LuaScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]], retry: bool = False
+        self,
+        script: LuaScript,
+        calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+        retry: bool = False,
+        *,
+        return_errors: bool = False,
     ) -> list[Any]:
         """Run a script once per ``(keys, args)`` of ``calls``: every call packed in one write on the
         connection, the replies in order (a campaign batch: no future or task per call). A call answered
         ``NOSCRIPT`` or :data:`FAILOVER_REPLIES` (it did not run) is sent again alone by :meth:`evalsha`;
-        another error reply fails the whole (``ResponseError``). ``retry``: as for :meth:`evalsha` (reads)."""
+        another error reply fails the whole (``ResponseError``), or with ``return_errors`` is that call's reply
+        (a ``ResponseError``, not raised: the other calls ran and their replies are kept). A lost connection or
+        a timeout raises either way (no call's outcome is known). ``retry``: as for :meth:`evalsha` (reads)."""
         if not calls:
             return []
         sha = script.sha
@@ -408,11 +415,20 @@ class ScriptConnection:
             replies = await self._send_many(payload, len(calls))
         out = list(replies)
         for i, reply in enumerate(out):
-            if isinstance(reply, hiredis.ReplyError):
-                if not (_failover(reply) or str(reply).startswith("NOSCRIPT")):
-                    self._event("response", self.node)
-                    raise redis.ResponseError(str(reply))
-                out[i] = await self.evalsha(script, *calls[i], retry)
+            if not isinstance(reply, hiredis.ReplyError):
+                continue
+            if _failover(reply) or str(reply).startswith("NOSCRIPT"):
+                try:
+                    out[i] = await self.evalsha(script, *calls[i], retry)
+                except redis.ResponseError as exc:
+                    if not return_errors:
+                        raise
+                    out[i] = exc
+                continue
+            self._event("response", self.node)
+            if not return_errors:
+                raise redis.ResponseError(str(reply))
+            out[i] = redis.ResponseError(str(reply))
         return out
 
     async def command_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -611,10 +627,27 @@ class ClusterScriptConnection(ScriptConnection):
                 raise redis.ResponseError(error)
 
     async def evalsha_many(
-        self, script: LuaScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]], retry: bool = False
+        self,
+        script: LuaScript,
+        calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+        retry: bool = False,
+        *,
+        return_errors: bool = False,
     ) -> list[Any]:
-        """Each call on its slot's primary (:meth:`evalsha`, with its redirects), all in flight at once."""
-        return list(await asyncio.gather(*(self.evalsha(script, keys, args, retry) for keys, args in calls)))
+        """Each call on its slot's primary (:meth:`evalsha`, with its redirects), all in flight at once. An
+        error reply fails the whole (``ResponseError``), or with ``return_errors`` is that call's reply; a
+        ``ConnectionError`` or ``TimeoutError`` (a node lost, the cluster down, redirects without end) raises
+        either way, as on one Redis."""
+        if not return_errors:
+            return list(await asyncio.gather(*(self.evalsha(script, keys, args, retry) for keys, args in calls)))
+        return list(await asyncio.gather(*(self._evalsha_or_error(script, keys, args, retry) for keys, args in calls)))
+
+    async def _evalsha_or_error(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any], retry: bool) -> Any:
+        """:meth:`evalsha`, its ``ResponseError`` returned (not raised)."""
+        try:
+            return await self.evalsha(script, keys, args, retry)
+        except redis.ResponseError as exc:
+            return exc
 
     async def command_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Not on a cluster: its commands' keys are on many nodes (use redis-py's cluster pipeline)."""

@@ -542,7 +542,10 @@ class StateStore:
         (:attr:`~WriteResult.CONTACTS_CHANGED`). A budget is never overspent, on one Redis or across a
         cluster's shards. It can be underspent by the units of writes whose outcome is unknown (a
         connection lost while the script ran, the process killed between the two calls): those are not
-        given back, as the decision may have been recorded; at most one unit per decision in flight.
+        given back, as the decision may have been recorded; at most one unit per decision in flight. A write
+        Redis answers with an error (``ResponseError``: a key of the wrong type, out of memory) gives its unit
+        back and raises: the decision is not recorded (though a script that failed half way keeps what it wrote
+        before the failing command: Redis has no rollback).
         ``trial`` is the champion/challenger weights (:func:`~nba_service.learning.guard.trial_weights`)
         the outcome carries to the learner's guard. Nothing is written unless the result is
         :attr:`~WriteResult.WRITTEN`.
@@ -556,26 +559,48 @@ class StateStore:
         write = DecisionWrite(
             decision_id, request_id, ctx, event, decision, prior, attribution_seconds, shadow, budget, reward_on, trial
         )
-        result = WriteResult(int(await self._scripts.evalsha(_WRITE_SCRIPT, *self._write_call(write, contact_window))))
+        try:
+            reply = await self._scripts.evalsha(_WRITE_SCRIPT, *self._write_call(write, contact_window))
+        except redis.ResponseError:  # the script failed: not recorded, the unit is not used
+            if budget is not None:
+                await self._scripts.run(_RELEASE_SCRIPT, keys={"budget": budget.key}, args={})
+            raise
+        result = WriteResult(int(reply))
         if budget is not None and result is not WriteResult.WRITTEN:
             await self._scripts.run(_RELEASE_SCRIPT, keys={"budget": budget.key}, args={})
         return result
 
-    async def write_decisions(self, writes: list[DecisionWrite], *, contact_window: float) -> list[WriteResult]:
+    async def write_decisions(
+        self, writes: list[DecisionWrite], *, contact_window: float
+    ) -> list[WriteResult | redis.ResponseError]:
         """:meth:`write_decision` of many decisions (a campaign batch), their scripts sent together; each is
-        atomic on its own and answers as it would alone. A write with a budget reserves its unit first."""
-        results: list[WriteResult | None] = [None] * len(writes)
+        atomic on its own and answers as it would alone. A write with a budget reserves its unit first.
+
+        A write Redis answers with an error (``WRONGTYPE`` on one customer's key, ``OOM``) has that error as its
+        result, returned, not raised: the other writes ran, and their results are kept (a failed write with a
+        budget gave its unit back, see :meth:`write_decision`). A lost connection or a timeout raises
+        (``ConnectionError``, ``TimeoutError``): the outcome of every write in flight is unknown.
+        """
+        results: list[WriteResult | redis.ResponseError | None] = [None] * len(writes)
         budgeted = [i for i, w in enumerate(writes) if w.budget is not None]
         budgeted_results = await asyncio.gather(  # a unit of the offer's budget first, on the budget's own slot
-            *(self.write_decision(**writes[i].arguments(), contact_window=contact_window) for i in budgeted)
+            *(self._write_or_error(writes[i], contact_window) for i in budgeted)
         )
         for i, result in zip(budgeted, budgeted_results, strict=True):
             results[i] = result
         plain = [i for i, result in enumerate(results) if result is None]
         calls = [self._write_call(writes[i], contact_window) for i in plain]
-        for i, written in zip(plain, await self._scripts.evalsha_many(_WRITE_SCRIPT, calls), strict=True):
-            results[i] = WriteResult(int(written))
+        replies = await self._scripts.evalsha_many(_WRITE_SCRIPT, calls, return_errors=True)
+        for i, written in zip(plain, replies, strict=True):
+            results[i] = written if isinstance(written, redis.ResponseError) else WriteResult(int(written))
         return [r for r in results if r is not None]
+
+    async def _write_or_error(self, write: DecisionWrite, contact_window: float) -> WriteResult | redis.ResponseError:
+        """:meth:`write_decision`, its ``ResponseError`` returned (not raised)."""
+        try:
+            return await self.write_decision(**write.arguments(), contact_window=contact_window)
+        except redis.ResponseError as exc:
+            return exc
 
     def _write_call(self, write: DecisionWrite, contact_window: float) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV of :data:`_WRITE_SCRIPT` for one decision (its budget is not the script's)."""

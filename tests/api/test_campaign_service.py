@@ -4,15 +4,18 @@ suspend, resume, history, and its status codes (nba_service/api/campaign_service
 from __future__ import annotations
 
 import pathlib
+import threading
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from nba_service.api.auth import new_token
 from nba_service.campaigns.lease import RunLease
+from nba_service.campaigns.metrics import CampaignMetrics
 from nba_service.campaigns.run import RunReport, RunStore
 from nba_service.cli import main
 from nba_service.proto.nba.v1 import campaign_pb2 as pb
@@ -192,3 +195,43 @@ def test_health_and_reflection_list_the_campaign_service(service, tokens):
     responses = reflection.ServerReflectionInfo(iter([request]), **as_(tokens, "console"))
     names = {s.name for s in next(responses).list_services_response.service}
     assert {"nba.v1.DecisionService", "nba.v1.CampaignService", "grpc.health.v1.Health"} <= names
+
+
+class HeldAfterFirstBatch(CampaignMetrics):
+    """The servicer's run metrics, holding the run after its first checkpointed batch until released: the run
+    is still working (running in Redis, its thread alive) when the test acts."""
+
+    def __init__(self) -> None:
+        super().__init__(CollectorRegistry())
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def observe(self, report: RunReport) -> None:
+        super().observe(report)
+        if not report.dry_run and not self.reached.is_set():
+            self.reached.set()
+            assert self.release.wait(60), "the test never released the run"
+
+
+def test_a_stopping_server_suspends_its_own_run_not_a_newer_one_started_elsewhere(service, tokens, redis_client):
+    held = HeldAfterFirstBatch()
+    service.server.campaigns.metrics = held
+    ours = service.campaigns.StartCampaign(pb.StartCampaignRequest(campaign=CAMPAIGN), **as_(tokens, "marketer"))
+    wait_until(held.reached.is_set, 30, "the server's run to checkpoint its first batch")
+    store = RunStore(redis_client)
+    # Another process started a newer run of the campaign meanwhile (ours lost its lease: Redis was slow)
+    theirs = RunReport(campaign=CAMPAIGN, run_id="29990101T000000-beefed", started=ours.run.started_at + 1)
+    store.add(theirs)
+    assert store.latest(CAMPAIGN).run_id == theirs.run_id
+
+    stopping = threading.Thread(target=service.stop, name="stop-the-server")
+    stopping.start()
+    try:
+        wait_until(lambda: store.status(CAMPAIGN, ours.run_id) == "suspended", 30, "the server's own run suspended")
+    finally:
+        held.release.set()
+        stopping.join(60)
+    assert not stopping.is_alive()
+    assert store.status(CAMPAIGN, theirs.run_id) == "running"  # theirs is left to the process working it
+    stopped = store.load(CAMPAIGN, ours.run_id)
+    assert stopped is not None and stopped.status == "suspended" and stopped.scanned > 0

@@ -232,6 +232,19 @@ def test_a_channel_that_drops_at_night_is_judged_at_the_morning_send(redis_clien
     assert {(local_time(float(d["deliver_after"]), zone).hour) for d in sent} == {9}
 
 
+def test_a_campaign_weights_no_deferred_push(redis_client, redis_url):
+    """The sample's push has ``defer_weight: 0.5`` (a push read in the morning is worth half a message seen at a
+    live moment). A campaign has no such moment: run at 23:00 with a send window open then, its push (preferred,
+    2.4) still beats the e-mail (2), and waits for 08:00, as it would at any hour of the run."""
+    publish(redis_client, campaign_yaml(window='{start: "20:00", end: "19:00"}'))
+    zone = night_zone(23)
+    load(redis_client, [customer(i, timezone=zone) for i in range(0, 80, 2)])
+    report = run_campaign(redis_url, "test_cross_sell")
+    sent = deliveries(redis_client)
+    assert len(sent["push"]) == report.total_delivered == sum(in_segment(i) for i in range(0, 80, 2))
+    assert {(local_time(float(d["deliver_after"]), zone).hour) for d in sent["push"]} == {8}  # quiet hours' end
+
+
 @pytest.mark.parametrize("dies", ["after_checkpoint", "before_checkpoint", "before_checkpoint_read_later"])
 def test_a_run_killed_mid_way_and_resumed_delivers_once_with_the_same_totals(redis_client, redis_url, dies):
     """Killed after a checkpoint, or with a batch written and its checkpoint not: the resumed run ends with the
@@ -360,3 +373,52 @@ def test_a_suspend_written_while_a_batch_works_stops_the_run_after_that_batch(re
     assert stored is not None and stored.status == "suspended" and stored.scanned == report.scanned
     resumed = run_campaign(redis_url, "test_cross_sell", resume=True, batch_size=200)
     assert resumed.status == "done" and resumed.scanned == 2000
+
+
+@pytest.mark.parametrize("budgeted", [False, True])
+def test_a_write_redis_fails_leaves_its_customer_for_a_later_run_and_the_batch_is_delivered(
+    redis_client, redis_url, caplog, budgeted
+):
+    """One customer's write answers an error (here WRONGTYPE: their decision index is a string): that customer
+    is not delivered, counted as ``write_failed`` and their claim released; the rest of the batch is delivered
+    once. Once the key is fixed, the next run reaches them and nobody else. With a budget on the offer (each
+    write reserves its unit first), the failed write's unit is given back."""
+    if budgeted:
+        files = read_policy_dir(SAMPLE_POLICIES)
+        anchor = "    prior: 0.05\n    channels: [push, atm_screen, sms, email]\n"
+        files["bank.yaml"] = files["bank.yaml"].replace(anchor, anchor + "    budget: {max: 1000, per: 1d}\n")
+        files["zz_campaigns.yaml"] = campaign_yaml()
+        PolicyStore(redis_client).publish(files, author="tests", message="campaign with a budget")
+    else:
+        publish(redis_client, campaign_yaml())
+    load(redis_client, [customer(i, timezone=daytime_zone()) for i in range(40)])
+    segment = {f"k{i:06d}" for i in range(40) if in_segment(i)}
+    poisoned = ["k000004", "k000006"]
+    for cid in poisoned:
+        redis_client.set(keys.decision_index(cid), "not a sorted set")
+
+    def budget_used(report: RunReport) -> int:
+        windows = range(int(report.started // 86400), int(report.updated // 86400) + 1)
+        return sum(int(redis_client.get(keys.budget("overdraft_protection", w)) or 0) for w in windows)
+
+    with caplog.at_level("WARNING", logger="nba_service.campaigns.run"):
+        report = run_campaign(redis_url, "test_cross_sell")
+    assert report.status == "done" and report.in_segment == len(segment)
+    assert report.suppressed["write_failed"] == 2 and report.decided == report.total_delivered == len(segment) - 2
+    sent = delivered_customers(redis_client)
+    assert sorted(sent) == sorted(segment - set(poisoned))  # every other customer, once
+    claims = {cid: redis_client.get(keys.campaign_claim(cid, "test_cross_sell")) for cid in segment}
+    assert sorted(cid for cid, claim in claims.items() if claim is None) == poisoned  # released
+    failures = [r.getMessage() for r in caplog.records if "WRONGTYPE" in r.getMessage()]
+    assert len(failures) == 1 and any(cid in failures[0] for cid in poisoned)  # one line, not one per customer
+    if budgeted:
+        assert budget_used(report) == len(segment) - 2  # the failed writes' units given back
+
+    for cid in poisoned:
+        redis_client.delete(keys.decision_index(cid))
+    again = run_campaign(redis_url, "test_cross_sell")
+    assert again.total_delivered == again.decided == 2 and again.suppressed["already_reached"] == len(segment) - 2
+    sent = delivered_customers(redis_client)
+    assert sorted(sent) == sorted(segment) and len(sent) == len(set(sent))  # the two reached, nobody twice
+    if budgeted:
+        assert budget_used(again) == len(segment)

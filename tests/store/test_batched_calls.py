@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from typing import Any
 
@@ -39,7 +40,7 @@ def action(offer: str = "overdraft_protection", channel: str = "push") -> Decisi
     )
 
 
-def test_scripts_sent_together_answer_in_order_load_once_and_fail_on_an_error_reply(redis_url, redis_client):
+def test_scripts_sent_together_answer_in_order_load_once_and_raise_or_return_an_error_reply(redis_url, redis_client):
     async def run() -> Any:
         connection = ScriptConnection(redis_url)
         try:
@@ -48,6 +49,8 @@ def test_scripts_sent_together_answer_in_order_load_once_and_fail_on_an_error_re
             again = await connection.evalsha_many(ECHO, [([f"k{i}"], ["v", i]) for i in range(3)])
             with pytest.raises(redis.ResponseError, match="no such thing"):
                 await connection.evalsha_many(FAIL, [([], ["ok"]), ([], ["fail"]), ([], ["ok"])])
+            kept = await connection.evalsha_many(FAIL, [([], ["ok"]), ([], ["fail"]), ([], ["ok"])], return_errors=True)
+            assert kept[0] == kept[2] == 1 and isinstance(kept[1], redis.ResponseError) and "no such" in str(kept[1])
             commands = await connection.command_many(
                 [("SET", "a", "1", "NX"), ("SET", "a", "2", "NX"), ("GET", "a"), ("HGET", "a", "f")]
             )
@@ -170,3 +173,49 @@ def test_a_budgeted_decision_among_them_takes_its_unit_first_and_never_overspend
     assert results[0] is WriteResult.WRITTEN  # no budget
     assert sorted(r.value for r in results[1:]) == [WriteResult.BUDGET_USED_UP.value, WriteResult.WRITTEN.value]
     assert int(redis_client.get(budget.key)) == 1  # one unit, taken once
+
+
+def test_a_write_redis_answers_with_an_error_is_its_own_result_and_the_others_are_recorded(redis_url, redis_client):
+    """One customer's write fails (WRONGTYPE: their decision index is a string): that write's result is the
+    error, the others are written as usual, and a failed write with a budget gives its unit back. A lost
+    connection still fails the whole call: no write's outcome is known."""
+    now = time.time()
+    budget = Budget("nba:{g}:budget:test", 10, 600)
+    customers = ("f0", "f1", "f2", "f3")
+    for poisoned in ("f1", "f3"):
+        redis_client.set(keys.decision_index(poisoned), "not a sorted set")
+    writes = [
+        DecisionWrite(
+            keys.new_decision_id(c),
+            "r",
+            CustomerContext(CustomerProfile(c), now),
+            EVENT,
+            action(),
+            budget=budget if c in ("f2", "f3") else None,
+        )
+        for c in customers
+    ]
+    results = run_with_store(redis_url, lambda store: store.write_decisions(writes, contact_window=0.0))
+    assert [r if isinstance(r, WriteResult) else "error" for r in results] == [
+        WriteResult.WRITTEN,
+        "error",
+        WriteResult.WRITTEN,
+        "error",
+    ]
+    assert all("WRONGTYPE" in str(results[i]) for i in (1, 3))
+    assert [redis_client.zcard(keys.contacts(c)) for c in customers] == [1, 0, 1, 0]  # the contacts recorded
+    assert int(redis_client.get(budget.key)) == 1  # f2's unit; f3's given back
+
+    async def alone(store: StateStore) -> Any:  # the live path: the error raised, the unit given back
+        write = writes[3]
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await store.write_decision(**write.arguments(), contact_window=0.0)
+
+    run_with_store(redis_url, alone)
+    assert int(redis_client.get(budget.key)) == 1
+
+    with socket.socket() as probe:  # a port nothing listens on: the connection fails, the batch raises
+        probe.bind(("127.0.0.1", 0))
+        gone = f"redis://127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.raises(redis.ConnectionError):
+        run_with_store(gone, lambda store: store.write_decisions(writes[:1], contact_window=0.0))

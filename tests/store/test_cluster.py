@@ -117,6 +117,37 @@ def test_scripts_run_on_every_primary_pipelined_one_command_per_call(redis_clust
     assert events == []
 
 
+def test_an_error_reply_among_scripts_sent_together_is_that_calls_own_or_fails_them_all(redis_cluster):
+    """A batch over every primary (a campaign's writes): a call answered with an error (INCR on a key that holds
+    no integer) is that call's result with ``return_errors``, the others ran; without it the batch raises."""
+    tags = list(_tags_on_every_primary(redis_cluster, "errors-"))
+    bad = tags[1]
+    with redis_cluster.client(_owner(redis_cluster, key_slot(bad.encode())).port) as client:
+        client.set(f"{{{bad}}}:n", "not a number")
+    events: list[tuple[str, str]] = []
+
+    async def run() -> tuple[list[Any], BaseException]:
+        connection = script_connection_for(
+            async_client(_target(redis_cluster)), redis_cluster.url, on_event=lambda k, n: events.append((k, n))
+        )
+        calls = [([f"{{{tag}}}:n"], []) for tag in tags]
+        try:
+            kept = await connection.evalsha_many(COUNT, calls, return_errors=True)
+            with pytest.raises(redis.ResponseError) as raised:
+                await connection.evalsha_many(COUNT, calls)
+            return kept, raised.value
+        finally:
+            await connection.aclose()
+
+    kept, raised = asyncio.run(run())
+    assert kept[0] == kept[2] == 1 and isinstance(kept[1], redis.ResponseError)
+    assert "not an integer" in str(kept[1]) and "not an integer" in str(raised)
+    node = _owner(redis_cluster, key_slot(bad.encode()))
+    assert [kind for kind, name in events] == ["response", "response"] and {name for _, name in events} == {
+        f"127.0.0.1:{node.port}"
+    }
+
+
 def test_a_slot_migrated_under_traffic_fails_no_call_and_writes_each_once(redis_cluster):
     """Scripts on two keys of one slot (a counter of 40, and a total) run from 8 concurrent tasks during the
     whole migration of that slot to another primary: keys moved 10 at a time, the traffic going on between
