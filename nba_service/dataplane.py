@@ -513,36 +513,53 @@ class DataPlane:
         return recorded
 
     async def customer_context(
-        self, customer_id: str, max_events: int, include_best_actions: bool, top_k: int = 3, agent_language: str = ""
+        self,
+        customer_id: str,
+        max_events: int,
+        include_best_actions: bool,
+        top_k: int = 3,
+        agent_language: str = "",
+        *,
+        sensitive_shown: bool = True,
     ) -> tuple[CustomerView, tuple[Alternative, ...], str]:
         """What the agent desktop shows: the customer's view with its likely reasons (in ``agent_language``, else
         the policy's default language), the best actions with their agent scripts (``include_best_actions``), and
-        the policy version. Nothing is recorded."""
+        the policy version. Nothing is recorded.
+
+        Without ``sensitive_shown`` (a caller without the ``pii`` role), the policy's sensitive attributes are
+        left out of the profile returned and of every text rendered for the agent: reasons and scripts read them
+        as missing. The best actions are still decided on the whole profile (the same offers as with ``pii``)."""
         try:
             view = await self.state.customer_view(customer_id, max_events)
         except redis.RedisError as exc:
             raise self._unavailable("customer_view", exc) from exc
         snapshot = self.snapshot
+        hidden = frozenset(snapshot.policy.settings.sensitive) if snapshot and not sensitive_shown else frozenset()
         best: tuple[Alternative, ...] = ()
         if snapshot is not None and (include_best_actions or snapshot.policy.reasons):
             ctx = await self._read_context(snapshot, customer_id, time.time(), "agent_desktop", {})
+            shown = ctx
+            if hidden & ctx.profile.attributes.keys():
+                shown = dataclasses.replace(ctx, profile=ctx.profile.without_attributes(hidden))
             if snapshot.policy.reasons:
-                view = dataclasses.replace(view, likely_reasons=likely_reasons(snapshot, ctx, agent_language))
+                view = dataclasses.replace(view, likely_reasons=likely_reasons(snapshot, shown, agent_language))
             if include_best_actions:
-                best = self._preview_best(snapshot, ctx, top_k, agent_language)
+                best = self._preview_best(snapshot, ctx, shown, top_k, agent_language)
+        if hidden & view.profile.attributes.keys():
+            view = dataclasses.replace(view, profile=view.profile.without_attributes(hidden))
         return view, best, snapshot.version if snapshot else ""
 
     def _preview_best(
-        self, snapshot: PolicySnapshot, ctx: CustomerContext, top_k: int, agent_language: str
+        self, snapshot: PolicySnapshot, ctx: CustomerContext, shown: CustomerContext, top_k: int, agent_language: str
     ) -> tuple[Alternative, ...]:
-        """The best actions for an agent contact now, decided without recording anything, each with its offer's
-        agent script."""
+        """The best actions for an agent contact now, decided on ``ctx`` without recording anything, each with its
+        offer's agent script rendered from ``shown`` (the context the agent may see)."""
         event = Event("agent_contact", {"agent_id": "", "reason": ""})
         decision = self.preview_engine.decide(snapshot, ctx, event, top_k=top_k)
         if decision.no_action:
             return ()
         best = (Alternative(decision.offer_id or "", decision.channel, decision.score), *decision.alternatives)[:top_k]
-        scripts = agent_scripts(snapshot, ctx, event, (a.offer_id for a in best), agent_language)
+        scripts = agent_scripts(snapshot, shown, event, (a.offer_id for a in best), agent_language)
         return tuple(
             dataclasses.replace(a, agent_script=scripts[a.offer_id][0], agent_script_language=scripts[a.offer_id][1])
             if a.offer_id in scripts

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import TextIO
 
 import grpc
@@ -17,7 +16,7 @@ from nba_service.api.auth import current_caller
 from nba_service.api.errors import abort_for, ends_stream, error_status, handle_errors
 from nba_service.api.event_log import append_request
 from nba_service.dataplane import DataPlane
-from nba_service.domain import CustomerView, OutcomeStatus
+from nba_service.domain import OutcomeStatus
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 
@@ -25,13 +24,6 @@ __all__ = ["DecisionServicer"]
 
 DEFAULT_CONTEXT_EVENTS = 20
 MAX_CONTEXT_EVENTS = 100
-
-
-def without_attributes(view: CustomerView, names: Iterable[str]) -> CustomerView:
-    """The view with the named profile attributes left out (sensitive values for callers without ``pii``)."""
-    hidden = set(names)
-    attributes = {k: v for k, v in view.profile.attributes.items() if k not in hidden}
-    return dataclasses.replace(view, profile=dataclasses.replace(view.profile, attributes=attributes))
 
 
 def _echoed_id(request: pb.DecideRequest) -> str:
@@ -162,11 +154,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             )
         agent_language = converters.check_language("agent_language", request.agent_language)
         view, best, version = await self.dataplane.customer_context(
-            customer_id, max_events, request.include_best_actions, agent_language=agent_language
+            customer_id,
+            max_events,
+            request.include_best_actions,
+            agent_language=agent_language,
+            sensitive_shown=current_caller().has("pii"),
         )
-        snapshot = self.dataplane.snapshot
-        if snapshot is not None and snapshot.policy.settings.sensitive and not current_caller().has("pii"):
-            view = without_attributes(view, snapshot.policy.settings.sensitive)
         return converters.to_context_response(view, best, version)
 
     @handle_errors

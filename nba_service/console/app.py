@@ -113,6 +113,9 @@ def create_app(config: ConsoleConfig) -> Starlette:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(show_number=show_number, when=_when, percent=_percent, dom_id=_dom_id)
     console = _Console(config, templates)
+    # No endpoint calls Redis (a sync client) on the event loop: one that needs no ``await`` is a plain ``def``
+    # (Starlette runs it in its threadpool), one that awaits its form runs the rest with ``run_in_threadpool``;
+    # a slow Redis holds up only the page that waits for it (tests/console/test_console_async.py).
     routes = [
         Route("/", console.overview),
         Route("/overview/live", console.overview_live),
@@ -280,11 +283,11 @@ class _Console:
         self.need(request)
         return self.render(request, "overview.html")
 
-    async def overview_live(self, request: Request) -> Response:
+    def overview_live(self, request: Request) -> Response:
         self.need(request)
         client = self.config.client
         beats = heartbeats.servers(client)
-        numbers = self.live_numbers.add(await run_in_threadpool(scrape_servers, beats))
+        numbers = self.live_numbers.add(scrape_servers(beats))
         per_minute: dict[str, Any] = numbers["per_minute"]
         acceptance: dict[str, float] = numbers["acceptance"]
         filtered: dict[str, float] = numbers["filtered"]
@@ -315,7 +318,7 @@ class _Console:
 
     # --- Offers -------------------------------------------------------------------------
 
-    async def offers(self, request: Request) -> Response:
+    def offers(self, request: Request) -> Response:
         user = self.need(request)
         customer_id = request.query_params.get("customer", "").strip()
         if customer_id:
@@ -324,12 +327,12 @@ class _Console:
         funnel: dict[str, dict[str, dict[str, float]]] = collections.defaultdict(
             lambda: collections.defaultdict(lambda: collections.defaultdict(float))
         )
-        numbers = self.live_numbers.add(await run_in_threadpool(scrape_servers, heartbeats.servers(self.config.client)))
+        numbers = self.live_numbers.add(scrape_servers(heartbeats.servers(self.config.client)))
         for (offer, channel), n in numbers["by_offer_channel"].items():
             funnel[offer][channel]["decided"] += n
         for (offer, channel, outcome), n in numbers["outcomes"].items():
             funnel[offer][channel][outcome] += n
-        content = await run_in_threadpool(self._offer_content, user, live, customer_id) if live else {}
+        content = self._offer_content(user, live, customer_id) if live else {}
         return self.render(
             request, "offers.html", live=live, funnel=funnel, stages=("decided", "impressed", "accepted", "converted"),
             deliveries=numbers["deliveries"], customer_id=customer_id, **content,
@@ -356,8 +359,7 @@ class _Console:
             profile = ctx.profile
             hidden = sorted(set(policy.settings.sensitive) & set(profile.attributes)) if not user.has("pii") else []
             if hidden:
-                shown = {k: v for k, v in profile.attributes.items() if k not in hidden}
-                profile = dataclasses.replace(profile, attributes=shown)
+                profile = profile.without_attributes(hidden)
         else:
             profile = CustomerProfile("sample", first_name=SAMPLE_FIRST_NAME, known=False)
             hidden = []
@@ -383,7 +385,7 @@ class _Console:
 
     # --- Levers -------------------------------------------------------------------------
 
-    async def levers(self, request: Request) -> Response:
+    def levers(self, request: Request) -> Response:
         self.need(request)
         live = self.live_policy()
         if live is None:
@@ -400,11 +402,14 @@ class _Console:
     async def levers_preview(self, request: Request) -> Response:
         self.need(request, *EDIT_ROLES)
         form = await self.form(request)
+        return await run_in_threadpool(self._levers_preview, request, form)
+
+    def _levers_preview(self, request: Request, form: dict[str, str]) -> Response:
         live = self.live_policy()
         if live is None:
             raise HTTPException(409, "no policy version is live yet: publish one with `nba policy publish DIR`")
         proposal = propose(live[1], form, self.levers_of(live))
-        result = await run_in_threadpool(self._preview, live, proposal)
+        result = self._preview(live, proposal)
         context = self._levers_context(live, proposal, **result)
         return self._levers_answer(request, proposal.ok, context)
 
@@ -502,6 +507,9 @@ class _Console:
     async def levers_publish(self, request: Request) -> Response:
         user = self.need(request, "publisher")
         form = await self.form(request)
+        return await run_in_threadpool(self._levers_publish, request, user, form)
+
+    def _levers_publish(self, request: Request, user: Caller, form: dict[str, str]) -> Response:
         live = self.live_policy()
         if live is None:
             raise HTTPException(409, "no policy version is live yet: publish one with `nba policy publish DIR`")
@@ -528,7 +536,7 @@ class _Console:
 
     # --- History ------------------------------------------------------------------------
 
-    async def history(self, request: Request) -> Response:
+    def history(self, request: Request) -> Response:
         self.need(request)
         store = PolicyStore(self.config.client)
         versions = {p.version: p for p in store.history()}
@@ -542,7 +550,7 @@ class _Console:
             rolled_back=request.query_params.get("rolled_back", ""),
         )
 
-    async def history_version(self, request: Request) -> Response:
+    def history_version(self, request: Request) -> Response:
         self.need(request)
         version = int(request.path_params["version"])
         store = PolicyStore(self.config.client)
@@ -564,19 +572,27 @@ class _Console:
         user = self.need(request, "publisher")
         version = int(request.path_params["version"])
         store = PolicyStore(self.config.client)
-        if version not in {p.version for p in store.history()}:
-            raise HTTPException(404, f"policy version {version} does not exist")
         if request.method == "GET":
-            return self.render(request, "rollback.html", version=version, live=store.live())
+            return await run_in_threadpool(self._rollback_page, request, store, version)
+        await run_in_threadpool(self._known_version, store, version)
         form = await self.form(request)
         if form.get("confirm") != "yes":
             return RedirectResponse("/history", status_code=303)
-        store.rollback(version, author=user.name, message=form.get("message", "").strip())
+        await run_in_threadpool(store.rollback, version, author=user.name, message=form.get("message", "").strip())
         return RedirectResponse(f"/history?rolled_back={version}", status_code=303)
+
+    def _rollback_page(self, request: Request, store: PolicyStore, version: int) -> Response:
+        self._known_version(store, version)
+        return self.render(request, "rollback.html", version=version, live=store.live())
+
+    @staticmethod
+    def _known_version(store: PolicyStore, version: int) -> None:
+        if version not in {p.version for p in store.history()}:
+            raise HTTPException(404, f"policy version {version} does not exist")
 
     # --- Learning -----------------------------------------------------------------------
 
-    async def learning(self, request: Request) -> Response:
+    def learning(self, request: Request) -> Response:
         self.need(request)
         client = self.config.client
         store = ModelStore(client)
@@ -610,7 +626,7 @@ class _Console:
 
     # --- Customer -----------------------------------------------------------------------
 
-    async def customer(self, request: Request) -> Response:
+    def customer(self, request: Request) -> Response:
         user = self.need(request)
         query = request.query_params
         customer_id = query.get("id", "").strip()
@@ -622,7 +638,7 @@ class _Console:
         self.need(request, *LOOKUP_ROLES)
         if live is None:
             raise HTTPException(409, "no policy version is live yet")
-        context.update(await run_in_threadpool(self._customer, user, live, customer_id, query))
+        context.update(self._customer(user, live, customer_id, query))
         return self.render(request, "customer.html", 400 if context.get("problem") else 200, **context)
 
     def _customer(self, user: Caller, live: tuple[int, PolicySet], customer_id: str, query: Any) -> dict[str, Any]:
@@ -662,8 +678,7 @@ class _Console:
         }
         hidden = sorted(sensitive & set(ctx.profile.attributes)) if not user.has("pii") else []
         if hidden:  # decided, explained and rendered without them: no content or script can show their values
-            shown = {k: v for k, v in ctx.profile.attributes.items() if k not in sensitive}
-            ctx = dataclasses.replace(ctx, profile=dataclasses.replace(ctx.profile, attributes=shown))
+            ctx = dataclasses.replace(ctx, profile=ctx.profile.without_attributes(hidden))
         decision = DecisionEngine(models, EpsilonGreedy(0.0)).decide(
             snapshot, ctx, request.event, top_k=max(len(snapshot.offers), 1)
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from nba_service.domain.enums import OutcomeStatus
@@ -103,6 +103,11 @@ class CustomerProfile:
     def unknown(cls, customer_id: str) -> CustomerProfile:
         return cls(customer_id=customer_id, known=False)
 
+    def without_attributes(self, names: Iterable[str]) -> CustomerProfile:
+        """The profile with the named attributes left out (sensitive values for a caller without ``pii``)."""
+        hidden = set(names)
+        return dataclasses.replace(self, attributes={k: v for k, v in self.attributes.items() if k not in hidden})
+
 
 class JourneyEntry(NamedTuple):
     """One event of the customer's journey, on any channel.
@@ -174,6 +179,9 @@ class Alternative:
     """Only on the agent's best actions: the offer's ``agent_script``, rendered ("" without one)."""
     agent_script_language: str = ""
     """The language ``agent_script`` is in."""
+    deliver_after: float | None = None
+    """Unix time this action would be delivered at, had it been chosen: its channel is in the customer's quiet
+    hours and defers (``on_quiet_hours: defer``); None: it would be delivered now."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

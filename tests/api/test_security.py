@@ -6,6 +6,7 @@ Certificates are made at test time with trustme; every call goes over a real TLS
 from __future__ import annotations
 
 import pathlib
+import shutil
 
 import grpc
 import pytest
@@ -15,10 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nba_service.api.auth import AuthFile, AuthFileError, new_token
 from nba_service.app.server import check_exposure
 from nba_service.cli import main
+from nba_service.policies.parser import read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
 from nba_service.proto.nba.v1 import decision_pb2_grpc as pb_grpc
 from nba_service.settings import Settings, SettingsError
-from tests.conftest import atm_decline, daytime_zone, profile, wait_until
+from nba_service.store.policy_store import PolicyStore
+from tests.conftest import SAMPLE_POLICIES, atm_decline, daytime_zone, profile, wait_until
 
 ATM_CN = "atm-backend.bank.internal"
 
@@ -333,3 +336,70 @@ def test_metrics_can_be_served_over_https_with_the_same_certificate(start_server
         assert "nba_policy_version" in response.read().decode()
     with pytest.raises(urllib.error.URLError):  # a scraper that does not trust the CA
         urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=5)
+
+
+AGENT_TEXTS_READING_PII = """\
+offers:
+  - id: agent_income_review
+    name: Income review
+    category: service
+    events: [agent_contact]
+    value: 1000.0
+    prior: 0.5
+    channels: [agent_desktop]
+    variables:
+      income: "attr('income')"
+    content:
+      agent_desktop: "Review the income of {first_name}."
+    agent_script:
+      en: "With your income of {income} you qualify for our premium account."
+reasons:
+  - id: declined_with_score
+    event: atm_decline
+    within: 7d
+    score: 1000
+    variables:
+      score: "attr('credit_score')"
+    text:
+      en: "Declined at an ATM {ago}, credit score {score}"
+"""
+
+
+def test_agent_scripts_and_reasons_show_sensitive_values_only_to_pii_callers(
+    start_server, redis_client, pki, tokens, tmp_path
+):
+    """A script or reason that reads a sensitive attribute renders it as missing for an agent without ``pii``:
+    hiding the attribute from the profile is not enough when a text the agent reads can quote it."""
+    policies = tmp_path / "policies"
+    shutil.copytree(SAMPLE_POLICIES, policies)
+    (policies / "pii.yaml").write_text(AGENT_TEXTS_READING_PII)
+    PolicyStore(redis_client).publish(read_policy_dir(policies), author="tests", message="texts reading pii")
+    server = start_server(
+        tls_cert=str(pki.cert_file), tls_key=str(pki.key_file), auth_file=str(tmp_path / "auth.yaml")
+    )
+    with channel(server.port, pki.credentials()) as ch:
+        stub = pb_grpc.DecisionServiceStub(ch)
+        customer = profile("c9", timezone=daytime_zone(), income="48000", credit_score="512")
+        stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=customer), metadata=bearer(tokens["crm"]), timeout=5)
+        stub.Decide(atm_decline("c9"), metadata=bearer(tokens["atm"]), timeout=5)
+        request = pb.CustomerContextRequest(customer_id="c9", include_best_actions=True)
+
+        views = {
+            caller: stub.GetCustomerContext(request, metadata=bearer(tokens[caller]), timeout=5)
+            for caller in ("desk", "desk-pii")
+        }
+
+    def texts(view: pb.CustomerContextResponse) -> dict[str, str]:
+        return {
+            **{r.id: r.text for r in view.likely_reasons},
+            **{a.offer_id: a.agent_script for a in view.best_actions if a.agent_script},
+        }
+
+    full, masked = texts(views["desk-pii"]), texts(views["desk"])
+    assert full["declined_with_score"].endswith("credit score 512")
+    assert full["agent_income_review"] == "With your income of 48000 you qualify for our premium account."
+    # the same reasons and best actions (decided on the whole profile), their texts without the values
+    assert masked.keys() == full.keys()
+    assert not any("512" in text or "48000" in text for text in masked.values()), masked
+    assert [a.offer_id for a in views["desk"].best_actions] == [a.offer_id for a in views["desk-pii"].best_actions]
+    assert "income" not in views["desk"].profile.attributes and "credit_score" not in views["desk"].profile.attributes
