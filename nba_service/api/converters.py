@@ -225,7 +225,10 @@ def to_decide_response(
         score=decision.score,
         propensity=decision.propensity,
         alternatives=[
-            pb.Alternative(offer_id=a.offer_id, channel=a.channel, score=a.score) for a in decision.alternatives
+            pb.Alternative(
+                offer_id=a.offer_id, channel=a.channel, score=a.score, deliver_after_ms=_milliseconds(a.deliver_after)
+            )
+            for a in decision.alternatives
         ],
         reasons=[
             pb.Reason(offer_id=r.offer_id, code=r.code, detail=r.detail, channel=r.channel) for r in decision.reasons
@@ -233,8 +236,13 @@ def to_decide_response(
         policy_version=decision.policy_version,
         model_version=decision.model_version,
         degraded=degraded,
-        deliver_after_ms=0 if decision.deliver_after is None else round(decision.deliver_after * 1000),
+        deliver_after_ms=_milliseconds(decision.deliver_after),
     )
+
+
+def _milliseconds(deliver_after: float | None) -> int:
+    """A delivery time (Unix seconds; None: now) as the responses' ``deliver_after_ms`` (0: now)."""
+    return 0 if deliver_after is None else round(deliver_after * 1000)
 
 
 def _content(content: RenderedContent | None) -> pb.Content | None:
@@ -262,6 +270,7 @@ def _alternative(a: Alternative) -> pb.Alternative:
         score=a.score,
         agent_script=a.agent_script,
         agent_script_language=a.agent_script_language,
+        deliver_after_ms=_milliseconds(a.deliver_after),
     )
 
 

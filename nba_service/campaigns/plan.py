@@ -7,7 +7,10 @@ origin channel ``campaign``. Its candidates are the campaign's offers (listed, o
 could show it in), minus the channels whose volume limit the run has reached. Everything else is the live
 path's: the offers' eligibility rules (reading the event fields the campaign gives), validity, decline
 suppression, holdings, consent, reachability, channel conditions, quiet hours, frequency caps, budgets,
-scoring, arbitration, exploration and content.
+scoring, arbitration, exploration and content. But for one thing: a channel's ``defer_weight`` weights no arm.
+It says what a message read at the end of the quiet hours is worth against one seen at the live moment; a
+campaign has no such moment (its own ``send_window`` already chooses when it is read), so a deferred push
+competes at its usual priority.
 
 The plan is compiled by the snapshot's own stages (:mod:`nba_service.policies.snapshot`) over the live offer
 numbering, so arms, models and contact-limit rows are the live ones.
@@ -51,4 +54,4 @@ def campaign_snapshot(
         return None
     arrays = _offer_arrays(numbers, policy.settings)
     plan = _event_plan(CAMPAIGN_EVENT, candidates, dataclasses.replace(numbers, offers=offers), arrays)
-    return dataclasses.replace(snapshot, plans={**snapshot.plans, CAMPAIGN_EVENT: plan})
+    return dataclasses.replace(snapshot, plans={**snapshot.plans, CAMPAIGN_EVENT: plan}, channel_defer_weight=())

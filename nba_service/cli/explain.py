@@ -51,7 +51,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for line in _header(ctx, moment, source.label, model_text):
         print(line)
     print()
-    for line in _decision_lines(decision, snapshot.settings.preferred_channel_boost):
+    weights = {arm.channel: arm.defer_weight for o in offers for arm in o.arms if arm.defer_weight != 1.0}
+    for line in _decision_lines(decision, snapshot.settings.preferred_channel_boost, weights):
         print(line)
     print()
     for line in _offer_lines(offers):
@@ -128,7 +129,7 @@ def _header(ctx: CustomerContext, moment: TimedRequest, policy: str, models: str
     ]
 
 
-def _decision_lines(decision: Decision, boost: float) -> list[str]:
+def _decision_lines(decision: Decision, boost: float, defer_weights: dict[str, float]) -> list[str]:
     if decision.no_action:
         overall = next((r for r in decision.reasons if not r.offer_id), None)
         lines = ["decision: no action" + (f" ({overall.code}: {overall.detail})" if overall else "")]
@@ -144,7 +145,9 @@ def _decision_lines(decision: Decision, boost: float) -> list[str]:
             ),
         ]
     boost_text = f" x {boost:g} on the preferred channel" if boost != 1.0 else ""
-    lines.append(f"priority = P x V x L x B{boost_text}; L = offer x category x global lever")
+    # the defer_weight of each channel deferring now (quiet hours, on_quiet_hours: defer), when it is not 1
+    deferred = "".join(f", x {w:g} on {c} (deferred)" for c, w in sorted(defer_weights.items()))
+    lines.append(f"priority = P x V x L x B{boost_text}{deferred}; L = offer x category x global lever")
     return lines
 
 
@@ -180,8 +183,9 @@ def _arm(arm: ArmScore) -> str:
     if arm.closed:
         return f"closed: {arm.closed}"
     boost = f" x {arm.boost:g}" if arm.boost != 1.0 else ""
+    weight = f" x deferred {arm.defer_weight:g}" if arm.defer_weight != 1.0 else ""
     deferred = f", deferred: {arm.deferred}" if arm.deferred else ""
-    return f"P {arm.p:.4f} x V {arm.v:g} x L {arm.l:.4g} x B {arm.b:g}{boost} = {arm.priority:.4g}{deferred}"
+    return f"P {arm.p:.4f} x V {arm.v:g} x L {arm.l:.4g} x B {arm.b:g}{boost}{weight} = {arm.priority:.4g}{deferred}"
 
 
 def _number(value: object) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "PRODUCT_ATTRIBUTE",
     "PRODUCT_OPENED",
     "OpenJourneyChange",
+    "cart_journey_id",
     "journey_fields",
     "open_journey_change",
     "opened_product",
@@ -54,10 +55,19 @@ class OpenJourneyChange(NamedTuple):
     """(kind, id); the id is empty for ``clear``."""
 
 
+def cart_journey_id(cart_id: Any) -> str:
+    """The id of the open cart journey an abandoned cart with ``cart_id`` opens (``cart`` for one without).
+
+    >>> cart_journey_id("k1"), cart_journey_id("")
+    ('k1', 'cart')
+    """
+    return str(cart_id or "cart")
+
+
 def open_journey_change(event: Event) -> OpenJourneyChange | None:
     """What ``event`` opens or closes; None when it changes nothing."""
     if event.type == "cart_abandon":
-        return OpenJourneyChange("set", ("cart", str(event.fields.get("cart_id") or "cart")))
+        return OpenJourneyChange("set", ("cart", cart_journey_id(event.fields.get("cart_id"))))
     if event.type == "custom" and event.fields.get("name") in CLOSING_EVENTS:
         cart_id = event.attributes.get("cart_id")
         return OpenJourneyChange("del", ("cart", cart_id)) if cart_id else OpenJourneyChange("clear", ("cart", ""))

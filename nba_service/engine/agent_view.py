@@ -14,8 +14,18 @@ offer, in the agent's language, from the same values as the offer's content.
 Pure: over the customer's context and the policy snapshot, no I/O; the same
 inputs give the same answer.
 
->>> ago_text(12 * 60 + 5, "en"), ago_text(12 * 60, "es"), ago_text(30 * 3600, "en"), ago_text(20, "de")
-('12 minutes ago', 'hace 12 minutos', 'yesterday', 'just now')
+``{ago}`` reads the time since the event as a person would: minutes under an
+hour, then hours on the same calendar day, ``yesterday`` on the day before and
+``N days ago`` by calendar days, the days in the customer's time zone (the
+profile's, else UTC). On Wednesday at 09:00, Monday at 08:00 is ``2 days
+ago`` (49 hours) and Tuesday at 20:00 is ``yesterday`` (13 hours):
+
+>>> import datetime
+>>> now = datetime.datetime(2026, 6, 10, 9, 0, tzinfo=datetime.UTC).timestamp()  # a Wednesday, 09:00
+>>> [ago_text(now - hours * 3600, now, "en") for hours in (0.2, 3, 13, 49)]
+['12 minutes ago', '3 hours ago', 'yesterday', '2 days ago']
+>>> ago_text(now - 8 * 3600, now, "es"), ago_text(now - 8 * 3600, now, "es", "America/New_York")  # 21:00 there
+('hace 8 horas', 'ayer')
 """
 
 from __future__ import annotations
@@ -25,19 +35,20 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nba_service.domain import CustomerContext, Event, JourneyEntry, LikelyReason
+from nba_service.domain.localtime import local_time
 from nba_service.policies.compiler import CompiledExpression
 from nba_service.policies.model import ReasonSpec
 from nba_service.policies.scope import evaluation_globals
 from nba_service.policies.snapshot import PolicySnapshot
 
-__all__ = ["MAX_EVIDENCE", "agent_scripts", "ago_text", "likely_reasons"]
+__all__ = ["MAX_EVIDENCE", "agent_scripts", "ago_text", "calendar_days", "likely_reasons"]
 
 MAX_EVIDENCE = 5
 """Journey events a likely reason carries as evidence (the newest; ``{count}`` counts them all)."""
 
 _GLOBALS = evaluation_globals()
 _AGO: Mapping[str, tuple[str, str, str, str, str, str, str]] = {
-    # just now, 1 minute, N minutes, 1 hour, N hours, yesterday (24 to 48 hours), N days
+    # just now, 1 minute, N minutes, 1 hour, N hours (the same day), yesterday (the day before), N days
     "en": ("just now", "1 minute ago", "{n} minutes ago", "1 hour ago", "{n} hours ago", "yesterday", "{n} days ago"),
     "es": (
         "ahora mismo",
@@ -50,23 +61,32 @@ _AGO: Mapping[str, tuple[str, str, str, str, str, str, str]] = {
     ),
 }
 """How ``{ago}`` reads, per language (another language reads English)."""
+_UNKNOWN_CHANNEL: Mapping[str, str] = {"en": "unknown channel", "es": "canal desconocido"}
+"""How ``{channel}`` reads for an event recorded without its ``origin_channel``, per language."""
 
 
-def ago_text(seconds: float, language: str) -> str:
-    """How long ago, as an agent reads it in ``language`` (``en``, ``es``; others read English)."""
+def calendar_days(then: float, now: float, timezone: str = "UTC") -> int:
+    """Calendar days from ``then`` to ``now`` in ``timezone`` (an IANA zone; empty or unknown: UTC): 0 on the
+    same day, 1 for the day before, however late it was."""
+    return max(0, (local_time(now, timezone).date() - local_time(then, timezone).date()).days)
+
+
+def ago_text(then: float, now: float, language: str, timezone: str = "UTC") -> str:
+    """How long before ``now`` the moment ``then`` was, as an agent reads it in ``language`` (``en``, ``es``;
+    others read English): minutes under an hour, hours on the same calendar day, then ``yesterday`` and
+    ``N days ago`` by calendar days in ``timezone`` (the customer's)."""
     words = _AGO.get(language.split("-", 1)[0], _AGO["en"])
-    seconds = max(0.0, seconds)
+    seconds = max(0.0, now - then)
     if seconds < 60:
         return words[0]
     if seconds < 3600:
         n = int(seconds // 60)
         return words[1] if n == 1 else words[2].format(n=n)
-    if seconds < 86400:
+    days = calendar_days(then, now, timezone)
+    if days == 0:
         n = int(seconds // 3600)
         return words[3] if n == 1 else words[4].format(n=n)
-    if seconds < 2 * 86400:
-        return words[5]
-    return words[6].format(n=int(seconds // 86400))
+    return words[5] if days == 1 else words[6].format(n=days)
 
 
 def likely_reasons(snapshot: PolicySnapshot, ctx: CustomerContext, language: str = "") -> tuple[LikelyReason, ...]:
@@ -118,12 +138,14 @@ def _reason(
     text_language, template = rule.text.pick(language, snapshot.settings.default_language)
     event, scope = moment
     values = _values(ctx, event, rule.variables, scope)
+    timezone = ctx.profile.timezone
+    base_language = text_language.split("-", 1)[0]
     values.update(
-        ago=ago_text(age, text_language),
+        ago=ago_text(newest.timestamp, ctx.now, text_language, timezone),
         minutes_ago=int(age // 60),
         hours_ago=int(age // 3600),
-        days_ago=int(age // 86400),
-        channel=newest.origin_channel,
+        days_ago=calendar_days(newest.timestamp, ctx.now, timezone),
+        channel=newest.origin_channel or _UNKNOWN_CHANNEL.get(base_language, _UNKNOWN_CHANNEL["en"]),
         count=len(matched),
     )
     return LikelyReason(

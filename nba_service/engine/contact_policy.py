@@ -8,7 +8,8 @@ default, see :class:`~nba_service.policies.model.Limit`).
 
 In its quiet hours (the customer's local time) a channel is closed, unless it
 says ``on_quiet_hours: defer``: it stays open, and an action chosen on it is
-delivered when the quiet hours end (:attr:`ChannelVerdict.deferred`).
+delivered when the quiet hours end (:attr:`ChannelVerdict.deferred`); its arms then compete at their
+priority times the channel's ``defer_weight`` (:attr:`ChannelVerdict.defer_weights`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class ChannelVerdict:
     deferred: Mapping[int, tuple[float, str]] = dataclasses.field(default_factory=dict)
     """Channel index -> (when to deliver, as Unix time; why) for each open channel in its quiet hours that
     defers (``on_quiet_hours: defer``)."""
+    defer_weights: Mapping[int, float] = dataclasses.field(default_factory=dict)
+    """Channel index -> its ``defer_weight``, for each channel of :attr:`deferred` whose weight is not 1: what
+    the priority of an arm on it is multiplied by."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,6 +90,8 @@ def channel_verdict(
         }
     local = -1
     deferred: dict[int, tuple[float, str]] = {}
+    defer_weights: dict[int, float] = {}
+    weights = snapshot.channel_defer_weight  # empty: no weighting
     consents = profile.consents
     reachable = profile.reachable_channels
     capped = caps.channels
@@ -112,13 +118,15 @@ def channel_verdict(
             )
             if channel.on_quiet_hours == "defer":
                 deferred[i] = _deferral(now, profile.timezone, end, why)
+                if weights and weights[i] != 1.0:
+                    defer_weights[i] = weights[i]
                 continue
             reasons[i] = ("quiet_hours", f"{channel.id}: {why}")
         else:
             continue
         closed.append(i)
     allowed = np.fromiter(map(_open, reasons), dtype=bool, count=len(reasons)) if closed else snapshot.every_channel
-    return ChannelVerdict(allowed, tuple(reasons), deferred)
+    return ChannelVerdict(allowed, tuple(reasons), deferred, defer_weights)
 
 
 def _deferral(now: float, timezone: str, end: int, why: str) -> tuple[float, str]:

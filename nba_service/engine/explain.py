@@ -6,6 +6,7 @@ its ``reasons``; :func:`explain_decision` puts them next to the numbers the
 engine ranked with, recomputed from the same snapshot, scorer and context:
 
     priority = P x V x L x B (x preferred_channel_boost on the preferred channel)
+               (x the channel's defer_weight while it defers in its quiet hours)
 
 Pure: no I/O, nothing recorded; the same inputs give the same explanation.
 """
@@ -21,7 +22,7 @@ from nba_service.domain import CustomerContext, Decision, Event
 from nba_service.domain.localtime import local_time
 from nba_service.engine.contact_policy import channel_verdict, check_caps
 from nba_service.engine.features import request_features
-from nba_service.engine.pipeline import Scorer, arm_factors
+from nba_service.engine.pipeline import Scorer, arm_factors, priority_text
 from nba_service.policies.scope import evaluation_globals
 from nba_service.policies.snapshot import PolicySnapshot
 
@@ -57,10 +58,12 @@ class ArmScore:
     deferred: str = ""
     """When it is open but in quiet hours that defer: when the action would be delivered, e.g. ``deliver
     after Thu 2026-06-11 08:00 local time`` (the decision's ``deferred`` reason says why)."""
+    defer_weight: float = 1.0
+    """The channel's ``defer_weight`` when it defers now (``deferred`` set), else 1."""
 
     @property
     def priority(self) -> float:
-        return self.p * self.vlb * self.boost
+        return self.p * self.vlb * self.boost * self.defer_weight
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,7 +104,8 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
         closed = verdict.reasons[snapshot.channel_index[channel]][1]
         if not closed and int(arm) in caps.arms:
             closed = f"{channel}: {caps.arms[int(arm)]}"
-        deferral = verdict.deferred.get(snapshot.channel_index[channel])
+        index = snapshot.channel_index[channel]
+        deferral = verdict.deferred.get(index) if not closed else None
         out.append(
             ArmScore(
                 offer_id=offer_id,
@@ -113,7 +117,8 @@ def score_arms(snapshot: PolicySnapshot, scorer: Scorer, ctx: CustomerContext, e
                 boost=settings.preferred_channel_boost if preferred else 1.0,
                 vlb=float(factor),
                 closed=closed,
-                deferred=_deferred(deferral[0], ctx.profile.timezone) if deferral and not closed else "",
+                deferred=_deferred(deferral[0], ctx.profile.timezone) if deferral else "",
+                defer_weight=verdict.defer_weights.get(index, 1.0) if deferral else 1.0,
             )
         )
     return tuple(out)
@@ -143,12 +148,13 @@ def explain_decision(
             out.append(OfferExplanation(offer.id, offer.name, "chosen", chosen, these, 1))
         elif offer.id in ranks:
             rank, alternative = ranks[offer.id]
+            weight = next((a.defer_weight for a in these if a.channel == alternative.channel), 1.0)
             out.append(
                 OfferExplanation(
                     offer.id,
                     offer.name,
                     "ranked",
-                    f"priority {alternative.score:.4g} on {alternative.channel}",
+                    f"priority {priority_text(alternative.score, weight)} on {alternative.channel}",
                     these,
                     rank,
                 )

@@ -26,7 +26,16 @@ from nba_service.policies.model import OfferSpec
 from nba_service.policies.scope import evaluation_globals
 from nba_service.policies.snapshot import EventPlan, PolicySnapshot
 
-__all__ = ["LANGUAGE_ATTRIBUTE", "DecisionEngine", "Explorer", "Scorer", "arm_factors", "render", "render_content"]
+__all__ = [
+    "LANGUAGE_ATTRIBUTE",
+    "DecisionEngine",
+    "Explorer",
+    "Scorer",
+    "arm_factors",
+    "priority_text",
+    "render",
+    "render_content",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +99,16 @@ class _Scored:
     factors: np.ndarray
     """(V - costs) x L x B of each arm, times its learned value multiplier."""
     scale: np.ndarray
-    """The factors times the preferred-channel boost: priority = P x scale."""
+    """The factors times the preferred-channel boost and the defer weight: priority = P x scale."""
     priorities: np.ndarray
-    """P x (V - costs) x L x B, times the preferred-channel boost."""
+    """P x (V - costs) x L x B, times the preferred-channel boost and the defer weight."""
+    defer_weights: np.ndarray | None = None
+    """Per arm, its channel's ``defer_weight`` when the channel defers now (1 otherwise); None: no arm is
+    weighted."""
+
+    def defer_weight(self, position: int) -> float:
+        """What the priority of the arm at ``position`` was multiplied by because its channel defers (1: not)."""
+        return 1.0 if self.defer_weights is None else float(self.defer_weights[position])
 
 
 class DecisionEngine:
@@ -165,7 +181,7 @@ class DecisionEngine:
                 "nothing_allowed",
                 "no offer passed eligibility and contact policy",
             )
-        scored = self._score(snapshot, plan, allowed, features, ctx, scope, candidates.offer_ok)
+        scored = self._score(snapshot, plan, allowed, features, ctx, scope, candidates)
         ranking, options = self._arbitrate(snapshot, scored, candidates.reasons)
         if not len(options):
             return self._no_action(
@@ -322,18 +338,26 @@ class DecisionEngine:
         features: Mapping[str, float],
         ctx: CustomerContext,
         scope: dict[str, Any],
-        offer_ok: np.ndarray,
+        candidates: _Candidates,
     ) -> _Scored:
-        """P (the model's propensity) x V x L x B of every allowed arm, with the preferred-channel boost."""
+        """P (the model's propensity) x V x L x B of every allowed arm, with the preferred-channel boost and, on a
+        channel that defers now (its quiet hours, ``on_quiet_hours: defer``), its ``defer_weight``."""
         arms = plan.arms[allowed]
         mean, sd, value = self.scorer.posterior(arms, self.scorer.vectorize(features))
         propensities = 1.0 / (1.0 + np.exp(-mean))
-        factors = arm_factors(snapshot, plan, arms, offer_ok, scope) * value
+        factors = arm_factors(snapshot, plan, arms, candidates.offer_ok, scope) * value
         scale = factors.copy()
         preferred = snapshot.channel_index.get(ctx.profile.preferred_channel)
         if preferred is not None and snapshot.settings.preferred_channel_boost != 1.0:
             scale[plan.arm_channel[allowed] == preferred] *= snapshot.settings.preferred_channel_boost
-        return _Scored(arms, propensities, mean, sd, factors, scale, propensities * scale)
+        weights = None
+        if candidates.verdict is not None and candidates.verdict.defer_weights:
+            per_channel = np.ones(len(snapshot.channels))
+            for channel, weight in candidates.verdict.defer_weights.items():
+                per_channel[channel] = weight
+            weights = per_channel[plan.arm_channel[allowed]]
+            scale *= weights
+        return _Scored(arms, propensities, mean, sd, factors, scale, propensities * scale, weights)
 
     def _arbitrate(
         self, snapshot: PolicySnapshot, scored: _Scored, reasons: list[Reason]
@@ -344,12 +368,13 @@ class DecisionEngine:
         threshold = snapshot.settings.no_action_threshold
         above = (ranking.priorities >= threshold) & (ranking.priorities > 0)
         for r in (~above).nonzero()[0].tolist():
-            arm = scored.arms[ranking.arms[r]]
+            position = int(ranking.arms[r])
+            priority = priority_text(float(ranking.priorities[r]), scored.defer_weight(position))
             reasons.append(
                 Reason(
-                    snapshot.arm_keys[arm][0],
+                    snapshot.arm_keys[scored.arms[position]][0],
                     "below_threshold",
-                    f"priority {ranking.priorities[r]:.4g} < {threshold:g}",
+                    f"priority {priority} < {threshold:g}",
                 )
             )
         return ranking, above.nonzero()[0]
@@ -371,7 +396,7 @@ class DecisionEngine:
 
         The reasons start with ``chosen``; then, when the chosen channel is in quiet hours that defer,
         ``deferred`` (on that channel: when the action is to be delivered); then why each other channel of the
-        chosen offer was not used."""
+        chosen offer was not used. An alternative on a channel that defers says when it would be delivered."""
         chosen, pick, propensity = self._explore(snapshot, scored, ranking, options)
         offer_id, channel = snapshot.arm_keys[scored.arms[chosen]]
         offer = snapshot.offers[snapshot.offer_index[offer_id]]
@@ -384,17 +409,21 @@ class DecisionEngine:
                 offer_id,
                 "chosen",
                 f"{why}: P={float(scored.propensities[chosen]):.4f} x "
-                f"VLB={float(scored.factors[chosen]):.4g} on {channel}",
+                f"VLB={float(scored.factors[chosen]):.4g}{_weight_text(scored.defer_weight(chosen))} on {channel}",
             ),
             *([Reason(offer_id, "deferred", deferral[1], channel)] if deferral else []),
             *_channel_reasons(snapshot, scored, chosen, offer.channels, candidates),
         ]
         content = render_content(offer, channel, snapshot.settings.default_language, scope, ctx, event)
         runners_up = [options[r] for r in range(min(len(options), top_k + 1)) if r != pick][:top_k]
-        alternatives = tuple(
-            Alternative(*snapshot.arm_keys[int(scored.arms[ranking.arms[r]])], float(ranking.priorities[r]))
-            for r in runners_up
-        )
+        deferred = candidates.verdict.deferred if candidates.verdict else {}
+        alternatives = []
+        for r in runners_up:
+            other, on = snapshot.arm_keys[int(scored.arms[ranking.arms[r]])]
+            later = deferred.get(snapshot.channel_index[on])
+            alternatives.append(
+                Alternative(other, on, float(ranking.priorities[r]), deliver_after=later[0] if later else None)
+            )
         return Decision(
             offer_id=offer_id,
             channel=channel,
@@ -404,7 +433,7 @@ class DecisionEngine:
             category=offer.category,
             content=content.body,
             rendered=content,
-            alternatives=alternatives,
+            alternatives=tuple(alternatives),
             reasons=tuple(reasons),
             policy_version=snapshot.version,
             model_version=self.scorer.version,
@@ -517,14 +546,36 @@ def _ranked_lower(
     if position < 0:  # not scored: every stage let it through, so this does not happen
         return "not_allowed", "not allowed"
     priority, best = float(scored.priorities[position]), float(scored.priorities[chosen])
+    digits = 4
+    while digits < 12 and priority != best and f"{priority:.{digits}g}" == f"{best:.{digits}g}":
+        digits += 1  # "1.99995 < 2", not "2 < 2"
+    shown = priority_text(priority, scored.defer_weight(position), digits)
+    shown_best = priority_text(best, scored.defer_weight(chosen), digits)
     threshold = snapshot.settings.no_action_threshold
     if priority < threshold or priority <= 0:
-        return "below_threshold", f"priority {priority:.4g} < {threshold:g}" if priority < threshold else "priority 0"
+        return "below_threshold", f"priority {shown} < {threshold:g}" if priority < threshold else "priority 0"
     if priority > best:
-        return "exploration", f"priority {priority:.4g}, but exploration chose {channel} ({best:.4g})"
+        return "exploration", f"priority {shown}, but exploration chose {channel} ({shown_best})"
     if priority == best:
-        return "lower_priority", f"priority {priority:.4g}, the same as on {channel} (ranked first)"
-    return "lower_priority", f"priority {priority:.4g} < {best:.4g} on {channel}"
+        return "lower_priority", f"priority {shown}, the same as on {channel} (ranked first)"
+    return "lower_priority", f"priority {shown} < {shown_best} on {channel}"
+
+
+def _weight_text(weight: float) -> str:
+    """`` x deferred 0.5`` for an arm weighted by its channel's ``defer_weight``; empty for one that is not."""
+    return "" if weight == 1.0 else f" x deferred {weight:g}"
+
+
+def priority_text(priority: float, weight: float, digits: int = 4) -> str:
+    """A priority as reasons show it (``digits`` significant digits): ``1.2``, or ``1.2 (2.4 x deferred 0.5)``
+    when its channel's ``defer_weight`` weighted it.
+
+    >>> priority_text(2.0, 1.0), priority_text(1.2, 0.5), priority_text(1.99995, 1.0, 6)
+    ('2', '1.2 (2.4 x deferred 0.5)', '1.99995')
+    """
+    if weight == 1.0:
+        return f"{priority:.{digits}g}"
+    return f"{priority:.{digits}g} ({priority / weight:.{digits}g}{_weight_text(weight)})"
 
 
 def arm_factors(

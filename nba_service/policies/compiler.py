@@ -40,6 +40,8 @@ its parts at most once; what remains is to bound the cost of each part:
   at most ``journey_max_events``); ``nearest_km``/``nearest_name`` scan the
   places of one kind once per request (the result is kept in the request's
   scope); ``days_until`` and ``num`` read one attribute (at most 1 KiB);
+  ``cart_open`` looks one id up in the set of the customer's open carts
+  (gathered once per request, with the open journeys the request reads);
   ``min``/``max`` take at most 8 arguments; the others are O(1).
 
 Each compiled expression carries its :attr:`CompiledExpression.cost`: its
@@ -109,10 +111,11 @@ MAX_INTEGER_DIGITS = 15
 """Digits of a whole number written in a rule (a float, ``1e20``, is as large as it likes)."""
 MAX_SET_PARTS = 100_000
 """Parts a whole policy set may compile (each use of a named condition counted): bounds validation."""
-CALL_COSTS = {"count_events": 100, "days_since": 50, "days_until": 40, "round": 10, "num": 5}
+CALL_COSTS = {"count_events": 100, "days_since": 50, "days_until": 40, "round": 10, "num": 5, "cart_open": 5}
 """What a call of these costs beyond its parts, in the units of :attr:`CompiledExpression.cost` (a part
 costs 10 to 50 ns): ``count_events`` scans the (at most 50) journey events a decision reads, ``days_since``
-up to the first match, ``days_until`` converts today to the customer's time zone (about 2 µs)."""
+up to the first match, ``days_until`` converts today to the customer's time zone (about 2 µs), ``cart_open``
+turns its argument to a cart id and looks it up in a set."""
 OPERATOR_COST = 10
 """What ``*``, ``/``, ``//`` and ``%`` cost beyond their part: on whole numbers of thousands of digits (a
 product of many constants) they take a few hundred ns."""
@@ -617,7 +620,7 @@ def _check_comparison(node: ast.Compare) -> None:
             )
 
 
-_HIDDEN_ARGUMENT = re.compile(r"_f_(\w+)\((?:_ctx|_geo|_event_attributes)(?:, )?")
+_HIDDEN_ARGUMENT = re.compile(r"_f_(\w+)\((?:_ctx|_geo|_event_attributes|_open_carts)(?:, )?")
 _FLAT_FIELD = re.compile(r"\b(event|profile)_(\w+)\b(?!\()")  # not event_attr(...)
 
 

@@ -32,10 +32,11 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
+import re
 import string
 import unicodedata
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -56,6 +57,8 @@ __all__ = [
     "gsm7_length",
     "is_gsm7",
     "language_of",
+    "pick_language",
+    "placeholder_encodings",
     "to_gsm7_basic",
     "ucs2_length",
     "value_bound",
@@ -225,8 +228,14 @@ class Template:
     gsm7: bool = False
     """Values are written in GSM-7's basic characters (the field is counted in GSM-7)."""
     escape: str = ""
-    """How values are written: ``html`` (escaped: an e-mail's HTML), ``url`` (characters a link cannot hold
-    percent-encoded: a deep link, an image, a call to action) or as they are."""
+    """How values are written: ``html`` (escaped: an e-mail's HTML), ``url`` (percent-encoded: a deep link, an
+    image, a call to action) or as they are. Each placeholder's own way is in :attr:`encodings`."""
+    encodings: tuple[str, ...] = dataclasses.field(init=False, default=())
+    """How each placeholder's value is written, in order (a key of :data:`ESCAPE_GROWTH`, or empty: as it is),
+    from ``escape`` and where the placeholder stands: see :func:`placeholder_encodings`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encodings", placeholder_encodings(self.parts, self.escape))
 
     @classmethod
     def compile(
@@ -250,12 +259,19 @@ class Template:
         """The placeholders, in order (a name used twice is listed twice)."""
         return tuple(name for _, name, _ in self.parts if name is not None)
 
+    @property
+    def growths(self) -> tuple[int, ...]:
+        """How many characters one character of each placeholder's value can take once written, in order."""
+        return tuple(ESCAPE_GROWTH.get(encoding, 1) for encoding in self.encodings)
+
     def render(self, values: Mapping[str, Any]) -> str:
         out = []
+        encodings = iter(self.encodings)
         for literal, name, bound in self.parts:
             out.append(literal)
             if name is None:
                 continue
+            encoding = next(encodings, "")
             value = values.get(name)
             text = format_value(value)
             if bound and len(text) > bound:
@@ -263,20 +279,86 @@ class Template:
                 text = "" if isinstance(value, (int, float)) else text[:bound]
             if self.gsm7:
                 text = to_gsm7_basic(text)
-            if self.escape == "html":
-                text = html.escape(text)
-            elif self.escape == "url":
-                text = urllib.parse.quote(text, safe=_URL_SAFE)
-            out.append(text)
+            out.append(_encode(text, encoding))
         return "".join(out)
 
 
 ESCAPES: Mapping[str, str] = {"html": "html", "deep_link": "url", "image_url": "url", "cta.action": "url"}
 """How each field writes its values (:attr:`Template.escape`); a field not listed writes them as they are."""
-ESCAPE_GROWTH: Mapping[str, int] = {"html": 6, "url": 12}
-"""How many characters one character of a value can take once escaped (``&quot;``; ``%F0%9F%8E%89``)."""
-_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
-"""Characters a value keeps as they are in a link (a whole URL in a variable stays one)."""
+ESCAPE_GROWTH: Mapping[str, int] = {"html": 6, "link": 12, "component": 12, "html_link": 12, "html_component": 12}
+"""How many characters one character of a value can take once written, per placeholder encoding (``&quot;``;
+``%F0%9F%8E%89``: 4 UTF-8 bytes, 3 characters each; in an attribute, percent-encoding comes first and leaves
+no character HTML escapes but ``&``, 5 as ``&amp;``)."""
+_URL_SAFE = ":/?#[]@!$&()*+,;=%~"
+"""Characters a whole URL's value keeps as they are (a URL in a variable stays one); no space, quote or control
+character."""
+_COMPONENT_SAFE = "-._~"
+"""Characters a value inside a link keeps as they are (``&``, ``=``, ``#``, ``?``, ``/``, ``%`` are encoded)."""
+_URL_ATTRIBUTE = re.compile(r"\b(?:href|src)\s*=\s*([\"']?)", re.IGNORECASE)
+"""Where an HTML attribute holding a link opens (its quote, or none)."""
+_UNSAFE_SCHEMES = ("javascript:", "data:", "vbscript:")
+"""Schemes a whole-URL value may not have (it would run or show what it holds): such a value is left out."""
+_IGNORED_IN_SCHEME = re.compile(r"[\x00-\x20\x7f]+")
+"""Characters left out when a whole URL's scheme is checked (a browser skips them around a URL, and a tab inside
+``javascript:`` does not stop it)."""
+
+
+def placeholder_encodings(parts: Iterable[tuple[str, str | None, int]], escape: str) -> tuple[str, ...]:
+    """How each placeholder of a template with ``parts`` writes its value, in a field written as ``escape``.
+
+    In a link (``url``): ``link`` for a placeholder that starts it (the whole URL, or its scheme and host,
+    comes from a value: it stays a URL, without spaces, quotes or control characters, and a ``javascript:``,
+    ``data:`` or ``vbscript:`` one is left out); ``component`` for any other (``&``, ``=``, ``#``, ``/``...
+    encoded: the value cannot add a parameter or move the rest into a fragment). In ``html``: ``html``
+    (escaped), or, inside an ``href``/``src`` attribute, ``html_link`` when the value starts it and
+    ``html_component`` otherwise (encoded as in a link, then escaped).
+
+    >>> Template.compile("{base}/cart?id={cart_id}&src=push", escape="url").encodings
+    ('link', 'component')
+    >>> Template.compile("<a href='{link}'>{name}</a><img src='x/{id}'>", escape="html").encodings
+    ('html_link', 'html', 'html_component')
+    """
+    out = []
+    before = ""
+    for literal, name, _ in parts:
+        before += literal
+        if name is None:
+            continue
+        if escape == "url":
+            out.append("link" if not before else "component")
+        elif escape == "html":
+            out.append(_html_encoding(before))
+        else:
+            out.append("")
+    return tuple(out)
+
+
+def _html_encoding(before: str) -> str:
+    """How a placeholder of an HTML template preceded by the literal text ``before`` writes its value."""
+    attributes = list(_URL_ATTRIBUTE.finditer(before))
+    if not attributes:
+        return "html"
+    opened = attributes[-1]  # the last one: the placeholder is in its value unless it closed since
+    quote, rest = opened.group(1), before[opened.end() :]
+    closed = quote in rest if quote else any(c.isspace() or c == ">" for c in rest)
+    if closed:
+        return "html"
+    return "html_component" if rest else "html_link"
+
+
+def _encode(text: str, encoding: str) -> str:
+    """``text`` written as ``encoding`` says (see :func:`placeholder_encodings`)."""
+    if not encoding:
+        return text
+    if encoding == "html":
+        return html.escape(text)
+    if encoding.endswith("link"):
+        if _IGNORED_IN_SCHEME.sub("", text).lower().startswith(_UNSAFE_SCHEMES):
+            return ""
+        text = urllib.parse.quote(text, safe=_URL_SAFE)
+    else:
+        text = urllib.parse.quote(text, safe=_COMPONENT_SAFE)
+    return html.escape(text) if encoding.startswith("html") else text
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -311,26 +393,31 @@ class ChannelContent:
         variants = self.variants
         if len(variants) == 1:
             return variants[0]
-        for wanted in (language, default_language):
-            found = _match(variants, language_of(wanted))
-            if found is not None:
-                return found
-        return variants[0]
+        return variants[pick_language([v.language for v in variants], language, default_language)]
 
 
-def _match(variants: tuple[LocalizedContent, ...], wanted: str) -> LocalizedContent | None:
-    if not wanted:
-        return None
-    base = wanted.split("-", 1)[0]
-    for test in (
-        lambda lang: lang == wanted,
-        lambda lang: lang == base,
-        lambda lang: lang.split("-", 1)[0] == base,
-    ):
-        for variant in variants:
-            if test(variant.language):
-                return variant
-    return None
+def pick_language(written: Sequence[str], language: str, default_language: str = "") -> int:
+    """Which of the languages ``written`` (keyed as :func:`language_of` writes them; ``""`` for a text without
+    languages) serves ``language``: the position of that language, else of its base language (``es`` for
+    ``es-MX``), else of another region of the same base (``pt-br`` for ``pt``), else the same for
+    ``default_language``, else 0 (the first written). Offers' content, reasons' texts and agent scripts all
+    choose their language here.
+
+    >>> [pick_language(["en", "es", "pt-br"], x, "es") for x in ("es", "ES_mx", "pt", "de", "")]
+    [1, 1, 2, 1, 1]
+    """
+    for wanted in (language, default_language):
+        wanted = language_of(wanted)
+        if not wanted:
+            continue
+        base = wanted.split("-", 1)[0]
+        for candidate in (wanted, base):
+            if candidate in written:
+                return written.index(candidate)
+        for position, code in enumerate(written):
+            if code.split("-", 1)[0] == base:
+                return position
+    return 0
 
 
 def language_of(text: str | None) -> str:

@@ -55,7 +55,6 @@ from collections.abc import Iterable, Mapping
 
 from nba_service.policies.content import (
     CONTENT_FIELDS,
-    ESCAPE_GROWTH,
     ESCAPES,
     ChannelContent,
     FieldLimit,
@@ -293,10 +292,11 @@ def _compile_for(
                 templates[path] = Template.compile(text, escape=escape)
                 continue
             assert limit is not None
-            growth = ESCAPE_GROWTH.get(escape, 1)
             bounds = {name: value_bound(name, variable_bounds, variables) for name in _names(text)}
             template = Template.compile(text, bounds, gsm7=limit.encoding == "gsm7", escape=escape)
-            shown_bounds = {name: bound * growth for name, bound in bounds.items()}
+            # each placeholder as written: its bound times what one character can take once escaped or encoded
+            placeholders = zip(template.names, template.growths, strict=True)
+            shown_bounds = [(name, bounds[name] * growth) for name, growth in placeholders]
             problem = _over_limit(template, limit, channel, shown_bounds, variables)
             if problem:
                 col.add(node, f"{here}.{path}{on}: {problem}")
@@ -310,13 +310,17 @@ def _names(text: str) -> list[str]:
 
 
 def _over_limit(
-    template: Template, limit: FieldLimit, channel: str, bounds: Mapping[str, int], variables: frozenset[str]
+    template: Template,
+    limit: FieldLimit,
+    channel: str,
+    bounds: list[tuple[str, int]],
+    variables: frozenset[str],
 ) -> str:
-    """Why ``template`` can render longer than ``limit`` allows; empty when it cannot."""
+    """Why ``template`` can render longer than ``limit`` allows, its placeholders taking at most ``bounds``
+    (name, characters: one per placeholder, in order); empty when it cannot."""
     assert limit.max_chars is not None
     literal = template.literal
-    names = template.names
-    values = sum(bounds[name] for name in names)
+    values = sum(bound for _, bound in bounds)
     ucs2 = ""
     if limit.encoding == "gsm7" and not is_gsm7(literal):
         length, cap = ucs2_length(literal), limit.ucs2_max_chars or limit.max_chars * 7 // 16
@@ -329,12 +333,12 @@ def _over_limit(
         length, cap, long = len(literal), limit.max_chars, "characters long"
     if length + values <= cap:
         return ""
-    counted = {name: names.count(name) for name in names}
+    counted = {placeholder: bounds.count(placeholder) for placeholder in bounds}
     parts = [f"text {length}"] + [
-        f"{{{name}}} up to {bounds[name]}" + (f" x {times}" if times > 1 else "") for name, times in counted.items()
+        f"{{{name}}} up to {bound}" + (f" x {times}" if times > 1 else "") for (name, bound), times in counted.items()
     ]
     hints = ["shorten the text"]
-    if any(name in variables for name in counted):
+    if any(name in variables for name, _ in counted):
         hints.append("declare a smaller max_len for a variable")
     if ucs2:
         hints.append("write it in GSM-7")

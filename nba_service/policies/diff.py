@@ -358,6 +358,7 @@ _CHANNEL_FIELDS = {
     "cost",
     "direction",
     "on_quiet_hours",
+    "defer_weight",
 }
 _OFFER_FIELDS = {
     "paused",
@@ -401,6 +402,7 @@ def _channel_fields(section: str, a: ChannelSpec, b: ChannelSpec) -> list[Change
     out += _field(section, a.id, "cost", a.cost, b.cost)
     out += _field(section, a.id, "direction", a.direction, b.direction, str)
     out += _field(section, a.id, "on_quiet_hours", a.on_quiet_hours, b.on_quiet_hours, str)
+    out += _field(section, a.id, "defer_weight", a.defer_weight, b.defer_weight)
     out += _other_fields(section, a.id, a, b, _CHANNEL_FIELDS)
     return out
 

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from nba_service.policies.compiler import CompiledExpression
-from nba_service.policies.content import ChannelContent, FieldLimit
+from nba_service.policies.content import ChannelContent, FieldLimit, pick_language
 
 __all__ = [
     "CHANNEL_DIRECTIONS",
@@ -133,6 +133,9 @@ class ChannelSpec:
     """``inbound`` or ``outbound`` (:data:`CHANNEL_DIRECTIONS`): which contact limits count it by default."""
     on_quiet_hours: str = "drop"
     """``drop`` (closed in its quiet hours) or ``defer`` (open; the action is delivered at their end)."""
+    defer_weight: float = 1.0
+    """In (0, 1]: what an arm on this channel is worth when it defers (its priority is multiplied by it in its
+    quiet hours), against an arm delivered now. 1: a deferred action competes at its usual priority."""
     content_fields: tuple[FieldLimit, ...] | None = None
     """The content fields the channel takes, each with its limits (:mod:`nba_service.policies.content`);
     None: every field, no limit."""
@@ -222,9 +225,9 @@ class GlobalSettings:
 class LocalizedText:
     """A text template in one or more languages (an agent script, a likely reason's text).
 
-    >>> t = LocalizedText({"en": "Hello", "es": "Hola"})
-    >>> [t.pick(x, "en") for x in ("es", "ES-mx", "de", "")]
-    [('es', 'Hola'), ('es', 'Hola'), ('en', 'Hello'), ('en', 'Hello')]
+    >>> t = LocalizedText({"en": "Hello", "es": "Hola", "pt-br": "Olá"})
+    >>> [t.pick(x, "en") for x in ("es", "ES-mx", "pt", "de", "")]
+    [('es', 'Hola'), ('es', 'Hola'), ('pt-br', 'Olá'), ('en', 'Hello'), ('en', 'Hello')]
     >>> LocalizedText({"": "Hello"}).pick("es", "en")
     ('en', 'Hello')
     """
@@ -234,16 +237,13 @@ class LocalizedText:
     languages (it is in the set's default language)."""
 
     def pick(self, language: str, default_language: str) -> tuple[str, str]:
-        """(language, template) for ``language`` (any case, ``_`` or ``-``): that language, else its base
-        language (``es`` for ``es-MX``), else ``default_language`` the same way, else the first written."""
-        variants = self.variants
-        for wanted in (language, default_language):
-            wanted = (wanted or "").strip().lower().replace("_", "-")
-            for candidate in (wanted, wanted.split("-", 1)[0]):
-                if candidate and candidate in variants:
-                    return candidate, variants[candidate]
-        first = next(iter(variants))
-        return first or default_language, variants[first]
+        """(language, template) for ``language`` (any case, ``_`` or ``-``), chosen as offers' content is
+        (:func:`~nba_service.policies.content.pick_language`): that language, else its base language (``es``
+        for ``es-MX``), else another region of it (``pt-br`` for ``pt``), else ``default_language`` the same
+        way, else the first written. A text without languages is in ``default_language``."""
+        written = list(self.variants)
+        chosen = written[pick_language(written, language, default_language)]
+        return chosen or default_language, self.variants[chosen]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -19,11 +19,14 @@ calls (``GetCustomerContext``'s ``likely_reasons``, ranked by score)::
 Templates use the fields of the event type, ``first_name`` and ``segment``,
 the rule's own ``variables`` (expressions, as an offer's), and
 :data:`REASON_TEMPLATE_FIELDS`: ``{ago}`` (``12 minutes ago``, ``yesterday``,
-in the text's language), ``{minutes_ago}``, ``{hours_ago}``, ``{days_ago}``,
-``{channel}`` (where the event happened) and ``{count}`` (the matching
-events). :func:`parse_localized_text` reads such a text (a template, or a
-mapping of language to template) for the reasons and for offers'
-``agent_script``.
+in the text's language; days counted by the customer's calendar),
+``{minutes_ago}``, ``{hours_ago}``, ``{days_ago}`` (calendar days),
+``{channel}`` (where the event happened; ``unknown channel`` when it was
+recorded without one) and ``{count}`` (the matching events), as
+:mod:`nba_service.engine.agent_view` renders them. A ``when`` that asks
+whether the event's own cart is still open writes ``cart_open(event.cart_id)``.
+:func:`parse_localized_text` reads such a text (a template, or a mapping of
+language to template) for the reasons and for offers' ``agent_script``.
 
 Every problem is recorded in the file's :class:`Collector` with its line and
 column; the parser checks ids across the set.

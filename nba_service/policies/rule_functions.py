@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
 from nba_service.domain import CustomerContext
+from nba_service.domain.journeys import cart_journey_id
 from nba_service.domain.localtime import local_minute
 
 __all__ = ["FUNCTIONS", "MAX_ROUND_DIGITS", "guarded_mod", "guarded_mul", "num", "parse_duration"]
@@ -129,6 +130,17 @@ def _holds(ctx: CustomerContext, product: str) -> bool:
     return product in ctx.profile.holdings
 
 
+def _cart_open(open_carts: Container[str], cart_id: Any) -> bool:
+    """The customer's cart ``cart_id`` is still open: abandoned, and no purchase or checkout closed it since
+    (``''``: the cart abandoned without an id; ``None``, e.g. a missing ``event_attr``: no cart).
+    ``open_carts`` are the ids of the customer's open carts, gathered once per request.
+
+    >>> _cart_open(frozenset({"k1"}), "k1"), _cart_open(frozenset({"k1"}), "k2"), _cart_open(frozenset({"k1"}), None)
+    (True, False, False)
+    """
+    return cart_id is not None and cart_journey_id(cart_id) in open_carts
+
+
 def _count_events(ctx: CustomerContext, event_type: str, window: str) -> int:
     since = ctx.now - _cached_duration(window)
     return sum(1 for e in ctx.journey if e.type == event_type and e.timestamp >= since)
@@ -209,7 +221,8 @@ def _nearest_name(geo: Any, kind: str) -> str:
 
 
 #: name -> (implementation, hidden first argument ("_ctx": the CustomerContext,
-#: "_event_attributes": the custom event's attributes, "_geo": the policy's places and
+#: "_event_attributes": the custom event's attributes, "_open_carts": the ids of the
+#: customer's open carts, "_geo": the policy's places and
 #: the event's position, "": none), arguments (min, max))
 FUNCTIONS: dict[str, tuple[Any, str, tuple[int, int]]] = {
     "attr": (_attr, "_ctx", (1, 1)),
@@ -218,6 +231,7 @@ FUNCTIONS: dict[str, tuple[Any, str, tuple[int, int]]] = {
     "reachable": (_reachable, "_ctx", (1, 1)),
     "consent": (_consent, "_ctx", (1, 1)),
     "holds": (_holds, "_ctx", (1, 1)),
+    "cart_open": (_cart_open, "_open_carts", (1, 1)),
     "count_events": (_count_events, "_ctx", (2, 2)),
     "days_since": (_days_since, "_ctx", (1, 1)),
     "days_until": (_days_until, "_ctx", (1, 1)),

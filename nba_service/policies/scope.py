@@ -5,7 +5,7 @@ the globals (built once) hold the rule functions under their rewritten
 names (``_f_days_since``), the scope (built once per request) holds the
 flat variables the compiler rewrote the rule's names to (``event.amount``
 -> ``event_amount``, ``profile.segment`` -> ``profile_segment``) and the
-hidden arguments of the functions (``_ctx``, ``_event_attributes``, ``_geo``).
+hidden arguments of the functions (``_ctx``, ``_event_attributes``, ``_open_carts``, ``_geo``).
 The calendar names (``is_holiday``, ``days_until_holiday``, ``days_until_payday``)
 are read in the customer's local date (:mod:`nba_service.policies.holiday_calendar`).
 The globals also hold the guarded operators (``_op_mul``, ``_op_mod``) the
@@ -43,6 +43,7 @@ SCOPE_NAMES = (
     "days_until_payday",
 )
 """The plain names (no dot) every rule may read."""
+_NO_CARTS: frozenset[str] = frozenset()
 _POSITIONED = frozenset(kind for kind, names in EVENT_FIELDS.items() if "latitude" in names)
 """Event types with an optional position: a rule reads 0 for a coordinate the event does not have (unless
 it names a place of the set: then the place's)."""
@@ -80,10 +81,13 @@ def build_scope(
         is_holiday, days_until_holiday = False, NEVER_DAYS
     payday = attributes.get("payday")
     open_cart = 0.0
+    open_carts: set[str] | None = None  # the ids of the open carts, for cart_open(...)
     for journey in ctx.open_journeys:
         if journey.kind == "cart":
-            open_cart = num(journey.fields.get("cart_value"), 0.0)
-            break
+            if open_carts is None:
+                open_cart = num(journey.fields.get("cart_value"), 0.0)
+                open_carts = set()
+            open_carts.add(journey.id)
     fields = event.fields
     latitude, longitude = fields.get("latitude"), fields.get("longitude")
     nearest: dict[str, tuple[float, str]] = {}  # by kind, filled as rules ask (see rule_functions._nearest)
@@ -95,6 +99,7 @@ def build_scope(
     scope: dict[str, Any] = {
         "_ctx": ctx,
         "_event_attributes": event.attributes,
+        "_open_carts": open_carts or _NO_CARTS,
         "_geo": (places or {}, latitude, longitude, nearest),
         "event_type": event.type,
         "origin_channel": ctx.origin_channel,

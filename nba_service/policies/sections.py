@@ -65,6 +65,7 @@ _CHANNEL_KEYS = {
     "cost",
     "direction",
     "on_quiet_hours",
+    "defer_weight",
     "content",
 }
 
@@ -313,6 +314,7 @@ def parse_channels(node: _Node, col: Collector) -> list[tuple[ChannelSpec, _Node
         direction = col.choice(
             fields.get("direction"), f"{where}.direction", CHANNEL_DIRECTIONS, _OUTBOUND[needs_reachable]
         )
+        on_quiet_hours = _parse_on_quiet_hours(fields, where, direction, quiet_hours, col)
         spec = ChannelSpec(
             id=channel_id,
             name=col.text(fields.get("name"), f"{where}.name", channel_id),
@@ -323,7 +325,8 @@ def parse_channels(node: _Node, col: Collector) -> list[tuple[ChannelSpec, _Node
             quiet_hours=quiet_hours,
             cost=col.number(fields.get("cost"), f"{where}.cost", 0.0, low=0),
             direction=direction,
-            on_quiet_hours=_parse_on_quiet_hours(fields, where, direction, quiet_hours, col),
+            on_quiet_hours=on_quiet_hours,
+            defer_weight=_parse_defer_weight(fields, where, on_quiet_hours, col),
             content_fields=parse_channel_content(fields.get("content"), f"{where}.content", col),
         )
         out.append((spec, item))
@@ -353,6 +356,23 @@ def _parse_on_quiet_hours(
         col.add(node, f"{where}.on_quiet_hours: defer needs quiet_hours, e.g. {{start: '21:00', end: '08:00'}}")
         return "drop"
     return action
+
+
+def _parse_defer_weight(fields: Mapping[str, _Node], where: str, on_quiet_hours: str, col: Collector) -> float:
+    """``defer_weight``: in (0, 1], 1 by default; what a deferred arm's priority is multiplied by. Only a channel
+    that defers has one (a channel that drops is closed in its quiet hours: nothing to weight)."""
+    node = fields.get("defer_weight")
+    weight = col.number(node, f"{where}.defer_weight", 1.0, low=0, high=1, low_open=True)
+    if node is None or on_quiet_hours == "defer":
+        return weight
+    given = fields.get("on_quiet_hours")
+    if given is None or given.value == "drop":  # a refused or mistyped on_quiet_hours has its own message
+        col.add(
+            node,
+            f"{where}.defer_weight: only a channel with on_quiet_hours: defer has one (it weights the actions the"
+            " channel defers to the end of its quiet hours)",
+        )
+    return 1.0
 
 
 def _parse_quiet_hours(node: _Node | None, where: str, col: Collector) -> tuple[int, int] | None:

@@ -159,6 +159,10 @@ class PolicySnapshot:
     channel_refusals: tuple[tuple[tuple[str, str], tuple[str, str], tuple[str, str]], ...] = ()
     """Per channel, its (code, detail) when the customer has not consented, is not reachable there,
     or its availability condition is false: built once."""
+    channel_defer_weight: tuple[float, ...] = ()
+    """Per channel, its ``defer_weight``: what an arm's priority is multiplied by while the channel defers (in
+    its quiet hours, ``on_quiet_hours: defer``); 1 for a channel that does not defer. Empty: no weighting (a
+    campaign's plan, :func:`nba_service.campaigns.plan.campaign_snapshot`)."""
     offer_product: tuple[str, ...] = ()
     """Per offer, the product it sells ("" for none)."""
     offer_accepted_window: tuple[float, ...] = ()
@@ -226,6 +230,7 @@ class PolicySnapshot:
             channel_rules_code=channel_rules_code,
             every_channel=_read_only(np.ones(len(channels), dtype=bool)),
             channel_refusals=_channel_refusals(channels),
+            channel_defer_weight=tuple(c.defer_weight for c in channels),
             **_products(numbers.offers, policy),
         )
 

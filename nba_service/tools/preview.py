@@ -368,7 +368,8 @@ def _why_not(decision: Decision, offer_id: str | None, snapshot: PolicySnapshot)
             return f"{offer_id}: {reason.code}: {reason.detail}"
     for alternative in decision.alternatives:
         if alternative.offer_id == offer_id:
-            return f"{offer_id}: ranked lower, priority {alternative.score:.4g} on {alternative.channel}"
+            later = " (deferred by quiet hours)" if alternative.deliver_after is not None else ""
+            return f"{offer_id}: ranked lower, priority {alternative.score:.4g} on {alternative.channel}{later}"
     if decision.no_action:
         return ""  # stopped before ranking (an overall cap): the decision line says why
     return f"{offer_id}: does not answer this event"

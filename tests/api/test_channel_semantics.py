@@ -1,5 +1,6 @@
 """Contact semantics per channel, over a real server and Redis: inbound and outbound channels, contact caps
-by direction, and quiet hours that defer a push to the customer's morning instead of dropping it."""
+by direction, and quiet hours that defer a push to the customer's morning instead of dropping it, weighted by
+the channel's defer_weight against a channel that delivers now."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ from tests.conftest import SAMPLE_POLICIES, atm_decline, daytime_zone, night_zon
 
 def test_a_push_in_quiet_hours_is_deferred_to_the_customers_morning(server, redis_client):
     zone = night_zone()  # 23:xx there now (00:xx if the hour turns during the test)
-    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile("n1", timezone=zone)), timeout=5)
+    # push is the only channel open at night (sms quiet, the ATM screen withdrawn): worth half (defer_weight 0.5)
+    # but nothing delivered now competes with it
+    only_push = profile("n1", timezone=zone, channels=("push", "sms"),
+                        consent={"push": True, "sms": True, "atm_screen": False})
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=only_push), timeout=5)
     before = time.time()
 
     response = server.stub.Decide(atm_decline("n1"), timeout=5)
@@ -49,6 +54,37 @@ def test_a_push_in_quiet_hours_is_deferred_to_the_customers_morning(server, redi
     # the recorded decision keeps when to deliver
     meta = json.loads(redis_client.hget(keys.decision(response.decision_id), "meta"))
     assert meta["deliver_after"] == pytest.approx(deliver_after, abs=0.001)
+    # the alternatives, all on push too, would be deferred to the same morning
+    assert response.alternatives and {(a.channel, a.deliver_after_ms) for a in response.alternatives} == {
+        ("push", response.deliver_after_ms)}
+
+
+def test_at_night_the_atm_screen_beats_a_push_deferred_to_the_morning(server):
+    """An ATM decline at 23:xx: the push (preferred, x 1.2) would wait 8-9 hours for 08:00; the sample's
+    defer_weight 0.5 makes it worth half, below the message on the screen the customer is looking at now."""
+    zone = night_zone()
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(
+        "n3", timezone=zone, channels=("push", "sms", "email"), consent={"push": True, "sms": False})), timeout=5)
+
+    response = server.stub.Decide(atm_decline("n3"), timeout=5)
+
+    assert (response.action.offer_id, response.channel) == ("overdraft_protection", "atm_screen")
+    assert response.deliver_after_ms == 0 and "deferred" not in [r.code for r in response.reasons]
+    assert "turn on overdraft protection" in response.action.content.lower()
+    push = next(r for r in response.reasons if r.channel == "push")
+    assert push.code == "lower_priority"
+    # its priority halved, and what it was before: 2.4 (0.05 x 40 x 1.2) x 0.5 = 1.2 < 2 (0.05 x 40)
+    assert push.detail == "priority 1.2 (2.4 x deferred 0.5) < 2 on atm_screen", push.detail
+    # every alternative can be shown now: none is deferred
+    assert response.alternatives and all(a.deliver_after_ms == 0 for a in response.alternatives)
+
+    # in the day the same customer gets the push at once, at its full priority
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(
+        "n4", timezone=daytime_zone(), channels=("push", "sms", "email"), consent={"push": True, "sms": False})),
+        timeout=5)
+    day = server.stub.Decide(atm_decline("n4"), timeout=5)
+    assert (day.action.offer_id, day.channel, day.deliver_after_ms) == ("overdraft_protection", "push", 0)
+    assert day.score == pytest.approx(2.4, abs=0.01)
 
 
 def test_a_push_in_the_day_is_delivered_now(server, redis_client):
@@ -146,6 +182,30 @@ def nba(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def line_of(path, text: str) -> int:
     """The 1-based line of ``text`` in the file at ``path``."""
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_a_bad_defer_weight_is_refused_at_publish(capsys, redis_url, redis_client, tmp_path):
+    folder = tmp_path / "policies"
+    shutil.copytree(SAMPLE_POLICIES, folder)
+    channels = folder / "channels.yaml"
+    text = channels.read_text()
+    for old, new in (
+        ("    defer_weight: 0.5 ", "    defer_weight: 2 "),  # push: out of (0, 1]
+        ("    on_quiet_hours: drop", "    defer_weight: 0.5\n    on_quiet_hours: drop"),  # sms drops
+    ):
+        assert old in text
+        text = text.replace(old, new, 1)
+    channels.write_text(text)
+
+    code, _, err = nba(capsys, "policy", "publish", str(folder), "--redis-url", redis_url)
+
+    assert code != 0
+    assert (f"{channels}:{line_of(channels, 'defer_weight: 2 ')}:19: channels[0] (push).defer_weight: "
+            "2 must be <= 1") in err
+    assert (f"{channels}:{line_of(channels, 'defer_weight: 0.5')}:19: channels[1] (sms).defer_weight: only a "
+            "channel with on_quiet_hours: defer has one") in err
+    assert "nothing was published" in err
+    assert PolicyStore(redis_client).live() is None
 
 
 def test_a_bad_direction_or_on_quiet_hours_is_refused_at_publish(capsys, redis_url, redis_client, tmp_path):

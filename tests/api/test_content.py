@@ -1,16 +1,23 @@
 """Structured content over the real server: the sample overdraft_protection offer rendered for push, e-mail and
 SMS, in Spanish for a customer whose language is ``es`` and in English otherwise; old clients still read the
-text; ``nba explain`` shows the same content."""
+text; ``nba explain`` shows the same content; a value in a link stays one parameter of it."""
 
 from __future__ import annotations
 
+import pathlib
+import shutil
+import urllib.parse
+
 import pytest
+import redis
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from nba_service.cli import main
 from nba_service.policies.content import gsm7_length, is_gsm7
+from nba_service.policies.parser import read_policy_dir
 from nba_service.proto.nba.v1 import decision_pb2 as pb
-from tests.conftest import atm_decline, daytime_zone, profile
+from nba_service.store.policy_store import PolicyStore
+from tests.conftest import SAMPLE_POLICIES, atm_decline, daytime_zone, profile
 
 
 def _customer(server, customer_id: str, channel: str, language: str | None) -> None:
@@ -136,3 +143,29 @@ def test_explain_shows_the_structured_content(capsys, server, redis_url):
         "  deep_link: bank://overdraft?source=push&lang=es",
         "  language: es",
     ]
+
+
+def test_a_cart_id_in_a_deep_link_cannot_add_a_parameter_to_it(start_server, redis_client: redis.Redis,
+                                                                  tmp_path: pathlib.Path):
+    folder = tmp_path / "policies"
+    shutil.copytree(SAMPLE_POLICIES, folder)
+    retail = folder / "retail.yaml"
+    push = '      push: "{first_name}, your cart ({cart_value} {currency}) is saved in the app. Finish in one tap."'
+    linked = push.replace('push: "', 'push: {body: "') + ', deep_link: "shop://cart?id={cart_id}&src=push"}'
+    assert retail.read_text().count(push) == 1
+    retail.write_text(retail.read_text().replace(push, linked))
+    PolicyStore(redis_client).publish(read_policy_dir(folder), author="tests", message="a deep link")
+    server = start_server()
+    only_push = {channel: channel == "push" for channel in
+                 ("push", "sms", "email", "app_inbox", "atm_screen", "web_banner", "agent_desktop")}
+    server.stub.UpsertCustomer(pb.UpsertCustomerRequest(profile=profile(
+        "k1", channels=("push",), consent=only_push, timezone=daytime_zone())))
+    cart_id = "k1&coupon=FREE100#x y"
+
+    response = server.stub.Decide(pb.DecideRequest(customer_id="k1", origin_channel="web", event=pb.Event(
+        cart_abandon=pb.CartAbandon(cart_id=cart_id, cart_value=25, currency="EUR", item_ids=["a"]))), timeout=5)
+
+    assert (response.action.offer_id, response.channel) == ("continue_cart_in_app", "push"), response
+    link = urllib.parse.urlsplit(response.action.structured_content.deep_link)
+    assert urllib.parse.parse_qs(link.query) == {"id": [cart_id], "src": ["push"]}
+    assert link.fragment == ""

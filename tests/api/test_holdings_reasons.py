@@ -183,7 +183,7 @@ def test_likely_reasons_name_the_atm_decline_first_and_the_earlier_cart_below(se
     assert [r.id for r in view.likely_reasons] == ["atm_declined", "cart_abandoned"]
     declined, abandoned = view.likely_reasons
     assert declined.text == "ATM withdrawal declined just now, short by 185 EUR"
-    assert abandoned.text == "Cart of 80 EUR abandoned on the web just now"
+    assert abandoned.text == "Cart of 80 EUR abandoned just now (web)"
     assert declined.score > abandoned.score
     assert [(e.type, e.origin_channel, e.fields["shortfall"]) for e in declined.evidence] == [
         ("atm_decline", "atm", "185")
@@ -196,7 +196,7 @@ def test_likely_reasons_name_the_atm_decline_first_and_the_earlier_cart_below(se
     spanish = context(server, "r1", "es", best=False)
     assert [r.text for r in spanish.likely_reasons] == [
         "Retirada en cajero rechazada ahora mismo; le faltaban 185 EUR",
-        "Carrito de 80 EUR abandonado (web) ahora mismo",
+        "Carrito de 80 EUR abandonado ahora mismo (web)",
     ]
 
 
@@ -216,7 +216,7 @@ def test_likely_reasons_read_the_age_of_what_happened_on_other_channels(server, 
 
     assert [r.text for r in view.likely_reasons] == [
         "ATM withdrawal declined 12 minutes ago, short by 185 EUR",
-        "Cart of 80 EUR abandoned on the web yesterday",
+        "Cart of 80 EUR abandoned yesterday (web)",  # 26 hours ago in a zone where it is 14:00 now
     ]
     assert [r.id for r in view.likely_reasons] == ["atm_declined", "cart_abandoned"]
     shown = [r.evidence[0].timestamp_ms / 1000 for r in view.likely_reasons]
@@ -226,6 +226,55 @@ def test_likely_reasons_read_the_age_of_what_happened_on_other_channels(server, 
         pb.RecordEventRequest(customer_id="r2", event=pb.Event(custom=pb.CustomEvent(name="purchase"))), timeout=5
     )
     assert [r.id for r in context(server, "r2", best=False).likely_reasons] == ["atm_declined", "recent_order"]
+
+
+def test_a_cart_bought_is_no_reason_while_another_cart_is_open(server):
+    """Two carts left on the web (k1 of 80 EUR, then k2 of 30 EUR), then k2 bought in the app: the agent reads
+    about k1, the cart still open, with k1 alone as its evidence; not about the cart just bought."""
+    upsert(server, customer("r4"))
+    for cart_id, value in (("k1", 80.0), ("k2", 30.0)):
+        left = pb.CartAbandon(cart_id=cart_id, cart_value=value, currency="EUR", item_ids=["s1"])
+        request = pb.RecordEventRequest(customer_id="r4", origin_channel="web", event=pb.Event(cart_abandon=left))
+        server.stub.RecordEvent(request, timeout=5)
+    bought = server.stub.RecordEvent(
+        pb.RecordEventRequest(
+            customer_id="r4",
+            origin_channel="app",
+            event=pb.Event(custom=pb.CustomEvent(name="purchase", attributes={"cart_id": "k2"})),
+        ),
+        timeout=5,
+    )
+    assert [j.id for j in bought.closed] == ["k2"]
+
+    view = context(server, "r4", best=False)
+
+    assert [j.id for j in view.open_journeys] == ["k1"]
+    reasons = {r.id: r for r in view.likely_reasons}
+    assert set(reasons) == {"cart_abandoned", "recent_order"}
+    assert reasons["cart_abandoned"].text == "Cart of 80 EUR abandoned just now (web)"
+    assert [e.fields["cart_id"] for e in reasons["cart_abandoned"].evidence] == ["k1"]
+
+    server.stub.RecordEvent(  # k1 bought too: no cart is a reason any more
+        pb.RecordEventRequest(
+            customer_id="r4", event=pb.Event(custom=pb.CustomEvent(name="purchase", attributes={"cart_id": "k1"}))
+        ),
+        timeout=5,
+    )
+    assert [r.id for r in context(server, "r4", best=False).likely_reasons] == ["recent_order"]
+
+
+def test_an_event_recorded_without_its_channel_reads_unknown_channel(server):
+    upsert(server, customer("r5"))
+    server.stub.RecordEvent(pb.RecordEventRequest(customer_id="r5", event=cart()), timeout=5)  # no origin_channel
+
+    [journey_event] = context(server, "r5", best=False).journey
+    assert journey_event.origin_channel == ""
+    assert [r.text for r in context(server, "r5", best=False).likely_reasons] == [
+        "Cart of 80 EUR abandoned just now (unknown channel)"
+    ]
+    assert [r.text for r in context(server, "r5", "es", best=False).likely_reasons] == [
+        "Carrito de 80 EUR abandonado ahora mismo (canal desconocido)"
+    ]
 
 
 def test_no_journey_no_likely_reason(server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import textwrap
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -85,14 +86,14 @@ POLICY = {
             text: "{count} declines in 30 days"
           - id: cart
             event: cart_abandon
-            when: "open_cart_value > 0"
+            when: "cart_open(event.cart_id)"
             within: 7d
             score: 50
             half_life: 2d
             variables: {items: "event.item_count"}
             text:
-              en: "Cart of {cart_value} {currency} ({items} items) abandoned on the {channel} {ago}"
-              es: "Carrito de {cart_value} {currency} abandonado ({channel}) {ago}"
+              en: "Cart of {cart_value} {currency} ({items} items) abandoned {ago} ({channel})"
+              es: "Carrito de {cart_value} {currency} abandonado {ago} ({channel})"
         """),
 }
 NOW = datetime.datetime(2026, 6, 10, 12, 0, tzinfo=datetime.UTC).timestamp()
@@ -115,9 +116,15 @@ def _entry(ago_seconds: float, event_type: str, origin: str, **fields: object) -
     return JourneyEntry(NOW - ago_seconds, event_type, origin, json.dumps(fields))
 
 
-def _context(*journey: JourneyEntry, holdings: frozenset[str] = frozenset(), **kwargs: object) -> CustomerContext:
-    profile = CustomerProfile("c1", first_name="Ana", segment="vip", holdings=holdings)
-    return CustomerContext(profile, NOW, journey=tuple(sorted(journey, key=lambda e: -e.timestamp)), **kwargs)
+def _context(
+    *journey: JourneyEntry,
+    holdings: frozenset[str] = frozenset(),
+    timezone: str = "UTC",
+    now: float = NOW,
+    **kwargs: object,
+) -> CustomerContext:
+    profile = CustomerProfile("c1", first_name="Ana", segment="vip", holdings=holdings, timezone=timezone)
+    return CustomerContext(profile, now, journey=tuple(sorted(journey, key=lambda e: -e.timestamp)), **kwargs)
 
 
 def _reasons(decision: object) -> dict[str, tuple[str, str]]:
@@ -179,7 +186,7 @@ def test_likely_reasons_rank_the_recent_decline_above_an_older_cart_with_their_e
     reasons = likely_reasons(snapshot, ctx)
     assert [r.id for r in reasons] == ["declined", "cart"]
     assert reasons[0].text == "ATM withdrawal declined 12 minutes ago, short by 185 EUR"
-    assert reasons[1].text == "Cart of 80 EUR (2 items) abandoned on the web yesterday"
+    assert reasons[1].text == "Cart of 80 EUR (2 items) abandoned yesterday (web)"
     assert reasons[0].evidence == (decline,)
     assert reasons[1].evidence == (cart,)
     assert reasons[0].score == pytest.approx(100 * 0.5 ** ((12 * 60 + 30) / (6 * 3600)))
@@ -188,7 +195,7 @@ def test_likely_reasons_rank_the_recent_decline_above_an_older_cart_with_their_e
     spanish = likely_reasons(snapshot, ctx, "es-MX")
     assert [r.text for r in spanish] == [
         "Retirada rechazada hace 12 minutos; faltaban 185 EUR",
-        "Carrito de 80 EUR abandonado (web) ayer",
+        "Carrito de 80 EUR abandonado ayer (web)",
     ]
     assert [r.text for r in likely_reasons(snapshot, ctx, "de")] == [r.text for r in reasons]  # the default, en
 
@@ -205,7 +212,8 @@ def test_a_reason_needs_its_condition_its_window_and_its_count(snapshot: PolicyS
 
 
 def test_ago_reads_like_a_person(snapshot: PolicySnapshot) -> None:
-    assert [ago_text(s, "en") for s in (5, 60, 3599, 3600, 7300, 86400, 3 * 86400)] == [
+    """NOW is Wednesday 10 June 2026, 12:00 UTC: minutes under an hour, hours the same day, then calendar days."""
+    assert [ago_text(NOW - s, NOW, "en") for s in (5, 60, 3599, 3600, 7300, 86400, 3 * 86400)] == [
         "just now",
         "1 minute ago",
         "59 minutes ago",
@@ -214,7 +222,76 @@ def test_ago_reads_like_a_person(snapshot: PolicySnapshot) -> None:
         "yesterday",
         "3 days ago",
     ]
-    assert ago_text(3 * 86400, "es") == "hace 3 días"
+    assert ago_text(NOW - 3 * 86400, NOW, "es") == "hace 3 días"
+
+
+def _at(day: int, hour: int, minute: int = 0, zone: str = "UTC") -> float:
+    """A moment of June 2026 on the clock of ``zone`` (the 10th is a Wednesday)."""
+    return datetime.datetime(2026, 6, day, hour, minute, tzinfo=ZoneInfo(zone)).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("then", "now", "english", "spanish"),
+    [
+        ((8, 8), (10, 9), "2 days ago", "hace 2 días"),  # Monday 08:00 from Wednesday 09:00: 49 hours
+        ((8, 10), (10, 9), "2 days ago", "hace 2 días"),  # 47 hours, still Monday
+        ((9, 20), (10, 9), "yesterday", "ayer"),  # Tuesday 20:00: 13 hours, the day before
+        ((9, 23), (10, 0, 30), "yesterday", "ayer"),  # 90 minutes, across midnight
+        ((9, 23, 50), (10, 0, 10), "20 minutes ago", "hace 20 minutos"),  # under an hour: minutes
+        ((10, 0, 5), (10, 23, 55), "23 hours ago", "hace 23 horas"),  # the same day
+        ((10, 7), (10, 9), "2 hours ago", "hace 2 horas"),
+        ((3, 12), (10, 9), "7 days ago", "hace 7 días"),
+    ],
+)
+def test_ago_counts_calendar_days_in_the_customers_zone(
+    then: tuple[int, ...], now: tuple[int, ...], english: str, spanish: str
+) -> None:
+    for zone in ("UTC", "Europe/Madrid", "America/New_York", "Asia/Tokyo"):
+        at, moment = _at(*then, zone=zone), _at(*now, zone=zone)
+        assert ago_text(at, moment, "en", zone) == english, zone
+        assert ago_text(at, moment, "es-MX", zone) == spanish, zone
+
+
+def test_the_same_moment_is_yesterday_in_one_zone_and_today_in_another() -> None:
+    """Wednesday 09:00 UTC, an event 8 hours before: 01:00 the same day in UTC, 21:00 the day before in New
+    York (05:00 there now), 10:00 and 18:00 the same day in Tokyo."""
+    now = _at(10, 9)
+    assert ago_text(now - 8 * 3600, now, "en", "UTC") == "8 hours ago"
+    assert ago_text(now - 8 * 3600, now, "en", "America/New_York") == "yesterday"
+    assert ago_text(now - 8 * 3600, now, "es", "Asia/Tokyo") == "hace 8 horas"
+    assert ago_text(now - 8 * 3600, now, "en", "Not/AZone") == "8 hours ago"  # an unknown zone reads UTC
+
+
+def test_a_reasons_ago_and_days_ago_read_the_profiles_zone(snapshot: PolicySnapshot) -> None:
+    """The decline was Tuesday 21:00 in New York (Wednesday 01:00 UTC); the agent asks on Wednesday 05:00
+    there (09:00 UTC)."""
+    now = _at(10, 9)
+    decline = JourneyEntry(now - 8 * 3600, "atm_decline", "atm", json.dumps({"currency": "EUR", "shortfall": 80.0}))
+    new_york = likely_reasons(snapshot, _context(decline, timezone="America/New_York", now=now))
+    assert [r.text for r in new_york] == ["ATM withdrawal declined yesterday, short by 80 EUR"]
+    utc = likely_reasons(snapshot, _context(decline, now=now))
+    assert [r.text for r in utc] == ["ATM withdrawal declined 8 hours ago, short by 80 EUR"]
+
+
+def test_channel_reads_a_word_for_an_event_recorded_without_one(snapshot: PolicySnapshot) -> None:
+    cart = _entry(5 * 60, "cart_abandon", "", cart_id="k1", cart_value=80.0, currency="EUR", item_count=2)
+    ctx = _context(cart, open_journeys=_open_cart())
+    assert [r.text for r in likely_reasons(snapshot, ctx)] == [
+        "Cart of 80 EUR (2 items) abandoned 5 minutes ago (unknown channel)"
+    ]
+    assert [r.text for r in likely_reasons(snapshot, ctx, "es")] == [
+        "Carrito de 80 EUR abandonado hace 5 minutos (canal desconocido)"
+    ]
+
+
+def test_a_bought_cart_is_no_reason_while_another_cart_is_open(snapshot: PolicySnapshot) -> None:
+    """k1 (80 EUR) then k2 (30 EUR) left on the web; k2 bought since, k1 still open: the reason is k1's, with
+    k1 alone as evidence (``open_cart_value > 0`` would hold for k2 too, and read it)."""
+    k1 = _entry(3600, "cart_abandon", "web", cart_id="k1", cart_value=80.0, currency="EUR", item_count=2)
+    k2 = _entry(600, "cart_abandon", "web", cart_id="k2", cart_value=30.0, currency="EUR", item_count=1)
+    [reason] = likely_reasons(snapshot, _context(k1, k2, open_journeys=_open_cart()))
+    assert reason.text == "Cart of 80 EUR (2 items) abandoned 1 hour ago (web)"
+    assert reason.evidence == (k1,)
 
 
 # --- agent scripts ---------------------------------------------------------------------------------------

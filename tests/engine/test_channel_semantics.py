@@ -1,16 +1,20 @@
 """Contact semantics per channel, without a server: how channels.yaml's direction and on_quiet_hours and a
-limit's direction are read, checked and applied by the engine."""
+limit's direction are read, checked and applied by the engine, and how a deferring channel's defer_weight
+weights its arms."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import zoneinfo
 
 import pytest
 
-from nba_service.domain import CustomerContext
+from nba_service.domain import CustomerContext, CustomerProfile
 from nba_service.domain.localtime import next_local_time
-from nba_service.engine.explain import score_arms
+from nba_service.engine.explain import explain_decision, score_arms
+from nba_service.engine.pipeline import DecisionEngine
+from nba_service.learning.exploration import EpsilonGreedy
 from nba_service.learning.models import ModelBank
 from nba_service.policies.diff import diff_policies
 from nba_service.policies.model import PolicyValidationError
@@ -166,3 +170,95 @@ def test_the_sample_channels_state_their_direction():
         "push": "outbound", "sms": "outbound", "email": "outbound", "app_inbox": "outbound",
         "atm_screen": "inbound", "web_banner": "inbound", "agent_desktop": "inbound"}
     assert {c.id: c.on_quiet_hours for c in policy.channels if c.quiet_hours} == {"push": "defer", "sms": "drop"}
+
+
+def weighted(weight: str) -> PolicySnapshot:
+    """The deferring set with push's ``defer_weight``."""
+    channels = DEFER["channels.yaml"].replace("    on_quiet_hours: defer\n",
+                                              f"    on_quiet_hours: defer\n    defer_weight: {weight}\n")
+    return PolicySnapshot.compile(parse_policy_files({**DEFER, "channels.yaml": channels}), "11")
+
+
+def at_the_atm_at_night() -> CustomerProfile:
+    # 21:00 in Tokyo (noon UTC): push defers to 08:00; push preferred (x 1.5), sms withdrawn, the ATM screen open
+    return dataclasses.replace(customer(timezone="Asia/Tokyo", preferred="push"),
+                               consents={"push": True, "sms": False, "atm_screen": True})
+
+
+MORNING = datetime.datetime(2026, 6, 10, 23, 0, tzinfo=datetime.UTC).timestamp()  # 08:00 in Tokyo
+
+
+def test_the_atm_screen_beats_a_deferred_push_worth_less_than_it_once_weighted():
+    # the loan: 0.2 x 20 = 4 on the ATM screen, now; 0.2 x 20 x 1.5 = 6 on push, 3 weighted by 0.5 for the morning
+    decision = decide(weighted("0.5"), at_the_atm_at_night())
+
+    assert (decision.offer_id, decision.channel, decision.deliver_after) == ("loan", "atm_screen", None)
+    assert decision.score == pytest.approx(4)
+    assert "deferred" not in [r.code for r in decision.reasons]
+    push = next(r for r in decision.reasons if r.channel == "push")
+    assert (push.code, push.detail) == ("lower_priority", "priority 3 (6 x deferred 0.5) < 4 on atm_screen")
+    # the runner-up, the card (push only for this customer), would be deferred too: it says until when
+    (card,) = decision.alternatives
+    assert (card.offer_id, card.channel, card.deliver_after) == ("card", "push", MORNING)
+    assert card.score == pytest.approx(0.2 * 10 * 1.5 * 0.5)
+
+    # unweighted (the default, 1) the push wins as before, deferred; weighted 0.9 it still does (5.4 > 4)
+    assert decide(deferring_default(), at_the_atm_at_night()).channel == "push"
+    mild = decide(weighted("0.9"), at_the_atm_at_night())
+    assert (mild.channel, mild.deliver_after, mild.score) == ("push", MORNING, pytest.approx(5.4))
+    assert mild.reasons[0].detail == "best priority: P=0.2000 x VLB=20 x deferred 0.9 on push"
+    screen = next(r for r in mild.reasons if r.channel == "atm_screen")
+    assert screen.detail == "priority 4 < 5.4 (6 x deferred 0.9) on push"
+    # in the day nothing defers, and nothing is weighted: the push wins at 6
+    day = decide(weighted("0.5"), dataclasses.replace(at_the_atm_at_night(), timezone="UTC"))
+    assert (day.channel, day.deliver_after, day.score) == ("push", None, pytest.approx(6))
+
+
+def deferring_default() -> PolicySnapshot:
+    return PolicySnapshot.compile(parse_policy_files(DEFER), "10")
+
+
+def test_explain_shows_the_weighted_priority_of_a_deferred_arm():
+    snapshot = weighted("0.5")
+    bank = ModelBank()
+    bank.bind(snapshot)
+    ctx = CustomerContext(at_the_atm_at_night(), now=NOON_UTC, origin_channel="atm")
+    decision = DecisionEngine(bank, EpsilonGreedy(0.0)).decide(snapshot, ctx, DECLINE, top_k=3)
+    offers = {o.offer_id: o for o in explain_decision(snapshot, bank, ctx, DECLINE, decision)}
+
+    loan = {a.channel: a for a in offers["loan"].arms}
+    assert [a.channel for a in offers["loan"].arms] == ["atm_screen", "push", "sms"]  # best first, closed last
+    assert (loan["push"].defer_weight, loan["push"].priority) == (0.5, pytest.approx(3))
+    assert loan["push"].deferred == "deliver after Thu 2026-06-11 08:00 local time"
+    assert (loan["atm_screen"].defer_weight, loan["atm_screen"].priority) == (1.0, pytest.approx(4))
+    assert (offers["card"].status, offers["card"].detail) == ("ranked", "priority 1.5 (3 x deferred 0.5) on push")
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("    on_quiet_hours: defer\n", "    on_quiet_hours: defer\n    defer_weight: 0\n",
+     "channels.yaml:5:19: channels[0] (push).defer_weight: 0 must be > 0"),
+    ("    on_quiet_hours: defer\n", "    on_quiet_hours: defer\n    defer_weight: 1.5\n",
+     "channels.yaml:5:19: channels[0] (push).defer_weight: 1.5 must be <= 1"),
+    ("    on_quiet_hours: defer\n", "    on_quiet_hours: defer\n    defer_weight: half\n",
+     "channels.yaml:5:19: channels[0] (push).defer_weight: expected a number, got 'half'"),
+    ("  - id: sms\n", "  - id: sms\n    defer_weight: 0.5\n",
+     "channels.yaml:6:19: channels[1] (sms).defer_weight: only a channel with on_quiet_hours: defer has one (it"
+     " weights the actions the channel defers to the end of its quiet hours)"),
+    ("  - id: sms\n", "  - id: sms\n    quiet_hours: {start: '22:00', end: '07:00'}\n    on_quiet_hours: drop\n"
+                      "    defer_weight: 0.5\n",
+     "channels.yaml:8:19: channels[1] (sms).defer_weight: only a channel with on_quiet_hours: defer has one (it"
+     " weights the actions the channel defers to the end of its quiet hours)"),
+])
+def test_a_bad_defer_weight_is_refused_with_file_and_line(old, new, expected):
+    assert issues({**DEFER, "channels.yaml": DEFER["channels.yaml"].replace(old, new, 1)}) == [expected]
+
+
+def test_a_defer_weight_change_shows_in_the_diff_and_a_set_without_one_keeps_its_meaning():
+    weights = {c.id: c.defer_weight for c in parse_policy_files(DEFER).channels}
+    assert weights == {"push": 1.0, "sms": 1.0, "atm_screen": 1.0}
+    half = {**DEFER, "channels.yaml": DEFER["channels.yaml"].replace(
+        "    on_quiet_hours: defer\n", "    on_quiet_hours: defer\n    defer_weight: 0.5\n")}
+    assert [str(c) for c in diff_policies(parse_policy_files(DEFER), parse_policy_files(half)).changes] == [
+        "push.defer_weight: 1 -> 0.5"]
+    sample = parse_policy_files({"channels.yaml": (SAMPLE_POLICIES / "channels.yaml").read_text(encoding="utf-8")})
+    assert {c.id: c.defer_weight for c in sample.channels if c.defer_weight != 1.0} == {"push": 0.5}

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import html.parser
 import pathlib
 import shutil
 import textwrap
+import urllib.parse
 
 import pytest
 import redis
@@ -116,6 +118,107 @@ def test_every_field_is_rendered_and_values_are_escaped_for_html_and_links():
     assert email.html == "<p>Ana &lt;b&gt;, <b>100 EUR</b> are ready.</p>"
     assert (email.cta_label, email.cta_action) == ("Borrow 100 EUR", "https://bank.example/loan?atm=atm%207")
     assert email.language == ""
+
+
+LINKS = textwrap.dedent("""\
+    offers:
+      - id: loan
+        name: Loan
+        category: lending
+        events: [atm_decline]
+        value: 15
+        prior: 0.1
+        channels: [push, email]
+        variables:
+          link: "event.atm_id"
+        content:
+          push: {title: "Your loan", body: "{first_name}, it is ready.", deep_link: "bank://loan?atm={atm_id}&src=push"}
+          email:
+            subject: "Your loan"
+            body: "{first_name}, it is ready."
+            html: "<a href=\\"https://bank.example/loan?atm={atm_id}&amp;src=mail\\">{first_name}</a><img src='{link}'>"
+            cta: {label: "Borrow", action: "{link}"}
+    """)
+INJECTION = "k1&coupon=FREE100#x y/../é'\"><"
+
+
+def _query(link: str) -> tuple[dict[str, list[str]], str]:
+    parts = urllib.parse.urlsplit(link)
+    return urllib.parse.parse_qs(parts.query), parts.fragment
+
+
+def _attributes(markup: str) -> dict[str, str]:
+    """The attributes of the tags in ``markup`` as a browser reads them (entities decoded), tag.name -> value."""
+    found: dict[str, str] = {}
+
+    class Reader(html.parser.HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.update({f"{tag}.{name}": value or "" for name, value in attrs})
+
+    Reader().feed(markup)
+    return found
+
+
+def test_a_value_in_a_link_is_one_parameter_it_cannot_add_one_or_start_a_fragment():
+    push = _render(LINKS, "push", atm_id=INJECTION)
+
+    assert push.deep_link == "bank://loan?atm=k1%26coupon%3DFREE100%23x%20y%2F..%2F%C3%A9%27%22%3E%3C&src=push"
+    assert _query(push.deep_link) == ({"atm": [INJECTION], "src": ["push"]}, "")
+
+
+def test_a_value_in_an_html_href_is_encoded_as_in_a_link_then_html_escaped():
+    email = _render(LINKS, "email", first_name="Ana <b>", atm_id=INJECTION)
+
+    href = _attributes(email.html)["a.href"]
+    assert _query(href) == ({"atm": [INJECTION], "src": ["mail"]}, "")
+    assert "&lt;b&gt;</a>" in email.html  # outside an attribute: escaped as before
+
+
+@pytest.mark.parametrize(("link", "expected"), [
+    ("https://bank.example/loan?a=1&b=2#top", "https://bank.example/loan?a=1&b=2#top"),  # a whole URL stays one
+    ("https://bank.example/a b?q=\"x'<", "https://bank.example/a%20b?q=%22x%27%3C"),  # no space, quote or <
+    (" JavaScript:alert(1)", ""),
+    ("java\tscript:alert(1)", ""),
+    ("data:text/html,<script>alert(1)</script>", ""),
+    ("VBScript:msgbox", ""),
+])
+def test_a_value_that_starts_a_link_stays_a_url_unless_its_scheme_runs_code(link, expected):
+    email = _render(LINKS, "email", atm_id=link)
+
+    assert email.cta_action == expected
+    assert _attributes(email.html)["img.src"] == expected
+
+
+def _email_limits(deep_link: int, html_chars: int) -> str:
+    return CHANNELS.replace("      deep_link:\n", f"      deep_link: {{max_chars: {deep_link}}}\n").replace(
+        "  - id: email\n", f"  - id: email\n    content:\n      subject:\n      body:\n      html: {{max_chars:"
+        f" {html_chars}}}\n      cta:\n")
+
+
+def test_the_bounds_count_a_character_of_a_value_in_a_link_or_an_href_as_12():
+    # deep_link: 25 characters of text + atm_id (40) x 12; html: 70 of text + link and atm_id in attributes
+    # (40 x 12 each) + first_name outside them (24 x 6)
+    deep_link, html_chars = 25 + 480, 70 + 480 + 480 + 144
+    channels = _email_limits(deep_link, html_chars)
+    snapshot = PolicySnapshot.compile(parse_policy_files({"channels.yaml": channels, "offers.yaml": LINKS}), "1")
+
+    issues = _issues({"channels.yaml": _email_limits(deep_link - 1, html_chars - 1), "offers.yaml": LINKS})
+    assert any(f"content.push.deep_link: can be {deep_link} characters long, over push's limit of {deep_link - 1}"
+               " (text 25, {atm_id} up to 480)" in i for i in issues), issues
+    assert any(f"content.email.html: can be {html_chars} characters long, over email's limit of {html_chars - 1}"
+               " (text 70, {atm_id} up to 480, {first_name} up to 144, {link} up to 480)" in i for i in issues), issues
+
+    # the longest values, in the characters that grow most, render within the limits checked
+    (offer,) = snapshot.offers
+    rendered = []
+    for atm_id, first_name in (("🎉" * 41, '"' * 25), ('"' * 41, "🎉" * 25), ("&" * 41, "&" * 25)):
+        event = Event("atm_decline", {"amount": 120.0, "balance": 20.0, "currency": "EUR", "atm_id": atm_id})
+        ctx = CustomerContext(CustomerProfile("c1", first_name, "mass"), now=1.78e9)
+        push, email = (render_content(offer, channel, "", snapshot.scope(ctx, event), ctx, event)
+                       for channel in ("push", "email"))
+        rendered.append((len(push.deep_link), len(email.html)))
+    assert rendered[0] == (deep_link, html_chars)  # an emoji in a link takes 12, a quote in text 6: the bound
+    assert all(a <= deep_link and b <= html_chars for a, b in rendered), rendered
 
 
 @pytest.mark.parametrize(("language", "expected"), [

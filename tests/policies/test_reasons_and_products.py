@@ -8,9 +8,13 @@ import textwrap
 import pytest
 
 from nba_service.cli import main
+from nba_service.domain import CustomerContext, CustomerProfile, Event, OpenJourney
+from nba_service.policies.compiler import CALL_COSTS
+from nba_service.policies.content import ChannelContent, LocalizedContent
 from nba_service.policies.diff import diff_policies
-from nba_service.policies.model import PolicyValidationError
+from nba_service.policies.model import LocalizedText, PolicyValidationError
 from nba_service.policies.parser import load_policy_dir, parse_policy_files
+from nba_service.policies.scope import build_scope, evaluation_globals
 from tests.conftest import SAMPLE_POLICIES
 
 CHANNELS = "channels: [{id: agent_desktop, needs_reachable: false, default_consent: true}]\n"
@@ -184,3 +188,92 @@ def test_diff_shows_reasons_products_windows_and_scripts() -> None:
         "+ reason cart: cart_abandon within 7d, score 50",
         "atm_declined.score: 100 -> 90",
     ]
+
+
+# --- cart_open(...) and the language a text is read in ------------------------------------------------------
+
+CART_RULES = textwrap.dedent("""\
+    offers:
+      - id: help_with_order
+        name: Help with the order
+        category: service
+        events: [custom]
+        eligible_when: "event.name == 'order_question' and cart_open(event_attr('cart_id'))"
+        value: 5
+        prior: 0.1
+        channels: [agent_desktop]
+        content: {default: "Help with the order"}
+    reasons:
+      - id: cart
+        event: cart_abandon
+        when: "cart_open(event.cart_id)"
+        within: 7d
+        score: 50
+        text: "Cart of {cart_value} {currency} abandoned {ago} ({channel})"
+    """)
+
+
+def _holds_for(rule, event: Event, *open_carts: str) -> bool:
+    journeys = tuple(OpenJourney("cart", cart_id, 0.0, {"cart_value": 10.0}) for cart_id in open_carts)
+    ctx = CustomerContext(CustomerProfile("c1"), 0.0, open_journeys=(OpenJourney("loan", "k1", 0.0), *journeys))
+    return bool(eval(rule.code, evaluation_globals(), build_scope(ctx, event)))
+
+
+def test_cart_open_asks_about_one_cart_in_a_reason_and_in_an_offers_rule() -> None:
+    policy = parse_policy_files({"channels.yaml": CHANNELS, "rules.yaml": CART_RULES})
+    [reason], [offer] = policy.reasons, policy.offers
+    assert reason.when is not None and offer.eligible_when is not None
+
+    k2 = Event("cart_abandon", {"cart_id": "k2", "cart_value": 30.0, "currency": "EUR"})
+    assert _holds_for(reason.when, k2, "k1", "k2")
+    assert not _holds_for(reason.when, k2, "k1")  # k2 bought: another open cart does not make it open
+    assert not _holds_for(reason.when, k2)
+    no_id = Event("cart_abandon", {"cart_id": "", "cart_value": 30.0})
+    assert _holds_for(reason.when, no_id, "cart")  # a cart left without an id is kept as "cart"
+    assert not _holds_for(reason.when, Event("cart_abandon", {"cart_id": "k1"}))  # a loan "k1" is no cart
+
+    question = Event("custom", {"name": "order_question"}, {"cart_id": "k1"})
+    assert _holds_for(offer.eligible_when, question, "k1")
+    assert not _holds_for(offer.eligible_when, question, "k2")
+    assert not _holds_for(offer.eligible_when, Event("custom", {"name": "order_question"}), "k1")  # no cart_id
+
+    assert reason.when.cost == 2 + CALL_COSTS["cart_open"]  # the call and its argument, and the lookup
+
+
+def test_a_misused_cart_open_is_refused_at_its_line() -> None:
+    bad = (
+        CART_RULES.replace("cart_open(event.cart_id)", "cart_open()")
+        .replace("events: [custom]", "events: [atm_decline]")
+        .replace("event.name == 'order_question' and cart_open(event_attr('cart_id'))", "cart_open(event.cart_id)")
+    )
+    assert _issues({"channels.yaml": CHANNELS, "rules.yaml": bad}) == [
+        "rules.yaml:6:31: offers[0] (help_with_order).eligible_when: unknown field event.cart_id (known here:"
+        " amount, atm_id, balance, currency, latitude, longitude, shortfall, type)",
+        "rules.yaml:14:12: reasons[0] (cart).when: cart_open() takes 1 argument(s), got 0",
+    ]
+
+
+def test_the_sample_cart_reason_asks_whether_its_own_cart_is_open() -> None:
+    [reason] = [r for r in load_policy_dir(SAMPLE_POLICIES).reasons if r.id == "cart_abandoned"]
+    assert reason.when is not None and reason.when.source == "cart_open(event.cart_id)"
+
+
+@pytest.mark.parametrize("default", ["en", "es", ""])
+@pytest.mark.parametrize("written", [("en", "es", "pt-br"), ("pt-br", "en"), ("es-es", "en", "es-mx"), ("",)])
+def test_reasons_scripts_and_content_choose_the_same_language(written: tuple[str, ...], default: str) -> None:
+    text = LocalizedText({language: f"text in {language}" for language in written})
+    content = ChannelContent(tuple(LocalizedContent(language, {}) for language in written))
+    for wanted in ("pt", "PT_br", "pt-PT", "es", "es-MX", "ES-ar", "en-GB", "de", ""):
+        chosen, template = text.pick(wanted, default)
+        assert (chosen or default, template) == (
+            content.pick(wanted, default).language or default,
+            f"text in {content.pick(wanted, default).language}",
+        ), wanted
+
+
+def test_a_language_reads_a_region_written_for_it() -> None:
+    text = LocalizedText({"en": "Your cart", "pt-br": "Seu carrinho", "es-mx": "Tu carrito"})
+    assert text.pick("pt", "en") == ("pt-br", "Seu carrinho")
+    assert text.pick("es-ES", "en") == ("es-mx", "Tu carrito")  # another region of the language
+    assert text.pick("fr", "pt") == ("pt-br", "Seu carrinho")  # the default language, the same way
+    assert text.pick("fr", "") == ("en", "Your cart")  # else the first written

@@ -184,18 +184,20 @@ class CallToAction(_message.Message):
     def __init__(self, label: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
 
 class Alternative(_message.Message):
-    __slots__ = ("offer_id", "channel", "score", "agent_script", "agent_script_language")
+    __slots__ = ("offer_id", "channel", "score", "deliver_after_ms", "agent_script", "agent_script_language")
     OFFER_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     AGENT_SCRIPT_FIELD_NUMBER: _ClassVar[int]
     AGENT_SCRIPT_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     offer_id: str
     channel: str
     score: float
+    deliver_after_ms: int
     agent_script: str
     agent_script_language: str
-    def __init__(self, offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., agent_script: _Optional[str] = ..., agent_script_language: _Optional[str] = ...) -> None: ...
+    def __init__(self, offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., score: _Optional[float] = ..., deliver_after_ms: _Optional[int] = ..., agent_script: _Optional[str] = ..., agent_script_language: _Optional[str] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("offer_id", "code", "detail", "channel")
