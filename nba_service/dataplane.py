@@ -558,7 +558,10 @@ class DataPlane:
         decision = self.preview_engine.decide(snapshot, ctx, event, top_k=top_k)
         if decision.no_action:
             return ()
-        best = (Alternative(decision.offer_id or "", decision.channel, decision.score), *decision.alternatives)[:top_k]
+        chosen = Alternative(
+            decision.offer_id or "", decision.channel, decision.score, deliver_after=decision.deliver_after
+        )
+        best = (chosen, *decision.alternatives)[:top_k]
         scripts = agent_scripts(snapshot, shown, event, (a.offer_id for a in best), agent_language)
         return tuple(
             dataclasses.replace(a, agent_script=scripts[a.offer_id][0], agent_script_language=scripts[a.offer_id][1])

@@ -68,7 +68,7 @@ from nba_service.policies.snapshot import PolicySnapshot
 from nba_service.store import heartbeats, keys
 from nba_service.store.context_reader import ContextReader
 from nba_service.store.model_store import ModelStore
-from nba_service.store.policy_store import PolicyStore
+from nba_service.store.policy_store import PolicyConflict, PolicyStore
 from nba_service.tools.preview import NO_ACTION, PolicyRun, PreviewReport, run_preview
 from nba_service.tools.shadow_report import shadow_report
 from nba_service.tools.sources import load_models, stored_contexts, stored_contexts_many
@@ -527,8 +527,12 @@ class _Console:
         if not proposal.ok:
             context = self._levers_context(live, proposal, message=message, diff=None, report=None)
             return self._levers_answer(request, False, context)
-        store = PolicyStore(self.config.client)
-        version = store.publish(proposal.files, author=user.name, message=message)
+        try:
+            version = PolicyStore(self.config.client).publish(
+                proposal.files, author=user.name, message=message, expect_live=live[0]
+            )
+        except PolicyConflict:  # published or rolled back since live was read: answered as a stale base is
+            return self._levers_publish(request, user, {**form, "base": str(live[0])})
         target = f"/history?published={version}"
         if request.headers.get("hx-request"):
             return Response(status_code=200, headers={"HX-Redirect": target})

@@ -28,7 +28,7 @@ from nba_service.store import keys
 from nba_service.store.change_log import Change, default_author, make_live, read_changes
 from nba_service.store.versions import roll_back
 
-__all__ = ["MAX_VERSION_BYTES", "PolicyStore", "PolicyTooLarge", "PublishedPolicy", "content_digest"]
+__all__ = ["MAX_VERSION_BYTES", "PolicyConflict", "PolicyStore", "PolicyTooLarge", "PublishedPolicy", "content_digest"]
 
 MAX_VERSION_BYTES = 8 * 1024 * 1024 + 64 * 1024
 """The most a valid policy set takes in Redis (its files as JSON): the policies layer's
@@ -37,6 +37,10 @@ MAX_VERSION_BYTES = 8 * 1024 * 1024 + 64 * 1024
 
 class PolicyTooLarge(ValueError):
     """A stored version larger than any valid set: refused before it is decoded."""
+
+
+class PolicyConflict(RuntimeError):
+    """A publish made against a live version that is no longer live (:meth:`PolicyStore.publish`)."""
 
 
 def content_digest(files: Mapping[str, str]) -> str:
@@ -63,11 +67,16 @@ class PolicyStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def publish(self, files: Mapping[str, str], author: str = "", message: str = "") -> int:
+    def publish(
+        self, files: Mapping[str, str], author: str = "", message: str = "", *, expect_live: int | None = None
+    ) -> int:
         """Store ``files`` (already validated) as a new version and make it live.
 
         :class:`PolicyTooLarge` when they take more than :data:`MAX_VERSION_BYTES` (no replica would load
-        them): nothing is written.
+        them): nothing is written. With ``expect_live``, :class:`PolicyConflict` when another version than that
+        one is live (someone published or rolled back meanwhile): nothing is written. The version number, the
+        check and the writes are one transaction (``WATCH`` on the sequence and the live pointer): two publishes
+        at once get consecutive versions, and two made against the same live version cannot both go live.
         """
         encoded = json.dumps(dict(files), ensure_ascii=False).encode("utf-8", "surrogatepass")
         if len(encoded) > MAX_VERSION_BYTES:
@@ -75,33 +84,47 @@ class PolicyStore:
                 f"the policy set takes {len(encoded) / 2**20:.1f} MiB: at most {MAX_VERSION_BYTES / 2**20:.1f} MiB;"
                 " not published"
             )
-        version = int(self._redis.incr(keys.POLICY_SEQ))
         author = author or default_author()
-        now = round(time.time(), 3)
         record: dict[FieldT, EncodableT] = {
             "files": encoded,
             "author": author,
             "message": message,
-            "published_at": f"{now:.3f}",
             "digest": content_digest(files),
         }
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.policy_version(version), mapping=record)
-            pipe.rpush(keys.POLICY_VERSIONS, version)
-            make_live(
-                pipe,
-                what="policy",
-                kind="publish",
-                version=version,
-                live_key=keys.POLICY_LIVE,
-                channel=keys.POLICY_CHANNEL,
-                record_key=keys.policy_version(version),
-                who=author,
-                message=message,
-                when=now,
-            )
-            pipe.execute()
-        return version
+        while True:
+            with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(keys.POLICY_SEQ, keys.POLICY_LIVE)
+                    if expect_live is not None:
+                        raw = pipe.get(keys.POLICY_LIVE)
+                        live = int(raw) if raw is not None else None
+                        if live != expect_live:
+                            raise PolicyConflict(
+                                f"policy version {live} is live, not {expect_live}: someone published or rolled"
+                                " back meanwhile; not published"
+                            )
+                    version = int(pipe.get(keys.POLICY_SEQ) or 0) + 1
+                    now = round(time.time(), 3)
+                    pipe.multi()
+                    pipe.set(keys.POLICY_SEQ, version)
+                    pipe.hset(keys.policy_version(version), mapping={**record, "published_at": f"{now:.3f}"})
+                    pipe.rpush(keys.POLICY_VERSIONS, version)
+                    make_live(
+                        pipe,
+                        what="policy",
+                        kind="publish",
+                        version=version,
+                        live_key=keys.POLICY_LIVE,
+                        channel=keys.POLICY_CHANNEL,
+                        record_key=keys.policy_version(version),
+                        who=author,
+                        message=message,
+                        when=now,
+                    )
+                    pipe.execute()
+                except redis.WatchError:  # another publish or rollback won: read again
+                    continue
+            return version
 
     def live(self) -> int | None:
         raw = self._redis.get(keys.POLICY_LIVE)

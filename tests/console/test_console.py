@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -172,6 +173,32 @@ def test_a_publish_over_a_newer_live_version_is_refused(console, redis_client):
     answer = client.post("/levers/publish", data={"csrf": csrf, "base": "1", "cat:lending": "2", "message": "m"})
     assert answer.status_code == 422 and "policy version 2 became live while you edited version 1" in answer.text
     assert store.live() == 2
+
+
+def test_the_same_publish_sent_twice_at_once_makes_one_version(console, redis_client):
+    """A double submit (two clicks, or a form request racing the button's): the publish is checked against the
+    live version in the same Redis transaction that makes it live, so one goes live and the other is refused."""
+    client = console()
+    csrf = sign_in(client, "alice")
+    form = {"csrf": csrf, "base": "1", "cat:lending": "3", "message": "more credit"}
+    start = threading.Barrier(2)
+    answers: list[Any] = []
+
+    def publish() -> None:
+        start.wait(timeout=30)
+        answers.append(client.post("/levers/publish", data=form, follow_redirects=False))
+
+    threads = [threading.Thread(target=publish) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert sorted(a.status_code for a in answers) == [303, 422]
+    refused = next(a for a in answers if a.status_code == 422)
+    assert "policy version 2 became live while you edited version 1" in refused.text
+    store = PolicyStore(redis_client)
+    assert store.live() == 2 and [p.version for p in store.history()] == [1, 2]
 
 
 def test_rollback_asks_once_and_records_the_person(console, redis_client):
