@@ -40,6 +40,11 @@ class Targets:
     """A call made while Redis is down fails within this long (a fast UNAVAILABLE)."""
     recorded_excess: float = 0.01
     """Decisions recorded (``nba_decisions_total``) exceed decisions returned by at most this share."""
+    burst_excess_of_calls: float = 0.0
+    """In a burst, the excess is also allowed up to this share of the calls started (0: not). On a machine
+    so loaded that a burst returns a few dozen decisions, a pause of 50 ms between recording a decision and
+    answering it is enough for its caller to give up: ``make test``'s quick run allows 1% of the burst, which
+    still fails a server that records for callers that are gone (hundreds of such decisions)."""
     useful_throughput: float = 0.8
     """Answers per second under overload, as a share of the best ``nba bench`` rate of the same run."""
     answer_at_once_seconds: float = 0.25
@@ -123,6 +128,7 @@ class ChaosConfig:
             "sigterm_after": 1.0,
             "attacks": ("huge", "exploding", "deep"),
             "attack_window": 6.0,  # at most: a 4 MB set is refused within it (over 2 s on 2 loaded cores)
+            "targets": Targets(burst_excess_of_calls=0.01),  # 28 recorded for 23 returned of 2,900 seen in make test
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -69,11 +69,14 @@ def _no_failures(result: FaultResult, codes: dict[str, int], what: str) -> None:
     result.check(f"no UNKNOWN or INTERNAL ({what})", not bad, f"{codes}")
 
 
-def _excess(result: FaultResult, returned: int, recorded: int, share: float, what: str) -> None:
+def _excess(
+    result: FaultResult, returned: int, recorded: int, share: float, what: str, calls: int = 0, of_calls: float = 0.0
+) -> None:
     over = recorded - returned
+    floor = f"{of_calls:.0%} of the calls" if of_calls else "one decision"
     result.check(  # or by one decision: the least there is, when a loaded machine returns only a few dozen
-        f"recorded exceed returned by at most {share:.0%} or one decision ({what})",
-        over <= max(1.0, share * returned),
+        f"recorded exceed returned by at most {share:.0%} or {floor} ({what})",
+        over <= max(1.0, share * returned, of_calls * calls),
         f"{recorded:,} recorded, {returned:,} returned ({over / max(returned, 1):+.1%})",
     )
 
@@ -201,7 +204,7 @@ def overload(config: ChaosConfig, progress: Progress) -> list[FaultResult]:
                 "after_call": {"code": call.code, "seconds": call.seconds},
             }
             _no_failures(bursts, codes, f"burst of {size:,}")
-            _excess(bursts, got, made, t.recorded_excess, f"burst of {size:,}")
+            _excess(bursts, got, made, t.recorded_excess, f"burst of {size:,}", size, t.burst_excess_of_calls)
             _at_once(bursts, call, t.answer_at_once_seconds, f"a burst of {size:,}")
             if slowest_after is None or call.seconds > slowest_after.seconds:
                 slowest_after = call
