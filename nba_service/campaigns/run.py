@@ -101,7 +101,7 @@ BATCH_SIZE = 5000
 RUNNING, SUSPENDED, DONE = "running", "suspended", "done"
 log = logging.getLogger(__name__)
 _GLOBALS = evaluation_globals()
-_JOURNEY_NAMES = {"_f_count_events", "_f_days_since", "open_cart_value", "_f_request_attr"}
+_JOURNEY_NAMES = {"_f_count_events", "_f_days_since", "open_cart_value", "_f_cart_open", "_f_request_attr"}
 """What a rule reads beyond the profile (the journey, open journeys, the request)."""
 
 Progress = Callable[["RunReport"], None]

@@ -317,6 +317,10 @@ def placeholder_encodings(parts: Iterable[tuple[str, str | None, int]], escape: 
     ('link', 'component')
     >>> Template.compile("<a href='{link}'>{name}</a><img src='x/{id}'>", escape="html").encodings
     ('html_link', 'html', 'html_component')
+    >>> Template.compile("{base}{cart_id}", escape="url").encodings  # only the first starts the URL
+    ('link', 'component')
+    >>> Template.compile("<a href='{base}{id}'>", escape="html").encodings
+    ('html_link', 'html_component')
     """
     out = []
     before = ""
@@ -330,6 +334,7 @@ def placeholder_encodings(parts: Iterable[tuple[str, str | None, int]], escape: 
             out.append(_html_encoding(before))
         else:
             out.append("")
+        before += "\x00"  # a value stands here: a placeholder right after it does not start the URL
     return tuple(out)
 
 

@@ -422,3 +422,30 @@ def test_a_write_redis_fails_leaves_its_customer_for_a_later_run_and_the_batch_i
     assert sorted(sent) == sorted(segment) and len(sent) == len(set(sent))  # the two reached, nobody twice
     if budgeted:
         assert budget_used(again) == len(segment)
+
+
+def test_a_segment_reading_open_carts_sees_them(redis_client, redis_url):
+    """``cart_open(...)`` reads the customer's open journeys: a segment using it is judged on the full context,
+    not the profile alone (where no cart is ever open)."""
+    publish(
+        redis_client,
+        """campaigns:
+  - id: cart_recovery
+    segment: "cart_open('c1')"
+    offers: [overdraft_protection]
+    event: atm_decline
+    event_fields: {balance: 0, currency: EUR}
+    limits: {}
+    send_window: {start: "00:00", end: "23:59"}
+""",
+    )
+    load(redis_client, [customer(i, timezone=daytime_zone()) for i in range(4)])
+
+    async def cart_left(dataplane: Any) -> None:  # k000000 leaves cart c1 on the web; k000001 a cart c2
+        for customer_id, cart in (("k000000", "c1"), ("k000001", "c2")):
+            fields = {"cart_id": cart, "cart_value": 50.0, "currency": "EUR", "item_count": 1}
+            await dataplane.decide(DecisionRequest(customer_id, Event("cart_abandon", fields), "web"))
+
+    report = run_campaign(redis_url, "cart_recovery", dry_run=True, before=cart_left)
+
+    assert (report.scanned, report.in_segment) == (4, 1)
