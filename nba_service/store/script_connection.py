@@ -43,7 +43,7 @@ import collections
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -62,6 +62,7 @@ __all__ = [
     "LuaScript",
     "ScriptConnection",
     "SentinelScriptConnection",
+    "gather_replies",
 ]
 
 EventCallback = Callable[[str, str], None]
@@ -638,16 +639,8 @@ class ClusterScriptConnection(ScriptConnection):
         error reply fails the whole (``ResponseError``), or with ``return_errors`` is that call's reply; a
         ``ConnectionError`` or ``TimeoutError`` (a node lost, the cluster down, redirects without end) raises
         either way, as on one Redis."""
-        if not return_errors:
-            return list(await asyncio.gather(*(self.evalsha(script, keys, args, retry) for keys, args in calls)))
-        return list(await asyncio.gather(*(self._evalsha_or_error(script, keys, args, retry) for keys, args in calls)))
-
-    async def _evalsha_or_error(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any], retry: bool) -> Any:
-        """:meth:`evalsha`, its ``ResponseError`` returned (not raised)."""
-        try:
-            return await self.evalsha(script, keys, args, retry)
-        except redis.ResponseError as exc:
-            return exc
+        calls_made = (self.evalsha(script, keys, args, retry) for keys, args in calls)
+        return await gather_replies(calls_made, return_errors=return_errors)
 
     async def command_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Not on a cluster: its commands' keys are on many nodes (use redis-py's cluster pipeline)."""
@@ -794,6 +787,17 @@ def _node_name(host: str, port: int) -> str:
 def _address(node: str) -> tuple[str, int]:
     host, _, port = node.rpartition(":")
     return host, int(port)
+
+
+async def gather_replies(calls: Iterable[Awaitable[Any]], *, return_errors: bool) -> list[Any]:
+    """The replies of ``calls``, run at once and all awaited. A ``ResponseError`` (Redis answered that call with
+    an error) is raised, or with ``return_errors`` is that call's reply; any other exception (a connection lost,
+    a timeout: the outcome is unknown) is raised either way, the first in the order of ``calls``."""
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    for reply in replies:
+        if isinstance(reply, BaseException) and not (return_errors and isinstance(reply, redis.ResponseError)):
+            raise reply
+    return list(replies)
 
 
 def _failover(reply: Any) -> bool:

@@ -10,7 +10,6 @@ key it touches in KEYS.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ from nba_service.domain.journeys import journey_fields, open_journey_change, ope
 from nba_service.domain.profile_update import Erasure, ProfileMask, apply_update, consent_changes, with_holding
 from nba_service.store import audit, codec, keys
 from nba_service.store.connect import script_connection_for
-from nba_service.store.script_connection import ClusterScriptConnection, LuaScript, ScriptConnection
+from nba_service.store.script_connection import ClusterScriptConnection, LuaScript, ScriptConnection, gather_replies
 from nba_service.store.urls import url_from_options
 
 __all__ = ["Budget", "DecisionWrite", "StateStore", "budget_key"]
@@ -583,8 +582,9 @@ class StateStore:
         """
         results: list[WriteResult | redis.ResponseError | None] = [None] * len(writes)
         budgeted = [i for i, w in enumerate(writes) if w.budget is not None]
-        budgeted_results = await asyncio.gather(  # a unit of the offer's budget first, on the budget's own slot
-            *(self._write_or_error(writes[i], contact_window) for i in budgeted)
+        budgeted_results = await gather_replies(  # a unit of the offer's budget first, on the budget's own slot
+            (self.write_decision(**writes[i].arguments(), contact_window=contact_window) for i in budgeted),
+            return_errors=True,
         )
         for i, result in zip(budgeted, budgeted_results, strict=True):
             results[i] = result
@@ -594,13 +594,6 @@ class StateStore:
         for i, written in zip(plain, replies, strict=True):
             results[i] = written if isinstance(written, redis.ResponseError) else WriteResult(int(written))
         return [r for r in results if r is not None]
-
-    async def _write_or_error(self, write: DecisionWrite, contact_window: float) -> WriteResult | redis.ResponseError:
-        """:meth:`write_decision`, its ``ResponseError`` returned (not raised)."""
-        try:
-            return await self.write_decision(**write.arguments(), contact_window=contact_window)
-        except redis.ResponseError as exc:
-            return exc
 
     def _write_call(self, write: DecisionWrite, contact_window: float) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV of :data:`_WRITE_SCRIPT` for one decision (its budget is not the script's)."""

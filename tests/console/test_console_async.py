@@ -15,7 +15,10 @@ import redis
 from starlette.testclient import TestClient
 
 from nba_service.console.app import ConsoleConfig, create_app
-from tests.conftest import wait_until
+from nba_service.policies.parser import read_policy_dir
+from nba_service.store.embedded import EmbeddedRedis
+from nba_service.store.policy_store import PolicyStore
+from tests.conftest import SAMPLE_POLICIES, wait_until
 from tests.console.helpers import csrf_of
 
 pytestmark = pytest.mark.standalone_only  # the relay forwards to one Redis server
@@ -50,7 +53,7 @@ class HeldRedis:
         elif parsed.scheme == "redis":
             self._family, self._upstream = socket.AF_INET, (parsed.hostname or "127.0.0.1", parsed.port or 6379)
         else:
-            pytest.skip(f"the relay forwards plain connections only, not {parsed.scheme}://")
+            raise ValueError(f"the relay forwards plain connections only, not {parsed.scheme}://")
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.arrived = threading.Event()
@@ -108,11 +111,26 @@ class HeldRedis:
             end.close()
 
 
+@pytest.fixture(scope="module")
+def plain_redis_url(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The suite's Redis when the relay can forward to it (``unix://``, ``redis://``); else (a ``rediss://``
+    NBA_TEST_REDIS_URL) a real embedded Redis of this module's own."""
+    if urllib.parse.urlparse(redis_url).scheme in ("unix", "redis"):
+        yield redis_url
+        return
+    embedded = EmbeddedRedis(tmp_path_factory.mktemp("relayed-redis"))
+    yield embedded.start()
+    embedded.stop()
+
+
 @pytest.fixture
-def held_redis(redis_url: str, redis_client: redis.Redis, published: int) -> Iterator[tuple[HeldRedis, redis.Redis]]:
-    """The relay, and a client of the test Redis through it (the sample policy live)."""
-    relay = HeldRedis(redis_url)
-    options = redis_client.connection_pool.connection_kwargs
+def held_redis(plain_redis_url: str) -> Iterator[tuple[HeldRedis, redis.Redis]]:
+    """The relay, and a client of that Redis through it (flushed, the sample policy live)."""
+    upstream = redis.Redis.from_url(plain_redis_url)
+    upstream.flushdb()
+    PolicyStore(upstream).publish(read_policy_dir(SAMPLE_POLICIES), author="tests", message="sample")
+    options = upstream.connection_pool.connection_kwargs
+    relay = HeldRedis(plain_redis_url)
     client = redis.Redis(
         host="127.0.0.1",
         port=relay.port,
@@ -123,6 +141,7 @@ def held_redis(redis_url: str, redis_client: redis.Redis, published: int) -> Ite
     yield relay, client
     client.close()
     relay.close()
+    upstream.close()
 
 
 @pytest.mark.parametrize(("method", "path", "form", "status"), PAGES, ids=[f"{m} {p}" for m, p, _, _ in PAGES])
